@@ -1,0 +1,40 @@
+"""The golden checker CLI reports every file and fails while anything fails or is missing."""
+
+import glob
+import os
+import subprocess
+import sys
+
+from conftest import GOLDEN_DIR
+
+from lipsync_jax.golden.__main__ import check_file, main
+from lipsync_jax.golden.core import compare_rel, rel_l2
+from lipsync_jax.golden.registry import CHECK_MODULES, manifest_kind
+
+
+def test_rel_l2_and_nan():
+    assert rel_l2([1.0, 2.0], [1.0, 2.0]) == 0.0
+    assert abs(rel_l2([1.0, 0.0], [2.0, 0.0]) - 0.5) < 1e-12
+    assert rel_l2([float("nan")], [1.0]) == float("inf")
+    assert not compare_rel("k", "n", [1.0, 2.0], [1.0], 1e-4).passed  # shape mismatch fails
+
+
+def test_every_golden_file_has_a_kind():
+    for path in glob.glob(os.path.join(GOLDEN_DIR, "manifest_*.json")):
+        name = os.path.basename(path)[len("manifest_"):-len(".json")]
+        assert manifest_kind(name) in CHECK_MODULES, name
+
+
+def test_unknown_file_is_an_error(tmp_path):
+    assert main([str(tmp_path / "nope.npz")]) == 1
+
+
+def test_cli_runs_on_all_files():
+    files = sorted(glob.glob(os.path.join(GOLDEN_DIR, "*")))
+    proc = subprocess.run([sys.executable, "-m", "lipsync_jax.golden", *files[:1]],
+                          capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert lines, proc.stderr
+    assert all(line.split()[4 if len(line.split()) > 4 else -1] in ("PASS", "FAIL", "MISSING", "ERROR")
+               or "PASS" in line or "FAIL" in line or "MISSING" in line for line in lines)
+    assert (proc.returncode == 0) == all(" PASS" in line for line in lines)
