@@ -1,0 +1,1 @@
+"""Flax (linen) models: pure modules, channels-last, explicit ``dtype``/``param_dtype``."""

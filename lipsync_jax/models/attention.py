@@ -1,0 +1,46 @@
+"""The one attention function every model calls, with selectable backends.
+
+Backends:
+  "xla"    ``jax.nn.dot_product_attention(implementation="xla")``: runs everywhere.
+  "cudnn"  cuDNN flash attention (GPU only, bfloat16/float16, head dim <= 128).
+  "auto"   cuDNN when on GPU with a half-precision dtype and a supported head size, else XLA.
+  "naive"  explicit einsum/softmax in float32: the reference for tests.
+A TPU Pallas (splash) kernel can be added here later behind the same signature.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+BACKENDS = ("auto", "xla", "cudnn", "naive")
+
+
+def _naive(q, k, v, bias, scale):
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32)) * scale
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    weights = jax.nn.softmax(logits, axis=-1)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v.astype(jnp.float32)).astype(q.dtype)
+
+
+def _cudnn_ok(q: jax.Array, k: jax.Array) -> bool:
+    return (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
+            and q.shape[-1] <= 128 and q.shape[-1] % 8 == 0 and q.shape[-1] == k.shape[-1])
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax.Array | None = None,
+                          scale: float | None = None, backend: str = "auto") -> jax.Array:
+    """Multi-head attention core. q: (b, lq, h, d); k, v: (b, lk, h, d) -> (b, lq, h, d).
+
+    ``bias`` (broadcastable to (b, h, lq, lk)) is added to the logits; ``scale`` defaults to
+    1/sqrt(d). Softmax is computed in float32 by every backend.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose from {BACKENDS}")
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if backend == "naive":
+        return _naive(q, k, v, bias, scale)
+    if backend == "auto":
+        backend = "cudnn" if _cudnn_ok(q, k) and bias is None else "xla"
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, implementation=backend)
