@@ -1,0 +1,66 @@
+"""VideoMAEv2 ``vit_g_hybrid_pt_1200e_ssv2_ft.pth`` (TREPA's network) -> our ``VideoMAEv2`` params.
+
+The weights sit under ``"model"``, ``"module"`` or at the top level. The classification head
+(``head.*``) is not used for features and is skipped; the position table is not stored (it is
+a fixed sinusoid we compute).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lipsync_jax.convert.rules import ConversionReport, Rule, convert_state_dict, param_shapes
+from lipsync_jax.models.videomae import VideoMAEConfig, VideoMAEv2
+
+_BLOCK = r"blocks\.(\d+)\."
+RULES: tuple[Rule, ...] = (
+    Rule(r"patch_embed\.proj\.weight", "patch_embed/kernel", "conv3d"),
+    Rule(r"patch_embed\.proj\.bias", "patch_embed/bias"),
+    Rule(_BLOCK + r"(norm1|norm2)\.weight", r"blocks_\1/\2/scale"),
+    Rule(_BLOCK + r"(norm1|norm2)\.bias", r"blocks_\1/\2/bias"),
+    Rule(_BLOCK + r"attn\.(q_bias|v_bias)", r"blocks_\1/attn/\2"),
+    Rule(_BLOCK + r"attn\.qkv\.weight", r"blocks_\1/attn/qkv/kernel", "linear"),
+    Rule(_BLOCK + r"attn\.proj\.weight", r"blocks_\1/attn/proj/kernel", "linear"),
+    Rule(_BLOCK + r"attn\.proj\.bias", r"blocks_\1/attn/proj/bias"),
+    Rule(_BLOCK + r"mlp\.(fc1|fc2)\.weight", r"blocks_\1/mlp/\2/kernel", "linear"),
+    Rule(_BLOCK + r"mlp\.(fc1|fc2)\.bias", r"blocks_\1/mlp/\2/bias"),
+    Rule(r"fc_norm\.weight", "fc_norm/scale"),
+    Rule(r"fc_norm\.bias", "fc_norm/bias"),
+    Rule(r"head\.(weight|bias)", None),  # classifier over SSv2's 174 classes: not a feature
+    Rule(r"pos_embed", None),  # fixed sinusoid, recomputed
+)
+
+
+def videomae_template(config: VideoMAEConfig) -> dict:
+    """Flat ``path -> shape`` of the params ``VideoMAEv2(config)`` expects (nothing allocated)."""
+    t, side = config.all_frames, config.img_size
+    videos = jax.ShapeDtypeStruct((1, t, side, side, config.in_chans), jnp.float32)
+    variables = jax.eval_shape(VideoMAEv2(config).init, jax.random.PRNGKey(0), videos)
+    return param_shapes(variables["params"])
+
+
+def _canonical(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Strip DDP ``module.`` prefixes."""
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
+
+
+def convert_videomae_state_dict(state_dict: Mapping[str, Any], config: Mapping[str, Any] | VideoMAEConfig,
+                                dtype: Any = np.float32) -> tuple[dict, ConversionReport]:
+    """A VideoMAEv2 state dict -> (params, report)."""
+    if not isinstance(config, VideoMAEConfig):
+        config = VideoMAEConfig.from_config(config)
+    return convert_state_dict(_canonical(state_dict), RULES, template=videomae_template(config), dtype=dtype)
+
+
+def convert_file(src: str, config: Mapping[str, Any]) -> tuple[dict, ConversionReport]:
+    """``vit_g_hybrid_pt_1200e_ssv2_ft.pth`` (or a smaller VideoMAEv2 file) -> (params, report)."""
+    from lipsync_jax.convert.checkpoint_io import read_state_dict
+
+    state_dict, _extras = read_state_dict(src, keys=("model", "module", "state_dict"))
+    params, report = convert_videomae_state_dict(state_dict, config)
+    report.raise_if_problems(f"VideoMAEv2 weights {src}")
+    return params, report

@@ -1,0 +1,1 @@
+"""Frozen pixel-space losses of LatentSync's second stage (LPIPS, TREPA)."""
