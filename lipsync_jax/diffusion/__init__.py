@@ -1,0 +1,1 @@
+"""Diffusion: the DDIM scheduler and the jitted sampling loop."""
