@@ -1,0 +1,223 @@
+"""Per-frame face landmarks reduced to LatentSync's three alignment anchors.
+
+LatentSync aligns every face from three points in pixel coordinates: the centre of the
+eyebrow on the image's left, the centre of the eyebrow on the image's right, and the centre
+of the nose. It gets them from insightface's 106-point model (``2d106det``):
+
+    left eyebrow  = mean of points [43, 48, 49, 51, 50]
+    right eyebrow = mean of points [101, 102, 103, 104, 105]
+    nose          = mean of points [74, 77, 83, 86]
+
+(the 106 points are rounded to integers first and each mean is rounded again).
+
+The default backend here is MediaPipe FaceMesh (478 points with ``refine_landmarks``; its
+models ship inside the mediapipe wheel, so it works offline). The corresponding FaceMesh
+points, chosen on the real demo frames of the ``align_restore`` golden fixture, are:
+
+    left eyebrow  = mean of the upper contour of the subject's right eyebrow [70, 63, 105, 66, 107]
+    right eyebrow = mean of the upper contour of the subject's left eyebrow [300, 293, 334, 296, 336]
+    nose          = mean of the nose midline from the lower bridge to the tip [195, 5, 4, 1]
+
+On frame 0 and 1 of demo1 these land 0.2-0.5 px from insightface's anchors (full-resolution
+frames, per-frame detection). Alternatives measured on the same frames were worse: whole
+eyebrows (upper + lower contour) sit 3-4 px low, the lower contours 6-8 px low, and single
+nose points are off by 5 px or more along the midline. ``refine_landmarks=True`` matters:
+the unrefined model moves the eyebrow points by up to 12 px.
+
+A backend is any callable ``landmarker(frame_rgb_uint8) -> (3, 2) float64 array or None``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from lipsync_jax.face.errors import FaceBackendError, FaceInputError
+
+# MediaPipe FaceMesh indices averaged into each anchor (see the module docstring).
+MEDIAPIPE_ANCHOR_INDICES: tuple[tuple[int, ...], ...] = (
+    (70, 63, 105, 66, 107),  # eyebrow on the image's left (subject's right), upper contour
+    (300, 293, 334, 296, 336),  # eyebrow on the image's right (subject's left), upper contour
+    (195, 5, 4, 1),  # nose midline, lower bridge to tip
+)
+
+# insightface 2d106det indices LatentSync averages into each anchor.
+INSIGHTFACE_ANCHOR_INDICES: tuple[tuple[int, ...], ...] = (
+    (43, 48, 49, 51, 50),
+    (101, 102, 103, 104, 105),
+    (74, 77, 83, 86),
+)
+
+BACKENDS = ("mediapipe", "insightface")
+
+
+@runtime_checkable
+class FaceLandmarker(Protocol):
+    """Maps one RGB uint8 frame (h, w, 3) to its (3, 2) anchor points, or None (no face)."""
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray | None: ...
+
+
+def check_frame(frame: np.ndarray, what: str = "frame") -> np.ndarray:
+    """The frame as a C-contiguous uint8 (h, w, 3) array, or FaceInputError."""
+    frame = np.asarray(frame)
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise FaceInputError(f"{what}: expected an RGB image of shape (h, w, 3), got {frame.shape}")
+    if frame.dtype != np.uint8:
+        raise FaceInputError(f"{what}: expected uint8 pixels, got {frame.dtype}")
+    if frame.shape[0] < 16 or frame.shape[1] < 16:
+        raise FaceInputError(f"{what}: image {frame.shape[1]}x{frame.shape[0]} is too small")
+    return np.ascontiguousarray(frame)
+
+
+def anchors_from_points(points: np.ndarray, groups: tuple[tuple[int, ...], ...]) -> np.ndarray:
+    """(n, 2) landmarks -> (3, 2) float64 anchors, each the mean of one index group."""
+    points = np.asarray(points, np.float64)
+    return np.stack([points[list(group)].mean(axis=0) for group in groups])
+
+
+class MediaPipeLandmarker:
+    """MediaPipe FaceMesh anchors (default backend).
+
+    ``tracking=False`` (default) detects the face in every frame independently, as LatentSync
+    does with insightface; ``tracking=True`` lets FaceMesh reuse the previous frame's region
+    (faster, but results then depend on frame order). When FaceMesh's short-range detector
+    misses a small face, MediaPipe's full-range face detector proposes a box and FaceMesh runs
+    again on an enlarged crop around it.
+    """
+
+    def __init__(self, tracking: bool = False, min_confidence: float = 0.5, crop_fallback: bool = True):
+        try:
+            import mediapipe as mp
+        except ImportError as e:  # pragma: no cover - mediapipe is a dependency
+            raise FaceBackendError(f"the mediapipe face backend needs `pip install mediapipe==0.10.21` ({e})") from e
+        face_mesh = mp.solutions.face_mesh
+        self._mesh = face_mesh.FaceMesh(static_image_mode=not tracking, max_num_faces=1, refine_landmarks=True,
+                                        min_detection_confidence=min_confidence,
+                                        min_tracking_confidence=min_confidence)
+        self._crop_mesh = None
+        self._detector = None
+        if crop_fallback:
+            self._crop_mesh = face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True,
+                                                 min_detection_confidence=min_confidence)
+            self._detector = mp.solutions.face_detection.FaceDetection(model_selection=1,
+                                                                       min_detection_confidence=min_confidence)
+
+    def points(self, frame: np.ndarray) -> np.ndarray | None:
+        """All FaceMesh points (478, 2) in pixel coordinates, or None."""
+        frame = check_frame(frame)
+        points = _mesh_points(self._mesh, frame)
+        if points is None and self._detector is not None:
+            points = self._points_from_detector_crop(frame)
+        return points
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray | None:
+        points = self.points(frame)
+        return None if points is None else anchors_from_points(points, MEDIAPIPE_ANCHOR_INDICES)
+
+    def _points_from_detector_crop(self, frame: np.ndarray) -> np.ndarray | None:
+        height, width = frame.shape[:2]
+        result = self._detector.process(frame)
+        if not result.detections:
+            return None
+        boxes = [d.location_data.relative_bounding_box for d in result.detections]
+        box = max(boxes, key=lambda b: b.width * b.height)  # the largest face, as LatentSync picks
+        cx, cy = (box.xmin + box.width / 2) * width, (box.ymin + box.height / 2) * height
+        half = 1.0 * max(box.width * width, box.height * height)  # crop twice the face size
+        x0, y0 = max(int(cx - half), 0), max(int(cy - half), 0)
+        x1, y1 = min(int(cx + half), width), min(int(cy + half), height)
+        if x1 - x0 < 8 or y1 - y0 < 8:
+            return None
+        crop = frame[y0:y1, x0:x1]
+        scale = max(1.0, 256.0 / max(crop.shape[:2]))  # FaceMesh wants the face reasonably large
+        if scale > 1.0:
+            import cv2
+
+            crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+        points = _mesh_points(self._crop_mesh, np.ascontiguousarray(crop))
+        if points is None:
+            return None
+        return points / scale + np.array([x0, y0], np.float64)
+
+    def close(self) -> None:
+        for solution in (self._mesh, self._crop_mesh, self._detector):
+            if solution is not None:
+                solution.close()
+
+
+def _mesh_points(mesh, frame: np.ndarray) -> np.ndarray | None:
+    result = mesh.process(frame)
+    if not result.multi_face_landmarks:
+        return None
+    height, width = frame.shape[:2]
+    marks = result.multi_face_landmarks[0].landmark
+    return np.array([[p.x * width, p.y * height] for p in marks], np.float64)
+
+
+INSIGHTFACE_HELP = (
+    "The insightface face backend needs `pip install insightface onnxruntime` (or onnxruntime-gpu) and "
+    "insightface's buffalo_l detection and 106-point landmark models: {root}/models/buffalo_l/det_10g.onnx "
+    "and {root}/models/buffalo_l/2d106det.onnx (LatentSync's checkpoint repository ships them under "
+    "auxiliary/models/buffalo_l/; pass that auxiliary folder as the root). Or use --face_backend mediapipe."
+)
+
+
+class InsightFaceLandmarker:
+    """insightface ``2d106det`` anchors, exactly as LatentSync computes them.
+
+    Face selection follows LatentSync: detector input 512x512, faces narrower than 50 px or
+    shorter than 80 px, with width/height outside [0.2, 1.5] or a score below 0.5 are dropped,
+    and the largest remaining face is used. Points are rounded before and after the means.
+    The frame is passed as RGB, as LatentSync does.
+    """
+
+    MODEL_FILES = ("det_10g.onnx", "2d106det.onnx")
+
+    def __init__(self, root: str = "checkpoints/auxiliary", det_size: int = 512, min_score: float = 0.5,
+                 providers: tuple[str, ...] | None = None):
+        model_dir = os.path.join(root, "models", "buffalo_l")
+        missing = [f for f in self.MODEL_FILES if not os.path.isfile(os.path.join(model_dir, f))]
+        if missing:
+            raise FaceBackendError(f"insightface model files missing in {model_dir}: {', '.join(missing)}. "
+                                   + INSIGHTFACE_HELP.format(root=root))
+        try:
+            face_analysis = importlib.import_module("insightface.app").FaceAnalysis
+        except ImportError as e:
+            raise FaceBackendError(f"insightface is not installed ({e}). " + INSIGHTFACE_HELP.format(root=root)) from e
+        if providers is None:
+            providers = ("CUDAExecutionProvider", "CPUExecutionProvider")
+        self._app = face_analysis(name="buffalo_l", root=root, allowed_modules=["detection", "landmark_2d_106"],
+                                  providers=list(providers))
+        self._app.prepare(ctx_id=0, det_size=(det_size, det_size))
+        self.min_score = min_score
+
+    def points(self, frame: np.ndarray) -> np.ndarray | None:
+        """The 106 landmarks (rounded to integers, as LatentSync does) of the chosen face, or None."""
+        frame = check_frame(frame)
+        best, best_area = None, 0
+        for face in self._app.get(frame):
+            x1, y1, x2, y2 = face.bbox.astype(np.int64).tolist()
+            w, h = x2 - x1, y2 - y1
+            if w < 50 or h < 80 or not 0.2 <= w / h <= 1.5 or face.det_score < self.min_score:
+                continue
+            if w * h > best_area:
+                best, best_area = face, w * h
+        return None if best is None else np.round(best.landmark_2d_106).astype(np.float64)
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray | None:
+        points = self.points(frame)
+        if points is None:
+            return None
+        return np.round(anchors_from_points(points, INSIGHTFACE_ANCHOR_INDICES))
+
+
+def make_landmarker(backend: str = "mediapipe", **kwargs) -> FaceLandmarker:
+    """Build a landmark backend by name: ``"mediapipe"`` (default) or ``"insightface"``."""
+    if backend == "mediapipe":
+        return MediaPipeLandmarker(**kwargs)
+    if backend == "insightface":
+        return InsightFaceLandmarker(**kwargs)
+    raise FaceBackendError(f"unknown face backend {backend!r}; choose one of {', '.join(BACKENDS)}")
