@@ -1,0 +1,128 @@
+"""LatentSync's UNet3DConditionModel in Flax: an SD-1.5-shaped UNet run on video latents with
+per-frame convolutions, audio cross-attention and optional AnimateDiff motion modules.
+
+    model = UNet3DConditionModel(UNet3DConfig.from_dict(cfg), dtype=jnp.bfloat16)
+    params = init_unet_params(jax.random.key(0), model, sample_shape=(1, 16, 32, 32, 13))
+    noise_pred = model.apply({"params": params}, sample, timesteps, audio_embeds)
+
+Inputs are channels-last: ``sample`` (b, f, h, w, in_channels) = [noisy latents 4, mask 1,
+masked latents 4, reference latents 4]; ``timesteps`` (b,) (or a scalar); ``audio_embeds``
+(b, f, 50, 384), each frame's Whisper window. Output (b, f, h, w, out_channels), float32.
+Kernels carry logical axis names (see ``unet_layers``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lipsync_jax.models.attention import BACKENDS
+from lipsync_jax.models.unet_blocks import DownBlock3D, MidBlock3D, UpBlock3D
+from lipsync_jax.models.unet_config import UNet3DConfig
+from lipsync_jax.models.unet_layers import TimestepEmbedding, VideoGroupNorm, frame_conv, timestep_sinusoids
+
+Dtype = Any
+AUDIO_WINDOW = 50  # Whisper embedding rows per video frame (LatentSync's audio feature window)
+
+
+class UNet3DConditionModel(nn.Module):
+    config: UNet3DConfig
+    dtype: Dtype = jnp.float32  # compute dtype; norms, softmax and the time sinusoids stay float32
+    param_dtype: Dtype = jnp.float32
+    attention_backend: str = "auto"  # see lipsync_jax.models.attention
+    remat: bool = False  # rematerialise every stage in the backward pass (training memory)
+
+    @nn.compact
+    def __call__(self, sample: jax.Array, timesteps: jax.Array, audio_embeds: jax.Array) -> jax.Array:
+        cfg = self.config
+        if self.attention_backend not in BACKENDS:
+            raise ValueError(f"unknown attention_backend {self.attention_backend!r}; choose from {BACKENDS}")
+        if sample.ndim != 5 or sample.shape[-1] != cfg.in_channels:
+            raise ValueError(f"sample must be (b, f, h, w, {cfg.in_channels}), got {sample.shape}")
+        b, f = sample.shape[:2]
+        if audio_embeds.shape[:2] != (b, f) or audio_embeds.shape[-1] != cfg.cross_attention_dim:
+            raise ValueError(f"audio_embeds must be ({b}, {f}, s, {cfg.cross_attention_dim}), got {audio_embeds.shape}")
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        stage_kw = dict(config=cfg, attention_backend=self.attention_backend, **kw)
+        wrap = nn.remat if self.remat else (lambda cls: cls)
+
+        # time
+        timesteps = jnp.broadcast_to(jnp.asarray(timesteps), (b,))
+        t_emb = timestep_sinusoids(timesteps, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
+        temb = TimestepEmbedding(cfg.time_embed_dim, name="time_embedding", **kw)(t_emb)  # (b, 4*c0)
+
+        x = sample.astype(self.dtype)
+        if cfg.center_input_sample:
+            x = 2 * x - 1.0
+        audio = audio_embeds.astype(self.dtype)
+        h = frame_conv(cfg.block_out_channels[0], name="conv_in", zero_init=True, **kw)(x)
+
+        # down
+        skips: list[jax.Array] = [h]
+        skip_hw: list[tuple[int, int]] = [h.shape[2:4]]
+        n = len(cfg.block_out_channels)
+        for i, kind in enumerate(cfg.down_block_types):
+            block = wrap(DownBlock3D)(out_channels=cfg.block_out_channels[i], heads=cfg.attention_head_dim[i],
+                                      has_cross_attention=kind.startswith("CrossAttn"), has_motion=cfg.down_has_motion(i),
+                                      num_layers=cfg.layers_per_block, add_downsample=i < n - 1,
+                                      name=f"down_blocks_{i}", **stage_kw)
+            h, block_skips = block(h, temb, audio)
+            skips.extend(block_skips)
+            skip_hw.extend(s.shape[2:4] for s in block_skips)
+
+        # mid
+        h = wrap(MidBlock3D)(out_channels=cfg.block_out_channels[-1], heads=cfg.attention_head_dim[-1],
+                             has_cross_attention=True, has_motion=cfg.mid_has_motion, name="mid_block",
+                             **stage_kw)(h, temb, audio)
+
+        # up
+        reversed_channels = list(reversed(cfg.block_out_channels))
+        reversed_heads = list(reversed(cfg.attention_head_dim))
+        for i, kind in enumerate(cfg.up_block_types):
+            take = cfg.layers_per_block + 1
+            block_skips, skips = tuple(skips[-take:]), skips[:-take]
+            skip_hw = skip_hw[:-take]
+            add_upsample = i < n - 1
+            size = tuple(skip_hw[-1]) if add_upsample else None
+            block = wrap(UpBlock3D)(out_channels=reversed_channels[i], heads=reversed_heads[i],
+                                    has_cross_attention=kind.startswith("CrossAttn"), has_motion=cfg.up_has_motion(i),
+                                    num_layers=take, add_upsample=add_upsample, upsample_size=size,
+                                    name=f"up_blocks_{i}", **stage_kw)
+            h = block(h, block_skips, temb, audio)
+
+        # out
+        h = VideoGroupNorm(cfg.norm_num_groups, cfg.norm_eps, per_frame=cfg.use_inflated_groupnorm,
+                           name="conv_norm_out", **kw)(h)
+        h = frame_conv(cfg.out_channels, name="conv_out", zero_init=True, **kw)(nn.silu(h))
+        return h.astype(jnp.float32)
+
+
+def dummy_inputs(config: UNet3DConfig, sample_shape: Sequence[int], audio_len: int = AUDIO_WINDOW):
+    """Zero inputs of the right shapes for init/eval_shape: sample (b, f, h, w, c)."""
+    b, f = sample_shape[:2]
+    return (jnp.zeros(tuple(sample_shape), jnp.float32), jnp.zeros((b,), jnp.int32),
+            jnp.zeros((b, f, audio_len, config.cross_attention_dim), jnp.float32))
+
+
+def init_unet_params(rng: jax.Array, model: UNet3DConditionModel, sample_shape: Sequence[int]) -> dict:
+    """Fresh parameters (plain arrays, logical-partitioning boxes removed)."""
+    variables = model.init(rng, *dummy_inputs(model.config, sample_shape))
+    return nn.meta.unbox(variables["params"])
+
+
+def unet_param_shapes(model: UNet3DConditionModel, sample_shape: Sequence[int] | None = None) -> dict:
+    """Parameter tree of ``jax.ShapeDtypeStruct`` via ``jax.eval_shape`` (no allocation); the
+    weights do not depend on the spatial size or frame count, so a small dummy shape is used."""
+    shape = tuple(sample_shape) if sample_shape else (1, 2, 8, 8, model.config.in_channels)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), *dummy_inputs(model.config, shape)))
+    return nn.meta.unbox(variables["params"])
+
+
+def unet_logical_axes(model: UNet3DConditionModel, sample_shape: Sequence[int] | None = None) -> dict:
+    """The params tree with a ``PartitionSpec`` of logical axis names (or None) per leaf."""
+    shape = tuple(sample_shape) if sample_shape else (1, 2, 8, 8, model.config.in_channels)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), *dummy_inputs(model.config, shape)))
+    return nn.get_partition_spec(variables["params"])
