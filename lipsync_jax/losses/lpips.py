@@ -39,14 +39,17 @@ class ScalingLayer(nn.Module):
 
 
 def unit_channels(features: jax.Array, eps: float = NORM_EPS) -> jax.Array:
-    """Divide each pixel's channel vector by (its L2 norm + eps), in float32."""
-    features = features.astype(jnp.float32)
+    """Divide each pixel's channel vector by (its L2 norm + eps), in at least float32."""
+    features = features.astype(jnp.promote_types(features.dtype, jnp.float32))
     norm = jnp.sqrt(jnp.sum(features * features, axis=-1, keepdims=True))
     return features / (norm + eps)
 
 
 class LPIPS(nn.Module):
-    """(n, h, w, 3) x2 in [-1, 1] -> (n,) float32 distances."""
+    """(n, h, w, 3) x2 in [-1, 1] -> (n,) distances (float32, or float64 for a float64 ``dtype``).
+
+    Convs run in ``dtype``; scaling, channel normalisation, lin layers and means in at least float32.
+    """
 
     vgg_widths: Sequence[int] = VGG16_WIDTHS
     dtype: Any = jnp.float32
@@ -66,15 +69,16 @@ class LPIPS(nn.Module):
         if images0.shape != images1.shape:
             raise ValueError(f"LPIPS inputs differ in shape: {images0.shape} vs {images1.shape}")
         n = images0.shape[0]
-        both = jnp.concatenate([images0, images1], axis=0).astype(jnp.float32)  # (2n, h, w, 3)
+        acc_dtype = jnp.promote_types(self.dtype, jnp.float32)
+        both = jnp.concatenate([images0, images1], axis=0).astype(acc_dtype)  # (2n, h, w, 3)
         scaled = ScalingLayer(param_dtype=self.param_dtype, name="scaling_layer")(both)
         slices = VGG16Features(self.vgg_widths, dtype=self.dtype, param_dtype=self.param_dtype,
                                name="net")(scaled)
-        distance = jnp.zeros((n,), jnp.float32)
+        distance = jnp.zeros((n,), acc_dtype)
         for k, features in enumerate(slices):
             units = unit_channels(features)  # (2n, h_k, w_k, c_k)
             sq_diff = jnp.square(units[:n] - units[n:])
-            lin = nn.Dense(1, use_bias=False, dtype=jnp.float32, param_dtype=self.param_dtype,
+            lin = nn.Dense(1, use_bias=False, dtype=acc_dtype, param_dtype=self.param_dtype,
                            name=f"lin{k}")(sq_diff)  # (n, h_k, w_k, 1)
             distance = distance + jnp.mean(lin, axis=(1, 2, 3))
         return distance
@@ -92,7 +96,7 @@ def lpips_lower_half(params: Mapping[str, Any], pred: jax.Array, target: jax.Arr
 
     pred, target: (..., h, w, 3) in [-1, 1] (any leading dims, e.g. (b, f)); gradients flow to
     both images, never to ``params``. ``model`` defaults to float32 LPIPS with the widths of
-    ``params``. Returns a float32 scalar.
+    ``params``. Returns a float32 scalar (float64 for a float64 model).
     """
     model = model or LPIPS(vgg_widths=widths_from_params(params))
     h, w, c = pred.shape[-3:]

@@ -49,12 +49,14 @@ def bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
 
 
 def resize_bicubic(images: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """(..., h, w, c) -> (..., size[0], size[1], c), float32, torch-bicubic without antialiasing."""
+    """(..., h, w, c) -> (..., size[0], size[1], c), torch-bicubic without antialiasing, computed
+    in at least float32."""
     h, w = images.shape[-3], images.shape[-2]
-    rows = jnp.asarray(bicubic_matrix(h, size[0]), jnp.float32)
-    cols = jnp.asarray(bicubic_matrix(w, size[1]), jnp.float32)
+    dtype = jnp.promote_types(images.dtype, jnp.float32)
+    rows = jnp.asarray(bicubic_matrix(h, size[0]), dtype)
+    cols = jnp.asarray(bicubic_matrix(w, size[1]), dtype)
     hi = jax.lax.Precision.HIGHEST
-    x = jnp.einsum("oh,...hwc->...owc", rows, images.astype(jnp.float32), precision=hi)
+    x = jnp.einsum("oh,...hwc->...owc", rows, images.astype(dtype), precision=hi)
     return jnp.einsum("pw,...owc->...opc", cols, x, precision=hi)
 
 
@@ -70,12 +72,12 @@ class TREPALoss:
     model: VideoMAEv2
 
     def features(self, params: Mapping[str, Any], videos: jax.Array) -> jax.Array:
-        """(b, f, h, w, 3) in [-1, 1] -> (b, d) L2-normalised float32 features."""
+        """(b, f, h, w, 3) in [-1, 1] -> (b, d) L2-normalised features (at least float32)."""
         size = self.model.config.img_size
         frames = resize_bicubic(videos, (size, size))  # (b, f, size, size, 3)
         frames = jnp.clip(frames / 2 + 0.5, 0.0, 1.0)
         feats = self.model.apply({"params": jax.lax.stop_gradient(params)}, frames)
-        return l2_normalize(feats.astype(jnp.float32))
+        return l2_normalize(feats.astype(jnp.promote_types(feats.dtype, jnp.float32)))
 
     def __call__(self, params: Mapping[str, Any], videos_fake: jax.Array, videos_real: jax.Array) -> jax.Array:
         """Scalar MSE between the normalised features; gradients flow to ``videos_fake`` only."""

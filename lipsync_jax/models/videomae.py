@@ -112,7 +112,7 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block; the residual stream stays float32, LayerNorms run in float32."""
+    """Pre-LN transformer block; the residual stream and LayerNorms stay in at least float32."""
 
     num_heads: int
     mlp_hidden: int
@@ -123,17 +123,19 @@ class Block(nn.Module):
     backend: str = "auto"
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:  # (b, n, d) float32
-        norm = functools.partial(nn.LayerNorm, epsilon=self.ln_eps, dtype=jnp.float32, param_dtype=self.param_dtype)
+    def __call__(self, x: jax.Array) -> jax.Array:  # (b, n, d), at least float32
+        norm = functools.partial(nn.LayerNorm, epsilon=self.ln_eps, dtype=x.dtype, param_dtype=self.param_dtype)
         h = norm(name="norm1")(x).astype(self.dtype)
         x = x + Attention(self.num_heads, self.qkv_bias, self.dtype, self.param_dtype, self.backend,
-                          name="attn")(h).astype(jnp.float32)
+                          name="attn")(h).astype(x.dtype)
         h = norm(name="norm2")(x).astype(self.dtype)
-        return x + Mlp(self.mlp_hidden, self.dtype, self.param_dtype, name="mlp")(h).astype(jnp.float32)
+        return x + Mlp(self.mlp_hidden, self.dtype, self.param_dtype, name="mlp")(h).astype(x.dtype)
 
 
 class VideoMAEv2(nn.Module):
-    """(b, f, h, w, 3) in [0, 1] -> (b, embed_dim) float32 features (fc_norm of the token mean)."""
+    """(b, f, h, w, 3) in [0, 1] -> (b, embed_dim) features (fc_norm of the token mean), float32
+    (float64 for a float64 ``dtype``). Matmuls/convs run in ``dtype``; residual stream, LayerNorms
+    and pooling in at least float32."""
 
     config: VideoMAEConfig
     dtype: Any = jnp.float32
@@ -152,12 +154,13 @@ class VideoMAEv2(nn.Module):
         kernel = (cfg.tubelet_size, cfg.patch_size, cfg.patch_size)
         tokens = nn.Conv(cfg.embed_dim, kernel, strides=kernel, padding="VALID", dtype=self.dtype,
                          param_dtype=self.param_dtype, name="patch_embed")(videos.astype(self.dtype))
-        x = tokens.reshape(b, -1, cfg.embed_dim).astype(jnp.float32)  # (b, t*hp*wp, d), (t, h, w) order
-        x = x + jnp.asarray(sinusoid_table(x.shape[1], cfg.embed_dim))
+        acc_dtype = jnp.promote_types(self.dtype, jnp.float32)
+        x = tokens.reshape(b, -1, cfg.embed_dim).astype(acc_dtype)  # (b, t*hp*wp, d), (t, h, w) order
+        x = x + jnp.asarray(sinusoid_table(x.shape[1], cfg.embed_dim), acc_dtype)
         block_cls = nn.remat(Block) if self.remat else Block
         for i in range(cfg.depth):
             x = block_cls(cfg.num_heads, cfg.mlp_hidden, cfg.qkv_bias, cfg.ln_eps, self.dtype,
                           self.param_dtype, self.attention_backend, name=f"blocks_{i}")(x)
         pooled = jnp.mean(x, axis=1)  # (b, d)
-        return nn.LayerNorm(epsilon=cfg.ln_eps, dtype=jnp.float32, param_dtype=self.param_dtype,
+        return nn.LayerNorm(epsilon=cfg.ln_eps, dtype=acc_dtype, param_dtype=self.param_dtype,
                             name="fc_norm")(pooled)
