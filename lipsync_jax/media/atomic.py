@@ -1,0 +1,38 @@
+"""Write-then-rename: outputs appear at their final path only when complete."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import Iterator
+
+
+def temp_path_beside(path: str) -> str:
+    """A fresh hidden temp file in ``path``'s folder (same file system, so rename is atomic),
+    keeping the extension so ffmpeg picks the right container."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        from lipsync_jax.media.ffmpeg import MediaError
+        raise MediaError(f"{path}: output folder {folder} does not exist")
+    name, ext = os.path.splitext(os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".partial{ext}", dir=folder)
+    os.close(fd)
+    return tmp
+
+
+def discard(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str) -> Iterator[str]:
+    """Yields a temp path; on normal exit it is moved onto ``path``, on error it is deleted."""
+    tmp = temp_path_beside(path)
+    try:
+        yield tmp
+    except BaseException:
+        discard(tmp)
+        raise
+    os.replace(tmp, path)
