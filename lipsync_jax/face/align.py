@@ -68,6 +68,8 @@ def _normalise(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     centre = points.mean(axis=0)
     centred = points - centre
     spread = float(np.std(centred, ddof=1))  # torch.std over all entries (unbiased)
+    if spread < 1e-6:
+        raise FaceInputError(f"degenerate landmarks (all points coincide): {points.tolist()}")
     return centred / spread, centre, spread
 
 
@@ -84,8 +86,6 @@ def similarity_transform(points: np.ndarray, template: np.ndarray) -> tuple[np.n
         raise FaceInputError(f"landmarks contain NaN/inf: {points.tolist()}")
     src_norm, src_centre, src_spread = _normalise(points)
     dst_norm, dst_centre, dst_spread = _normalise(template)
-    if src_spread < 1e-6:
-        raise FaceInputError(f"degenerate landmarks (all points coincide): {points.tolist()}")
     u, _, vt = np.linalg.svd(src_norm.T @ dst_norm)
     rotation = vt.T @ u.T
     if np.linalg.det(rotation) < 0:  # keep a proper rotation, no reflection
