@@ -1,0 +1,56 @@
+"""LatentSync ``stable_syncnet.pt`` (``{"state_dict": ...}`` plus optional training fields)
+-> Flax params of ``lipsync_jax.models.syncnet.StableSyncNet``."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from lipsync_jax.convert.rules import ConversionReport, Rule, convert_state_dict, param_shapes
+
+_TOWER = r"(audio_encoder|visual_encoder)"
+_BLOCK = rf"{_TOWER}\.down_blocks\.(\d+)"
+
+
+def _rules(pattern: str, target: str, weight_name: str, transform: str) -> list[Rule]:
+    return [Rule(pattern + r"\.weight", f"{target}/{weight_name}", transform),
+            Rule(pattern + r"\.bias", f"{target}/bias")]
+
+
+def syncnet_rules() -> list[Rule]:
+    rules: list[Rule] = []
+    rules += _rules(rf"{_TOWER}\.conv_in", r"\1/conv_in", "kernel", "conv2d")
+    rules += _rules(rf"{_TOWER}\.norm_out", r"\1/norm_out", "scale", "none")
+    # residual blocks
+    rules += _rules(rf"{_BLOCK}\.(conv1|conv2|conv_shortcut|downsample_conv)", r"\1/down_blocks_\2/\3", "kernel", "conv2d")
+    # norm1 is a GroupNorm in both block kinds, norm2/norm3 GroupNorm or LayerNorm: all scale/bias
+    rules += _rules(rf"{_BLOCK}\.(norm1|norm2|norm3)", r"\1/down_blocks_\2/\3", "scale", "none")
+    # attention blocks: 1x1 convs used as Dense layers, 8-head attention, GEGLU feed-forward
+    rules += _rules(rf"{_BLOCK}\.(conv_in|conv_out)", r"\1/down_blocks_\2/\3", "kernel", "conv1x1_to_linear")
+    rules += _rules(rf"{_BLOCK}\.attn\.(to_q|to_k|to_v)", r"\1/down_blocks_\2/\3", "kernel", "linear")
+    rules += _rules(rf"{_BLOCK}\.attn\.to_out\.0", r"\1/down_blocks_\2/to_out", "kernel", "linear")
+    rules += _rules(rf"{_BLOCK}\.ff\.net\.0\.proj", r"\1/down_blocks_\2/ff/proj", "kernel", "linear")
+    rules += _rules(rf"{_BLOCK}\.ff\.net\.2", r"\1/down_blocks_\2/ff/out", "kernel", "linear")
+    return rules
+
+
+def convert_state_dict_syncnet(state_dict: Mapping[str, Any], config: Mapping[str, Any],
+                               dtype: Any = None) -> tuple[dict[str, Any], ConversionReport]:
+    """Convert an in-memory StableSyncNet state dict for the model ``config`` describes."""
+    from lipsync_jax.models.syncnet import StableSyncNet, param_shapes_tree
+
+    model = StableSyncNet.from_config(config)
+    template = param_shapes(param_shapes_tree(model)["params"])
+    params, report = convert_state_dict(state_dict, syncnet_rules(), template=template, dtype=dtype)
+    return {"params": params}, report
+
+
+def convert_file(src: str, config: Mapping[str, Any], dtype: Any = None) -> tuple[dict[str, Any], ConversionReport]:
+    """``src``: ``stable_syncnet.pt`` (or a safetensors file); ``config``: the syncnet config
+    dict (LatentSync's yaml ``model`` section, or the whole yaml). Raises ``ConversionError``
+    when the checkpoint does not fit the config."""
+    from lipsync_jax.convert.checkpoint_io import read_state_dict
+
+    state_dict, _ = read_state_dict(src, keys=("state_dict",))
+    params, report = convert_state_dict_syncnet(state_dict, config, dtype=dtype)
+    report.raise_if_problems(f"SyncNet checkpoint {src}")
+    return params, report

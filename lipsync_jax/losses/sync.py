@@ -1,0 +1,38 @@
+"""LatentSync's SyncNet loss: binary cross-entropy of the cosine similarity against "in sync".
+
+``loss = BCE(cos(vision_embeds, audio_embeds), 1) = -log(cos)`` per sample, computed like
+``torch.nn.BCELoss``: the log is clamped at -100, so a non-positive similarity gives 100 (PyTorch
+would refuse inputs outside [0, 1]; here they saturate). Differentiable; the stage-2 UNet
+training uses it with a frozen SyncNet.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+LOG_CLAMP = -100.0  # torch.nn.BCELoss clamps log(p) and log(1 - p) at -100
+
+
+def cosine_similarity(a: jax.Array, b: jax.Array, eps: float = 1e-8) -> jax.Array:
+    """Cosine similarity over the last axis (torch's ``F.cosine_similarity``), float32."""
+    a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    norms = jnp.maximum(jnp.linalg.norm(a, axis=-1), eps) * jnp.maximum(jnp.linalg.norm(b, axis=-1), eps)
+    return jnp.sum(a * b, axis=-1) / norms
+
+
+def _safe_log(p: jax.Array) -> jax.Array:
+    """``max(log p, -100)`` with finite gradients for p <= 0."""
+    tiny = jnp.exp(LOG_CLAMP)
+    return jnp.where(p > tiny, jnp.log(jnp.maximum(p, tiny)), LOG_CLAMP)
+
+
+def bce(probs: jax.Array, targets: jax.Array | float) -> jax.Array:
+    """Element-wise ``torch.nn.BCELoss(reduction="none")``."""
+    targets = jnp.asarray(targets, jnp.float32)
+    return -(targets * _safe_log(probs) + (1.0 - targets) * _safe_log(1.0 - probs))
+
+
+def sync_loss(vision_embeds: jax.Array, audio_embeds: jax.Array, targets: jax.Array | float = 1.0) -> jax.Array:
+    """Per-sample loss (b,) for (b, c) embeddings; ``targets`` 1 = in sync, 0 = off sync."""
+    return bce(cosine_similarity(vision_embeds, audio_embeds), targets)
