@@ -1,0 +1,46 @@
+"""LatentSync configs/unet/stage2.yaml (LatentSync 1.6): stage-2 training of the UNet at 256 px.
+
+Starts from a stage-1 (or official) UNet, adds the motion modules, and trains only the
+parameters whose names contain ``run.trainable_modules`` (motion modules and attention
+layers), with the pixel-space losses on the one-step x0 estimate decoded by the VAE: SyncNet
+(0.05), LPIPS on the lower half (0.1), TREPA (10), beside the noise MSE (1).
+
+Sections: data / ckpt / run / optimizer / model as in the YAML, plus scheduler / vae / whisper
+(fixed in LatentSync's scripts). Paths: see configs/common.py (unet_data, unet_ckpt);
+``data.train_fileslist`` "" is required for training (or ``data.train_data_dir``).
+LatentSync 1.5 used ``run.guidance_scale`` 2.0; 1.6 (mirrored here) uses 1.5.
+"""
+
+import ml_collections
+
+from lipsync_jax.config_utils import import_sibling
+
+common = import_sibling(__file__, "../common.py")
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.data = common.unet_data(resolution=256)  # LatentSync comments: batch_size 1 (# 4)
+    config.ckpt = common.unet_ckpt()
+    config.run = ml_collections.ConfigDict(dict(
+        pixel_space_supervise=True,
+        use_syncnet=True,
+        sync_loss_weight=0.05,
+        perceptual_loss_weight=0.1,
+        recon_loss_weight=1.0,
+        guidance_scale=1.5,
+        trepa_loss_weight=10.0,
+        inference_steps=20,
+        trainable_modules=("motion_modules.", "attentions."),
+        seed=1247,
+        use_mixed_noise=True,
+        mixed_noise_alpha=1.0,
+        mixed_precision_training=True,
+        enable_gradient_checkpointing=True,
+        max_train_steps=10000000,
+        max_train_epochs=-1,
+    ))
+    config.optimizer = common.unet_optimizer()
+    config.model = common.unet_model(use_motion_module=True)
+    common.add_components(config)
+    return config
