@@ -289,7 +289,7 @@ class _ZipArchive:
                 f"{self.path}: storage record {name} ends at byte {start + nbytes}, beyond the end of "
                 f"the {self.file_size}-byte file (truncated)")
         if self._map is None:
-            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+            self._map = np.asarray(np.memmap(self.path, dtype=np.uint8, mode="r"))
         return self._map[start:start + nbytes]
 
     def _data_offset(self, info: zipfile.ZipInfo) -> int:
