@@ -44,6 +44,16 @@ def find_config_file(path: str) -> str:
     raise ConfigError(f"config file {path!r} not found (tried: {', '.join(candidates)})")
 
 
+def resolve_path(path: str) -> str:
+    """A path from a config (``data.mask_image_path``, ``data.syncnet_config_path``, ...): as
+    given if it exists (absolute or relative to the working directory), else relative to the
+    project root if it exists there, else unchanged (so the caller's error names it)."""
+    if not path or os.path.isabs(path) or os.path.exists(path):
+        return path
+    in_project = os.path.join(PROJECT_ROOT, path)
+    return in_project if os.path.exists(in_project) else path
+
+
 def import_config_module(path: str) -> types.ModuleType:
     """Executes the Python file ``path`` as a fresh module (not registered in sys.modules)."""
     path = find_config_file(path)

@@ -16,7 +16,7 @@ from absl import flags
 from conftest import golden_path
 from lipsync_jax import cli_flags
 from lipsync_jax.config_utils import (
-    PROJECT_ROOT, ConfigError, apply_sweep, config_to_dict, get_sweep, load_config, sweep_length)
+    PROJECT_ROOT, ConfigError, apply_sweep, config_to_dict, get_sweep, load_config, resolve_path, sweep_length)
 
 UNET_CONFIGS = ["stage1", "stage1_512", "stage2", "stage2_512", "stage2_efficient", "tiny", "tiny_stage1"]
 SYNCNET_CONFIGS = ["syncnet_16_pixel_attn", "syncnet_16_pixel", "syncnet_16_latent", "tiny"]
@@ -73,10 +73,12 @@ def test_unet_config_sections(name):
 
 
 @pytest.mark.parametrize("name", UNET_CONFIGS)
-def test_unet_repo_paths_exist(name):
+def test_unet_repo_paths_exist(name, tmp_path, monkeypatch):
     data = cfg(f"unet/{name}.py")["data"]
+    monkeypatch.chdir(tmp_path)  # found from anywhere via the project root
     for key in ("syncnet_config_path", "val_video_path", "val_audio_path", "mask_image_path"):
-        assert os.path.isfile(os.path.join(PROJECT_ROOT, data[key])), (key, data[key])
+        assert os.path.isfile(resolve_path(data[key])), (key, data[key])
+    assert resolve_path("no/such/file.txt") == "no/such/file.txt"
 
 
 # ---------------------------------------------------------------- model sections vs golden
