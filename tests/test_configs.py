@@ -379,3 +379,5 @@ def test_cli_sweep_errors_through_absl(tmp_path):
     assert result.returncode != 0 and "out of range" in result.stderr
     result = run_cli(tmp_path)
     assert result.returncode != 0 and "--config" in result.stderr  # required flag
+    result = run_cli(tmp_path, "--config=configs/unet/no_such_config.py")
+    assert result.returncode != 0 and "config error: --config=configs/unet/no_such_config.py" in result.stderr
