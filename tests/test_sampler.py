@@ -117,3 +117,12 @@ def test_initial_latents_repeat_one_frame():
     np.testing.assert_array_equal(latents, jnp.repeat(latents[:, :1], 5, axis=1))
     assert float(jnp.abs(latents[0, 0] - latents[1, 0]).max()) > 0  # samples differ
     assert 0.5 < float(latents.std()) < 1.5
+
+
+def test_golden_ddim_and_sampling_loop():
+    """The real stage2 tiny UNet through the jitted loop vs LatentSync's 20-step loop."""
+    from lipsync_jax.golden.check_sampling import check_fixture
+
+    for name in ("ddim.npz", "sampling_loop.npz"):
+        results = check_fixture(load_fixture(golden_path(name)))
+        assert results and all(r.passed for r in results), [r.line() for r in results]

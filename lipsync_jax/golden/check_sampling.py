@@ -7,9 +7,12 @@ to the ``sampling_loop`` file.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from lipsync_jax.diffusion.ddim import DDIMScheduler
@@ -50,19 +53,26 @@ def check_ddim(fx: Fixture) -> list[Comparison]:
     return results
 
 
-def _unet_apply_for(unet_fixture: Fixture):
-    """(unet_apply, params) for the stage2 tiny UNet, converted from the fixture's weights."""
-    from lipsync_jax.convert import unet as unet_convert  # imported lazily: large module
-    from lipsync_jax.models import UNet3DConditionModel
+def _unet_apply_for(unet_config: dict, unet_fixture: Fixture):
+    """(unet_apply, params): the sampling loop's UNet config with the weights of ``unet_fixture``."""
+    from lipsync_jax.convert.unet import convert_state_dict_for_unet
+    from lipsync_jax.models.unet3d import UNet3DConditionModel
+    from lipsync_jax.models.unet_config import UNet3DConfig
 
-    model = UNet3DConditionModel.from_config(unet_fixture.config)
-    params, report = unet_convert.convert_state_dict_for(model, unet_fixture.weights_f32())
-    report.raise_if_problems(f"{unet_fixture.path}: UNet conversion")
+    config = UNet3DConfig.from_dict(unet_config)
+    params, _ = convert_state_dict_for_unet(unet_fixture.weights_f32(), config, dtype=jnp.float32,
+                                            what=unet_fixture.path)
+    return _UNetApply(UNet3DConditionModel(config)), params
 
-    def unet_apply(p, sample, timesteps, audio_embeds):
-        return model.apply({"params": p}, sample, timesteps, audio_embeds)
 
-    return unet_apply, params
+@dataclasses.dataclass(frozen=True)
+class _UNetApply:
+    """Hashable ``unet_apply`` (a static argument of the jitted sampler)."""
+
+    model: Any
+
+    def __call__(self, params, sample, timesteps, audio_embeds):
+        return self.model.apply({"params": params}, sample, timesteps, audio_embeds)
 
 
 def check_sampling_loop(fx: Fixture) -> list[Comparison]:
@@ -70,12 +80,8 @@ def check_sampling_loop(fx: Fixture) -> list[Comparison]:
     if not os.path.isfile(weights_path):
         return [Comparison(fx.kind, "latents", None, LOOP_TOL, False, status="ERROR",
                            detail=f"UNet weights {weights_path} not found")]
-    try:
-        unet_apply, params = _unet_apply_for(load_fixture(weights_path))
-    except ImportError as e:  # the UNet or its converter is not implemented yet
-        return [Comparison(fx.kind, "latents", None, LOOP_TOL, False, status="MISSING",
-                           detail=f"UNet not available: {e}")]
     cfg = fx.config
+    unet_apply, params = _unet_apply_for(cfg["unet"], load_fixture(weights_path))
     inputs = {k: _to_channels_last(v) for k, v in fx.inputs.items() if k != "audio_embeds"}
     latents = sample_chunk(unet_apply, params, inputs["init_latents"], inputs["mask"],
                            inputs["masked_image_latents"], inputs["ref_latents"],
