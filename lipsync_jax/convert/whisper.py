@@ -15,8 +15,6 @@ the checkpoint when present and computed (``sinusoids``) when not.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from typing import Any, Mapping
 
@@ -119,39 +117,39 @@ def buffer_param_count(config: WhisperEncoderConfig) -> int:
     return config.n_audio_ctx * config.n_audio_state
 
 
-def _read_config_json(src: str) -> dict[str, Any] | None:
-    """A Hugging Face folder's config.json next to (or inside) ``src``, if any."""
-    folder = src if os.path.isdir(src) else os.path.dirname(src)
-    path = os.path.join(folder, "config.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
+def _config_from_extras(extras: Mapping[str, Any]) -> WhisperEncoderConfig | None:
+    """Dims from a checkpoint's extras: OpenAI's ``dims`` entry or an HF folder's config.json."""
+    for key in ("dims", "config"):
+        value = extras.get(key)
+        if isinstance(value, Mapping):
+            return WhisperEncoderConfig.from_config(value)
     return None
 
 
 def convert_file(src: str, config: Mapping[str, Any] | None = None,
                  dtype: Any = None) -> tuple[dict[str, Any], ConversionReport]:
     """``src``: OpenAI ``tiny.pt``, a Hugging Face ``model.safetensors`` / ``pytorch_model.bin``
-    (or its folder). ``config``: encoder dims (OpenAI ``dims`` or HF config names); None reads
-    them from the checkpoint's ``dims``, else an HF ``config.json`` beside it, else the shapes.
-    Raises ``ConversionError`` when the checkpoint does not fit."""
-    from lipsync_jax.convert.checkpoint_io import read_state_dict
-
-    if os.path.isdir(src):
-        candidates = [os.path.join(src, n) for n in ("model.safetensors", "pytorch_model.bin")]
-        found = [p for p in candidates if os.path.isfile(p)]
-        if not found:
-            raise ConversionError(f"{src}: no model.safetensors or pytorch_model.bin in this folder")
-        src = found[0]
-    state_dict, extras = read_state_dict(src, keys=("model_state_dict", "state_dict"))
-    if config is None:
-        dims = extras.get("dims") if isinstance(extras, Mapping) else None
-        config = dims if dims is not None else _read_config_json(src)
-    config = WhisperEncoderConfig.from_config(config) if config is not None else infer_config(state_dict)
-    params, report = convert_whisper_state_dict(state_dict, config, dtype=dtype)
-    report.raise_if_problems(f"Whisper checkpoint {src}")
+    or its folder. ``config``: encoder dims (OpenAI ``dims`` or HF config names); None reads them
+    from the checkpoint's ``dims`` (OpenAI) or the folder's config.json (HF), else infers them from
+    the shapes. Raises ``ConversionError`` when the checkpoint does not fit."""
+    params, report, _ = convert_file_with_config(src, config, dtype)
     return params, report
 
 
-__all__ = ["convert_file", "convert_whisper_state_dict", "openai_rules", "huggingface_rules", "infer_config",
+def convert_file_with_config(src: str, config: Mapping[str, Any] | None = None, dtype: Any = None
+                             ) -> tuple[dict[str, Any], ConversionReport, WhisperEncoderConfig]:
+    """``convert_file`` plus the encoder dims it used (to save next to the params)."""
+    from lipsync_jax.convert.checkpoint_io import read_state_dict
+
+    state_dict, extras = read_state_dict(src, keys=("model_state_dict", "state_dict"))
+    if config is not None:
+        dims = WhisperEncoderConfig.from_config(config)
+    else:
+        dims = _config_from_extras(extras) or infer_config(state_dict)
+    params, report = convert_whisper_state_dict(state_dict, dims, dtype=dtype)
+    report.raise_if_problems(f"Whisper checkpoint {src}")
+    return params, report, dims
+
+
+__all__ = ["convert_file", "convert_file_with_config", "convert_whisper_state_dict", "openai_rules", "huggingface_rules", "infer_config",
            "encoder_param_shapes", "buffer_param_count"]
