@@ -83,3 +83,16 @@ def test_other_spacings_and_bad_config(fixture):
         DDIMScheduler.from_config({**cfg, "thresholding": True})
     with pytest.raises(SchedulerConfigError, match="num_inference_steps"):
         DDIMScheduler.from_config(cfg).timesteps(0)
+
+
+def test_project_scheduler_config_equals_fixture_config(fixture):
+    """configs/scheduler.py (a ConfigDict) builds the same schedule as the fixture's dict."""
+    import os
+
+    from lipsync_jax.config_utils import load_config
+
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "scheduler.py")
+    ours = DDIMScheduler.from_config(load_config(path))
+    ref = DDIMScheduler.from_config(fixture.config)
+    assert ours.config == ref.config
+    np.testing.assert_array_equal(ours.alphas_cumprod, ref.alphas_cumprod)

@@ -126,3 +126,17 @@ def test_golden_ddim_and_sampling_loop():
     for name in ("ddim.npz", "sampling_loop.npz"):
         results = check_fixture(load_fixture(golden_path(name)))
         assert results and all(r.passed for r in results), [r.line() for r in results]
+
+
+def test_low_precision_unet_output_keeps_float32_latents(scheduler):
+    def bf16_unet(params, sample, timesteps, audio_embeds):
+        return toy_unet(params, sample, timesteps, audio_embeds).astype(jnp.bfloat16)
+
+    params, mask, masked, ref, audio = _inputs()
+    init = initial_latents(jax.random.PRNGKey(1), SHAPE)
+    low = sample_chunk(bf16_unet, params, init, mask, masked, ref, audio, scheduler=scheduler,
+                       num_steps=4, guidance_scale=1.5)
+    full = sample_chunk(toy_unet, params, init, mask, masked, ref, audio, scheduler=scheduler,
+                        num_steps=4, guidance_scale=1.5)
+    assert low.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(low)))
+    assert float(jnp.linalg.norm(low - full) / jnp.linalg.norm(full)) < 0.05

@@ -13,6 +13,7 @@ runs once per step on the conditional input only (the scale is then not applied,
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -22,6 +23,18 @@ import jax.numpy as jnp
 from lipsync_jax.diffusion.ddim import DDIMScheduler
 
 UNetApply = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleApply:
+    """A hashable ``unet_apply`` for a Flax UNet module (``sample_chunk`` takes ``unet_apply`` as
+    a static argument: build this once and reuse it, so the loop compiles once)."""
+
+    module: Any  # a flax.linen Module called as module(sample, timesteps, audio_embeds)
+
+    def __call__(self, params: Any, sample: jax.Array, timesteps: jax.Array,
+                 audio_embeds: jax.Array) -> jax.Array:
+        return self.module.apply({"params": params}, sample, timesteps, audio_embeds)
 
 
 def initial_latents(key: jax.Array, shape: tuple[int, ...], *, dtype=jnp.float32,

@@ -7,16 +7,14 @@ to the ``sampling_loop`` file.
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lipsync_jax.diffusion.ddim import DDIMScheduler
-from lipsync_jax.diffusion.sampler import sample_chunk
+from lipsync_jax.diffusion.sampler import ModuleApply, sample_chunk
 from lipsync_jax.golden.core import Comparison, Fixture, compare_exact, compare_rel, load_fixture
 
 DDIM_TOL = 1e-6
@@ -62,17 +60,7 @@ def _unet_apply_for(unet_config: dict, unet_fixture: Fixture):
     config = UNet3DConfig.from_dict(unet_config)
     params, _ = convert_state_dict_for_unet(unet_fixture.weights_f32(), config, dtype=jnp.float32,
                                             what=unet_fixture.path)
-    return _UNetApply(UNet3DConditionModel(config)), params
-
-
-@dataclasses.dataclass(frozen=True)
-class _UNetApply:
-    """Hashable ``unet_apply`` (a static argument of the jitted sampler)."""
-
-    model: Any
-
-    def __call__(self, params, sample, timesteps, audio_embeds):
-        return self.model.apply({"params": params}, sample, timesteps, audio_embeds)
+    return ModuleApply(UNet3DConditionModel(config)), params
 
 
 def check_sampling_loop(fx: Fixture) -> list[Comparison]:
