@@ -17,6 +17,7 @@ size with torchvision's antialiased bicubic (as LatentSync's ``restore_video`` d
 
 from __future__ import annotations
 
+import functools
 import math
 
 import cv2
@@ -36,6 +37,7 @@ def _cubic_weights(x: np.ndarray, a: float = -0.5) -> np.ndarray:
     return np.where(x <= 1, near, np.where(x < 2, far, 0.0))
 
 
+@functools.lru_cache(maxsize=32)
 def _resize_matrix(in_size: int, out_size: int) -> np.ndarray:
     """(out, in) weights of torch's antialiased bicubic resize (PIL kernel, a = -0.5)."""
     scale = in_size / out_size
@@ -48,6 +50,8 @@ def _resize_matrix(in_size: int, out_size: int) -> np.ndarray:
         hi = min(int(centre + support + 0.5), in_size)
         taps = _cubic_weights((np.arange(lo, hi) - centre + 0.5) / stretch)
         weights[i, lo:hi] = taps / taps.sum()
+    weights = weights.astype(np.float32)
+    weights.setflags(write=False)
     return weights
 
 
@@ -57,9 +61,12 @@ def resize_to_crop(face: np.ndarray, face_size: tuple[int, int]) -> np.ndarray:
     if face.ndim != 3:
         raise FaceInputError(f"face: expected (h, w, c), got {face.shape}")
     width, height = face_size
-    rows = _resize_matrix(face.shape[0], height).astype(np.float32)
-    cols = _resize_matrix(face.shape[1], width).astype(np.float32)
-    return np.einsum("yh,hwc,xw->yxc", rows, face, cols, optimize=True)
+    in_h, in_w, channels = face.shape
+    rows = _resize_matrix(in_h, height)  # (height, in_h)
+    cols = _resize_matrix(in_w, width)  # (width, in_w)
+    tall = (rows @ face.reshape(in_h, in_w * channels)).reshape(height, in_w, channels)
+    wide = cols @ tall.transpose(1, 0, 2).reshape(in_w, height * channels)  # (width, height * channels)
+    return np.ascontiguousarray(wide.reshape(width, height, channels).transpose(1, 0, 2))
 
 
 def _as_signed_face(face: np.ndarray) -> np.ndarray:
