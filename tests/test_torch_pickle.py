@@ -226,3 +226,55 @@ def test_other_bad_inputs(tmp_path):
     garbled = _zip_with_pickle(tmp_path / "garbled.pt", b"\x80\x02}q\x00(X")
     with pytest.raises(CheckpointFormatError, match="garbled.pt: corrupt checkpoint"):
         load_torch_checkpoint(garbled)
+
+
+def test_build_is_limited_to_containers(tmp_path):
+    # GLOBAL collections.OrderedDict (the class itself) + BUILD would set attributes on the class.
+    on_class = b"\x80\x02ccollections\nOrderedDict\n}X\x01\x00\x00\x00xK\x01sb."
+    with pytest.raises(UnsafeCheckpointError, match="sets state on a type"):
+        load_torch_checkpoint(_zip_with_pickle(tmp_path / "build_class.pt", on_class))
+    assert not hasattr(collections.OrderedDict, "x")
+    on_marker = b"\x80\x02ctorch\nFloatStorage\n}X\x05\x00\x00\x00dtypeK\x01sb."
+    with pytest.raises(UnsafeCheckpointError, match="sets state on a _StorageType"):
+        load_torch_checkpoint(_zip_with_pickle(tmp_path / "build_marker.pt", on_marker))
+    on_dtype = b"\x80\x02ctorch\nfloat32\n(K\x03X\x01\x00\x00\x00>NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb."
+    with pytest.raises(CheckpointFormatError, match="unexpected numpy dtype state"):
+        load_torch_checkpoint(_zip_with_pickle(tmp_path / "build_dtype.pt", on_dtype))
+
+
+def test_plain_numpy_values_load_but_object_arrays_do_not(tmp_path):
+    pickled = pickle.dumps({"arr": np.arange(3.0), "scalar": np.float32(2.5)}, protocol=2)
+    loaded = load_torch_checkpoint(_zip_with_pickle(tmp_path / "np.pt", pickled))
+    np.testing.assert_array_equal(loaded["arr"], np.arange(3.0))
+    assert loaded["scalar"] == np.float32(2.5) and loaded["scalar"].dtype == np.float32
+    objects = pickle.dumps({"arr": np.array([1, None], dtype=object)}, protocol=2)
+    with pytest.raises(UnsafeCheckpointError, match="object array"):
+        load_torch_checkpoint(_zip_with_pickle(tmp_path / "obj.pt", objects))
+
+
+def test_contiguous_tensors_are_read_only_views_of_the_file(tmp_path):
+    path = tmp_path / "mapped.pt"
+    save_torch_checkpoint({"w": np.arange(1000, dtype=np.float32).reshape(10, 100)}, path)
+    weight = load_torch_checkpoint(path)["w"]
+    assert not weight.flags.owndata and not weight.flags.writeable
+    np.testing.assert_array_equal(weight, np.arange(1000, dtype=np.float32).reshape(10, 100))
+
+
+def test_zip64_entries_stay_aligned(tmp_path, monkeypatch):
+    monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 64)  # force zip64 records without writing 2 GB
+    path = tmp_path / "z64.pt"
+    arrays = {"a": np.arange(100, dtype=np.float32), "b": np.ones(7, np.float16)}
+    save_torch_checkpoint(arrays, path)
+    raw = path.read_bytes()
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+            assert (info.header_offset + 30 + name_len + extra_len) % 64 == 0, info.filename
+    loaded = load_torch_checkpoint(path)
+    for key, want in arrays.items():
+        np.testing.assert_array_equal(loaded[key], want)
+
+
+def test_folder_path_is_a_format_error(tmp_path):
+    with pytest.raises(CheckpointFormatError, match="is a folder"):
+        load_torch_checkpoint(tmp_path)

@@ -89,7 +89,29 @@ class _TensorType:
 # Reading
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _RestrictedUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler (data.pkl is small, so speed does not matter) because it lets
+    BUILD be restricted too: only containers may receive state, never the allow-listed
+    functions, dtypes or storage markers."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    _BUILDABLE = (collections.OrderedDict, types.SimpleNamespace, np.ndarray)
+
+    def load_build(self):
+        inst, state = self.stack[-2], self.stack[-1]
+        if isinstance(inst, np.dtype):  # numpy scalars pickle their dtype's own state: a no-op
+            if not _is_own_dtype_state(inst, state):
+                raise CheckpointFormatError(f"{self._path}: unexpected numpy dtype state {state!r} in data.pkl")
+            self.stack.pop()
+            return
+        if type(inst) not in self._BUILDABLE:
+            raise UnsafeCheckpointError(
+                f"refusing to load {self._path}: data.pkl sets state on a "
+                f"{type(self.stack[-2]).__name__}, which only code-carrying pickles do")
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
+
     def __init__(self, file, path: str, read_storage):
         super().__init__(file)
         self._path = path
@@ -231,6 +253,13 @@ def _numpy_dtype(spec, align=False, copy=False):
     return dtype
 
 
+def _is_own_dtype_state(dtype: np.dtype, state: Any) -> bool:
+    own = dtype.__reduce__()[2]
+    native = {"<": "=", "|": "="} if np.little_endian else {">": "=", "|": "="}
+    return (isinstance(state, tuple) and len(state) == len(own) and state[0] == own[0] and state[2:] == own[2:]
+            and native.get(state[1], state[1]) == native.get(own[1], own[1]))
+
+
 def _numpy_scalar(dtype, data=None):
     if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
         raise CheckpointFormatError(f"unexpected numpy scalar record ({dtype!r}) in data.pkl")
@@ -309,6 +338,8 @@ def load_torch_checkpoint(path: str | os.PathLike) -> Any:
     missing, not a torch zip checkpoint, truncated or corrupt.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointFormatError(f"{path}: is a folder, expected a .pt/.pth file")
     if not os.path.isfile(path):
         raise CheckpointNotFoundError(f"{path}: no such checkpoint file")
     with open(path, "rb") as f:
