@@ -168,3 +168,20 @@ def test_insightface_backend_missing_gives_install_hint(tmp_path):
         InsightFaceLandmarker(root=str(tmp_path))
     with pytest.raises(FaceBackendError, match="unknown face backend"):
         make_landmarker("dlib")
+
+
+def test_tracker_keeps_smoothing_over_short_gaps_and_resets_after_long_ones(fixture):
+    first = fixture.inputs["landmarks3_frame0"] + [[0, 0], [0, 0], [15, 0]]  # another nose offset
+    later = fixture.inputs["landmarks3_frame1"]
+    script = iter([first, None, later, None, None, None, later])
+    tracker = FaceTracker(256, landmarker=lambda frame: next(script), max_gap=2)
+    results = [tracker(fixture.inputs["frame0"]) for _ in range(7)]
+    assert [r is None for r in results] == [False, True, False, True, True, True, False]
+    fresh = FaceAligner(256).affine(later)  # ``later`` smoothed as a first frame
+    consecutive = FaceAligner(256)
+    consecutive.affine(first)
+    # frame 2 follows a 1-frame gap: smoothed with frame 0's state, as consecutive frames are
+    np.testing.assert_allclose(results[2].affine, consecutive.affine(later), atol=1e-5)
+    assert np.abs(results[2].affine - fresh).max() > 0.01
+    # frame 6 follows a 3-frame gap (> max_gap): state reset, so it is smoothed like a first frame
+    np.testing.assert_allclose(results[6].affine, fresh, atol=1e-5)
