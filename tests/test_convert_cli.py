@@ -68,6 +68,7 @@ def test_dispatch_passes_model_section_casts_and_saves(tmp_path, src, fake_conve
     assert metadata["dtype"] == "bfloat16" and metadata["converted"] == 2 and metadata["skipped"] == 1
     out = capsys.readouterr().out
     assert "syncnet: 2 converted, 1 skipped, 0 missing, 0 unexpected" in out and str(dst) in out
+    assert "skipped on purpose: buffer" in out
 
 
 def test_whole_config_without_model_section_and_json_config(tmp_path, src, fake_converter):

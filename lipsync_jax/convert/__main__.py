@@ -119,7 +119,10 @@ def convert(kind: str, src: str, config_path: str | None, dst: str, dtype: str |
         "dtype": dtype, "converted": report.converted, "skipped": len(report.skipped),
         "report": report.summary()})
     print(f"{kind}: {report.converted} converted, {len(report.skipped)} skipped, {len(report.missing)} missing, "
-          f"{len(report.unexpected)} unexpected ({report.summary()})")
+          f"{len(report.unexpected)} unexpected")
+    if report.skipped:
+        more = f", ... (+{len(report.skipped) - 10})" if len(report.skipped) > 10 else ""
+        print(f"  skipped on purpose: {', '.join(report.skipped[:10])}{more}")
     print(f"saved to {out}")
     return 0
 
