@@ -32,6 +32,11 @@ class WhisperEncoderConfig:
     n_audio_head: int = 6
     n_audio_layer: int = 4
 
+    def __post_init__(self):
+        if self.n_audio_state % self.n_audio_head or self.n_audio_state % 2:
+            raise ValueError(f"whisper dims: n_audio_state {self.n_audio_state} must be even and divisible "
+                             f"by n_audio_head {self.n_audio_head}")
+
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "WhisperEncoderConfig":
         """From OpenAI dims (``{"dims": {...}}`` or the dims themselves, extra decoder fields
