@@ -105,3 +105,12 @@ def test_empty_file(tmp_path):
     path.write_bytes(b"")
     with pytest.raises(AudioLoadError, match="empty.wav"):
         load_audio(path)
+
+
+@pytest.mark.parametrize("codec,tol", [("pcm_s24le", 1e-6), ("pcm_s32le", 1e-6), ("pcm_u8", 1e-2)])
+def test_integer_pcm_depths_are_scaled_to_full_range(tmp_path, codec, tol):
+    reference = tmp_path / "ref.wav"
+    scipy.io.wavfile.write(reference, 16000, (_tone(16000, 0.5) * 32767).astype(np.int16))
+    path = tmp_path / f"{codec}.wav"
+    _ffmpeg("-i", str(reference), "-c:a", codec, str(path))
+    np.testing.assert_allclose(load_audio(path), load_audio(reference), atol=tol)
