@@ -188,7 +188,7 @@ def decode_latents(model: AutoencoderKL, params: Any, latents: jax.Array) -> jax
 
 def _map_chunks(fn, chunk_size: int, *arrays: jax.Array) -> jax.Array:
     """``fn`` over the leading axis in chunks of ``chunk_size`` with ``lax.map`` (one traced
-    body, so peak memory is one chunk's); the tail is zero padded and dropped again."""
+    body, so peak memory is one chunk's); the tail is padded (last item repeated) and dropped."""
     n = arrays[0].shape[0]
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -196,7 +196,7 @@ def _map_chunks(fn, chunk_size: int, *arrays: jax.Array) -> jax.Array:
     pad = num_chunks * chunk_size - n
 
     def to_chunks(a):
-        a = jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1))
+        a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) if pad else a
         return a.reshape((num_chunks, chunk_size) + a.shape[1:])
 
     out = jax.lax.map(lambda xs: fn(*xs), tuple(to_chunks(a) for a in arrays))
@@ -229,7 +229,7 @@ def decode_frames(model: AutoencoderKL, params: Any, latents: jax.Array, chunk_s
 def init_params(model: AutoencoderKL, key: jax.Array, image_size: int = 64) -> Any:
     """Random parameters (for tests and shape templates)."""
     images = jnp.zeros((1, image_size, image_size, model.config.in_channels), jnp.float32)
-    return model.init(key, images)
+    return jax.jit(model.init)(key, images)
 
 
 def param_shapes_tree(model: AutoencoderKL) -> Any:
