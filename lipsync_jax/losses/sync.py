@@ -22,9 +22,10 @@ def cosine_similarity(a: jax.Array, b: jax.Array, eps: float = 1e-8) -> jax.Arra
 
 
 def _safe_log(p: jax.Array) -> jax.Array:
-    """``max(log p, -100)`` with finite gradients for p <= 0."""
-    tiny = jnp.exp(LOG_CLAMP)
-    return jnp.where(p > tiny, jnp.log(jnp.maximum(p, tiny)), LOG_CLAMP)
+    """``max(log p, -100)`` (``-100`` for p <= 0) with finite gradients everywhere."""
+    positive = p > 0
+    log_p = jnp.log(jnp.where(positive, p, 1.0))  # the double where keeps NaN out of the gradient
+    return jnp.maximum(jnp.where(positive, log_p, LOG_CLAMP), LOG_CLAMP)
 
 
 def bce(probs: jax.Array, targets: jax.Array | float) -> jax.Array:
