@@ -14,7 +14,7 @@ import os
 import re
 from typing import Any, Mapping
 
-import jax.numpy as jnp
+import numpy as np
 
 from lipsync_jax.convert.rules import ConversionError, ConversionReport, Rule, convert_state_dict, param_shapes
 from lipsync_jax.models.unet3d import UNet3DConditionModel, unet_param_shapes
@@ -166,38 +166,50 @@ def convert_state_dict_for_unet(state_dict: Mapping[str, Any], config: UNet3DCon
 
 
 def load_unet_config(config: Any) -> UNet3DConfig:
-    """A ``UNet3DConfig`` from a config object, a mapping, or a .json/.yaml file (LatentSync's
-    configs/unet/*.yaml keep the UNet under ``model:``)."""
+    """A ``UNet3DConfig`` from a config object, a mapping / ConfigDict (a whole training config
+    with a ``model`` section, or the model section itself), or a file: ``configs/unet/*.py``
+    (ml-collections), ``.json``, or LatentSync's own ``.yaml`` (needs PyYAML)."""
     if isinstance(config, UNet3DConfig):
         return config
     if isinstance(config, (str, os.PathLike)):
-        path = os.fspath(config)
-        try:
-            with open(path) as f:
-                text = f.read()
-        except OSError as e:
-            raise UNetConfigError(f"{path}: cannot read the UNet config ({e})") from None
-        if path.endswith((".yaml", ".yml")):
-            try:
-                import yaml  # optional: only for LatentSync's own yaml files
-            except ImportError:
-                raise UNetConfigError(f"{path}: reading yaml needs PyYAML; pass a .json config instead") from None
-            config = yaml.safe_load(text)
-        else:
-            try:
-                config = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise UNetConfigError(f"{path}: not valid JSON ({e})") from None
+        config = _read_config_file(os.fspath(config))
+    if hasattr(config, "to_dict") and not isinstance(config, Mapping):  # ml_collections.ConfigDict
+        config = config.to_dict()
     if isinstance(config, Mapping):
         config = dict(config)
-        for key in ("model", "config"):  # the unet yaml's model: section, or a fixture's meta
-            if key in config and isinstance(config[key], Mapping) and "block_out_channels" in config[key]:
-                config = dict(config[key])
+        for key in ("model", "config"):  # a training config's model section, or a fixture's meta
+            section = config.get(key)
+            if section is not None and not isinstance(section, Mapping) and hasattr(section, "to_dict"):
+                section = section.to_dict()
+            if isinstance(section, Mapping) and "block_out_channels" in section:
+                config = dict(section)
         return UNet3DConfig.from_dict(config)
     raise UNetConfigError(f"cannot make a UNet config from {type(config).__name__}")
 
 
-def convert_file(src: str, config: Any, dtype: Any = jnp.float32) -> tuple[dict, ConversionReport]:
+def _read_config_file(path: str) -> Any:
+    if path.endswith(".py") or ".py:" in path:
+        from lipsync_jax.config_utils import load_config
+
+        return load_config(path)
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise UNetConfigError(f"{path}: cannot read the UNet config ({e})") from None
+    if path.endswith((".yaml", ".yml")):
+        try:
+            import yaml  # optional: only for LatentSync's own yaml files
+        except ImportError:
+            raise UNetConfigError(f"{path}: reading yaml needs PyYAML; pass a .json or configs/unet/*.py") from None
+        return yaml.safe_load(text)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UNetConfigError(f"{path}: not valid JSON ({e})") from None
+
+
+def convert_file(src: str, config: Any, dtype: Any = np.float32) -> tuple[dict, ConversionReport]:
     """Read ``src`` (.pt/.pth/.safetensors, ``{"global_step", "state_dict"}`` or a bare state
     dict) and convert it for ``config`` (UNet3DConfig, mapping or config file path)."""
     from lipsync_jax.convert.checkpoint_io import read_state_dict

@@ -13,6 +13,7 @@ Kernels carry logical axis names (see ``unet_layers``).
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -126,3 +127,23 @@ def unet_logical_axes(model: UNet3DConditionModel, sample_shape: Sequence[int] |
     shape = tuple(sample_shape) if sample_shape else (1, 2, 8, 8, model.config.in_channels)
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), *dummy_inputs(model.config, shape)))
     return nn.get_partition_spec(variables["params"])
+
+
+_LIST_MODULES = re.compile(r"(down_blocks|up_blocks|resnets|attentions|motion_modules|transformer_blocks|"
+                           r"attention_blocks|norms|downsamplers|upsamplers)_(\d+)")
+
+
+def latentsync_module_name(path: Sequence[str]) -> str:
+    """Our param path -> a LatentSync-style dotted name (``down_blocks_0/attentions_1/...`` ->
+    ``down_blocks.0.attentions.1...``), so LatentSync's ``trainable_modules`` substrings
+    (``"motion_modules."``, ``"attentions."``) select the same modules."""
+    return ".".join(_LIST_MODULES.sub(r"\1.\2", part) for part in path)
+
+
+def trainable_mask(params: dict, trainable_modules: Sequence[str]) -> dict:
+    """A bool tree like ``params``: True where the LatentSync-style name contains any of
+    ``trainable_modules`` (LatentSync's ``run.trainable_modules``); for ``optax.masked``."""
+    def mark(path, _leaf):
+        name = latentsync_module_name([getattr(k, "key", str(k)) for k in path])
+        return any(pattern in name for pattern in trainable_modules)
+    return jax.tree_util.tree_map_with_path(mark, params)
