@@ -1,0 +1,1 @@
+"""Offline preparation of lipsync-jax training data (``python -m data_prep --help``)."""

@@ -1,0 +1,73 @@
+"""Optional SyncNet scoring of a clip and audio-offset correction (``--syncnet_ckpt``).
+
+A clip's aligned faces (resized to the SyncNet's face resolution, [-1, 1], lower half) and the
+SyncNet mel of the source audio around it are scored with ``lipsync_jax.eval.sync_score``: the
+mean cosine similarity of 16-frame windows against audio windows shifted by -max..+max
+frames. With best offset d (the matching sound comes d frames after the picture), the clip's
+audio is re-cut from the source starting d frames later, so frame i gets the audio that
+matches it; frames whose corrected audio would fall outside the source are trimmed. A clip is
+dropped when |d| exceeds ``max_offset`` (no clear alignment) or its confidence (best
+similarity minus the median over offsets) is below ``min_confidence``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from lipsync_jax.audio.syncnet_mel import syncnet_mel
+from lipsync_jax.data.records import decode_frames
+
+
+@dataclasses.dataclass
+class SyncResult:
+    score: float  # similarity at the chosen offset
+    confidence: float
+    offset: int  # frames
+
+
+class SyncScorer:
+    """A converted StableSyncNet (folder written by ``python -m lipsync_jax.convert syncnet``)."""
+
+    def __init__(self, ckpt_dir: str, search_offset: int = 15):
+        from lipsync_jax.checkpoints import restore_params
+        from lipsync_jax.models.syncnet import StableSyncNet
+
+        params, config = restore_params(ckpt_dir)
+        if config is None:
+            raise ValueError(f"{ckpt_dir}: converted SyncNet has no config.json (needed to build the model)")
+        self.model = StableSyncNet.from_config(config)
+        self.params = params if "params" in params else {"params": params}
+        data = config.get("data", {}) if isinstance(config, dict) else {}
+        self.resolution = int(data.get("resolution", 256))
+        self.search_offset = int(search_offset)
+
+    def score(self, jpeg_frames: list[bytes], audio: np.ndarray, fps: float) -> SyncResult:
+        """Faces (JPEG bytes) and the 16 kHz float audio that starts with them."""
+        import cv2
+
+        from lipsync_jax.eval.sync_score import sync_score
+
+        faces = decode_frames(jpeg_frames, range(len(jpeg_frames)))
+        if faces.shape[1] != self.resolution:
+            faces = np.stack([cv2.resize(f, (self.resolution, self.resolution), interpolation=cv2.INTER_AREA)
+                              for f in faces])
+        pixels = faces.astype(np.float32) / 127.5 - 1.0
+        result = sync_score(self.model, self.params, pixels, syncnet_mel(audio), fps=fps,
+                            max_offset=self.search_offset)
+        return SyncResult(score=result.best_similarity, confidence=result.confidence, offset=result.best_offset)
+
+
+def corrected_span(start_frame: int, num_frames: int, offset: int, total_samples: int,
+                   samples_per_frame: int) -> tuple[int, int]:
+    """Frames [a, b) of a clip (relative to its start) whose audio, shifted ``offset`` frames
+    later, lies inside the source's ``total_samples``."""
+    first = max(0, -(start_frame + offset))
+    last = min(num_frames, total_samples // samples_per_frame - start_frame - offset)
+    return first, max(first, last)
+
+
+def scorer_or_none(ckpt_dir: str | None, **kwargs: Any) -> SyncScorer | None:
+    return SyncScorer(ckpt_dir, **kwargs) if ckpt_dir else None
