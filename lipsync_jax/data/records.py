@@ -238,8 +238,8 @@ def write_dataset(root: str, serialized_groups: Iterable[Iterable[bytes]], *, na
 class ClipDataSource:
     """Random access to decoded clip records of a dataset folder (``root/name/version`` or a
     folder containing exactly one such dataset). Picklable (re-opens lazily in grain workers).
-    Items are dicts of numpy values; ``frames`` stays a list of JPEG bytes (decode what you use
-    with ``decode_frames``)."""
+    Items are dicts of numpy values plus ``record_index`` (the index asked for); ``frames``
+    stays a list of JPEG bytes (decode what you use with ``decode_frames``)."""
 
     def __init__(self, path: str, split: str = SPLIT):
         self.path = _find_dataset_dir(os.fspath(path))
@@ -263,7 +263,9 @@ class ClipDataSource:
         return self._len
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return self._open()[int(index)]
+        item = dict(self._open()[int(index)])
+        item["record_index"] = int(index)
+        return item
 
     def __getstate__(self):
         return {"path": self.path, "split": self.split, "_source": None, "_len": self._len}
