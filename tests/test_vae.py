@@ -152,3 +152,21 @@ def test_unsupported_config_is_refused(fixture):
     bad = dict(fixture.config, up_block_types=["AttnUpDecoderBlock2D"] * 4)
     with pytest.raises(VAEConfigError, match="AttnUpDecoderBlock2D"):
         AutoencoderKL.from_config(bad)
+
+
+def test_decode_frames_memory_does_not_grow_with_video_length(small_model):
+    """XLA's own buffer plan: scratch memory for 64 frames equals that for 4 (plus the
+    larger input/output copies), while one 64-frame chunk would need many times more."""
+    model, params = small_model
+
+    def scratch_bytes(num_frames, chunk_size):
+        latents = jax.ShapeDtypeStruct((num_frames, 16, 16, 4), jnp.float32)
+        compiled = decode_frames.lower(model, params, latents, chunk_size=chunk_size).compile()
+        analysis = compiled.memory_analysis()
+        assert analysis is not None
+        return analysis.temp_size_in_bytes
+
+    short, long = scratch_bytes(4, 2), scratch_bytes(64, 2)
+    io_growth = 2 * 60 * (16 * 16 * 4 + 32 * 32 * 3) * 4  # padded input + output copies (float32)
+    assert long <= short + io_growth, (short, long)
+    assert scratch_bytes(64, 64) > 4 * long
