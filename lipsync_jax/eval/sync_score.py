@@ -44,6 +44,8 @@ class SyncScore:
     best_similarity: float
     confidence: float  # best_similarity - median(mean_similarity)
     num_windows: int  # visual windows scored
+    # (num_windows, k) similarity of visual window i with audio window i + offsets[k] (NaN: none)
+    window_similarity: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,10 +112,13 @@ def score_from_embeddings(vision_embeds: np.ndarray, audio_embeds: np.ndarray,
     sims = vision_embeds @ audio_embeds.T  # (nv, na): window i vs audio window j
     offsets = np.arange(-max_offset, max_offset + 1)
     mean_similarity = np.full(len(offsets), np.nan)
+    window_similarity = np.full((sims.shape[0], len(offsets)), np.nan)
     for k, d in enumerate(offsets):
         pairs = np.diagonal(sims, offset=d)  # sims[i, i + d] for every i where both exist
         if pairs.size:
             mean_similarity[k] = pairs.mean()
+            first = max(0, -d)  # visual window of pairs[0]
+            window_similarity[first:first + pairs.size, k] = pairs
     if np.all(np.isnan(mean_similarity)):
         raise SyncScoreError("no visual/audio window pairs within the offset range")
     best = int(np.nanargmax(mean_similarity))
@@ -121,7 +126,7 @@ def score_from_embeddings(vision_embeds: np.ndarray, audio_embeds: np.ndarray,
     return SyncScore(offsets=offsets, mean_similarity=mean_similarity, similarity_at_zero=float(zero),
                      best_offset=int(offsets[best]), best_similarity=float(mean_similarity[best]),
                      confidence=float(mean_similarity[best] - np.nanmedian(mean_similarity)),
-                     num_windows=int(vision_embeds.shape[0]))
+                     num_windows=int(vision_embeds.shape[0]), window_similarity=window_similarity)
 
 
 def sync_score_with(embed_visual: Embed, embed_audio: Embed, params: Any, frames: Any, mel: Any,
