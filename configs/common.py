@@ -180,3 +180,34 @@ def _update_known(target: dict, changes: dict, section: str) -> None:
     if unknown:
         raise config_utils.ConfigError(f"{section}: unknown fields {unknown}")
     target.update({k: config_utils.to_config_value(v) for k, v in changes.items()})
+
+
+# ---------------------------------------------------------------- training sections (ours)
+# Not in LatentSync's YAMLs: the device mesh of lipsync_jax.train and the frozen loss networks
+# that LatentSync constructs in its scripts (lpips.LPIPS(net="vgg"), TREPALoss with VideoMAEv2
+# giant). ckpt_path: a folder written by `python -m lipsync_jax.convert {lpips,videomae} ...`;
+# "" = random weights (tests only).
+_VIDEOMAE_GIANT = dict(embed_dim=1408, depth=40, num_heads=16, mlp_ratio=48 / 11, patch_size=14, img_size=224,
+                       all_frames=16, tubelet_size=2, in_chans=3, qkv_bias=True, ln_eps=1e-6, use_mean_pooling=True)
+
+
+def mesh(**changes) -> ml_collections.ConfigDict:
+    """``axes`` names and ``shape`` sizes (-1 = the remaining devices): data parallel x FSDP."""
+    section = dict(axes=("data", "fsdp"), shape=(-1, 1))
+    _update_known(section, changes, "mesh")
+    return ml_collections.ConfigDict(section)
+
+
+def add_training_sections(config: ml_collections.ConfigDict, *, tiny: bool = False) -> ml_collections.ConfigDict:
+    """Adds ``mesh``, ``lpips`` and ``trepa`` to a UNet config (``tiny``: narrow random networks)."""
+    config.mesh = mesh()
+    if tiny:
+        config.lpips = ml_collections.ConfigDict(dict(net="vgg", vgg_widths=(8, 16, 16, 32, 32), ckpt_path=""))
+        model = dict(_VIDEOMAE_GIANT, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2.0, img_size=28)
+        config.trepa = ml_collections.ConfigDict(dict(model=model, ckpt_path=""))
+    else:
+        config.lpips = ml_collections.ConfigDict(dict(net="vgg", vgg_widths=(64, 128, 256, 512, 512),
+                                                      ckpt_path="checkpoints/lpips_vgg"))
+        config.trepa = ml_collections.ConfigDict(dict(model=dict(_VIDEOMAE_GIANT),
+                                                      ckpt_path="checkpoints/videomae_giant"))
+    return config

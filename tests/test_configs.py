@@ -64,7 +64,8 @@ def test_every_config_loads_locked_and_serialises(name):
 @pytest.mark.parametrize("name", UNET_CONFIGS)
 def test_unet_config_sections(name):
     config = cfg(f"unet/{name}.py")
-    assert sorted(config) == ["ckpt", "data", "model", "optimizer", "run", "scheduler", "vae", "whisper"]
+    assert sorted(config) == ["ckpt", "data", "lpips", "mesh", "model", "optimizer", "run", "scheduler", "trepa",
+                              "vae", "whisper"]
     # The UNet's audio cross-attention width is the Whisper encoder's width.
     assert config["model"]["cross_attention_dim"] == config["whisper"]["dims"]["n_audio_state"]
     # The SyncNet config it names exists and loads.
@@ -233,7 +234,7 @@ SYNCNET_YAML = {  # name: (ckpt.inference_ckpt_path, data changes)
 def test_syncnet_sections_equal_latentsync_yaml(name):
     config = cfg(f"syncnet/{name}.py")
     inference_ckpt, data_changes = SYNCNET_YAML[name]
-    assert sorted(config) == ["ckpt", "data", "model", "optimizer", "run"]
+    assert sorted(config) == ["ckpt", "data", "mesh", "model", "optimizer", "run"]
     assert config["ckpt"] == dict(resume_ckpt_path="", inference_ckpt_path=inference_ckpt, save_ckpt_steps=2500)
     expected_data = dict(SYNCNET_DATA, **data_changes)
     assert {k: config["data"][k] for k in expected_data} == expected_data

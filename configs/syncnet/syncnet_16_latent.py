@@ -34,4 +34,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.data = common.syncnet_data(num_val_samples=1200, batch_size=120, latent_space=True, lower_half=False)
     config.optimizer = common.syncnet_optimizer()
     config.run = common.syncnet_run()
+    config.mesh = common.mesh()
     return config

@@ -38,4 +38,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.data = common.syncnet_data()
     config.optimizer = common.syncnet_optimizer()
     config.run = common.syncnet_run()
+    config.mesh = common.mesh()
     return config

@@ -47,4 +47,5 @@ def get_config(resolution: str = "64") -> ml_collections.ConfigDict:
                                       batch_size=4, num_workers=0, resolution=resolution)
     config.optimizer = common.syncnet_optimizer()
     config.run = common.syncnet_run(max_train_steps=100, validation_steps=50, mixed_precision_training=False)
+    config.mesh = common.mesh()
     return config

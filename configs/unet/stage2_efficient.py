@@ -40,4 +40,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer = common.unet_optimizer()
     config.model = common.unet_model(use_motion_module=True, motion_module_decoder_only=True)
     common.add_components(config)
+    common.add_training_sections(config)
     return config

@@ -46,4 +46,5 @@ def get_config() -> ml_collections.ConfigDict:
     )
     common.add_components(config, vae="vae/tiny.py")
     config.whisper.ckpt_path = ""
+    common.add_training_sections(config, tiny=True)
     return config

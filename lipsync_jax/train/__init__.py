@@ -1,0 +1,1 @@
+"""Training: mesh/sharding, train state, UNet and SyncNet steps, checkpoints, metrics, loop."""

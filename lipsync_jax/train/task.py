@@ -1,0 +1,57 @@
+"""What the generic training loop needs from a model family (UNet, SyncNet)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterator, Mapping
+
+import jax
+import numpy as np
+
+from lipsync_jax import checkpoints, config_utils
+
+
+class TrainConfigError(ValueError):
+    """The training config cannot be used as given."""
+
+
+@dataclasses.dataclass
+class TrainTask:
+    name: str                                   # "unet" or "syncnet"
+    param_shapes: Any                           # tree of ShapeDtypeStruct (trained params)
+    logical_specs: Any                          # tree of logical PartitionSpecs, or None (replicate)
+    init_params: Callable[[jax.Array], Any]     # jittable: key -> params
+    pretrained: Callable[[], Any]               # () -> numpy params or None (random init)
+    trainable: Any                              # bool tree or None (all)
+    init_frozen: Callable[[jax.Array], Mapping[str, Any]]  # jittable: key -> random frozen params
+    pretrained_frozen: Callable[[], Mapping[str, Any]]     # () -> {name: numpy params} to override
+    train_step: Callable                        # (state, frozen, batch) -> (state, metrics)
+    eval_step: Callable                         # (params, frozen, batch, rng) -> metrics
+    make_data: Callable[[int, int], Iterator[Mapping[str, np.ndarray]]]  # (process, count) -> iterator
+    make_val_data: Callable[[int, int], Iterator[Mapping[str, np.ndarray]]] | None = None
+    validation_every: int = 0
+
+
+def load_converted(path: str, what: str, shapes: Any = None, variables: bool = False) -> Any:
+    """Params written by ``python -m lipsync_jax.convert`` (float32 numpy). ``variables=True``
+    returns ``{"params": ...}``; ``shapes`` (same form) is checked leaf by leaf."""
+    resolved = config_utils.resolve_path(path)
+    try:
+        params, _config = checkpoints.restore_params(resolved, dtype=np.float32)
+    except Exception as e:  # noqa: BLE001 - name the config field and file
+        raise TrainConfigError(f"{what} = {path!r}: cannot read converted weights ({e}); convert the "
+                               "official file with `python -m lipsync_jax.convert ...` first") from e
+    if variables and "params" not in params:
+        params = {"params": params}
+    if not variables and set(params) == {"params"}:
+        params = params["params"]
+    if shapes is not None:
+        want = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(shapes)}
+        got = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(params)}
+        if want != got:
+            missing = sorted(set(want) - set(got))[:5]
+            extra = sorted(set(got) - set(want))[:5]
+            wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])[:5]
+            raise TrainConfigError(f"{what} = {path!r}: parameters do not match the configured model "
+                                   f"(missing {missing}, unexpected {extra}, wrong shape {wrong})")
+    return params

@@ -1,0 +1,124 @@
+"""Builds the UNet ``TrainTask`` from a UNet config (configs/unet/*.py): the trained UNet, the
+frozen VAE / SyncNet / LPIPS / TREPA networks (converted weights from their ``ckpt_path``
+fields, or random weights when "" — for tests and smoke runs only), the trainable mask and
+the data source."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from lipsync_jax import config_utils
+from lipsync_jax.diffusion.ddim import DDIMScheduler
+from lipsync_jax.losses.lpips import LPIPS
+from lipsync_jax.losses.trepa import TREPALoss
+from lipsync_jax.models.syncnet import StableSyncNet
+from lipsync_jax.models.syncnet import init_params as init_syncnet
+from lipsync_jax.models.unet3d import (UNet3DConditionModel, init_unet_params, unet_logical_axes,
+                                       unet_param_shapes)
+from lipsync_jax.models.unet_config import UNet3DConfig
+from lipsync_jax.models.vae import AutoencoderKL
+from lipsync_jax.models.vae import init_params as init_vae
+from lipsync_jax.models.videomae import VideoMAEConfig, VideoMAEv2
+from lipsync_jax.train.state import unet_trainable
+from lipsync_jax.train.synthetic import SyntheticUNetSource
+from lipsync_jax.train.task import TrainConfigError, TrainTask, load_converted
+from lipsync_jax.train.unet_step import UNetLossSettings, UNetTrainer
+
+log = logging.getLogger(__name__)
+INIT_SHAPE = (1, 2, 8, 8)  # (b, f, h, w) of the dummy UNet input used for init (weights do not depend on it)
+
+
+def compute_dtype(config: Mapping[str, Any]):
+    return jnp.bfloat16 if config["run"]["mixed_precision_training"] else jnp.float32
+
+
+def _vae_config(config) -> dict:
+    vae = config_utils.config_to_dict(config["vae"])
+    return dict(vae["model"], scaling_factor=vae["scaling_factor"], shift_factor=vae["shift_factor"])
+
+
+def build_unet_task(config: Any, data_source: str = "synthetic") -> TrainTask:
+    cfg = config_utils.config_to_dict(config)
+    run, data = cfg["run"], cfg["data"]
+    dtype = compute_dtype(cfg)
+    remat = bool(run["enable_gradient_checkpointing"])
+    unet = UNet3DConditionModel(UNet3DConfig.from_dict(cfg["model"]), dtype=dtype, param_dtype=jnp.float32,
+                                remat=remat)
+    init_shape = INIT_SHAPE + (unet.config.in_channels,)
+    shapes = unet_param_shapes(unet, init_shape)
+    vae = AutoencoderKL.from_config(_vae_config(cfg), dtype=dtype)
+    scheduler = DDIMScheduler.from_config(cfg["scheduler"])
+
+    syncnet_cfg = config_utils.config_to_dict(config_utils.load_config(config_utils.resolve_path(
+        data["syncnet_config_path"])))
+    settings = UNetLossSettings.from_config(cfg, syncnet_cfg["data"])
+    if settings.use_syncnet and not settings.pixel_space_supervise and settings.sync_weight:
+        raise TrainConfigError("run.use_syncnet with pixel_space_supervise false (a latent-space SyncNet) "
+                               "is not implemented")
+    syncnet = StableSyncNet.from_config(syncnet_cfg["model"], dtype=dtype) if settings.uses_sync else None
+    lpips = LPIPS.from_config(cfg["lpips"], dtype=dtype) if settings.uses_lpips else None
+    trepa = None
+    if settings.uses_trepa:
+        trepa = TREPALoss(VideoMAEv2(VideoMAEConfig.from_config(cfg["trepa"]["model"]), dtype=dtype, remat=remat))
+
+    def init_frozen(key):
+        k_vae, k_sync, k_lpips, k_trepa = jax.random.split(key, 4)
+        res = data["resolution"]
+        frozen = {"vae": init_vae(vae, k_vae, image_size=res)}
+        if syncnet is not None:
+            r = settings.syncnet_resolution
+            hw = (r // 2, r) if settings.syncnet_lower_half else (r, r)
+            frozen["syncnet"] = init_syncnet(syncnet, k_sync, image_hw=hw)
+        if lpips is not None:
+            img = jnp.zeros((1, 32, 32, 3))
+            frozen["lpips"] = lpips.init(k_lpips, img, img)["params"]
+        if trepa is not None:
+            c = trepa.model.config
+            clip = jnp.zeros((1, c.all_frames, c.img_size, c.img_size, 3))
+            frozen["trepa"] = trepa.model.init(k_trepa, clip)["params"]
+        return frozen
+
+    def pretrained_frozen():
+        out = {}
+        paths = [("vae", "vae.ckpt_path", cfg["vae"]["ckpt_path"], True)]
+        if syncnet is not None:
+            paths.append(("syncnet", f"{data['syncnet_config_path']}: ckpt.inference_ckpt_path",
+                          syncnet_cfg["ckpt"]["inference_ckpt_path"], True))
+        if lpips is not None:
+            paths.append(("lpips", "lpips.ckpt_path", cfg["lpips"]["ckpt_path"], False))
+        if trepa is not None:
+            paths.append(("trepa", "trepa.ckpt_path", cfg["trepa"]["ckpt_path"], False))
+        for name, field, path, variables in paths:
+            if path:
+                out[name] = load_converted(path, field, variables=variables)
+            else:
+                log.warning("%s is empty: the frozen %s has RANDOM weights (tests/smoke runs only)", field, name)
+        return out
+
+    def pretrained():
+        path = cfg["ckpt"]["resume_ckpt_path"]
+        return load_converted(path, "ckpt.resume_ckpt_path", shapes=shapes) if path else None
+
+    trainable = unet_trainable(shapes, cfg["model"], run)
+    trainer = UNetTrainer(unet=unet, vae=vae, scheduler=scheduler, settings=settings, syncnet=syncnet,
+                          lpips=lpips, trepa=trepa, trainable=trainable)
+
+    def make_data(process_index, process_count):
+        if data_source == "synthetic":
+            return SyntheticUNetSource(cfg, process_index, process_count)
+        if data_source == "synthetic_fixed":
+            return SyntheticUNetSource(cfg, process_index, process_count, fixed=True)
+        raise TrainConfigError(f"unknown data source {data_source!r}")
+
+    def make_val_data(process_index, process_count):
+        return SyntheticUNetSource(cfg, process_index, process_count, fixed=True, offset=10 ** 9)
+
+    return TrainTask(name="unet", param_shapes=shapes, logical_specs=unet_logical_axes(unet, init_shape),
+                     init_params=lambda key: init_unet_params(key, unet, init_shape), pretrained=pretrained,
+                     trainable=trainable, init_frozen=init_frozen, pretrained_frozen=pretrained_frozen,
+                     train_step=trainer.train_step, eval_step=trainer.eval_step, make_data=make_data,
+                     make_val_data=make_val_data, validation_every=int(cfg["ckpt"]["save_ckpt_steps"]))

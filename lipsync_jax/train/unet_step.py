@@ -1,0 +1,206 @@
+"""The UNet training step as LatentSync's ``train_unet.py`` computes it, as pure functions.
+
+Per batch (shapes channels-last; see ``lipsync_jax.train.synthetic`` for the batch fields):
+1. VAE-encode target, masked and reference frames with the frozen VAE (posterior samples,
+   scaled by 0.18215); the pixel mask is resized to the latent grid (nearest, as torch's
+   ``F.interpolate`` default).
+2. Noise: with ``run.use_mixed_noise`` the sum of a component shared by all frames of a clip
+   (std ``sqrt(a^2 / (1 + a^2))``) and a per-frame one (std ``sqrt(1 / (1 + a^2))``),
+   ``a = run.mixed_noise_alpha``; otherwise one noise image repeated over the frames.
+3. One uniform random timestep per clip; ``x_t = add_noise(latents, noise, t)``.
+4. UNet input ``[x_t, mask, masked latents, reference latents]`` (13 channels); loss terms:
+   ``recon`` = MSE(predicted noise, noise); with ``run.pixel_space_supervise``: the one-step x0
+   estimate (clipped if the scheduler clips), decoded by the VAE, then
+   ``lpips`` (lower halves, ``perceptual_loss_weight``), ``trepa`` (whole clips,
+   ``trepa_loss_weight``) and, with ``run.use_syncnet``, ``sync`` (BCE-of-cosine of the frozen
+   SyncNet on the lower halves stacked over 16 frames, against the batch's mel crop).
+   The frozen networks' parameters get no gradients (stop_gradient); only the UNet's do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lipsync_jax.diffusion.ddim import DDIMScheduler
+from lipsync_jax.losses.lpips import LPIPS, lpips_lower_half
+from lipsync_jax.losses.sync import sync_loss
+from lipsync_jax.losses.trepa import TREPALoss, resize_bicubic
+from lipsync_jax.models.syncnet import StableSyncNet
+from lipsync_jax.models.unet3d import UNet3DConditionModel
+from lipsync_jax.models.vae import AutoencoderKL, decode_latents, encode_to_latents
+from lipsync_jax.train.state import TrainState, masked_global_norm
+
+UNET_BATCH_FIELDS = ("gt_frames", "masked_frames", "ref_frames", "masks", "audio_embeds", "mel")
+LOSS_TERMS = ("recon", "sync", "lpips", "trepa")
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetLossSettings:
+    """The ``run`` fields the loss reads (LatentSync names in the comments)."""
+
+    recon_weight: float = 1.0          # recon_loss_weight
+    sync_weight: float = 0.0           # sync_loss_weight (used with use_syncnet)
+    lpips_weight: float = 0.0          # perceptual_loss_weight
+    trepa_weight: float = 0.0          # trepa_loss_weight
+    pixel_space_supervise: bool = False
+    use_syncnet: bool = False
+    use_mixed_noise: bool = True
+    mixed_noise_alpha: float = 1.0
+    syncnet_resolution: int = 256      # the SyncNet config's data.resolution
+    syncnet_lower_half: bool = True
+    remat: bool = False                # enable_gradient_checkpointing (UNet, VAE decode, TREPA)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], syncnet_data: Mapping[str, Any] | None = None) -> "UNetLossSettings":
+        run = config["run"]
+        syncnet_data = syncnet_data or {}
+        return cls(recon_weight=float(run["recon_loss_weight"]), sync_weight=float(run["sync_loss_weight"]),
+                   lpips_weight=float(run["perceptual_loss_weight"]), trepa_weight=float(run["trepa_loss_weight"]),
+                   pixel_space_supervise=bool(run["pixel_space_supervise"]), use_syncnet=bool(run["use_syncnet"]),
+                   use_mixed_noise=bool(run["use_mixed_noise"]), mixed_noise_alpha=float(run["mixed_noise_alpha"]),
+                   syncnet_resolution=int(syncnet_data.get("resolution", config["data"]["resolution"])),
+                   syncnet_lower_half=bool(syncnet_data.get("lower_half", True)),
+                   remat=bool(run["enable_gradient_checkpointing"]))
+
+    @property
+    def uses_sync(self) -> bool:
+        return self.pixel_space_supervise and self.use_syncnet and self.sync_weight != 0
+
+    @property
+    def uses_lpips(self) -> bool:
+        return self.pixel_space_supervise and self.lpips_weight != 0
+
+    @property
+    def uses_trepa(self) -> bool:
+        return self.pixel_space_supervise and self.trepa_weight != 0
+
+
+def mixed_noise(key: jax.Array, shape: tuple[int, ...], use_mixed: bool, alpha: float) -> jax.Array:
+    """(b, f, h, w, c) noise: shared-over-frames + per-frame parts (see module docstring)."""
+    b, f = shape[:2]
+    k_shared, k_ind = jax.random.split(key)
+    shared = jax.random.normal(k_shared, (b, 1) + tuple(shape[2:]), jnp.float32)
+    if not use_mixed:
+        return jnp.broadcast_to(shared, shape)
+    shared_std = (alpha ** 2 / (1 + alpha ** 2)) ** 0.5
+    ind_std = (1 / (1 + alpha ** 2)) ** 0.5
+    return shared * shared_std + jax.random.normal(k_ind, shape, jnp.float32) * ind_std
+
+
+def nearest_resize(x: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """torch ``F.interpolate(mode="nearest")`` on (..., h, w, c): source index floor(i * in / out)."""
+    h, w = x.shape[-3:-1]
+    rows = np.floor(np.arange(size[0]) * h / size[0]).astype(np.int32)
+    cols = np.floor(np.arange(size[1]) * w / size[1]).astype(np.int32)
+    return x[..., rows, :, :][..., cols, :]
+
+
+def stack_frames_on_channels(frames: jax.Array) -> jax.Array:
+    """(b, f, h, w, 3) -> (b, h, w, 3f) with channel = 3 * frame + rgb (SyncNet's ``(f c)``)."""
+    b, f, h, w, c = frames.shape
+    return jnp.transpose(frames, (0, 2, 3, 1, 4)).reshape(b, h, w, f * c)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity (holds arrays)
+class UNetTrainer:
+    """Static pieces of the step; ``frozen`` params (``vae``, ``syncnet``, ``lpips``, ``trepa``)
+    and the UNet params are passed to the methods, so one trainer can be jitted with shardings."""
+
+    unet: UNet3DConditionModel
+    vae: AutoencoderKL
+    scheduler: DDIMScheduler
+    settings: UNetLossSettings
+    syncnet: StableSyncNet | None = None
+    lpips: LPIPS | None = None
+    trepa: TREPALoss | None = None
+    trainable: Any = None  # bool tree (None = all trainable); for the logged grad norm
+
+    def __post_init__(self):
+        s = self.settings
+        missing = [name for name, used, net in (("syncnet", s.uses_sync, self.syncnet),
+                                                ("lpips", s.uses_lpips, self.lpips),
+                                                ("trepa", s.uses_trepa, self.trepa)) if used and net is None]
+        if missing:
+            raise ValueError(f"loss terms {missing} have non-zero weights but no network was given")
+
+    # ---------------------------------------------------------------- pieces
+    def encode(self, vae_params: Any, frames: jax.Array, key: jax.Array) -> jax.Array:
+        """(b, f, h, w, 3) -> scaled latent samples (b, f, h/8, w/8, 4), no gradient."""
+        b, f = frames.shape[:2]
+        latents = encode_to_latents(self.vae, vae_params, frames.reshape((b * f,) + frames.shape[2:]), key)
+        return jax.lax.stop_gradient(latents.reshape((b, f) + latents.shape[1:]).astype(jnp.float32))
+
+    def decode(self, vae_params: Any, latents: jax.Array) -> jax.Array:
+        """(b, f, h, w, 4) -> frames (b, f, 8h, 8w, 3); differentiable w.r.t. the latents."""
+        b, f = latents.shape[:2]
+        fn = lambda z: decode_latents(self.vae, vae_params, z)  # noqa: E731
+        if self.settings.remat:
+            fn = jax.checkpoint(fn)
+        images = fn(latents.reshape((b * f,) + latents.shape[2:]))
+        return images.reshape((b, f) + images.shape[1:]).astype(jnp.float32)
+
+    def sync_term(self, syncnet_params: Any, frames: jax.Array, mel: jax.Array) -> jax.Array:
+        res = self.settings.syncnet_resolution
+        if frames.shape[2:4] != (res, res):
+            frames = resize_bicubic(frames, (res, res))
+        if self.settings.syncnet_lower_half:
+            frames = frames[:, :, frames.shape[2] // 2:]
+        vision, audio = self.syncnet.apply(jax.lax.stop_gradient(syncnet_params), stack_frames_on_channels(frames),
+                                           jax.lax.stop_gradient(mel))
+        return jnp.mean(sync_loss(vision, audio, 1.0))
+
+    # ---------------------------------------------------------------- loss
+    def loss(self, params: Any, frozen: Mapping[str, Any], batch: Mapping[str, jax.Array],
+             rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        s = self.settings
+        k_gt, k_masked, k_ref, k_noise, k_t = jax.random.split(rng, 5)
+        vae_params = jax.lax.stop_gradient(frozen["vae"])
+        gt_frames = batch["gt_frames"].astype(jnp.float32)
+        gt_latents = self.encode(vae_params, gt_frames, k_gt)  # (b, f, h, w, 4)
+        masked_latents = self.encode(vae_params, batch["masked_frames"].astype(jnp.float32), k_masked)
+        ref_latents = self.encode(vae_params, batch["ref_frames"].astype(jnp.float32), k_ref)
+        masks = nearest_resize(batch["masks"].astype(jnp.float32), gt_latents.shape[2:4])  # (b, f, h, w, 1)
+
+        b = gt_latents.shape[0]
+        noise = mixed_noise(k_noise, gt_latents.shape, s.use_mixed_noise, s.mixed_noise_alpha)
+        timesteps = jax.random.randint(k_t, (b,), 0, self.scheduler.num_train_timesteps)
+        noisy = self.scheduler.add_noise(gt_latents, noise, timesteps)
+        unet_input = jnp.concatenate([noisy, masks, masked_latents, ref_latents], axis=-1)
+        pred_noise = self.unet.apply({"params": params}, unet_input, timesteps, batch["audio_embeds"])
+
+        terms = {name: jnp.zeros((), jnp.float32) for name in LOSS_TERMS}
+        terms["recon"] = jnp.mean(jnp.square(pred_noise.astype(jnp.float32) - noise))
+        if s.pixel_space_supervise:
+            pred_latents = self.scheduler.one_step_x0(noisy, pred_noise, timesteps)
+            if self.scheduler.config.clip_sample:
+                pred_latents = jnp.clip(pred_latents, -1.0, 1.0)
+            pred_frames = self.decode(vae_params, pred_latents)  # (b, f, H, W, 3)
+            if s.uses_lpips:
+                terms["lpips"] = lpips_lower_half(frozen["lpips"], pred_frames, gt_frames, model=self.lpips)
+            if s.uses_trepa:
+                terms["trepa"] = self.trepa(frozen["trepa"], pred_frames, gt_frames)
+            if s.uses_sync:
+                terms["sync"] = self.sync_term(frozen["syncnet"], pred_frames, batch["mel"])
+        loss = (s.recon_weight * terms["recon"] + s.sync_weight * terms["sync"]
+                + s.lpips_weight * terms["lpips"] + s.trepa_weight * terms["trepa"])
+        return loss, terms
+
+    # ---------------------------------------------------------------- step
+    def train_step(self, state: TrainState, frozen: Mapping[str, Any],
+                   batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+        """One optimizer step; the step's key is ``fold_in(state.rng, state.step)``."""
+        rng = jax.random.fold_in(state.rng, state.step)
+        (loss, terms), grads = jax.value_and_grad(self.loss, has_aux=True)(state.params, frozen, batch, rng)
+        new_state = state.apply_gradients(grads)
+        metrics = dict(loss=loss, grad_norm=masked_global_norm(grads, self.trainable), **terms)
+        return new_state, metrics
+
+    def eval_step(self, params: Any, frozen: Mapping[str, Any], batch: Mapping[str, jax.Array],
+                  rng: jax.Array) -> dict[str, jax.Array]:
+        loss, terms = self.loss(params, frozen, batch, rng)
+        return dict(loss=loss, **terms)

@@ -1,0 +1,60 @@
+"""Train LatentSync's UNet (stage 1 / stage 2) or its SyncNet on a device mesh.
+
+    python train.py --config=configs/unet/stage1.py --workdir=runs/stage1
+    python train.py --config=configs/unet/tiny.py --workdir=/tmp/w --config.run.max_train_steps=3 \\
+        "--config.mesh.shape=(4, 2)"
+    python train.py --config=configs/syncnet/tiny.py --workdir=/tmp/s
+
+A UNet config has ``model.in_channels``; a SyncNet config has ``model.audio_encoder``. A
+``--workdir`` that holds a checkpoint resumes from it (same data position and RNG). SIGTERM saves
+a checkpoint and exits cleanly. Several processes (one per host): pass --coordinator_address,
+--num_processes and --process_id (or let ``jax.distributed.initialize()`` read the cluster's
+environment: set --distributed); each process reads its own share of every batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+
+from lipsync_jax import cli_flags
+
+cli_flags.define_config_flags()
+flags.DEFINE_string("workdir", None, "Output folder: checkpoints, metrics.jsonl, TensorBoard events.", required=True)
+flags.DEFINE_string("data", "synthetic", "Batch source: 'synthetic' (deterministic fake clips), "
+                    "'synthetic_fixed' (one batch repeated) or 'grain' (lipsync_jax.data, when available).")
+flags.DEFINE_integer("stop_after_steps", None, "Debug: send SIGTERM to this process after this step.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (cluster auto-detection).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
+flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+flags.DEFINE_bool("progress", True, "Show a progress bar.")
+FLAGS = flags.FLAGS
+
+
+def init_distributed() -> None:
+    import jax
+
+    if FLAGS.coordinator_address or FLAGS.num_processes or FLAGS.distributed:
+        if jax.default_backend() == "cpu" or jax.config.jax_platforms == "cpu":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                                   num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+
+
+def main(argv):
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    init_distributed()
+    from lipsync_jax.train.loop import run_training
+    from lipsync_jax.train.tasks import build_task
+
+    config = cli_flags.resolved_config(FLAGS)
+    task = build_task(config, FLAGS.data)
+    run_training(task, config, FLAGS.workdir, stop_after_steps=FLAGS.stop_after_steps, progress=FLAGS.progress)
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))
