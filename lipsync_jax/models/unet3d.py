@@ -2,7 +2,7 @@
 per-frame convolutions, audio cross-attention and optional AnimateDiff motion modules.
 
     model = UNet3DConditionModel(UNet3DConfig.from_dict(cfg), dtype=jnp.bfloat16)
-    params = init_unet_params(jax.random.key(0), model, sample_shape=(1, 16, 32, 32, 13))
+    params = init_unet_params(jax.random.key(0), model, sample_shape=(1, 16, 32, 32, 13))  # or a config
     noise_pred = model.apply({"params": params}, sample, timesteps, audio_embeds)
 
 Inputs are channels-last: ``sample`` (b, f, h, w, in_channels) = [noisy latents 4, mask 1,
@@ -108,22 +108,31 @@ def dummy_inputs(config: UNet3DConfig, sample_shape: Sequence[int], audio_len: i
             jnp.zeros((b, f, audio_len, config.cross_attention_dim), jnp.float32))
 
 
-def init_unet_params(rng: jax.Array, model: UNet3DConditionModel, sample_shape: Sequence[int]) -> dict:
-    """Fresh parameters (plain arrays, logical-partitioning boxes removed)."""
+def _as_model(model: UNet3DConditionModel | UNet3DConfig) -> UNet3DConditionModel:
+    return model if isinstance(model, UNet3DConditionModel) else UNet3DConditionModel(model)
+
+
+def init_unet_params(rng: jax.Array, model: UNet3DConditionModel | UNet3DConfig, sample_shape: Sequence[int]) -> dict:
+    """Fresh parameters (plain arrays, logical-partitioning boxes removed) for a model or a
+    config (then float32 params); ``sample_shape`` is (b, f, h, w, in_channels)."""
+    model = _as_model(model)
     variables = model.init(rng, *dummy_inputs(model.config, sample_shape))
     return nn.meta.unbox(variables["params"])
 
 
-def unet_param_shapes(model: UNet3DConditionModel, sample_shape: Sequence[int] | None = None) -> dict:
+def unet_param_shapes(model: UNet3DConditionModel | UNet3DConfig, sample_shape: Sequence[int] | None = None) -> dict:
     """Parameter tree of ``jax.ShapeDtypeStruct`` via ``jax.eval_shape`` (no allocation); the
     weights do not depend on the spatial size or frame count, so a small dummy shape is used."""
+    model = _as_model(model)
     shape = tuple(sample_shape) if sample_shape else (1, 2, 8, 8, model.config.in_channels)
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), *dummy_inputs(model.config, shape)))
     return nn.meta.unbox(variables["params"])
 
 
-def unet_logical_axes(model: UNet3DConditionModel, sample_shape: Sequence[int] | None = None) -> dict:
-    """The params tree with a ``PartitionSpec`` of logical axis names (or None) per leaf."""
+def unet_logical_axes(model: UNet3DConditionModel | UNet3DConfig, sample_shape: Sequence[int] | None = None) -> dict:
+    """The params tree with a ``PartitionSpec`` of logical axis names per leaf (``P()`` for
+    unannotated biases/norms)."""
+    model = _as_model(model)
     shape = tuple(sample_shape) if sample_shape else (1, 2, 8, 8, model.config.in_channels)
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), *dummy_inputs(model.config, shape)))
     return nn.get_partition_spec(variables["params"])
