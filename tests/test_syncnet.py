@@ -15,8 +15,8 @@ from lipsync_jax.eval.sync_score import (SyncScoreError, audio_window_embeddings
                                          visual_window_embeddings, SyncNetTower)
 from lipsync_jax.golden import check_syncnet
 from lipsync_jax.golden.core import load_fixture, load_manifest, rel_l2
-from lipsync_jax.losses.sync import sync_loss
-from lipsync_jax.models.syncnet import StableSyncNet, SyncNetConfigError, param_shapes_tree
+from lipsync_jax.losses.sync import sync_loss, syncnet_sync_loss
+from lipsync_jax.models.syncnet import StableSyncNet, SyncNetConfigError, param_shapes_tree, stack_frames
 
 
 @pytest.fixture(scope="module")
@@ -158,10 +158,16 @@ def test_sync_score_with_syncnet_windows_match_direct_embedding(small_syncnet):
                                     jnp.asarray(starts), batch_size=3)
     # independent construction: (f, h, w, c) -> (h, w, f*3 + c); mel columns int(80 j / 25)
     windows = np.stack([lower[i:i + 16].transpose(1, 2, 0, 3).reshape(16, 32, 48) for i in range(4)])
+    clips = np.stack([frames[i:i + 16] for i in range(4)])  # (b, f, h, w, c)
+    np.testing.assert_array_equal(np.asarray(stack_frames(clips, lower_half=True)), windows)
     mel_windows = np.stack([mel[:, s:s + 52, None] for s in (0, 3, 6, 9)])
     direct_v, direct_a = jax.jit(model.apply)(params, windows, mel_windows)
     np.testing.assert_allclose(np.asarray(vision), np.asarray(direct_v), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.asarray(audio), np.asarray(direct_a), rtol=1e-4, atol=1e-5)
+
+    losses = syncnet_sync_loss(model, params, jnp.asarray(clips), jnp.asarray(mel_windows[..., 0]))
+    cos = np.sum(np.asarray(direct_v) * np.asarray(direct_a), axis=-1)
+    np.testing.assert_allclose(np.asarray(losses), -np.log(np.clip(cos, np.exp(-100), None)), rtol=1e-4)
 
     score = sync_score(model, params, frames, mel, fps=FPS, batch_size=3)
     assert score.num_windows == 4

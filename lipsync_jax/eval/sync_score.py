@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lipsync_jax.models.syncnet import stack_frames
+
 FRAMES_PER_WINDOW = 16
 MEL_STEPS_PER_WINDOW = 52
 MEL_STEPS_PER_SECOND = 80
@@ -85,7 +87,7 @@ def visual_window_embeddings(embed: Embed, params: Any, frames: jax.Array, start
 
     def window(start):
         clip = jax.lax.dynamic_slice(frames, (start, 0, 0, 0), (FRAMES_PER_WINDOW, h, w, c))
-        return clip.transpose(1, 2, 0, 3).reshape(h, w, FRAMES_PER_WINDOW * c)  # (h, w, (f c))
+        return stack_frames(clip)  # (h, w, (f c))
 
     return _map_batches(lambda s: embed(params, jax.vmap(window)(s)), starts, batch_size)
 

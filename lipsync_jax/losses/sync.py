@@ -8,6 +8,8 @@ training uses it with a frozen SyncNet.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -37,3 +39,17 @@ def bce(probs: jax.Array, targets: jax.Array | float) -> jax.Array:
 def sync_loss(vision_embeds: jax.Array, audio_embeds: jax.Array, targets: jax.Array | float = 1.0) -> jax.Array:
     """Per-sample loss (b,) for (b, c) embeddings; ``targets`` 1 = in sync, 0 = off sync."""
     return bce(cosine_similarity(vision_embeds, audio_embeds), targets)
+
+
+def syncnet_sync_loss(model: Any, params: Any, video: jax.Array, audio: jax.Array,
+                      lower_half: bool = True, targets: jax.Array | float = 1.0) -> jax.Array:
+    """Per-sample sync loss (b,) of 16-frame clips ``video`` (b, 16, h, w, 3) in [-1, 1] (full
+    aligned faces; ``lower_half`` crops them as LatentSync does) against SyncNet-mel windows
+    ``audio`` (b, 80, 52) or (b, 80, 52, 1), through a ``StableSyncNet`` (frozen or not)."""
+    from lipsync_jax.models.syncnet import stack_frames
+
+    images = stack_frames(video, lower_half=lower_half)  # (b, h, w, 48)
+    if audio.ndim == 3:
+        audio = audio[..., None]
+    vision_embeds, audio_embeds = model.apply(params, images, audio)
+    return sync_loss(vision_embeds, audio_embeds, targets)

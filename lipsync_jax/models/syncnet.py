@@ -182,6 +182,15 @@ class DownEncoder2D(nn.Module):
         return h.reshape(h.shape[0], -1)
 
 
+def stack_frames(video: jax.Array, lower_half: bool = False) -> jax.Array:
+    """(..., f, h, w, c) frames -> (..., h, w, f*c) SyncNet input, channel = c*frame + rgb
+    (LatentSync's ``(f c)`` order); ``lower_half`` keeps rows h//2: as the pixel SyncNets see."""
+    if lower_half:
+        video = video[..., video.shape[-3] // 2:, :, :]
+    *lead, f, h, w, c = video.shape
+    return jnp.moveaxis(video, -4, -2).reshape(*lead, h, w, f * c)
+
+
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     """``x / max(||x||, eps)`` over the last axis in float32 (PyTorch's F.normalize)."""
     x = x.astype(jnp.float32)
