@@ -110,7 +110,7 @@ def _write_folder(folder, state_dict, config):
 
 
 @pytest.mark.parametrize("legacy_names", [False, True])
-def test_safetensors_folder_reproduces_golden(tmp_path, fixture, legacy_names):
+def test_safetensors_folder_reproduces_golden(tmp_path, fixture, params, legacy_names):
     state_dict = dict(fixture.weights)  # float16, as shipped
     if legacy_names:  # pre-0.14 diffusers attention names
         renames = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
@@ -118,11 +118,14 @@ def test_safetensors_folder_reproduces_golden(tmp_path, fixture, legacy_names):
                       for k, v in state_dict.items()}
         assert any(".proj_attn." in k for k in state_dict)
     _write_folder(str(tmp_path / "vae"), state_dict, fixture.config)
-    params, report = convert_file(str(tmp_path / "vae"), None, dtype=np.float32)
+    loaded, report = convert_file(str(tmp_path / "vae"), None, dtype=np.float32)
     assert report.problem_count() == 0 and report.converted == len(state_dict)
+    # the same params that pass the golden check (so `decoded` matches as well) ...
+    jax.tree.map(np.testing.assert_array_equal, loaded, params)
+    # ... and the encoder outputs, end to end
     model = AutoencoderKL.from_config(fixture.config)
     images = fixture.inputs["image"].transpose(0, 2, 3, 1)
-    mean, logvar = jax.jit(lambda p, x: model.apply(p, x, method=AutoencoderKL.encode))(params, images)
+    mean, logvar = jax.jit(lambda p, x: model.apply(p, x, method=AutoencoderKL.encode))(loaded, images)
     assert rel_l2(np.asarray(mean).transpose(0, 3, 1, 2), fixture.outputs["latent_mean"]) <= 1e-4
     assert rel_l2(np.asarray(logvar).transpose(0, 3, 1, 2), fixture.outputs["latent_logvar"]) <= 1e-4
 
