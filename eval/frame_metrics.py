@@ -4,7 +4,7 @@ self-reconstruction with the original audio against the original video).
     python eval/frame_metrics.py --generated OUT.mp4 --reference IN.mp4 [--region frame|mouth|both] \\
         [--resolution 256] [--max_frames N] [--json out.json]
 
---region mouth compares the lower half of the aligned face (faces found in the reference; the
+(--video is an alias of --generated.) --region mouth compares the lower half of the aligned face (faces found in the reference; the
 same crop is taken from both videos). Library: lipsync_jax.eval.video_metrics (video_metrics)
 and lipsync_jax.eval.frame_metrics (psnr, ssim on arrays). Exit status: 0 done, 1 bad input.
 """
@@ -18,7 +18,7 @@ from typing import Sequence
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--generated", required=True, help="generated video")
+    parser.add_argument("--generated", "--video", dest="generated", required=True, help="generated video")
     parser.add_argument("--reference", required=True, help="reference video (same size)")
     parser.add_argument("--region", choices=("frame", "mouth", "both"), default="frame",
                         help="whole frames, the aligned face's lower half, or both")

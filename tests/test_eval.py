@@ -169,3 +169,46 @@ def test_sync_score_window_similarity_lines_up_with_offsets():
             expected = sims[i, i + d] if 0 <= i + d < 6 else np.nan
             np.testing.assert_allclose(score.window_similarity[i, k], expected)
     np.testing.assert_allclose(np.nanmean(score.window_similarity, axis=0), score.mean_similarity)
+
+
+def test_sync_eval_cli_folder_mode_table(clip, tmp_path, capsys):
+    videos, audio = tmp_path / "videos", tmp_path / "audio"
+    videos.mkdir()
+    audio.mkdir()
+    _ffmpeg("-i", clip[0], "-t", "0.8", "-c:v", "libx264", "-crf", "18", "-an", str(videos / "a.mp4"))  # 20 frames
+    _ffmpeg("-i", clip[0], "-t", "0.8", "-vn", "-ar", "16000", "-ac", "1", str(audio / "a.wav"))
+    (videos / "b.mp4").write_bytes(b"not a video")  # no audio of its own, no match: an error row
+    cli = _load_cli("sync_eval")
+    table_json, table_csv = tmp_path / "t.json", tmp_path / "t.csv"
+    code = cli.main(["--video_dir", str(videos), "--audio_dir", str(audio), "--random_init", "--config",
+                     os.path.join(ROOT, "configs", "syncnet", "tiny.py"), "--max_offset", "2",
+                     "--json", str(table_json), "--csv", str(table_csv)])
+    assert code == 1  # one video could not be scored
+    assert "b.mp4" in capsys.readouterr().err
+    rows = json.loads(table_json.read_text())["videos"]
+    assert [os.path.basename(r["video"]) for r in rows] == ["a.mp4", "b.mp4"]
+    assert rows[0]["audio"] == str(audio / "a.wav") and rows[0]["num_windows"] == 20 - 16 + 1
+    assert "error" in rows[1] and "error" not in rows[0]
+    lines = table_csv.read_text().splitlines()
+    assert lines[0].startswith("video,audio,similarity_at_zero") and len(lines) == 3
+
+
+def test_load_syncnet_from_converted_folder_and_mismatches(tmp_path):
+    from lipsync_jax.checkpoints import save_params
+    from lipsync_jax.config_utils import config_to_dict, load_config
+    from lipsync_jax.eval.sync_eval import SyncEvalError, load_syncnet, random_params
+    from lipsync_jax.models.syncnet import StableSyncNet
+
+    model_config = config_to_dict(load_config(os.path.join(ROOT, "configs", "syncnet", "tiny.py:256")).model)
+    params = random_params(StableSyncNet.from_config(model_config), seed=1)
+    save_params(tmp_path / "ckpt", params, model_config)
+    loaded = load_syncnet(str(tmp_path / "ckpt"))  # config.json beside the params; 256 px faces
+    assert loaded.resolution == 256 and not loaded.random_init
+    np.testing.assert_array_equal(loaded.params["params"]["visual_encoder"]["conv_in"]["kernel"],
+                                  params["params"]["visual_encoder"]["conv_in"]["kernel"])
+    with pytest.raises(SyncEvalError, match="does not take 64 px faces"):
+        load_syncnet(str(tmp_path / "ckpt"), resolution=64)
+    with pytest.raises(SyncEvalError, match="params do not fit the SyncNet config"):
+        load_syncnet(str(tmp_path / "ckpt"), config=os.path.join(ROOT, "configs", "syncnet", "syncnet_16_pixel_attn.py"))
+    with pytest.raises(SyncEvalError, match="either"):
+        load_syncnet(str(tmp_path / "ckpt"), random_init=True)

@@ -1,1 +1,26 @@
-"""Evaluation metrics (sync score, ...)."""
+"""Evaluation metrics (sync score, ...).
+
+Notebook entry points (imported lazily, so ``import lipsync_jax.eval`` stays light):
+``psnr``, ``ssim``, ``mse``, ``lower_half`` (arrays: lipsync_jax.eval.frame_metrics),
+``video_metrics`` (two video files: lipsync_jax.eval.video_metrics), ``load_syncnet``,
+``evaluate_sync``, ``score_faces``, ``pair_videos_with_audio`` (lipsync_jax.eval.sync_eval),
+``read_face_track`` (lipsync_jax.eval.faces), ``sync_score`` and ``SyncScore``
+(lipsync_jax.eval.sync_score).
+"""
+
+import importlib
+
+_EXPORTS = {
+    "psnr": "frame_metrics", "ssim": "frame_metrics", "mse": "frame_metrics", "lower_half": "frame_metrics",
+    "FrameMetricsError": "frame_metrics", "video_metrics": "video_metrics", "VideoMetrics": "video_metrics",
+    "load_syncnet": "sync_eval", "evaluate_sync": "sync_eval", "score_faces": "sync_eval",
+    "pair_videos_with_audio": "sync_eval", "SyncEvalError": "sync_eval", "SyncEvalResult": "sync_eval",
+    "read_face_track": "faces", "FaceTrack": "faces", "sync_score": "sync_score", "SyncScore": "sync_score",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"lipsync_jax.eval.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'lipsync_jax.eval' has no attribute {name!r}")

@@ -96,6 +96,19 @@ def random_params(model: Any, seed: int = 0) -> dict[str, Any]:
     return jax.tree_util.tree_map_with_path(draw, param_shapes_tree(model))
 
 
+def _check_resolution(model: Any, params: Any, resolution: int, where: str) -> None:
+    """The visual tower must reduce the lower half of ``resolution`` px faces to 1x1 (traced only)."""
+    if resolution <= 0 or resolution % 8:
+        raise SyncEvalError(f"face resolution must be a positive multiple of 8, got {resolution}")
+    images = jax.ShapeDtypeStruct((1, resolution - resolution // 2, resolution,
+                                   model.config.visual_encoder.in_channels), np.float32)
+    try:
+        jax.eval_shape(lambda p, x: model.apply(p, x, method=type(model).embed_visual), params, images)
+    except ValueError as error:
+        raise SyncEvalError(f"{where}: the SyncNet does not take {resolution} px faces ({error}); "
+                            "set --resolution (or the config's data.resolution) to what it was trained on") from None
+
+
 def load_syncnet(checkpoint: str | None = None, config: Any = None, random_init: bool = False, seed: int = 0,
                  resolution: int | None = None) -> LoadedSyncNet:
     """A StableSyncNet with its params.
@@ -128,6 +141,7 @@ def load_syncnet(checkpoint: str | None = None, config: Any = None, random_init:
     else:
         _check_params_fit(params, model, checkpoint)
         source = os.path.abspath(checkpoint)
+    _check_resolution(model, params, resolution, source)
     return LoadedSyncNet(model=model, params=params, resolution=resolution, source=source, random_init=random_init)
 
 
