@@ -25,6 +25,7 @@ from lipsync_jax.face import FaceTracker, resize_face, warp_face
 from lipsync_jax.media import probe_video, read_frames
 
 REGIONS = ("frame", "mouth")
+MAX_BATCH_PIXELS = 4_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +115,8 @@ def video_metrics(generated: str, reference: str, region: str = "frame", resolut
                 continue
             indices.append(index)
             batch.append(pair)
-            if len(batch) == batch_size:
+            # bound the SSIM working set: at most ~4 M pixels per batch (2 full-HD frames)
+            if len(batch) >= max(1, min(batch_size, MAX_BATCH_PIXELS // (pair[0].shape[0] * pair[0].shape[1]))):
                 flush()
         flush()
         counts[1] += sum(1 for _ in ref_iter)
