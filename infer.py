@@ -1,0 +1,115 @@
+"""Lip-sync a video to an audio track with LatentSync (JAX).
+
+    python infer.py --video input.mp4 --audio speech.wav --output out.mp4 \\
+        --checkpoint checkpoints/jax/unet --vae_checkpoint checkpoints/jax/vae \\
+        --whisper_checkpoint checkpoints/jax/whisper [--config configs/unet/stage2.py] \\
+        [--steps 20 --guidance 1.5 --seed 1247 --dtype bfloat16 --face_backend mediapipe]
+
+Checkpoints are folders written by ``python -m lipsync_jax.convert {unet,vae,whisper}``; an
+original PyTorch checkpoint (latentsync_unet.pt, whisper/tiny.pt, the sd-vae-ft-mse folder) is
+converted on the fly. ``--random_init`` runs with random weights (smoke tests, benchmarks: the
+output is meaningless), e.g. with ``--config configs/unet/tiny.py``.
+
+The video is read at the config's ``data.video_fps`` (25), looped ping-pong when the audio is
+longer, cut when it is shorter; frames where no face is found are kept as they are. The output
+is an H.264 mp4 with the audio as AAC, as long as the audio. Errors print one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+from absl import app, flags
+
+from lipsync_jax import cli_flags
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "unet", "stage2.py")
+
+flags.DEFINE_string("video", None, "Input video with a face (any fps/resolution; read at data.video_fps).")
+flags.DEFINE_string("audio", None, "Input audio (wav, mp3, m4a, ... or a video's sound track).")
+flags.DEFINE_string("output", None, "Output .mp4 (written to a temp file and moved there on success).")
+flags.DEFINE_string("checkpoint", "checkpoints/jax/unet", "Converted UNet folder (or latentsync_unet.pt).")
+flags.DEFINE_string("vae_checkpoint", "checkpoints/jax/vae", "Converted VAE folder (or the sd-vae-ft-mse folder).")
+flags.DEFINE_string("whisper_checkpoint", "checkpoints/jax/whisper", "Converted Whisper folder (or whisper/tiny.pt).")
+flags.DEFINE_integer("steps", None, "DDIM steps (default: the config's run.inference_steps, 20).", lower_bound=1)
+flags.DEFINE_float("guidance", None, "Audio guidance scale; <= 1 disables guidance (default: run.guidance_scale, 1.5).")
+flags.DEFINE_integer("seed", None, "Random seed of the start noise and VAE samples (default: run.seed).")
+flags.DEFINE_enum("dtype", None, ["bfloat16", "float32"],
+                  "Compute dtype of the UNet and VAE (default: bfloat16 on GPU/TPU, float32 on CPU).")
+flags.DEFINE_enum("face_backend", "mediapipe", ["mediapipe", "insightface"],
+                  "Face landmarks: MediaPipe FaceMesh (bundled) or insightface (LatentSync's, needs its models).")
+flags.DEFINE_bool("random_init", False, "Random weights for every network (smoke tests/benchmarks; meaningless output).")
+flags.DEFINE_float("max_seconds", None, "Only lip-sync the first this many seconds of the audio.", lower_bound=0.04)
+flags.DEFINE_integer("crf", 18, "H.264 quality (x264 CRF; lower is better, 18 as LatentSync).", lower_bound=0, upper_bound=51)
+flags.DEFINE_string("preset", "medium", "x264 preset (ultrafast ... veryslow).")
+flags.DEFINE_bool("progress", True, "Show progress bars.")
+flags.DEFINE_bool("traceback", False, "On an error, print the full traceback (for bug reports).")
+flags.mark_flags_as_required(["video", "audio", "output"])
+cli_flags.define_config_flags(default_config=DEFAULT_CONFIG)
+
+FLAGS = flags.FLAGS
+
+RANDOM_INIT_WARNING = ("WARNING: --random_init: the UNet, VAE and Whisper have RANDOM weights; the output video "
+                       "is meaningless (use it only for smoke tests and benchmarks).")
+
+
+def _dtype(name: str | None):
+    import jax
+    import jax.numpy as jnp
+
+    if name is None:
+        name = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    return jnp.dtype(name)
+
+
+def run() -> None:
+    from lipsync_jax.pipeline import InferenceOptions, build_models, check_inputs, run_inference
+
+    config = cli_flags.resolved_config(FLAGS)
+    checked = check_inputs(FLAGS.video, FLAGS.audio, FLAGS.output)  # before any heavy work
+    if FLAGS.random_init:
+        print(RANDOM_INIT_WARNING, file=sys.stderr, flush=True)
+    seed = int(config.run.seed if FLAGS.seed is None else FLAGS.seed)
+    dtype = _dtype(FLAGS.dtype)
+    models = build_models(config, unet_checkpoint=FLAGS.checkpoint, vae_checkpoint=FLAGS.vae_checkpoint,
+                          whisper_checkpoint=FLAGS.whisper_checkpoint, dtype=dtype,
+                          random_init=FLAGS.random_init, seed=seed)
+    options = InferenceOptions(
+        video_path=FLAGS.video, audio_path=FLAGS.audio, output_path=FLAGS.output,
+        num_steps=int(config.run.inference_steps if FLAGS.steps is None else FLAGS.steps),
+        guidance_scale=float(config.run.guidance_scale if FLAGS.guidance is None else FLAGS.guidance),
+        seed=seed, face_backend=FLAGS.face_backend, fps=float(config.data.video_fps),
+        max_seconds=FLAGS.max_seconds, crf=FLAGS.crf, preset=FLAGS.preset, progress=FLAGS.progress)
+    result = run_inference(models, options, checked=checked)
+    notes = []
+    if result.looped:
+        notes.append(f"video looped ping-pong ({result.num_source_frames} source frames)")
+    if result.frames_kept:
+        notes.append(f"{result.frames_kept} frames without a face kept unchanged")
+    print(f"wrote {result.output_path}: {result.num_frames} frames at {options.fps:g} fps, "
+          f"{result.duration:.2f} s, {dtype.name}" + (f" ({'; '.join(notes)})" if notes else ""))
+    if FLAGS.random_init:
+        print(RANDOM_INIT_WARNING, file=sys.stderr)
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        run()
+    except KeyboardInterrupt:
+        print("interrupted; no output written", file=sys.stderr)
+        sys.exit(130)
+    except Exception as error:  # one clear line instead of a traceback
+        if FLAGS.traceback:
+            traceback.print_exc()
+        known = error.__class__.__module__.startswith("lipsync_jax") or isinstance(error, (OSError, ValueError))
+        message = str(error) if known else f"{type(error).__name__}: {error} (rerun with --traceback for details)"
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)
