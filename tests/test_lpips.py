@@ -103,3 +103,26 @@ def test_bfloat16_close_to_float32(fixture, params):
     bf16 = jax.jit(lambda p, a, b: lpips_lower_half(p, a, b, model=bf16_model))(params, pred, target)
     assert bf16.dtype == jnp.float32
     assert rel_l2(bf16, f32) <= 5e-3  # measured 5.8e-4 on lpips_tiny (bf16 convs, f32 elsewhere)
+
+
+def test_convert_files_from_torchvision_and_lin_checkpoints(fixture, params, tmp_path):
+    from lipsync_jax.convert.lpips import convert_file, convert_files
+    from lipsync_jax.convert.torch_pickle import save_torch_checkpoint
+
+    vgg = {f"features.{k.split('.', 2)[2]}": np.asarray(v) for k, v in fixture.weights.items()
+           if k.startswith("net.slice")}
+    vgg["classifier.6.bias"] = np.zeros(3, np.float32)
+    lins = {k: np.asarray(v) for k, v in fixture.weights.items() if k.startswith("lin") and "." in k[3:5]}
+    assert sorted(lins) == [f"lin{k}.model.1.weight" for k in range(5)]
+    save_torch_checkpoint(vgg, tmp_path / "vgg16.pth")
+    save_torch_checkpoint(lins, tmp_path / "vgg.pth")
+    save_torch_checkpoint(dict(fixture.weights), tmp_path / "lpips_full.pth")
+    two, report = convert_files(str(tmp_path / "vgg16.pth"), str(tmp_path / "vgg.pth"), fixture.config)
+    assert report.skipped == ["classifier.6.bias"]
+    joined, _ = convert_file(f"{tmp_path / 'vgg16.pth'},{tmp_path / 'vgg.pth'}", fixture.config)
+    single, _ = convert_file(str(tmp_path / "lpips_full.pth"), fixture.config)
+    for tree in (two, joined, single):
+        for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(params)):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+    with pytest.raises(ConversionError, match="lin0"):  # the lin file alone is not enough
+        convert_file(str(tmp_path / "vgg.pth"), fixture.config)

@@ -56,11 +56,15 @@ def convert_videomae_state_dict(state_dict: Mapping[str, Any], config: Mapping[s
     return convert_state_dict(_canonical(state_dict), RULES, template=videomae_template(config), dtype=dtype)
 
 
-def convert_file(src: str, config: Mapping[str, Any]) -> tuple[dict, ConversionReport]:
-    """``vit_g_hybrid_pt_1200e_ssv2_ft.pth`` (or a smaller VideoMAEv2 file) -> (params, report)."""
+GIANT_CONFIG = {"model": "vit_giant_patch14_224", "all_frames": 16, "tubelet_size": 2, "use_mean_pooling": True}
+
+
+def convert_file(src: str, config: Mapping[str, Any] | None = None) -> tuple[dict, ConversionReport]:
+    """``vit_g_hybrid_pt_1200e_ssv2_ft.pth`` (or a smaller VideoMAEv2 file) -> (params, report).
+    ``config`` defaults to TREPA's ``vit_giant_patch14_224`` (16 frames, tubelet 2)."""
     from lipsync_jax.convert.checkpoint_io import read_state_dict
 
     state_dict, _extras = read_state_dict(src, keys=("model", "module", "state_dict"))
-    params, report = convert_videomae_state_dict(state_dict, config)
+    params, report = convert_videomae_state_dict(state_dict, GIANT_CONFIG if config is None else config)
     report.raise_if_problems(f"VideoMAEv2 weights {src}")
     return params, report

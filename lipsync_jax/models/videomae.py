@@ -77,6 +77,29 @@ def sinusoid_table(num_positions: int, dim: int) -> np.ndarray:
     return table.astype(np.float32)
 
 
+class TubeletEmbed(nn.Module):
+    """Conv3d with kernel = stride = (t, p, p), computed as patchify + matmul (same numbers; its
+    input gradient avoids XLA's slow strided-conv transpose on CPU). The kernel keeps the
+    channels-last Conv3d layout (t, p, p, c, d)."""
+
+    features: int
+    kernel_size: tuple[int, int, int]
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, videos: jax.Array) -> jax.Array:  # (b, f, h, w, c) -> (b, n, d)
+        b, f, h, w, c = videos.shape
+        t, p, q = self.kernel_size
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (t, p, q, c, self.features), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        patches = videos.reshape(b, f // t, t, h // p, p, w // q, q, c)
+        patches = patches.transpose(0, 1, 3, 5, 2, 4, 6, 7)  # (b, ft, hp, wq, t, p, q, c)
+        patches = patches.reshape(b, (f // t) * (h // p) * (w // q), t * p * q * c).astype(self.dtype)
+        tokens = patches @ kernel.reshape(t * p * q * c, self.features).astype(self.dtype)
+        return tokens + bias.astype(self.dtype)
+
+
 class Attention(nn.Module):
     num_heads: int
     qkv_bias: bool = True
@@ -147,15 +170,13 @@ class VideoMAEv2(nn.Module):
     def __call__(self, videos: jax.Array) -> jax.Array:
         cfg = self.config
         b, f, h, w, c = videos.shape
-        grid = (f // cfg.tubelet_size, h // cfg.patch_size, w // cfg.patch_size)
-        if grid != cfg.grid or c != cfg.in_chans:
+        if (f, h, w, c) != (cfg.all_frames, cfg.img_size, cfg.img_size, cfg.in_chans):
             raise ValueError(f"VideoMAEv2 expects clips of ({cfg.all_frames}, {cfg.img_size}, {cfg.img_size}, "
                              f"{cfg.in_chans}) (its position table is fixed), got {videos.shape[1:]}")
-        kernel = (cfg.tubelet_size, cfg.patch_size, cfg.patch_size)
-        tokens = nn.Conv(cfg.embed_dim, kernel, strides=kernel, padding="VALID", dtype=self.dtype,
-                         param_dtype=self.param_dtype, name="patch_embed")(videos.astype(self.dtype))
+        tokens = TubeletEmbed(cfg.embed_dim, (cfg.tubelet_size, cfg.patch_size, cfg.patch_size), self.dtype,
+                              self.param_dtype, name="patch_embed")(videos)  # (b, t*hp*wp, d), (t, h, w) order
         acc_dtype = jnp.promote_types(self.dtype, jnp.float32)
-        x = tokens.reshape(b, -1, cfg.embed_dim).astype(acc_dtype)  # (b, t*hp*wp, d), (t, h, w) order
+        x = tokens.astype(acc_dtype)
         x = x + jnp.asarray(sinusoid_table(x.shape[1], cfg.embed_dim), acc_dtype)
         block_cls = nn.remat(Block) if self.remat else Block
         for i in range(cfg.depth):
