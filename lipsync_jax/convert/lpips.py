@@ -86,6 +86,10 @@ def convert_file(src: str, config: Mapping[str, Any]) -> tuple[dict, ConversionR
         return convert_files(paths[0], paths[1], config)
     if len(paths) != 1:
         raise ConversionError(f"LPIPS source {src!r}: give one combined file or 'vgg16.pth,vgg.pth'")
-    params, report = convert_lpips_state_dict(_read(paths[0]), config)
+    state_dict = _read(paths[0])
+    if not any(k.startswith(("net.slice", "features.")) for k in state_dict):
+        raise ConversionError(f"{paths[0]} holds no VGG16 conv weights (only {sorted(state_dict)[:3]}...): "
+                              "pass torchvision's VGG16 file too, as --src 'vgg16.pth,vgg.pth'")
+    params, report = convert_lpips_state_dict(state_dict, config)
     report.raise_if_problems(f"LPIPS weights {paths[0]}")
     return params, report
