@@ -38,15 +38,17 @@ def init_distributed() -> None:
     import jax
 
     if FLAGS.coordinator_address or FLAGS.num_processes or FLAGS.distributed:
-        if jax.default_backend() == "cpu" or jax.config.jax_platforms == "cpu":
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        # CPU processes need a collectives backend (GPU/TPU use their own; the flag only
+        # affects the CPU client, and must be set before any backend starts).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                    num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
 
 
 def main(argv):
     del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
     init_distributed()
     from lipsync_jax.train.loop import run_training
     from lipsync_jax.train.tasks import build_task

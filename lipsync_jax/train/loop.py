@@ -6,6 +6,7 @@ with donated state, checkpoints (periodic, on SIGTERM, automatic resume), metric
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -52,6 +53,18 @@ def create_state(task: TrainTask, config: Any, mesh) -> tuple[TrainState, Any, A
     return state, frozen, schedule
 
 
+def write_shardings(path: str, state: TrainState) -> None:
+    """``{leaf path: {shape, spec, shard_shape}}`` of the train state (a record of the layout)."""
+    out = {}
+    for key, leaf in jax.tree_util.tree_leaves_with_path(state):
+        if isinstance(leaf, jax.Array):
+            spec = getattr(leaf.sharding, "spec", None)
+            out[jax.tree_util.keystr(key)] = dict(shape=list(leaf.shape), spec=str(spec),
+                                                  shard_shape=list(leaf.sharding.shard_shape(leaf.shape)))
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(out, f, indent=1)
+
+
 def run_training(task: TrainTask, config: Any, workdir: str, stop_after_steps: int | None = None,
                  progress: bool = True) -> TrainState:
     os.makedirs(workdir, exist_ok=True)
@@ -60,6 +73,7 @@ def run_training(task: TrainTask, config: Any, workdir: str, stop_after_steps: i
     primary = jax.process_index() == 0
     state, frozen, schedule = create_state(task, config, mesh)
     if primary:
+        write_shardings(os.path.join(workdir, "state_shardings.json"), state)
         log.info("mesh %s; %s params: %d (trainable %d)", dict(mesh.shape), task.name,
                  count_params(state.params), count_params(state.params, task.trainable))
 

@@ -82,3 +82,24 @@ class SyntheticUNetSource:
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         self.next_step = int(state["next_step"])
+
+
+class SyntheticSyncNetSource(SyntheticUNetSource):
+    """SyncNet batches: ``frames`` (b, f, s, s, 3), ``mel`` (b, 80, 52, 1), ``labels`` (b,);
+    every other sample is in sync (label 1), the rest shifted (label 0)."""
+
+    def __init__(self, config: Mapping[str, Any], process_index: int = 0, process_count: int = 1,
+                 seed: int | None = None, fixed: bool = False, offset: int = 0):
+        data = config["data"]
+        self.batch_size = int(data["batch_size"])
+        self.num_frames = int(data["num_frames"])
+        self.resolution = int(data["resolution"])
+        self.seed = int(config["run"]["seed"] if seed is None else seed)
+        self.process_index, self.process_count = process_index, process_count
+        self.fixed, self.offset, self.next_step = fixed, offset, 0
+
+    def sample(self, index: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, index + self.offset])
+        return dict(frames=_smooth_frames(rng, self.num_frames, self.resolution),
+                    mel=rng.standard_normal(MEL_SHAPE + (1,)).astype(np.float32),
+                    labels=np.float32(index % 2 == 0))

@@ -24,7 +24,7 @@ from lipsync_jax.models.vae import AutoencoderKL
 from lipsync_jax.models.vae import init_params as init_vae
 from lipsync_jax.models.videomae import VideoMAEConfig, VideoMAEv2
 from lipsync_jax.train.state import unet_trainable
-from lipsync_jax.train.synthetic import SyntheticUNetSource
+from lipsync_jax.train.data_sources import unet_data_source
 from lipsync_jax.train.task import TrainConfigError, TrainTask, load_converted
 from lipsync_jax.train.unet_step import UNetLossSettings, UNetTrainer
 
@@ -107,18 +107,8 @@ def build_unet_task(config: Any, data_source: str = "synthetic") -> TrainTask:
     trainer = UNetTrainer(unet=unet, vae=vae, scheduler=scheduler, settings=settings, syncnet=syncnet,
                           lpips=lpips, trepa=trepa, trainable=trainable)
 
-    def make_data(process_index, process_count):
-        if data_source == "synthetic":
-            return SyntheticUNetSource(cfg, process_index, process_count)
-        if data_source == "synthetic_fixed":
-            return SyntheticUNetSource(cfg, process_index, process_count, fixed=True)
-        raise TrainConfigError(f"unknown data source {data_source!r}")
-
-    def make_val_data(process_index, process_count):
-        return SyntheticUNetSource(cfg, process_index, process_count, fixed=True, offset=10 ** 9)
-
     return TrainTask(name="unet", param_shapes=shapes, logical_specs=unet_logical_axes(unet, init_shape),
                      init_params=lambda key: init_unet_params(key, unet, init_shape), pretrained=pretrained,
                      trainable=trainable, init_frozen=init_frozen, pretrained_frozen=pretrained_frozen,
-                     train_step=trainer.train_step, eval_step=trainer.eval_step, make_data=make_data,
-                     make_val_data=make_val_data, validation_every=int(cfg["ckpt"]["save_ckpt_steps"]))
+                     train_step=trainer.train_step, eval_step=trainer.eval_step, make_data=lambda p, n: unet_data_source(cfg, data_source, p, n),
+                     make_val_data=lambda p, n: unet_data_source(cfg, data_source, p, n, validation=True), validation_every=int(cfg["ckpt"]["save_ckpt_steps"]))

@@ -1,0 +1,79 @@
+"""Batch sources for training: the grain loaders of ``lipsync_jax.data`` (``--data=grain``) or
+the deterministic synthetic sources (``synthetic``, ``synthetic_fixed``: one batch repeated).
+Every source is an iterator of per-process numpy batches with ``get_state``/``set_state``."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping, Sequence
+
+from lipsync_jax.train.synthetic import SyntheticSyncNetSource, SyntheticUNetSource
+from lipsync_jax.train.task import TrainConfigError
+
+UNET_FIELDS = ("gt_frames", "masked_frames", "ref_frames", "masks", "audio_embeds", "mel")
+SYNCNET_FIELDS = ("frames", "mel", "labels")
+VALIDATION_OFFSET = 10 ** 9  # synthetic validation samples: ids far from the training stream
+SOURCES = ("synthetic", "synthetic_fixed", "grain")
+
+
+class FieldSelect:
+    """Keeps the fields the step uses (grain batches also carry indices); forwards the state."""
+
+    def __init__(self, iterator: Any, fields: Sequence[str]):
+        self.iterator, self.fields = iterator, tuple(fields)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        batch = next(self.iterator)
+        missing = [k for k in self.fields if k not in batch]
+        if missing:
+            raise TrainConfigError(f"data batches lack the fields {missing} (have {sorted(batch)})")
+        return {k: batch[k] for k in self.fields}
+
+    def get_state(self):
+        return self.iterator.get_state()
+
+    def set_state(self, state) -> None:
+        self.iterator.set_state(state)
+
+
+def _check(kind: str) -> None:
+    if kind not in SOURCES:
+        raise TrainConfigError(f"unknown data source {kind!r}; choose from {SOURCES}")
+
+
+def unet_data_source(cfg: Mapping[str, Any], kind: str, process_index: int, process_count: int,
+                     validation: bool = False) -> Iterator:
+    _check(kind)
+    if kind != "grain":
+        return SyntheticUNetSource(cfg, process_index, process_count, fixed=validation or kind == "synthetic_fixed",
+                                   offset=VALIDATION_OFFSET if validation else 0)
+    from lipsync_jax.data.loader import unet_loader_from_config
+
+    data = cfg["data"]
+    if not data["train_data_dir"]:
+        raise TrainConfigError("--data=grain needs config.data.train_data_dir (a dataset written by data_prep)")
+    seed = int(cfg["run"]["seed"]) + (1 if validation else 0)
+    loader = unet_loader_from_config(cfg, whisper_params=cfg["whisper"]["ckpt_path"] or None, seed=seed,
+                                     shard_index=process_index, shard_count=process_count)
+    return FieldSelect(iter(loader), UNET_FIELDS)
+
+
+def syncnet_data_source(cfg: Mapping[str, Any], kind: str, process_index: int, process_count: int,
+                        validation: bool = False) -> Iterator:
+    _check(kind)
+    if kind != "grain":
+        return SyntheticSyncNetSource(cfg, process_index, process_count,
+                                      fixed=validation or kind == "synthetic_fixed",
+                                      offset=VALIDATION_OFFSET if validation else 0)
+    from lipsync_jax.data.loader import syncnet_loader_from_config
+
+    data = cfg["data"]
+    data_dir = (data["val_data_dir"] or data["train_data_dir"]) if validation else data["train_data_dir"]
+    if not data_dir:
+        raise TrainConfigError("--data=grain needs config.data.train_data_dir (a dataset written by data_prep)")
+    seed = int(cfg["run"]["seed"]) + (1 if validation else 0)
+    loader = syncnet_loader_from_config(cfg, data_dir, seed=seed, shard_index=process_index,
+                                        shard_count=process_count)
+    return FieldSelect(iter(loader), SYNCNET_FIELDS)
