@@ -115,7 +115,8 @@ def write_synced_video(models: LipsyncModels, generator: ChunkGenerator, track: 
                                   real_frames=stop - start)
             sample_bar.update()
             for j, source in enumerate(sources):
-                frame = frames.get(int(source))
+                with timer.stage("frame_read", 1):
+                    frame = frames.get(int(source))
                 if faces is not None and has_face[source]:
                     with timer.stage("restore", 1):
                         frame = paste_generated_face(frame, faces[j], track.aligned[int(source)])
@@ -133,7 +134,8 @@ def run_inference(models: LipsyncModels, options: InferenceOptions, *, checked: 
     timer = timer or StageTimer()
     checked = checked or check_inputs(options.video_path, options.audio_path, options.output_path)
     video, fps = checked.video, float(options.fps)
-    tracker = FaceTracker(models.resolution, backend=options.face_backend, source=options.video_path)
+    with timer.stage("setup"):
+        tracker = FaceTracker(models.resolution, backend=options.face_backend, source=options.video_path)
     work_dir = tempfile.mkdtemp(prefix=".lipsync_", dir=os.path.dirname(os.path.abspath(options.output_path)))
     spill = frames = None
     try:
@@ -152,8 +154,9 @@ def run_inference(models: LipsyncModels, options: InferenceOptions, *, checked: 
             spill = FrameSpill(video.width, video.height, folder=work_dir)
             _spill_frames(video.path, fps, track.num_frames, spill)
         frames = spill if spill is not None else ForwardFrames(video.path, fps, n_out)
-        generator = ChunkGenerator(models, num_steps=options.num_steps, guidance_scale=options.guidance_scale,
-                                   seed=options.seed)
+        with timer.stage("setup"):
+            generator = ChunkGenerator(models, num_steps=options.num_steps, guidance_scale=options.guidance_scale,
+                                       seed=options.seed)
         silent = os.path.join(work_dir, "video.mp4")
         with VideoWriter(silent, video.width, video.height, fps, crf=options.crf, preset=options.preset) as writer:
             kept = write_synced_video(models, generator, track, audio, frames, mapping, writer, timer=timer,

@@ -9,7 +9,10 @@ from typing import Any, Iterator
 
 import jax
 
-STAGES = ("face_alignment", "audio", "vae_encode", "sampling", "vae_decode", "restore", "video_encode")
+# setup starts the face backend and draws the start noise; face_alignment includes the first decode of the video; frame_read is the output pass's second
+# read (or the spill file); video_encode is H.264 encoding (x264 runs in its own process) + muxing.
+STAGES = ("setup", "audio", "face_alignment", "vae_encode", "sampling", "vae_decode", "frame_read", "restore",
+          "video_encode")
 
 
 class StageTimer:
