@@ -126,3 +126,25 @@ def test_convert_files_from_torchvision_and_lin_checkpoints(fixture, params, tmp
             np.testing.assert_allclose(a, b, rtol=1e-6)
     with pytest.raises(ConversionError, match="no VGG16 conv weights"):  # the lin file alone is not enough
         convert_file(str(tmp_path / "vgg.pth"), fixture.config)
+
+
+def test_convert_cli_takes_two_comma_separated_files(fixture, params, tmp_path):
+    import json
+
+    from lipsync_jax.checkpoints import restore_params
+    from lipsync_jax.convert.__main__ import main
+    from lipsync_jax.convert.torch_pickle import save_torch_checkpoint
+
+    save_torch_checkpoint({f"features.{k.split('.', 2)[2]}": np.asarray(v) for k, v in fixture.weights.items()
+                           if k.startswith("net.slice")}, tmp_path / "vgg16.pth")
+    save_torch_checkpoint({k: np.asarray(v) for k, v in fixture.weights.items() if k.startswith("lin")
+                           and not k.startswith("lins.")}, tmp_path / "vgg.pth")
+    (tmp_path / "lpips.json").write_text(json.dumps(fixture.config))
+    src = f"{tmp_path / 'vgg16.pth'},{tmp_path / 'vgg.pth'}"
+    assert main(["lpips", "--src", src, "--config", str(tmp_path / "lpips.json"), "--dst", str(tmp_path / "out")]) == 0
+    restored, _ = restore_params(str(tmp_path / "out"))
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+    # one of the two files missing: a clear error naming it, exit 1
+    assert main(["lpips", "--src", f"{tmp_path / 'vgg16.pth'},{tmp_path / 'nope.pth'}",
+                 "--dst", str(tmp_path / "out2")]) == 1

@@ -7,7 +7,8 @@
 
 ``--config`` is an ml_collections config file (``path.py`` or ``path.py:arg``; its ``model``
 section is what the converter gets when it has one) or a ``.json`` dict; optional for
-whisper (dims come from the checkpoint), vae (config.json in the folder) and lpips.
+whisper (dims come from the checkpoint), vae (config.json in the folder), lpips (its
+``--src`` is ``vgg16.pth,vgg.pth`` or one combined file) and videomae (TREPA's giant ViT).
 Exit status: 0 converted, 1 bad input (the message says what), 2 converter not available.
 """
 
@@ -25,7 +26,7 @@ from lipsync_jax.convert.rules import ConversionError
 
 # subcommand -> module providing convert_file(src, config) -> (params, ConversionReport)
 CONVERTERS = {name: f"lipsync_jax.convert.{name}" for name in ("unet", "whisper", "vae", "syncnet", "lpips", "videomae")}
-CONFIG_OPTIONAL = {"whisper", "vae", "lpips"}
+CONFIG_OPTIONAL = {"whisper", "vae", "lpips", "videomae"}
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -105,14 +106,18 @@ def convert(kind: str, src: str, config_path: str | None, dst: str, dtype: str |
     if module is None:
         print(f"converter for {kind} is not available yet", file=sys.stderr)
         return 2
-    if not os.path.exists(src):
-        raise CliError(f"{src}: no such checkpoint file or folder")
+    # lpips takes two files as one comma-separated source: "vgg16.pth,vgg.pth"
+    for part in (src.split(",") if kind == "lpips" else [src]):
+        if not os.path.exists(part):
+            raise CliError(f"{part}: no such checkpoint file or folder")
     config: Mapping[str, Any] | None = load_converter_config(config_path) if config_path else None
     params, report = module.convert_file(src, config)
     report.raise_if_problems(f"{kind} checkpoint {src}")
     if dtype is not None:
         params = cast_floating(params, dtype)
     saved_config = config if config is not None else found_config(src)
+    if saved_config is None:  # converters with a built-in default (videomae: TREPA's giant ViT)
+        saved_config = getattr(module, "DEFAULT_CONFIG", None)
     out = save_params(dst, params, saved_config, metadata={
         "kind": kind, "source": os.path.abspath(src),
         "config_file": os.path.abspath(config_path) if config_path else None,

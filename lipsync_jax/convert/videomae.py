@@ -59,6 +59,9 @@ def convert_videomae_state_dict(state_dict: Mapping[str, Any], config: Mapping[s
 GIANT_CONFIG = {"model": "vit_giant_patch14_224", "all_frames": 16, "tubelet_size": 2, "use_mean_pooling": True}
 
 
+DEFAULT_CONFIG = GIANT_CONFIG  # what the convert CLI saves when no --config is given
+
+
 def convert_file(src: str, config: Mapping[str, Any] | None = None) -> tuple[dict, ConversionReport]:
     """``vit_g_hybrid_pt_1200e_ssv2_ft.pth`` (or a smaller VideoMAEv2 file) -> (params, report).
     ``config`` defaults to TREPA's ``vit_giant_patch14_224`` (16 frames, tubelet 2)."""
