@@ -9,7 +9,9 @@
 
 Sampling: grain's ``IndexSampler`` shuffles record indices (a new permutation per epoch,
 ``num_epochs=None`` = endless) and gives each sample an RNG derived from (seed, position), so
-the batches depend only on the seed and the shard, not on ``worker_count``. Sharding: the
+the stream depends only on the seed, the shard and ``worker_count`` (with N workers, worker w
+turns every N-th sampled record into samples and forms whole batches from them, as grain
+does; a saved state can only be restored with the same ``worker_count``). Sharding: the
 records are split into ``shard_count`` disjoint contiguous ranges (``ShardByJaxProcess`` by
 default: shard = ``jax.process_index()``), each process reads its own.
 """
@@ -40,9 +42,12 @@ def shard_options(shard_index: int | None = None, shard_count: int | None = None
 def make_loader(source: ClipDataSource | str, transform: grain.RandomMapTransform, batch_size: int, *,
                 seed: int = 0, shard_index: int | None = None, shard_count: int | None = None,
                 worker_count: int = 0, num_epochs: int | None = None, shuffle: bool = True,
-                worker_buffer_size: int = 2) -> grain.DataLoader:
+                worker_buffer_size: int = 2, read_threads: int = 4,
+                read_prefetch: int | None = None) -> grain.DataLoader:
     """A DataLoader of ``batch_size``-sample batches (per process; the last partial batch of an
-    epoch is dropped) from the clip dataset at ``source``."""
+    epoch is dropped) from the clip dataset at ``source``. Records are read by
+    ``read_threads`` threads per process, ``read_prefetch`` (default 2 batches) ahead: a record
+    holds a whole clip (~5 MB), so grain's default of 500 records ahead would be gigabytes."""
     if not isinstance(source, ClipDataSource):
         source = ClipDataSource(os.fspath(source))
     options = shard_options(shard_index, shard_count)
@@ -50,7 +55,9 @@ def make_loader(source: ClipDataSource | str, transform: grain.RandomMapTransfor
                                  num_epochs=num_epochs, seed=seed)
     return grain.DataLoader(data_source=source, sampler=sampler,
                             operations=[transform, DropSkipped(), grain.Batch(batch_size, drop_remainder=True)],
-                            worker_count=worker_count, worker_buffer_size=worker_buffer_size)
+                            worker_count=worker_count, worker_buffer_size=worker_buffer_size,
+                            read_options=grain.ReadOptions(num_threads=read_threads,
+                                                           prefetch_buffer_size=read_prefetch or 2 * batch_size))
 
 
 def unet_loader(source: ClipDataSource | str, *, batch_size: int, num_frames: int = 16, resolution: int = 256,
