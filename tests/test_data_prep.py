@@ -1,0 +1,142 @@
+"""data_prep end to end on the demo videos (first 6 s, downscaled), a corrupt file and a video
+without a face; plus the shot detector, clip segmenting and offset-trimming helpers."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import asset_path
+
+from data_prep.clips import PrepOptions, source_key
+from data_prep.prepare import MARKER, WORK_DIR, prepare
+from data_prep.shots import ShotDetector, segment_shot
+from data_prep.sync_filter import corrected_span
+from lipsync_jax.data import records
+from lipsync_jax.media import ffmpeg_exe
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RES = 64
+SECONDS = 6
+
+
+def _ffmpeg(*args):
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", *args], check=True)
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("videos")
+    for name in ("demo1", "demo2"):  # 6 s, 360x640, H.264 (the originals are 1080x1920 HEVC)
+        _ffmpeg("-i", asset_path(f"{name}_video.mp4"), "-t", str(SECONDS), "-vf", "scale=360:640",
+                "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-c:a", "aac", str(folder / f"{name}.mp4"))
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000",
+            "-t", str(SECONDS), "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac",
+            "-shortest", str(folder / "no_face.mp4"))
+    (folder / "corrupt.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 30000, np.uint8).tobytes())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def prepared(sources, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dataset")
+    cmd = [sys.executable, "-m", "data_prep", "--input_dir", str(sources), "--output_dir", str(out),
+           "--num_workers", "2", "--resolution", str(RES), "--max_source_seconds", str(SECONDS)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc.stderr
+
+
+def test_real_videos_become_records_and_bad_files_are_skipped(prepared, sources):
+    out, log = prepared
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sources"] == 4 and summary["kept_clips"] == 2
+    assert summary["sources_by_status"] == {"done": 2, "skipped": 2}
+    skipped = summary["skipped_sources_by_reason"]
+    assert [s["source"] for s in skipped["unreadable_video"]] == [str(sources / "corrupt.mp4")]
+    assert [s["source"] for s in skipped["no_face"]] == [str(sources / "no_face.mp4")]
+    assert "corrupt.mp4: skipped (unreadable_video)" in log and "no_face.mp4: skipped (no_face)" in log
+    assert "corrupt.mp4" in (out / "data_prep.log").read_text()
+
+
+def test_dataset_opens_with_tfds_without_tensorflow(prepared, sources):
+    out, _ = prepared
+    code = (
+        "import sys, tensorflow_datasets as tfds\n"
+        f"ds = tfds.data_source('{records.DEFAULT_NAME}', data_dir={str(out)!r})['train']\n"
+        "print(len(ds), sorted(r['clip_id'].decode() for r in (ds[0], ds[1])))\n"
+        "assert 'tensorflow' not in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    count, ids = proc.stdout.strip().split(" ", 1)
+    assert int(count) == 2
+    for name in ("demo1", "demo2"):
+        assert source_key(str(sources / f"{name}.mp4")) in ids
+
+
+def test_record_contents(prepared, sources):
+    out, _ = prepared
+    source = records.ClipDataSource(str(out))
+    by_source = {os.path.basename(source[i]["source"].decode()): source[i] for i in range(len(source))}
+    assert sorted(by_source) == ["demo1.mp4", "demo2.mp4"]
+    for name, record in by_source.items():
+        n = SECONDS * 25
+        assert record["num_frames"] == n and len(record["frames"]) == n
+        assert record["audio"].dtype == np.int16 and record["audio"].shape == (n * 640,)
+        assert np.abs(record["audio"]).max() > 1000  # real speech, not silence
+        assert record["fps"] == 25.0 and record["resolution"] == RES and record["audio_sample_rate"] == 16000
+        assert (record["source_width"], record["source_height"]) == (360, 640)
+        assert record["start_time"] == 0.0
+        assert math.isnan(record["sync_score"]) and record["sync_offset"] == 0
+        faces = records.decode_frames(record["frames"], [0, n // 2, n - 1])
+        assert faces.shape == (3, RES, RES, 3) and faces.std() > 10
+
+
+def test_rerun_skips_finished_sources(prepared, sources):
+    out, _ = prepared
+    markers = sorted((out / WORK_DIR).glob(f"*/{MARKER}"))
+    assert len(markers) == 4
+    before = [m.stat().st_mtime_ns for m in markers]
+    options = PrepOptions(resolution=RES, max_source_seconds=SECONDS)
+    paths = sorted(str(p) for p in sources.iterdir())
+    summary = prepare(paths, str(out), options, num_workers=2)
+    assert summary["processed_this_run"] == 0 and summary["reused"] == 4
+    assert summary["kept_clips"] == 2 and summary["dataset_records"] == 2
+    assert [m.stat().st_mtime_ns for m in markers] == before
+    assert len(records.ClipDataSource(str(out))) == 2
+    # other options are other work: nothing reused
+    changed = prepare([str(sources / "corrupt.mp4")], str(out / "other"), PrepOptions(resolution=32), num_workers=0)
+    assert changed["processed_this_run"] == 1 and changed["kept_clips"] == 0
+
+
+def test_shot_detector_finds_a_cut_and_ignores_motion():
+    rng = np.random.default_rng(0)
+    warm = np.clip(rng.normal((170, 120, 100), 20, (90, 160, 3)), 0, 255).astype(np.uint8)
+    cold = np.clip(rng.normal((40, 80, 160), 20, (90, 160, 3)), 0, 255).astype(np.uint8)
+    frames = [np.roll(warm, 3 * i, axis=1) for i in range(10)] + [np.roll(cold, 3 * i, axis=1) for i in range(10)]
+    detector = ShotDetector()
+    cuts = [i for i, frame in enumerate(frames) if detector.update(frame)]
+    assert cuts == [10]
+    assert max(detector.distances[:9]) < 0.1 < detector.distances[9]
+
+
+def test_segment_shot_gives_5_to_10_second_clips():
+    for length in (124, 125, 250, 251, 499, 500, 501, 1234):
+        clips = segment_shot(100, length, 125, 250)
+        if length < 125:
+            assert clips == []
+            continue
+        assert all(125 <= n <= 250 for _, n in clips)
+        starts = [s for s, _ in clips]
+        assert starts[0] == 100 and all(b - a == clips[0][1] for a, b in zip(starts, starts[1:]))
+        assert 0 <= 100 + length - (starts[-1] + clips[-1][1]) < len(clips)
+
+
+def test_corrected_span_keeps_frames_whose_shifted_audio_exists():
+    # 300 frames of audio; a clip of 150 frames at frame 0 with audio 5 frames early is cut
+    assert corrected_span(0, 150, -5, 300 * 640, 640) == (5, 150)
+    assert corrected_span(100, 150, 3, 300 * 640, 640) == (0, 150)
+    assert corrected_span(140, 150, 20, 300 * 640, 640) == (0, 140)
