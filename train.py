@@ -24,7 +24,8 @@ from lipsync_jax import cli_flags
 cli_flags.define_config_flags()
 flags.DEFINE_string("workdir", None, "Output folder: checkpoints, metrics.jsonl, TensorBoard events.", required=True)
 flags.DEFINE_string("data", "synthetic", "Batch source: 'synthetic' (deterministic fake clips), "
-                    "'synthetic_fixed' (one batch repeated) or 'grain' (lipsync_jax.data, when available).")
+                    "'grain' (lipsync_jax.data loaders over config.data.train_data_dir), or "
+                    "'synthetic_fixed' / 'grain_fixed' (the first batch repeated: overfitting runs).")
 flags.DEFINE_integer("stop_after_steps", None, "Debug: send SIGTERM to this process after this step.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (cluster auto-detection).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")

@@ -7,8 +7,9 @@ layers matter). 64 px faces (8x8 latents), batch 2, no worker processes, float32
 
 Components are tiny or small too: configs/vae/tiny.py, Whisper tiny dims, the tiny SyncNet
 (configs/syncnet/tiny.py, which takes the lower half of 64 px faces). Every checkpoint path is
-"" = random weights. LPIPS and TREPA weights are 0 here (no tiny networks for them yet); the
-SyncNet loss is on as in stage 2.
+"" = random weights. LPIPS and TREPA weights are 0 here; the SyncNet loss is on as in stage 2.
+The ``lpips`` / ``trepa`` sections hold tiny random networks, used by tiny_stage2_losses.py
+(all four loss terms on); ``mesh`` is the training device mesh (lipsync_jax.train).
 
 ``get_sweep()`` is a demonstration learning-rate sweep: ``--sweep_index=0..2``.
 """

@@ -1,5 +1,6 @@
 """Batch sources for training: the grain loaders of ``lipsync_jax.data`` (``--data=grain``) or
-the deterministic synthetic sources (``synthetic``, ``synthetic_fixed``: one batch repeated).
+the deterministic synthetic sources (``synthetic``); ``*_fixed`` repeats the first batch (overfitting
+runs; validation uses a fixed batch too).
 Every source is an iterator of per-process numpy batches with ``get_state``/``set_state``."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from lipsync_jax.train.task import TrainConfigError
 UNET_FIELDS = ("gt_frames", "masked_frames", "ref_frames", "masks", "audio_embeds", "mel")
 SYNCNET_FIELDS = ("frames", "mel", "labels")
 VALIDATION_OFFSET = 10 ** 9  # synthetic validation samples: ids far from the training stream
-SOURCES = ("synthetic", "synthetic_fixed", "grain")
+SOURCES = ("synthetic", "synthetic_fixed", "grain", "grain_fixed")
 
 
 class FieldSelect:
@@ -38,6 +39,27 @@ class FieldSelect:
         self.iterator.set_state(state)
 
 
+class RepeatFirst:
+    """The first batch of ``iterator``, forever (overfitting runs on real data)."""
+
+    def __init__(self, iterator: Any):
+        self.first = next(iterator)
+        self.next_step = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        self.next_step += 1
+        return self.first
+
+    def get_state(self):
+        return {"next_step": self.next_step}
+
+    def set_state(self, state) -> None:
+        self.next_step = int(state["next_step"])
+
+
 def _check(kind: str) -> None:
     if kind not in SOURCES:
         raise TrainConfigError(f"unknown data source {kind!r}; choose from {SOURCES}")
@@ -46,7 +68,7 @@ def _check(kind: str) -> None:
 def unet_data_source(cfg: Mapping[str, Any], kind: str, process_index: int, process_count: int,
                      validation: bool = False) -> Iterator:
     _check(kind)
-    if kind != "grain":
+    if not kind.startswith("grain"):
         return SyntheticUNetSource(cfg, process_index, process_count, fixed=validation or kind == "synthetic_fixed",
                                    offset=VALIDATION_OFFSET if validation else 0)
     from lipsync_jax.data.loader import unet_loader_from_config
@@ -57,13 +79,14 @@ def unet_data_source(cfg: Mapping[str, Any], kind: str, process_index: int, proc
     seed = int(cfg["run"]["seed"]) + (1 if validation else 0)
     loader = unet_loader_from_config(cfg, whisper_params=cfg["whisper"]["ckpt_path"] or None, seed=seed,
                                      shard_index=process_index, shard_count=process_count)
-    return FieldSelect(iter(loader), UNET_FIELDS)
+    batches = FieldSelect(iter(loader), UNET_FIELDS)
+    return RepeatFirst(batches) if kind == "grain_fixed" else batches
 
 
 def syncnet_data_source(cfg: Mapping[str, Any], kind: str, process_index: int, process_count: int,
                         validation: bool = False) -> Iterator:
     _check(kind)
-    if kind != "grain":
+    if not kind.startswith("grain"):
         return SyntheticSyncNetSource(cfg, process_index, process_count,
                                       fixed=validation or kind == "synthetic_fixed",
                                       offset=VALIDATION_OFFSET if validation else 0)
@@ -76,4 +99,5 @@ def syncnet_data_source(cfg: Mapping[str, Any], kind: str, process_index: int, p
     seed = int(cfg["run"]["seed"]) + (1 if validation else 0)
     loader = syncnet_loader_from_config(cfg, data_dir, seed=seed, shard_index=process_index,
                                         shard_count=process_count)
-    return FieldSelect(iter(loader), SYNCNET_FIELDS)
+    batches = FieldSelect(iter(loader), SYNCNET_FIELDS)
+    return RepeatFirst(batches) if kind == "grain_fixed" or validation else batches

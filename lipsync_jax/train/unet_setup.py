@@ -75,7 +75,10 @@ def build_unet_task(config: Any, data_source: str = "synthetic") -> TrainTask:
             frozen["syncnet"] = init_syncnet(syncnet, k_sync, image_hw=hw)
         if lpips is not None:
             img = jnp.zeros((1, 32, 32, 3))
-            frozen["lpips"] = lpips.init(k_lpips, img, img)["params"]
+            lpips_params = lpips.init(k_lpips, img, img)["params"]
+            # LPIPS' lin layers are non-negative (a distance); keep random ones so too
+            frozen["lpips"] = {k: jax.tree.map(jnp.abs, v) if k.startswith("lin") else v
+                               for k, v in lpips_params.items()}
         if trepa is not None:
             c = trepa.model.config
             clip = jnp.zeros((1, c.all_frames, c.img_size, c.img_size, 3))
@@ -110,5 +113,7 @@ def build_unet_task(config: Any, data_source: str = "synthetic") -> TrainTask:
     return TrainTask(name="unet", param_shapes=shapes, logical_specs=unet_logical_axes(unet, init_shape),
                      init_params=lambda key: init_unet_params(key, unet, init_shape), pretrained=pretrained,
                      trainable=trainable, init_frozen=init_frozen, pretrained_frozen=pretrained_frozen,
-                     train_step=trainer.train_step, eval_step=trainer.eval_step, make_data=lambda p, n: unet_data_source(cfg, data_source, p, n),
-                     make_val_data=lambda p, n: unet_data_source(cfg, data_source, p, n, validation=True), validation_every=int(cfg["ckpt"]["save_ckpt_steps"]))
+                     train_step=trainer.train_step, eval_step=trainer.eval_step,
+                     make_data=lambda p, n: unet_data_source(cfg, data_source, p, n),
+                     make_val_data=lambda p, n: unet_data_source(cfg, data_source, p, n, validation=True),
+                     validation_every=int(cfg["ckpt"]["save_ckpt_steps"]))
