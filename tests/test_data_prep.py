@@ -140,3 +140,51 @@ def test_corrected_span_keeps_frames_whose_shifted_audio_exists():
     assert corrected_span(0, 150, -5, 300 * 640, 640) == (5, 150)
     assert corrected_span(100, 150, 3, 300 * 640, 640) == (0, 150)
     assert corrected_span(140, 150, 20, 300 * 640, 640) == (0, 140)
+
+
+class _FixedOffsetScorer:
+    """Stands in for the SyncNet: says the audio lags the picture by OFFSET frames."""
+
+    OFFSET = 3
+
+    def score(self, faces, audio, fps):
+        from data_prep.sync_filter import SyncResult
+
+        assert len(audio) == len(faces) * 640
+        return SyncResult(score=0.5, confidence=0.2, offset=self.OFFSET)
+
+
+def test_sync_offset_recuts_the_audio(sources):
+    from data_prep.clips import process_source
+    from lipsync_jax.audio import load_audio
+
+    path = str(sources / "demo1.mp4")
+    options = PrepOptions(resolution=RES, max_source_seconds=SECONDS, syncnet_ckpt="(fake)")
+    result = process_source(path, options, scorer=_FixedOffsetScorer())
+    (clip,) = result.clips
+    shift = _FixedOffsetScorer.OFFSET
+    n = SECONDS * 25 - shift  # the last frames have no audio 3 frames later within the 6 s
+    assert len(clip.frames) == n and (clip.sync_offset, clip.sync_score) == (shift, 0.5)
+    expected = records.audio_to_int16(load_audio(path)[shift * 640:(shift + n) * 640])
+    np.testing.assert_array_equal(clip.audio, expected)
+
+
+def test_tiny_syncnet_checkpoint_scores_clips(sources, tmp_path):
+    import jax
+
+    from lipsync_jax.checkpoints import save_params
+    from lipsync_jax.config_utils import config_to_dict, load_config
+    from lipsync_jax.models.syncnet import StableSyncNet, init_params
+
+    config = config_to_dict(load_config("configs/syncnet/tiny.py:64"))
+    params = init_params(StableSyncNet.from_config(config), jax.random.PRNGKey(0), image_hw=(RES // 2, RES))
+    ckpt = save_params(str(tmp_path / "syncnet"), params, config)
+    options = PrepOptions(resolution=RES, max_source_seconds=SECONDS, syncnet_ckpt=ckpt, sync_max_offset=15,
+                          sync_min_confidence=-1.0)
+    summary = prepare([str(sources / "demo2.mp4")], str(tmp_path / "out"), options, num_workers=0)
+    assert summary["kept_clips"] == 1, summary
+    record = records.ClipDataSource(str(tmp_path / "out"))[0]
+    assert np.isfinite(record["sync_score"]) and -1.0 <= record["sync_score"] <= 1.0
+    assert np.isfinite(record["sync_confidence"]) and abs(record["sync_offset"]) <= 15
+    assert record["num_frames"] == SECONDS * 25 - abs(record["sync_offset"])
+    assert record["audio"].shape == (record["num_frames"] * 640,)
