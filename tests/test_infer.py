@@ -271,3 +271,29 @@ def test_check_inputs_names_the_file(tmp_path, video_without_audio):
         check_inputs(video_without_audio, asset_path("demo1_audio.wav"), str(tmp_path / "o.avi"))
     checked = check_inputs(video_without_audio, asset_path("demo1_audio.wav"), str(tmp_path / "o.mp4"))
     assert checked.video.num_frames == 13 and abs(checked.audio_duration - 9.6) < 0.05
+
+
+def test_models_load_from_converted_checkpoints(tmp_path, tiny_models):
+    import dataclasses
+
+    import jax
+
+    from lipsync_jax.checkpoints import save_params
+    from lipsync_jax.config_utils import load_config
+    from lipsync_jax.pipeline import CheckpointMismatchError, build_models
+
+    unet_dir, vae_dir, whisper_dir = (str(tmp_path / name) for name in ("unet", "vae", "whisper"))
+    save_params(unet_dir, tiny_models.unet_params, None)
+    save_params(vae_dir, tiny_models.vae_params, None)  # {"params": ...}, as the VAE converter writes it
+    save_params(whisper_dir, tiny_models.audio.params, {"dims": dataclasses.asdict(tiny_models.audio.config)})
+    config = load_config(TINY)
+    loaded = build_models(config, unet_checkpoint=unet_dir, vae_checkpoint=vae_dir, whisper_checkpoint=whisper_dir)
+    for ours, theirs in ((loaded.unet_params, tiny_models.unet_params), (loaded.vae_params, tiny_models.vae_params),
+                         (loaded.audio.params, tiny_models.audio.params)):
+        assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), ours, theirs))
+
+    broken = dict(tiny_models.unet_params)
+    broken.pop("conv_in")
+    save_params(unet_dir, broken, None)
+    with pytest.raises(CheckpointMismatchError, match="2 missing.*conv_in"):
+        build_models(config, unet_checkpoint=unet_dir, vae_checkpoint=vae_dir, whisper_checkpoint=whisper_dir)
