@@ -205,3 +205,23 @@ def test_tiny_random_whisper_features_are_cached(dataset, tmp_path):
     assert batch["audio_embeds"].shape == (1, F, 10 * 3, 32)  # 2 layers + input, width 32
     assert np.isfinite(batch["audio_embeds"]).all() and batch["audio_embeds"].std() > 0
     assert len(os.listdir(cache)) == 1
+
+
+def test_unet_loader_from_tiny_config(dataset, tmp_path):
+    from lipsync_jax.config_utils import config_to_dict, load_config
+    from lipsync_jax.data.loader import unet_loader_from_config
+
+    overrides = [f"data.train_data_dir={dataset}", f"data.audio_embeds_cache_dir={tmp_path / 'embeds'}",
+                 f"data.audio_mel_cache_dir={tmp_path / 'mel'}", "whisper.dims.n_audio_state=32",
+                 "whisper.dims.n_audio_head=2", "whisper.dims.n_audio_layer=2"]
+    config = config_to_dict(load_config("configs/unet/tiny.py", overrides))
+    assert config["whisper"]["ckpt_path"] == ""  # -> random weights with whisper.dims
+    loader = unet_loader_from_config(config, shard_index=0, shard_count=1)
+    batch = next(iter(loader))
+    b, f, s = config["data"]["batch_size"], config["data"]["num_frames"], config["data"]["resolution"]
+    assert batch["gt_frames"].shape == (b, f, s, s, 3)  # 32 px records resized to the config's 64
+    np.testing.assert_allclose(batch["masks"][0, 0], load_fixed_mask(s)[..., :1])
+    assert batch["audio_embeds"].shape == (b, f, 10 * 3, 32)
+    for i in range(b):  # resizing keeps which frames were taken
+        start = int(batch["start_index"][i])
+        np.testing.assert_array_equal(_frame_index(batch["gt_frames"][i]), np.arange(start, start + f))

@@ -61,12 +61,14 @@ def make_loader(source: ClipDataSource | str, transform: grain.RandomMapTransfor
 
 
 def unet_loader(source: ClipDataSource | str, *, batch_size: int, num_frames: int = 16, resolution: int = 256,
-                whisper_params: str | None = None, mask_image_path: str | None = None, fps: float = 25.0,
+                whisper_params: str | None = None, whisper_dims: Mapping[str, Any] | None = None,
+                mask_image_path: str | None = None, fps: float = 25.0,
                 audio_feat_length: Sequence[int] = DEFAULT_FEAT_LENGTH, audio_embeds_cache_dir: str | None = None,
                 audio_mel_cache_dir: str | None = None, **loader_kwargs: Any) -> grain.DataLoader:
-    """UNet batches; ``whisper_params`` None leaves out ``audio_embeds`` (stage-1 style runs
-    without audio layers)."""
-    embedder = WhisperFeatures(whisper_params, audio_embeds_cache_dir) if whisper_params else None
+    """UNet batches. ``whisper_params``: see ``lipsync_jax.data.audio_features`` (``whisper_dims``
+    for "random"); None leaves out ``audio_embeds``."""
+    embedder = (WhisperFeatures(whisper_params, audio_embeds_cache_dir, dims=whisper_dims)
+                if whisper_params else None)
     transform = UNetSample(num_frames, resolution, mask_image_path, embedder, SyncNetMel(audio_mel_cache_dir),
                            fps, audio_feat_length)
     return make_loader(source, transform, batch_size, **loader_kwargs)
@@ -82,14 +84,20 @@ def syncnet_loader(source: ClipDataSource | str, *, batch_size: int, num_frames:
 
 def unet_loader_from_config(config: Mapping[str, Any], data_dir: str | None = None,
                             whisper_params: str | None = None, **loader_kwargs: Any) -> grain.DataLoader:
-    """``unet_loader`` with a UNet config's ``data`` and ``run.seed`` (LatentSync's names):
-    ``data_dir`` defaults to ``data.train_data_dir``, workers to ``data.num_workers``."""
+    """``unet_loader`` with a UNet config's ``data``, ``whisper`` and ``run.seed`` (LatentSync's
+    names): ``data_dir`` defaults to ``data.train_data_dir``, workers to ``data.num_workers``,
+    ``whisper_params`` to ``whisper.ckpt_path`` ("" there: random weights with
+    ``whisper.dims``, seeded by ``run.seed``)."""
     data = config["data"]
+    whisper = config.get("whisper") or {}
+    if whisper_params is None:
+        whisper_params = resolve_path(whisper.get("ckpt_path") or "") or f"random:{int(config['run']['seed'])}"
     loader_kwargs.setdefault("seed", int(config["run"]["seed"]))
     loader_kwargs.setdefault("worker_count", int(data["num_workers"]))
     return unet_loader(data_dir or data["train_data_dir"], batch_size=int(data["batch_size"]),
                        num_frames=int(data["num_frames"]), resolution=int(data["resolution"]),
-                       whisper_params=whisper_params, mask_image_path=resolve_path(data.get("mask_image_path") or "") or None,
+                       whisper_params=whisper_params, whisper_dims=whisper.get("dims"),
+                       mask_image_path=resolve_path(data.get("mask_image_path") or "") or None,
                        fps=float(data["video_fps"]), audio_feat_length=tuple(data["audio_feat_length"]),
                        audio_embeds_cache_dir=data.get("audio_embeds_cache_dir") or None,
                        audio_mel_cache_dir=data.get("audio_mel_cache_dir") or None, **loader_kwargs)

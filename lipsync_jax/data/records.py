@@ -192,8 +192,7 @@ def write_dataset(root: str, serialized_groups: Iterable[Iterable[bytes]], *, na
     staging = f"{final}.staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
-    shards: list[list[bytes]] = [[]]
-    # Shard count must be known for the file names: stage numbered shards first, rename after.
+    # The shard count is part of the file names: stage numbered shards, rename them at the end.
     shard_paths, shard_lengths, num_bytes = [], [], 0
 
     def flush(batch: list[bytes]) -> None:
@@ -204,14 +203,15 @@ def write_dataset(root: str, serialized_groups: Iterable[Iterable[bytes]], *, na
         shard_lengths.append(len(batch))
         num_bytes += sum(len(b) for b in batch)
 
+    pending: list[bytes] = []
     for group in serialized_groups:
         for item in group:
-            shards[-1].append(item)
-            if len(shards[-1]) >= records_per_shard:
-                flush(shards[-1])
-                shards[-1] = []
-    if shards[-1] or not shard_paths:
-        flush(shards[-1])
+            pending.append(item)
+            if len(pending) >= records_per_shard:
+                flush(pending)
+                pending = []
+    if pending or not shard_paths:
+        flush(pending)
     total = sum(shard_lengths)
     template = tfds.core.ShardedFileTemplate(data_dir=staging, dataset_name=name, split=SPLIT,
                                              filetype_suffix="array_record")
