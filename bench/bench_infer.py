@@ -82,7 +82,7 @@ def main() -> None:
         print("| stage | frames | seconds | frames/s |")
         print("|---|---|---|---|")
         for name, count, seconds, fps in timer.rows():
-            print(f"| {name} | {count} | {seconds:.2f} | {fps:.1f} |")
+            print(f"| {name} | {count or '-'} | {seconds:.2f} | {f'{fps:.1f}' if count else '-'} |")
     sys.stdout.flush()
 
 
