@@ -225,3 +225,21 @@ def test_unet_loader_from_tiny_config(dataset, tmp_path):
     for i in range(b):  # resizing keeps which frames were taken
         start = int(batch["start_index"][i])
         np.testing.assert_array_equal(_frame_index(batch["gt_frames"][i]), np.arange(start, start + f))
+
+
+def test_precompute_fills_the_caches_the_loader_reads(dataset, tmp_path):
+    from lipsync_jax.data.precompute import main
+
+    embeds, mel = tmp_path / "embeds", tmp_path / "mel"
+    args = ["--data_dir", dataset, "--whisper_params", "tiny_random", "--audio_embeds_cache_dir", str(embeds),
+            "--audio_mel_cache_dir", str(mel)]
+    assert main(args + ["--shard_index", "1", "--shard_count", "2"]) == 0
+    assert len(os.listdir(embeds)) == len(os.listdir(mel)) == len(CLIP_FRAMES) // 2
+    assert main(args) == 0
+    assert len(os.listdir(embeds)) == len(os.listdir(mel)) == len(CLIP_FRAMES)
+    # a loader with the same params looks up exactly these entries
+    embedder = WhisperFeatures("tiny_random", cache_dir=str(embeds))
+    source = records.ClipDataSource(dataset)
+    for i in range(len(source)):
+        audio = records.record_to_float_audio(source[i])
+        assert os.path.isfile(embedder._build().cache.path_for(audio, embedder._build().identity))
