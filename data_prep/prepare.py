@@ -78,18 +78,23 @@ def _fingerprint(path: str) -> dict[str, Any]:
 
 # ---- one source (runs in a worker process) ---------------------------------------------------
 
-_WORKER_STATE: dict[str, Any] = {}  # per worker process: the landmarker and SyncNet, built once
+_WORKER_TOOLS: dict[tuple, tuple[Any, Any]] = {}  # per process: landmarker and SyncNet, built once per setting
 
 
 def _worker_tools(options: PrepOptions) -> tuple[Any, Any]:
-    if "landmarker" not in _WORKER_STATE:
+    key = (options.face_backend, options.syncnet_ckpt, options.sync_search_offset)
+    if key not in _WORKER_TOOLS:
         os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's native INFO/WARNING chatter
         from data_prep.sync_filter import scorer_or_none
         from lipsync_jax.face import make_landmarker
 
-        _WORKER_STATE["landmarker"] = make_landmarker(options.face_backend)
-        _WORKER_STATE["scorer"] = scorer_or_none(options.syncnet_ckpt, search_offset=options.sync_search_offset)
-    return _WORKER_STATE["landmarker"], _WORKER_STATE["scorer"]
+        for landmarker, _ in _WORKER_TOOLS.values():
+            if hasattr(landmarker, "close"):
+                landmarker.close()
+        _WORKER_TOOLS.clear()
+        _WORKER_TOOLS[key] = (make_landmarker(options.face_backend),
+                              scorer_or_none(options.syncnet_ckpt, search_offset=options.sync_search_offset))
+    return _WORKER_TOOLS[key]
 
 
 def _write_json(path: str, data: Any) -> None:
