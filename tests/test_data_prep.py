@@ -188,3 +188,28 @@ def test_tiny_syncnet_checkpoint_scores_clips(sources, tmp_path):
     assert np.isfinite(record["sync_confidence"]) and abs(record["sync_offset"]) <= 15
     assert record["num_frames"] == SECONDS * 25 - abs(record["sync_offset"])
     assert record["audio"].shape == (record["num_frames"] * 640,)
+
+
+def test_sources_from_folder_and_list(tmp_path):
+    from data_prep.prepare import PrepError, list_sources
+
+    (tmp_path / "a").mkdir()
+    for name in ("a/x.mp4", "a/y.MOV", "a/notes.txt", "z.mkv"):
+        (tmp_path / name).write_bytes(b"")
+    listing = tmp_path / "list.txt"
+    listing.write_text("# comment\nz.mkv\n\na/x.mp4\n")
+    assert list_sources(str(tmp_path / "a"), None) == [str(tmp_path / "a/x.mp4"), str(tmp_path / "a/y.MOV")]
+    assert list_sources(str(tmp_path / "a"), str(listing)) == [
+        str(tmp_path / "a/x.mp4"), str(tmp_path / "a/y.MOV"), str(tmp_path / "z.mkv")]
+    with pytest.raises(PrepError, match="not a folder"):
+        list_sources(str(tmp_path / "missing"), None)
+    with pytest.raises(PrepError, match="no videos"):
+        empty = tmp_path / "empty.txt"
+        empty.write_text("# nothing\n")
+        list_sources(None, str(empty))
+
+
+def test_cli_bad_arguments_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "data_prep", "--input_dir", str(tmp_path / "nope"),
+                           "--output_dir", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and "not a folder" in proc.stderr
