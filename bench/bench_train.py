@@ -30,9 +30,9 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v5": 197.0, "TP
 
 def _overrides(args, remat=None):
     out = [f"data.batch_size={args.batch}"]
-    if args.frames:
+    if args.frames and remat is None:  # the timing run only: stage 2 needs its 16 frames
         out.append(f"data.num_frames={args.frames}")
-    if args.resolution:
+    if args.resolution and remat is None:
         out.append(f"data.resolution={args.resolution}")
     if remat is not None:
         out.append(f"run.enable_gradient_checkpointing={remat}")

@@ -32,6 +32,31 @@ def _place(tree: Any, shardings: Any) -> Any:
                         tree, shardings)
 
 
+def _trailing_dict_keys(path) -> tuple:
+    keys = []
+    for entry in reversed(path):
+        if not isinstance(entry, jax.tree_util.DictKey):
+            break
+        keys.append(entry.key)
+    return tuple(reversed(keys))
+
+
+def state_shardings(abstract_state: TrainState, param_shardings: Any, mesh) -> TrainState:
+    """Shardings of a whole TrainState: params as given; every optimizer-state leaf that
+    mirrors a parameter (Adam's mu/nu: same trailing dict path and shape) like that parameter;
+    everything else (counts, rng, step) replicated."""
+    by_path = {_trailing_dict_keys(path): (leaf.shape, sharding) for (path, leaf), sharding in zip(
+        jax.tree_util.tree_leaves_with_path(abstract_state.params), jax.tree.leaves(param_shardings))}
+    rep = mesh_lib.replicated(mesh)
+
+    def for_opt_leaf(path, leaf):
+        shape, sharding = by_path.get(_trailing_dict_keys(path), (None, rep))
+        return sharding if shape == leaf.shape else rep
+
+    return abstract_state.replace(step=rep, rng=rep, params=param_shardings,
+                                  opt_state=jax.tree_util.tree_map_with_path(for_opt_leaf, abstract_state.opt_state))
+
+
 def create_state(task: TrainTask, config: Any, mesh) -> tuple[TrainState, Any, Any]:
     """(state, frozen params, lr schedule), all placed on ``mesh``."""
     run = config["run"]
@@ -45,7 +70,9 @@ def create_state(task: TrainTask, config: Any, mesh) -> tuple[TrainState, Any, A
         params = _place(pretrained, shardings)
     tx, schedule = make_optimizer(config["optimizer"], int(run["max_train_steps"]), jax.process_count(),
                                   task.trainable)
-    state = jax.jit(lambda p, r: TrainState.create(p, tx, r), donate_argnums=0)(params, key_state)
+    create = lambda p, r: TrainState.create(p, tx, r)  # noqa: E731
+    target = state_shardings(jax.eval_shape(create, params, key_state), shardings, mesh)
+    state = jax.jit(create, out_shardings=target, donate_argnums=0)(params, key_state)
     rep = mesh_lib.replicated(mesh)
     frozen = jax.jit(task.init_frozen, out_shardings=rep)(key_frozen)
     for name, value in task.pretrained_frozen().items():
