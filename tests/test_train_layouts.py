@@ -8,6 +8,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # each distinct layout compiles the tiny UNet step: minutes on 2 shared cores
 
+from lipsync_jax.train.metrics import read_metrics
 from train_helpers import TINY_FAST, free_port, losses, run_train, start_train
 
 
@@ -55,7 +56,7 @@ def test_sigterm_at_step_3_then_resume_equals_uninterrupted(reference_run, tmp_p
     assert sorted(losses(tmp_path)) == [1, 2, 3], first.stderr[-2000:]
     assert (tmp_path / "checkpoints" / "3").is_dir()
     run_train(tmp_path, args, cache)  # resumes automatically from step 3
-    steps = [r["step"] for r in json.loads("[" + ",".join((tmp_path / "metrics.jsonl").read_text().split()) + "]")]
+    steps = [r["step"] for r in read_metrics(str(tmp_path))]
     assert steps == [1, 2, 3, 4, 5, 6]
     ref, resumed = losses(reference_run), losses(tmp_path)
     for step in (4, 5, 6):
