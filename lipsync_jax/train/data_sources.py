@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Mapping, Sequence
 
+from lipsync_jax.train.syncnet_step import SYNCNET_BATCH_FIELDS as SYNCNET_FIELDS
 from lipsync_jax.train.synthetic import SyntheticSyncNetSource, SyntheticUNetSource
 from lipsync_jax.train.task import TrainConfigError
+from lipsync_jax.train.unet_step import UNET_BATCH_FIELDS as UNET_FIELDS
 
-UNET_FIELDS = ("gt_frames", "masked_frames", "ref_frames", "masks", "audio_embeds", "mel")
-SYNCNET_FIELDS = ("frames", "mel", "labels")
 VALIDATION_OFFSET = 10 ** 9  # synthetic validation samples: ids far from the training stream
 SOURCES = ("synthetic", "synthetic_fixed", "grain", "grain_fixed")
 

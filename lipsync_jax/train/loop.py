@@ -13,7 +13,6 @@ import signal
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from lipsync_jax.train import mesh as mesh_lib
