@@ -52,6 +52,7 @@ def test_syncnet_learns_demo_pairs_above_chance(tmp_path, tmp_path_factory):
     assert 0.0 <= losses(tmp_path, "val/accuracy")[steps] <= 1.0  # other windows of the same clips
 
 
+@pytest.mark.slow  # compiles the SyncNet step: over a minute on 2 shared cores
 def test_syncnet_config_trains_on_synthetic_batches(tmp_path, tmp_path_factory):
     run_train(tmp_path, ["--config=configs/syncnet/tiny.py", "--config.data.batch_size=2",
                          "--config.run.max_train_steps=2", "--noprogress"], tmp_path_factory.mktemp("cache"))

@@ -126,3 +126,33 @@ def test_field_select_names_missing_fields():
             return {"frames": 1}
     with pytest.raises(ValueError, match="mel"):
         next(FieldSelect(It(), ("frames", "mel")))
+
+
+def test_task_dispatch_and_clear_config_errors(tmp_path):
+    from lipsync_jax.train.task import TrainConfigError, load_converted
+    from lipsync_jax.train.tasks import build_task
+
+    with pytest.raises(TrainConfigError, match="neither"):
+        build_task({"model": {"something": 1}})
+    with pytest.raises(TrainConfigError, match="ckpt.resume_ckpt_path.*convert"):
+        load_converted(str(tmp_path / "missing"), "ckpt.resume_ckpt_path")
+    syncnet = build_task(load_config(resolve_path("configs/syncnet/tiny.py")))
+    assert syncnet.name == "syncnet" and syncnet.logical_specs is None
+    unet = build_task(load_config(resolve_path("configs/unet/tiny_stage2_losses.py")))
+    assert unet.name == "unet" and unet.trainable is not None
+    latent = load_config(resolve_path("configs/syncnet/syncnet_16_latent.py"))
+    with pytest.raises(TrainConfigError, match="latent"):
+        build_task(latent)
+
+
+def test_converted_weights_are_checked_against_the_model(tmp_path):
+    from lipsync_jax.checkpoints import save_params
+    from lipsync_jax.train.task import TrainConfigError, load_converted
+
+    save_params(tmp_path / "w", {"a": {"kernel": np.ones((2, 3), np.float32)}}, None)
+    shapes = {"a": {"kernel": jax.ShapeDtypeStruct((2, 3), jnp.float32)}}
+    loaded = load_converted(str(tmp_path / "w"), "x", shapes=shapes)
+    np.testing.assert_array_equal(loaded["a"]["kernel"], 1.0)
+    assert set(load_converted(str(tmp_path / "w"), "x", variables=True)) == {"params"}
+    with pytest.raises(TrainConfigError, match="wrong shape"):
+        load_converted(str(tmp_path / "w"), "x", shapes={"a": {"kernel": jax.ShapeDtypeStruct((3, 3), jnp.float32)}})
