@@ -265,8 +265,11 @@ def test_frame_spill_round_trip(tmp_path):
 def test_check_inputs_names_the_file(tmp_path, video_without_audio):
     with pytest.raises(InputError, match="no audio stream"):
         check_inputs(video_without_audio, video_without_audio, str(tmp_path / "o.mp4"))
-    with pytest.raises(InputError, match="does not exist"):
-        check_inputs(video_without_audio, asset_path("demo1_audio.wav"), str(tmp_path / "missing" / "o.mp4"))
+    check_inputs(video_without_audio, asset_path("demo1_audio.wav"), str(tmp_path / "new" / "sub" / "o.mp4"))
+    assert os.path.isdir(tmp_path / "new" / "sub")  # a missing output folder is created
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(InputError, match="cannot create folder"):
+        check_inputs(video_without_audio, asset_path("demo1_audio.wav"), str(tmp_path / "a_file" / "o.mp4"))
     with pytest.raises(InputError, match=r"\.mp4"):
         check_inputs(video_without_audio, asset_path("demo1_audio.wav"), str(tmp_path / "o.avi"))
     checked = check_inputs(video_without_audio, asset_path("demo1_audio.wav"), str(tmp_path / "o.mp4"))

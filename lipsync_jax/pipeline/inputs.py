@@ -69,8 +69,10 @@ def check_output(path: str, inputs: tuple[str, ...] = ()) -> None:
     if not path.lower().endswith(OUTPUT_EXTENSIONS):
         raise InputError(f"output {path}: use one of {', '.join(OUTPUT_EXTENSIONS)} (H.264 video + AAC audio)")
     folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise InputError(f"output {path}: folder {folder} does not exist")
+    try:  # a missing output folder is created, as a user expects of `--output runs/x/out.mp4`
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"output {path}: cannot create folder {folder} ({error.strerror or error})") from None
     for other in inputs:
         if other and os.path.exists(other) and os.path.exists(path) and os.path.samefile(other, path):
             raise InputError(f"output {path}: is the same file as input {other}")
