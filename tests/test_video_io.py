@@ -159,3 +159,18 @@ def test_parse_rotation_and_rates():
     assert info["video"] == {"codec": "h264", "width": 1920, "height": 1080, "fps": 29.97}
     assert info["rotation"] == -90
     assert info["audio"] == {"codec": "aac", "sample_rate": 48000}
+
+
+def test_atomic_output_gets_the_umask_mode_not_0600(tmp_path):
+    from lipsync_jax.media.atomic import atomic_output
+
+    old = os.umask(0o022)
+    try:
+        with atomic_output(str(tmp_path / "out.txt")) as tmp:
+            with open(tmp, "w") as f:
+                f.write("done")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.txt").read_text() == "done"
+    assert oct((tmp_path / "out.txt").stat().st_mode & 0o777) == oct(0o644)
+    assert os.listdir(tmp_path) == ["out.txt"]

@@ -35,4 +35,12 @@ def atomic_output(path: str) -> Iterator[str]:
     except BaseException:
         discard(tmp)
         raise
+    _chmod_like_new_file(tmp)  # mkstemp makes 0600 files; outputs get the usual umask mode
     os.replace(tmp, path)
+
+
+def _chmod_like_new_file(path: str) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o666 & ~umask)
