@@ -23,7 +23,8 @@ from lipsync_jax import cli_flags
 
 cli_flags.define_config_flags()
 flags.DEFINE_string("workdir", None, "Output folder: checkpoints, metrics.jsonl, TensorBoard events.", required=True)
-flags.DEFINE_string("data", "synthetic", "Batch source: 'synthetic' (deterministic fake clips), "
+flags.DEFINE_string("data", "auto", "Batch source: 'auto' (grain when config.data.train_data_dir is set, else "
+                    "synthetic with a warning), 'synthetic' (deterministic fake clips), "
                     "'grain' (lipsync_jax.data loaders over config.data.train_data_dir), or "
                     "'synthetic_fixed' / 'grain_fixed' (the first batch repeated: overfitting runs).")
 flags.DEFINE_integer("stop_after_steps", None, "Debug: send SIGTERM to this process after this step.")
@@ -51,11 +52,12 @@ def main(argv):
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
     init_distributed()
+    from lipsync_jax.train.data_sources import resolve_source
     from lipsync_jax.train.loop import run_training
     from lipsync_jax.train.tasks import build_task
 
     config = cli_flags.resolved_config(FLAGS)
-    task = build_task(config, FLAGS.data)
+    task = build_task(config, resolve_source(config, FLAGS.data))
     run_training(task, config, FLAGS.workdir, stop_after_steps=FLAGS.stop_after_steps, progress=FLAGS.progress)
 
 

@@ -156,3 +156,17 @@ def test_converted_weights_are_checked_against_the_model(tmp_path):
     assert set(load_converted(str(tmp_path / "w"), "x", variables=True)) == {"params"}
     with pytest.raises(TrainConfigError, match="wrong shape"):
         load_converted(str(tmp_path / "w"), "x", shapes={"a": {"kernel": jax.ShapeDtypeStruct((3, 3), jnp.float32)}})
+
+
+def test_auto_data_source_uses_the_dataset_when_configured():
+    from lipsync_jax.train.data_sources import resolve_source
+    from lipsync_jax.train.task import TrainConfigError
+
+    config = load_config("configs/unet/tiny.py")
+    with pytest.warns(UserWarning, match="SYNTHETIC"):
+        assert resolve_source(config, "auto") == "synthetic"
+    config = load_config("configs/unet/tiny.py", overrides=["data.train_data_dir=/data/clips"])
+    assert resolve_source(config, "auto") == "grain"
+    assert resolve_source(config, "synthetic_fixed") == "synthetic_fixed"
+    with pytest.raises(TrainConfigError, match="unknown data source"):
+        resolve_source(config, "tfrecord")

@@ -60,6 +60,22 @@ class RepeatFirst:
         self.next_step = int(state["next_step"])
 
 
+def resolve_source(cfg: Mapping[str, Any], kind: str) -> str:
+    """``auto`` (train.py's default): the real dataset (``grain``) when ``config.data.train_data_dir``
+    is set, else synthetic batches with a loud warning (smoke runs of the tiny configs)."""
+    if kind != "auto":
+        _check(kind)
+        return kind
+    if cfg["data"]["train_data_dir"]:
+        return "grain"
+    import warnings
+
+    warnings.warn("config.data.train_data_dir is empty: training on SYNTHETIC batches (a smoke run, not real "
+                  "training). Point --config.data.train_data_dir at a data_prep dataset, or pass --data=synthetic "
+                  "to ask for synthetic batches explicitly.", stacklevel=2)
+    return "synthetic"
+
+
 def _check(kind: str) -> None:
     if kind not in SOURCES:
         raise TrainConfigError(f"unknown data source {kind!r}; choose from {SOURCES}")
