@@ -19,7 +19,7 @@ import numpy as np
 import lipsync_jax
 from lipsync_jax.convert.errors import CheckpointFormatError
 
-__all__ = ["save_params", "restore_params", "read_metadata", "cast_floating", "NotAConvertedCheckpointError"]
+__all__ = ["save_params", "restore_params", "read_metadata", "is_converted", "cast_floating", "NotAConvertedCheckpointError"]
 
 FORMAT = "lipsync_jax converted params v1"
 
@@ -118,6 +118,17 @@ def read_metadata(dst_dir: str | os.PathLike) -> dict[str, Any]:
     if metadata.get("format") != FORMAT:
         raise NotAConvertedCheckpointError(f"{path}: unknown format {metadata.get('format')!r}, expected {FORMAT!r}")
     return metadata
+
+
+def is_converted(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder written by ``save_params`` (vs an original checkpoint)."""
+    if not os.path.isdir(path):
+        return False
+    try:
+        read_metadata(path)
+        return True
+    except NotAConvertedCheckpointError:
+        return False
 
 
 def restore_params(dst_dir: str | os.PathLike, dtype: Any = None) -> tuple[dict[str, Any], dict[str, Any] | None]:

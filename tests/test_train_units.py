@@ -170,3 +170,22 @@ def test_auto_data_source_uses_the_dataset_when_configured():
     assert resolve_source(config, "synthetic_fixed") == "synthetic_fixed"
     with pytest.raises(TrainConfigError, match="unknown data source"):
         resolve_source(config, "tfrecord")
+
+
+def test_original_checkpoints_are_converted_on_the_fly(tmp_path):
+    from conftest import golden_path
+
+    from lipsync_jax.convert.syncnet import convert_file
+    from lipsync_jax.convert.torch_pickle import save_torch_checkpoint
+    from lipsync_jax.golden.core import load_fixture
+    from lipsync_jax.train.task import load_converted
+
+    fixture = load_fixture(golden_path("syncnet_tiny.npz"))
+    save_torch_checkpoint({"state_dict": fixture.weights}, tmp_path / "stable_syncnet.pt")
+    loaded = load_converted(str(tmp_path / "stable_syncnet.pt"), "ckpt.inference_ckpt_path", variables=True,
+                            kind="syncnet", model_config=fixture.config)
+    reference, _ = convert_file(str(tmp_path / "stable_syncnet.pt"), fixture.config)
+    assert set(loaded) == {"params"}
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(reference)):
+        assert a.dtype == np.float32
+        np.testing.assert_array_equal(a, np.asarray(b, np.float32))

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lipsync_jax.audio import AudioFeatureExtractor, WhisperEncoder, WhisperEncoderConfig
-from lipsync_jax.checkpoints import NotAConvertedCheckpointError, read_metadata, restore_params
+from lipsync_jax.checkpoints import is_converted, restore_params
 from lipsync_jax.config_utils import config_to_dict, resolve_path
 from lipsync_jax.diffusion import DDIMScheduler, ModuleApply
 from lipsync_jax.models.unet3d import UNet3DConditionModel, unet_param_shapes
@@ -82,14 +82,6 @@ def check_param_tree(params: Any, template: Any, what: str) -> None:
         f"{len(wrong)} with other shapes; is --config right?): " + "; ".join(details))
 
 
-def _is_converted(path: str) -> bool:
-    try:
-        read_metadata(path)
-        return True
-    except NotAConvertedCheckpointError:
-        return False
-
-
 def load_weights(path: str, kind: str, config: Mapping[str, Any] | None, dtype: Any) -> tuple[Any, dict | None]:
     """(params, stored config) from a converted folder, or by converting an original checkpoint
     with ``lipsync_jax.convert.<kind>``."""
@@ -101,7 +93,7 @@ def load_weights(path: str, kind: str, config: Mapping[str, Any] | None, dtype: 
     if not os.path.exists(path):
         raise InputError(f"{flag} {path}: no such file or folder (convert the official weights with "
                          f"`python -m lipsync_jax.convert {kind} --src ... --dst {path}`)")
-    if os.path.isdir(path) and _is_converted(path):
+    if is_converted(path):
         return restore_params(path, dtype=dtype)
     print(f"{path}: not a converted checkpoint; converting the original {kind} weights now "
           f"(run `python -m lipsync_jax.convert {kind}` once to skip this)", flush=True)

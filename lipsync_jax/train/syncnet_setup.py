@@ -30,7 +30,8 @@ def build_syncnet_task(config: Any, data_source: str = "synthetic") -> TrainTask
 
     def pretrained():
         path = cfg["ckpt"]["resume_ckpt_path"]
-        return load_converted(path, "ckpt.resume_ckpt_path", shapes=shapes) if path else None
+        return load_converted(path, "ckpt.resume_ckpt_path", shapes=shapes, kind="syncnet",
+                              model_config=cfg["model"]) if path else None
 
     return TrainTask(
         name="syncnet", param_shapes=shapes, logical_specs=None,

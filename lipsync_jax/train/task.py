@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import logging
+import os
 from typing import Any, Callable, Iterator, Mapping
 
 import jax
 import numpy as np
 
 from lipsync_jax import checkpoints, config_utils
+
+log = logging.getLogger(__name__)
 
 
 class TrainConfigError(ValueError):
@@ -32,12 +37,22 @@ class TrainTask:
     validation_every: int = 0
 
 
-def load_converted(path: str, what: str, shapes: Any = None, variables: bool = False) -> Any:
+def load_converted(path: str, what: str, shapes: Any = None, variables: bool = False,
+                   kind: str | None = None, model_config: Any = None) -> Any:
     """Params written by ``python -m lipsync_jax.convert`` (float32 numpy). ``variables=True``
-    returns ``{"params": ...}``; ``shapes`` (same form) is checked leaf by leaf."""
+    returns ``{"params": ...}``; ``shapes`` (same form) is checked leaf by leaf. With ``kind`` (a
+    ``lipsync_jax.convert`` module name), an original checkpoint (e.g. ``latentsync_unet.pt``, the
+    LatentSync configs' default) is converted on the fly with ``model_config``."""
     resolved = config_utils.resolve_path(path)
     try:
-        params, _config = checkpoints.restore_params(resolved, dtype=np.float32)
+        if kind is not None and os.path.exists(resolved) and not checkpoints.is_converted(resolved):
+            log.warning("%s = %r is an original checkpoint: converting it now (run `python -m "
+                        "lipsync_jax.convert %s` once to skip this)", what, path, kind)
+            converter = importlib.import_module(f"lipsync_jax.convert.{kind}")
+            params, _report = converter.convert_file(resolved, model_config)
+            params = checkpoints.cast_floating(params, np.float32)
+        else:
+            params, _config = checkpoints.restore_params(resolved, dtype=np.float32)
     except Exception as e:  # noqa: BLE001 - name the config field and file
         raise TrainConfigError(f"{what} = {path!r}: cannot read converted weights ({e}); convert the "
                                "official file with `python -m lipsync_jax.convert ...` first") from e

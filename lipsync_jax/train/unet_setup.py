@@ -87,24 +87,27 @@ def build_unet_task(config: Any, data_source: str = "synthetic") -> TrainTask:
 
     def pretrained_frozen():
         out = {}
-        paths = [("vae", "vae.ckpt_path", cfg["vae"]["ckpt_path"], True)]
+        # (name, config field, path, variables, converter kind, model config for on-the-fly conversion)
+        paths = [("vae", "vae.ckpt_path", cfg["vae"]["ckpt_path"], True, "vae", None)]
         if syncnet is not None:
             paths.append(("syncnet", f"{data['syncnet_config_path']}: ckpt.inference_ckpt_path",
-                          syncnet_cfg["ckpt"]["inference_ckpt_path"], True))
+                          syncnet_cfg["ckpt"]["inference_ckpt_path"], True, "syncnet", syncnet_cfg["model"]))
         if lpips is not None:
-            paths.append(("lpips", "lpips.ckpt_path", cfg["lpips"]["ckpt_path"], False))
+            paths.append(("lpips", "lpips.ckpt_path", cfg["lpips"]["ckpt_path"], False, "lpips", cfg["lpips"]))
         if trepa is not None:
-            paths.append(("trepa", "trepa.ckpt_path", cfg["trepa"]["ckpt_path"], False))
-        for name, field, path, variables in paths:
+            paths.append(("trepa", "trepa.ckpt_path", cfg["trepa"]["ckpt_path"], False, "videomae",
+                          cfg["trepa"]["model"]))
+        for name, field, path, variables, kind, model_config in paths:
             if path:
-                out[name] = load_converted(path, field, variables=variables)
+                out[name] = load_converted(path, field, variables=variables, kind=kind, model_config=model_config)
             else:
                 log.warning("%s is empty: the frozen %s has RANDOM weights (tests/smoke runs only)", field, name)
         return out
 
     def pretrained():
         path = cfg["ckpt"]["resume_ckpt_path"]
-        return load_converted(path, "ckpt.resume_ckpt_path", shapes=shapes) if path else None
+        return load_converted(path, "ckpt.resume_ckpt_path", shapes=shapes, kind="unet",
+                              model_config=cfg["model"]) if path else None
 
     trainable = unet_trainable(shapes, cfg["model"], run)
     trainer = UNetTrainer(unet=unet, vae=vae, scheduler=scheduler, settings=settings, syncnet=syncnet,
