@@ -36,6 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
         enable_gradient_checkpointing=True,
         max_train_steps=10000000,
         max_train_epochs=-1,
+        val_inference=True,  # inference + SyncNet score at each checkpoint (lipsync_jax.train.validation)
+        val_max_seconds=10.0,
     ))
     config.optimizer = common.unet_optimizer()
     config.model = common.unet_model(use_motion_module=False)

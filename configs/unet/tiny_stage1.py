@@ -36,6 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
         enable_gradient_checkpointing=False,
         max_train_steps=100,
         max_train_epochs=-1,
+        val_inference=False,  # inference + SyncNet score at each checkpoint (lipsync_jax.train.validation)
+        val_max_seconds=2.0,
     ))
     config.optimizer = common.unet_optimizer()
     config.model = common.unet_model(

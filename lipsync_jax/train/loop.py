@@ -1,5 +1,7 @@
 """The training loop shared by the UNet and SyncNet tasks: mesh, sharded state, jitted step
-with donated state, checkpoints (periodic, on SIGTERM, automatic resume), metrics, validation.
+with donated state, checkpoints (periodic, on SIGTERM, automatic resume), metrics, validation
+(loss terms on a held-out batch and, for the UNet with ``run.val_inference``, inference on the
+val clip + SyncNet score: lipsync_jax.train.validation).
 
     run_training(task, config, workdir)   # returns the final TrainState
 """
@@ -20,6 +22,7 @@ from lipsync_jax.train.checkpointing import PreemptionFlag, TrainCheckpointer
 from lipsync_jax.train.metrics import MetricsLogger
 from lipsync_jax.train.state import TrainState, count_params, make_optimizer
 from lipsync_jax.train.task import TrainTask
+from lipsync_jax.train.validation import METRIC_PREFIX, host_params, make_validator
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +122,7 @@ def run_training(task: TrainTask, config: Any, workdir: str, stop_after_steps: i
                       out_shardings=(state_shardings, rep), donate_argnums=(0,))
     eval_fn = jax.jit(task.eval_step, out_shardings=rep)
     val_batch = None
+    validator = make_validator(task.name, config, workdir, frozen)
 
     start = int(state.step)
     logger = MetricsLogger(workdir, max_steps, start, enabled=primary, progress=progress)
@@ -137,12 +141,17 @@ def run_training(task: TrainTask, config: Any, workdir: str, stop_after_steps: i
                 log.warning("SIGTERM: saved step %d to %s, exiting", done, ckpt.directory)
                 break
             ckpt.maybe_save(done, state, data.get_state(), force=done == max_steps)
-            if task.make_val_data is not None and task.validation_every and done % task.validation_every == 0:
-                if val_batch is None:
-                    val_batch = mesh_lib.shard_batch(next(task.make_val_data(jax.process_index(),
-                                                                             jax.process_count())), mesh)
-                val = eval_fn(state.params, frozen, val_batch, jax.random.PRNGKey(0))
-                logger.log(done, val, prefix="val/")
+            if task.validation_every and done % task.validation_every == 0:
+                if task.make_val_data is not None:
+                    if val_batch is None:
+                        val_batch = mesh_lib.shard_batch(next(task.make_val_data(jax.process_index(),
+                                                                                 jax.process_count())), mesh)
+                    val = eval_fn(state.params, frozen, val_batch, jax.random.PRNGKey(0))
+                    logger.log(done, val, prefix="val/")
+                if validator is not None:  # inference on the val clip; never raises
+                    params = host_params(state.params)
+                    if primary:
+                        logger.log(done, validator(done, params), prefix=METRIC_PREFIX)
     finally:
         preempted.restore_handlers()
         ckpt.close()

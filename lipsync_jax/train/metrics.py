@@ -44,6 +44,9 @@ class MetricsLogger:
         now = time.perf_counter()
         record: dict[str, Any] = {"step": int(step)}
         for name, value in metrics.items():
+            if isinstance(value, str):  # e.g. val/error
+                record[prefix + name] = value
+                continue
             value = float(np.asarray(value))
             record[prefix + name] = value if math.isfinite(value) else str(value)
         if not prefix:
