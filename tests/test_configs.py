@@ -194,6 +194,8 @@ STAGE2_RUN = dict(pixel_space_supervise=True, use_syncnet=True, sync_loss_weight
 STAGE2_OPTIMIZER = dict(lr=1e-5, scale_lr=False, max_grad_norm=1.0, lr_scheduler="constant", lr_warmup_steps=0)
 STAGE1_RUN = {k: v for k, v in dict(STAGE2_RUN, pixel_space_supervise=False, use_syncnet=False).items()
               if k != "trainable_modules"}
+# Ours, not LatentSync's: validation by inference + SyncNet score (lipsync_jax.train.validation).
+OUR_RUN_FIELDS = dict(val_inference=True, val_max_seconds=10.0)
 # What each LatentSync YAML changes relative to stage2.yaml: (data, run).
 UNET_YAML_DIFFS = {
     "stage2": ({}, STAGE2_RUN),
@@ -212,7 +214,7 @@ def test_unet_sections_equal_latentsync_yaml(name):
         assert config["data"][key] == value, key
     assert config["data"]["syncnet_config_path"] == "configs/syncnet/syncnet_16_pixel_attn.py"
     assert config["ckpt"] == STAGE2_CKPT
-    assert config["run"] == run
+    assert config["run"] == dict(run, **OUR_RUN_FIELDS)
     assert config["optimizer"] == STAGE2_OPTIMIZER
     # Cluster-only paths became "required" (empty) or relative defaults.
     assert config["data"]["train_fileslist"] == ""

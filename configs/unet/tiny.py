@@ -40,7 +40,10 @@ def get_config() -> ml_collections.ConfigDict:
         guidance_scale=1.5,
         trepa_loss_weight=0.0,
         inference_steps=20,
-        trainable_modules=("motion_modules.", "attentions."),
+        # + conv_out: the tiny config starts from RANDOM weights, where conv_out is zero-initialised
+        # (as in LatentSync); frozen, it would stop every gradient. Real stage 2 starts from a
+        # trained UNet and trains only motion modules and attentions (configs/unet/stage2.py).
+        trainable_modules=("motion_modules.", "attentions.", "conv_out."),
         seed=1247,
         use_mixed_noise=True,
         mixed_noise_alpha=1.0,
