@@ -8,30 +8,12 @@ import ml_collections
 
 from lipsync_jax.config_utils import import_sibling
 
-common = import_sibling(__file__, "../common.py")
+pixel_attn = import_sibling(__file__, "syncnet_16_pixel_attn.py")
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.model = ml_collections.ConfigDict(dict(
-        audio_encoder=dict(  # input (1, 80, 52)
-            in_channels=1,
-            block_out_channels=(32, 64, 128, 256, 512, 1024, 2048),
-            downsample_factors=((2, 1), 2, 2, 1, 2, 2, (2, 3)),
-            attn_blocks=(0, 0, 0, 0, 0, 0, 0),
-            dropout=0.0,
-        ),
-        visual_encoder=dict(  # input (48, 128, 256)
-            in_channels=48,
-            block_out_channels=(64, 128, 256, 256, 512, 1024, 2048, 2048),
-            downsample_factors=((1, 2), 2, 2, 2, 2, 2, 2, 2),
-            attn_blocks=(0, 0, 0, 0, 0, 0, 0, 0),
-            dropout=0.0,
-        ),
-    ))
-    config.ckpt = common.syncnet_ckpt()
-    config.data = common.syncnet_data()
-    config.optimizer = common.syncnet_optimizer()
-    config.run = common.syncnet_run()
-    config.mesh = common.mesh()
+    config = pixel_attn.get_config()
+    config.model.audio_encoder.attn_blocks = (0,) * len(config.model.audio_encoder.attn_blocks)
+    config.model.visual_encoder.attn_blocks = (0,) * len(config.model.visual_encoder.attn_blocks)
+    config.ckpt.inference_ckpt_path = ""
     return config
