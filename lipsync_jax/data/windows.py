@@ -43,17 +43,24 @@ def max_mel_start(num_mel_columns: int, num_frames: int, fps: float = 25.0) -> i
     return start
 
 
-def sample_target_and_reference(rng: np.random.Generator, total_frames: int, num_frames: int,
-                                max_start: int | None = None) -> tuple[int, int]:
-    """(target start, reference start) with non-overlapping windows (see the module docstring)."""
-    if total_frames < 3 * num_frames:
-        raise ClipTooShortError(f"clip has {total_frames} frames; the UNet sample needs >= {3 * num_frames}")
+def _target_start(rng: np.random.Generator, total_frames: int, num_frames: int, max_start: int | None,
+                  min_windows: int, what: str) -> int:
+    """A uniformly drawn window start whose window (and mel crop, via ``max_start``) fits the clip."""
+    if total_frames < min_windows * num_frames:
+        raise ClipTooShortError(f"clip has {total_frames} frames; the {what} sample needs >= "
+                                f"{min_windows * num_frames}")
     last = total_frames - num_frames
     if max_start is not None:
         if max_start < 0:
             raise ClipTooShortError("the clip's audio is too short for any SyncNet mel window")
         last = min(last, max_start)
-    start = int(rng.integers(0, last + 1))
+    return int(rng.integers(0, last + 1))
+
+
+def sample_target_and_reference(rng: np.random.Generator, total_frames: int, num_frames: int,
+                                max_start: int | None = None) -> tuple[int, int]:
+    """(target start, reference start) with non-overlapping windows (see the module docstring)."""
+    start = _target_start(rng, total_frames, num_frames, max_start, min_windows=3, what="UNet")
     while True:
         ref_start = int(rng.integers(0, total_frames - num_frames + 1))
         if not start - num_frames < ref_start < start + num_frames:
@@ -63,14 +70,7 @@ def sample_target_and_reference(rng: np.random.Generator, total_frames: int, num
 def sample_syncnet_windows(rng: np.random.Generator, total_frames: int, num_frames: int,
                            max_start: int | None = None) -> tuple[int, int, bool]:
     """(audio start, frames start, in_sync): frames start == audio start when in sync."""
-    if total_frames < 2 * num_frames:
-        raise ClipTooShortError(f"clip has {total_frames} frames; the SyncNet sample needs >= {2 * num_frames}")
-    last = total_frames - num_frames
-    if max_start is not None:
-        if max_start < 0:
-            raise ClipTooShortError("the clip's audio is too short for any SyncNet mel window")
-        last = min(last, max_start)
-    start = int(rng.integers(0, last + 1))
+    start = _target_start(rng, total_frames, num_frames, max_start, min_windows=2, what="SyncNet")
     while True:
         wrong = int(rng.integers(0, total_frames - num_frames + 1))
         if wrong != start:
