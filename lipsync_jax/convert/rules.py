@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-Path = tuple[str, ...]
+from lipsync_jax.tree_utils import Path, count_params, flatten_tree, param_shapes, unflatten_tree  # noqa: F401 (re-exported)
 
 TRANSFORMS: dict[str, Callable[[Any], Any]] = {
     "none": lambda x: x,
@@ -73,36 +73,6 @@ class ConversionReport:
             raise ConversionError(
                 f"{what} does not match the model config: {self.summary(limit=10)}. "
                 "Check that the --config matches the checkpoint (e.g. stage1 vs stage2).")
-
-
-def flatten_tree(tree: Mapping[str, Any], prefix: Path = ()) -> dict[Path, Any]:
-    flat: dict[Path, Any] = {}
-    for key, value in tree.items():
-        path = prefix + (str(key),)
-        if isinstance(value, Mapping):
-            flat.update(flatten_tree(value, path))
-        else:
-            flat[path] = value
-    return flat
-
-
-def unflatten_tree(flat: Mapping[Path, Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for path, value in flat.items():
-        node = tree
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-    return tree
-
-
-def param_shapes(tree: Mapping[str, Any]) -> dict[Path, tuple[int, ...]]:
-    """Flat ``path -> shape`` of a params tree (arrays or ``jax.ShapeDtypeStruct`` from eval_shape)."""
-    return {path: tuple(leaf.shape) for path, leaf in flatten_tree(tree).items()}
-
-
-def count_params(tree: Mapping[str, Any]) -> int:
-    return int(sum(int(np.prod(shape)) for shape in param_shapes(tree).values()))
 
 
 def manifest_state_dict(manifest: Mapping[str, Any], seed: int = 0) -> dict[str, np.ndarray]:
