@@ -12,7 +12,9 @@ from lipsync_jax.train.data_sources import FieldSelect
 from lipsync_jax.train.state import (OptimizerConfigError, TrainState, learning_rate_schedule, make_optimizer,
                                      unet_trainable)
 from lipsync_jax.train.synthetic import SyntheticSyncNetSource, SyntheticUNetSource
-from lipsync_jax.train.unet_step import mixed_noise, nearest_resize, stack_frames_on_channels
+from lipsync_jax.diffusion.conditioning import latent_mask, nearest_resize
+from lipsync_jax.models.syncnet import stack_frames
+from lipsync_jax.train.unet_step import mixed_noise
 
 
 def test_mesh_shape_resolves_minus_one_and_rejects_bad_shapes():
@@ -54,8 +56,12 @@ def test_mixed_noise_has_the_shared_and_independent_variances():
 def test_nearest_resize_matches_torch_nearest_index_rule_and_frame_stacking():
     x = jnp.arange(16.0).reshape(1, 4, 4, 1)
     np.testing.assert_array_equal(nearest_resize(x, (2, 2))[0, :, :, 0], [[0, 2], [8, 10]])
+    np.testing.assert_array_equal(nearest_resize(x, (3, 3))[0, :, :, 0], [[0, 1, 2], [4, 5, 6], [8, 9, 10]])
+    np.testing.assert_array_equal(nearest_resize(x, (8, 8))[0, ::2, ::2], x[0])  # 2x fast path
+    pixel_mask = np.random.default_rng(0).uniform(size=(2, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_array_equal(latent_mask(pixel_mask, (2, 2)), pixel_mask[:, ::8, ::8, :1])
     frames = jnp.arange(3 * 1 * 1 * 3.0).reshape(1, 3, 1, 1, 3)  # (b, f, h, w, c)
-    stacked = stack_frames_on_channels(frames)
+    stacked = stack_frames(frames)
     np.testing.assert_array_equal(stacked[0, 0, 0], np.arange(9.0))  # channel = 3 * frame + rgb
 
 

@@ -22,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lipsync_jax.diffusion.conditioning import nearest_resize
+
 Dtype = Any
 
 # torch's default Linear/Conv init (kaiming_uniform with a=sqrt(5)): U(+-1/sqrt(fan_in))
@@ -150,17 +152,6 @@ class Downsample3D(nn.Module):
                           dtype=self.dtype, param_dtype=self.param_dtype)(x)
 
 
-def nearest_resize_hw(x: jax.Array, size: Sequence[int]) -> jax.Array:
-    """torch ``F.interpolate(mode="nearest")`` over (h, w): source index floor(i * in / out)."""
-    h, w = x.shape[2:4]
-    out_h, out_w = size
-    if (out_h, out_w) == (2 * h, 2 * w):
-        return jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
-    rows = (jnp.arange(out_h) * h) // out_h
-    cols = (jnp.arange(out_w) * w) // out_w
-    return x[:, :, rows][:, :, :, cols]
-
-
 class Upsample3D(nn.Module):
     """Nearest 2x (or to ``size``) over (h, w), then a per-frame 3x3 conv."""
 
@@ -172,5 +163,5 @@ class Upsample3D(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         size = self.size or (2 * x.shape[2], 2 * x.shape[3])
-        x = nearest_resize_hw(x, size)
+        x = nearest_resize(x, size)
         return frame_conv(self.out_channels, name="conv", dtype=self.dtype, param_dtype=self.param_dtype)(x)

@@ -16,9 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from lipsync_jax.losses.sync import cosine_similarity, sync_loss
-from lipsync_jax.models.syncnet import StableSyncNet
+from lipsync_jax.models.syncnet import StableSyncNet, stack_frames
 from lipsync_jax.train.state import TrainState, masked_global_norm
-from lipsync_jax.train.unet_step import stack_frames_on_channels
 
 SYNCNET_BATCH_FIELDS = ("frames", "mel", "labels")
 
@@ -30,9 +29,7 @@ class SyncNetTrainer:
 
     def images(self, frames: jax.Array) -> jax.Array:
         """(b, f, s, s, 3) -> (b, s/2, s, 3f) (lower half) or (b, s, s, 3f)."""
-        if self.lower_half:
-            frames = frames[:, :, frames.shape[2] // 2:]
-        return stack_frames_on_channels(frames.astype(jnp.float32))
+        return stack_frames(frames.astype(jnp.float32), lower_half=self.lower_half)
 
     def loss(self, params: Any, batch: Mapping[str, jax.Array], rng: jax.Array | None,
              ) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -24,11 +24,11 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from lipsync_jax.diffusion.conditioning import latent_mask
 from lipsync_jax.diffusion.ddim import DDIMScheduler
 from lipsync_jax.losses.lpips import LPIPS, lpips_lower_half
-from lipsync_jax.losses.sync import sync_loss
+from lipsync_jax.losses.sync import syncnet_sync_loss
 from lipsync_jax.losses.trepa import TREPALoss, resize_bicubic
 from lipsync_jax.models.syncnet import StableSyncNet
 from lipsync_jax.models.unet3d import UNet3DConditionModel
@@ -92,20 +92,6 @@ def mixed_noise(key: jax.Array, shape: tuple[int, ...], use_mixed: bool, alpha: 
     return shared * shared_std + jax.random.normal(k_ind, shape, jnp.float32) * ind_std
 
 
-def nearest_resize(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """torch ``F.interpolate(mode="nearest")`` on (..., h, w, c): source index floor(i * in / out)."""
-    h, w = x.shape[-3:-1]
-    rows = np.floor(np.arange(size[0]) * h / size[0]).astype(np.int32)
-    cols = np.floor(np.arange(size[1]) * w / size[1]).astype(np.int32)
-    return x[..., rows, :, :][..., cols, :]
-
-
-def stack_frames_on_channels(frames: jax.Array) -> jax.Array:
-    """(b, f, h, w, 3) -> (b, h, w, 3f) with channel = 3 * frame + rgb (SyncNet's ``(f c)``)."""
-    b, f, h, w, c = frames.shape
-    return jnp.transpose(frames, (0, 2, 3, 1, 4)).reshape(b, h, w, f * c)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity (holds arrays)
 class UNetTrainer:
     """Static pieces of the step; ``frozen`` params (``vae``, ``syncnet``, ``lpips``, ``trepa``)
@@ -148,11 +134,8 @@ class UNetTrainer:
         res = self.settings.syncnet_resolution
         if frames.shape[2:4] != (res, res):
             frames = resize_bicubic(frames, (res, res))
-        if self.settings.syncnet_lower_half:
-            frames = frames[:, :, frames.shape[2] // 2:]
-        vision, audio = self.syncnet.apply(jax.lax.stop_gradient(syncnet_params), stack_frames_on_channels(frames),
-                                           jax.lax.stop_gradient(mel))
-        return jnp.mean(sync_loss(vision, audio, 1.0))
+        return jnp.mean(syncnet_sync_loss(self.syncnet, jax.lax.stop_gradient(syncnet_params), frames,
+                                          jax.lax.stop_gradient(mel), lower_half=self.settings.syncnet_lower_half))
 
     # ---------------------------------------------------------------- loss
     def loss(self, params: Any, frozen: Mapping[str, Any], batch: Mapping[str, jax.Array],
@@ -164,7 +147,7 @@ class UNetTrainer:
         gt_latents = self.encode(vae_params, gt_frames, k_gt)  # (b, f, h, w, 4)
         masked_latents = self.encode(vae_params, batch["masked_frames"].astype(jnp.float32), k_masked)
         ref_latents = self.encode(vae_params, batch["ref_frames"].astype(jnp.float32), k_ref)
-        masks = nearest_resize(batch["masks"].astype(jnp.float32), gt_latents.shape[2:4])  # (b, f, h, w, 1)
+        masks = latent_mask(batch["masks"].astype(jnp.float32), gt_latents.shape[2:4])  # (b, f, h, w, 1)
 
         b = gt_latents.shape[0]
         noise = mixed_noise(k_noise, gt_latents.shape, s.use_mixed_noise, s.mixed_noise_alpha)
