@@ -1,0 +1,54 @@
+"""BatchNorm in inference mode, with its running statistics stored beside its weights.
+
+The evaluation networks (I3D for FVD, HyperIQA's ResNet-50) are never trained here, so their
+BatchNorm layers are a fixed per-channel affine map: ``(x - mean) / sqrt(var + eps) * scale + bias``.
+Keeping ``mean``/``var`` in the same bare parameter tree as ``scale``/``bias`` means one tree per
+model (no ``batch_stats`` collection to carry around). The official checkpoints count them as
+buffers, not parameters: ``count_weights`` leaves them out, as the manifests do.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lipsync_jax.tree_utils import flatten_tree
+
+RUNNING_STAT_NAMES = ("mean", "var")
+
+
+class FrozenBatchNorm(nn.Module):
+    """Channels-last BatchNorm with running statistics (PyTorch ``eval()`` behaviour)."""
+
+    epsilon: float = 1e-5
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (channels,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (channels,), self.param_dtype)
+        mean = self.param("mean", nn.initializers.zeros, (channels,), self.param_dtype)
+        var = self.param("var", nn.initializers.ones, (channels,), self.param_dtype)
+        # fold into one multiply-add in float32, then compute in the module dtype
+        mul = scale.astype(jnp.float32) * jax.lax.rsqrt(var.astype(jnp.float32) + self.epsilon)
+        add = bias.astype(jnp.float32) - mean.astype(jnp.float32) * mul
+        return (x * mul.astype(self.dtype) + add.astype(self.dtype)).astype(self.dtype)
+
+
+def count_weights(params: Mapping[str, Any]) -> int:
+    """Number of scalars in ``params`` without BatchNorm running statistics (what a PyTorch
+    ``state_dict`` counts as parameters; ``running_mean``/``running_var`` are buffers)."""
+    total = 0
+    for path, leaf in flatten_tree(params).items():
+        if path[-1] in RUNNING_STAT_NAMES:
+            continue
+        size = 1
+        for dim in leaf.shape:
+            size *= int(dim)
+        total += size
+    return total
