@@ -25,10 +25,20 @@ nose points are off by 5 px or more along the midline. ``refine_landmarks=True``
 the unrefined model moves the eyebrow points by up to 12 px.
 
 A backend is any callable ``landmarker(frame_rgb_uint8) -> (3, 2) float64 array or None``.
+
+Several faces (multi-person videos): both backends take ``max_num_faces`` and have
+``detect(frame) -> list[FaceDetection]`` (anchors, box and score of each face, largest box
+first, at most ``max_num_faces``); ``detect_faces(landmarker, frame)`` also wraps a plain
+single-face callable. With the default ``max_num_faces=1`` the single-face ``__call__`` is
+unchanged; with more, ``__call__`` returns the largest face. MediaPipe: FaceMesh finds up to
+``max_num_faces`` faces; when it finds fewer, the full-range detector's boxes that no found
+face covers are tried with FaceMesh on an enlarged crop (the single-face fallback, per box).
+A face's box is the bounding box of its FaceMesh points (eyebrows to chin, ear to ear).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 from typing import Protocol, runtime_checkable
@@ -52,6 +62,49 @@ INSIGHTFACE_ANCHOR_INDICES: tuple[tuple[int, ...], ...] = (
 )
 
 BACKENDS = ("mediapipe", "insightface")
+
+
+@dataclasses.dataclass(frozen=True)
+class FaceDetection:
+    """One face in one frame: its three anchors, its box and the detector's confidence."""
+
+    anchors: np.ndarray  # (3, 2) float64 pixels, as the single-face landmarker gives them
+    box: np.ndarray  # (4,) float64 pixels (x1, y1, x2, y2)
+    score: float = 1.0
+
+    @property
+    def area(self) -> float:
+        return box_area(self.box)
+
+    def scaled(self, factor: float) -> FaceDetection:
+        """The same face in a frame ``factor`` times larger (coordinates multiplied)."""
+        return FaceDetection(self.anchors * factor, self.box * factor, self.score)
+
+
+def box_area(box: np.ndarray) -> float:
+    return float(max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0))
+
+
+def box_from_points(points: np.ndarray) -> np.ndarray:
+    """(4,) float64 bounding box (x1, y1, x2, y2) of (n, 2) points."""
+    points = np.asarray(points, np.float64)
+    return np.concatenate([points.min(axis=0), points.max(axis=0)])
+
+
+def box_from_anchors(anchors: np.ndarray) -> np.ndarray:
+    """An approximate face box from the three anchors alone (for backends without a box): the
+    eyebrow span widened 1.6x, from the eyebrows up 0.4x to 2.2x the eyebrow-nose drop below."""
+    anchors = np.asarray(anchors, np.float64)
+    brow_mid = anchors[:2].mean(axis=0)
+    half_width = 0.8 * max(np.linalg.norm(anchors[1] - anchors[0]), 1.0)
+    drop = max(np.linalg.norm(anchors[2] - brow_mid), 1.0)
+    return np.array([brow_mid[0] - half_width, brow_mid[1] - 0.4 * drop,
+                     brow_mid[0] + half_width, brow_mid[1] + 2.2 * drop], np.float64)
+
+
+def largest_first(faces: list[FaceDetection], limit: int) -> list[FaceDetection]:
+    """Faces sorted by box area, largest first (stable on ties), at most ``limit``."""
+    return sorted(faces, key=lambda f: -f.area)[:limit]
 
 
 @runtime_checkable
@@ -89,13 +142,18 @@ class MediaPipeLandmarker:
     again on an enlarged crop around it.
     """
 
-    def __init__(self, tracking: bool = False, min_confidence: float = 0.5, crop_fallback: bool = True):
+    def __init__(self, tracking: bool = False, min_confidence: float = 0.5, crop_fallback: bool = True,
+                 max_num_faces: int = 1):
+        if max_num_faces < 1:
+            raise FaceInputError(f"max_num_faces must be at least 1, got {max_num_faces}")
+        self.max_num_faces = int(max_num_faces)
         try:
             import mediapipe as mp
         except ImportError as e:  # pragma: no cover - mediapipe is a dependency
             raise FaceBackendError(f"the mediapipe face backend needs `pip install mediapipe==0.10.21` ({e})") from e
         face_mesh = mp.solutions.face_mesh
-        self._mesh = face_mesh.FaceMesh(static_image_mode=not tracking, max_num_faces=1, refine_landmarks=True,
+        self._mesh = face_mesh.FaceMesh(static_image_mode=not tracking, max_num_faces=self.max_num_faces,
+                                        refine_landmarks=True,
                                         min_detection_confidence=min_confidence,
                                         min_tracking_confidence=min_confidence)
         self._crop_mesh = None
@@ -115,16 +173,47 @@ class MediaPipeLandmarker:
         return points
 
     def __call__(self, frame: np.ndarray) -> np.ndarray | None:
+        if self.max_num_faces > 1:
+            faces = self.detect(frame)
+            return faces[0].anchors if faces else None
         points = self.points(frame)
         return None if points is None else anchors_from_points(points, MEDIAPIPE_ANCHOR_INDICES)
 
-    def _points_from_detector_crop(self, frame: np.ndarray) -> np.ndarray | None:
-        height, width = frame.shape[:2]
+    def detect(self, frame: np.ndarray) -> list[FaceDetection]:
+        """Up to ``max_num_faces`` faces, largest box first (see the module docstring)."""
+        frame = check_frame(frame)
+        found = [_detection(points) for points in _all_mesh_points(self._mesh, frame)]
+        if len(found) < self.max_num_faces and self._detector is not None:
+            height, width = frame.shape[:2]
+            for rel in self._detector_boxes(frame):  # largest first
+                if len(found) >= self.max_num_faces:
+                    break
+                box = np.array([rel.xmin * width, rel.ymin * height, (rel.xmin + rel.width) * width,
+                                (rel.ymin + rel.height) * height], np.float64)
+                if any(_covers(face.box, box) for face in found):
+                    continue
+                points = self._points_in_box(frame, rel)
+                if points is not None:
+                    face = _detection(points)
+                    if not any(_covers(other.box, face.box) for other in found):
+                        found.append(face)
+        return largest_first(found, self.max_num_faces)
+
+    def _detector_boxes(self, frame: np.ndarray) -> list:
+        """The full-range detector's relative boxes (xmin, ymin, width, height), largest first."""
         result = self._detector.process(frame)
-        if not result.detections:
+        boxes = [d.location_data.relative_bounding_box for d in (result.detections or [])]
+        return sorted(boxes, key=lambda b: -(b.width * b.height))  # stable: first of equals first
+
+    def _points_from_detector_crop(self, frame: np.ndarray) -> np.ndarray | None:
+        boxes = self._detector_boxes(frame)
+        if not boxes:
             return None
-        boxes = [d.location_data.relative_bounding_box for d in result.detections]
-        box = max(boxes, key=lambda b: b.width * b.height)  # the largest face, as LatentSync picks
+        return self._points_in_box(frame, boxes[0])  # the largest face, as LatentSync picks
+
+    def _points_in_box(self, frame: np.ndarray, box) -> np.ndarray | None:
+        """FaceMesh on a crop of twice the size of one relative detector box, or None."""
+        height, width = frame.shape[:2]
         cx, cy = (box.xmin + box.width / 2) * width, (box.ymin + box.height / 2) * height
         half = 1.0 * max(box.width * width, box.height * height)  # crop twice the face size
         x0, y0 = max(int(cx - half), 0), max(int(cy - half), 0)
@@ -149,12 +238,25 @@ class MediaPipeLandmarker:
 
 
 def _mesh_points(mesh, frame: np.ndarray) -> np.ndarray | None:
+    faces = _all_mesh_points(mesh, frame)
+    return faces[0] if faces else None
+
+
+def _all_mesh_points(mesh, frame: np.ndarray) -> list[np.ndarray]:
     result = mesh.process(frame)
-    if not result.multi_face_landmarks:
-        return None
     height, width = frame.shape[:2]
-    marks = result.multi_face_landmarks[0].landmark
-    return np.array([[p.x * width, p.y * height] for p in marks], np.float64)
+    return [np.array([[p.x * width, p.y * height] for p in face.landmark], np.float64)
+            for face in (result.multi_face_landmarks or [])]
+
+
+def _detection(points: np.ndarray) -> FaceDetection:
+    return FaceDetection(anchors_from_points(points, MEDIAPIPE_ANCHOR_INDICES), box_from_points(points))
+
+
+def _covers(box: np.ndarray, other: np.ndarray) -> bool:
+    """True when ``other``'s centre lies inside ``box`` (the same face seen twice)."""
+    cx, cy = (other[0] + other[2]) / 2, (other[1] + other[3]) / 2
+    return bool(box[0] <= cx <= box[2] and box[1] <= cy <= box[3])
 
 
 INSIGHTFACE_HELP = (
@@ -177,7 +279,10 @@ class InsightFaceLandmarker:
     MODEL_FILES = ("det_10g.onnx", "2d106det.onnx")
 
     def __init__(self, root: str = "checkpoints/auxiliary", det_size: int = 512, min_score: float = 0.5,
-                 providers: tuple[str, ...] | None = None):
+                 providers: tuple[str, ...] | None = None, max_num_faces: int = 1):
+        if max_num_faces < 1:
+            raise FaceInputError(f"max_num_faces must be at least 1, got {max_num_faces}")
+        self.max_num_faces = int(max_num_faces)
         model_dir = os.path.join(root, "models", "buffalo_l")
         missing = [f for f in self.MODEL_FILES if not os.path.isfile(os.path.join(model_dir, f))]
         if missing:
@@ -194,24 +299,50 @@ class InsightFaceLandmarker:
         self._app.prepare(ctx_id=0, det_size=(det_size, det_size))
         self.min_score = min_score
 
-    def points(self, frame: np.ndarray) -> np.ndarray | None:
-        """The 106 landmarks (rounded to integers, as LatentSync does) of the chosen face, or None."""
-        frame = check_frame(frame)
-        best, best_area = None, 0
+    def _kept_faces(self, frame: np.ndarray) -> list:
+        """insightface faces passing LatentSync's size/shape/score filter, largest box first
+        (stable: among equal areas the detector's order)."""
+        kept = []
         for face in self._app.get(frame):
             x1, y1, x2, y2 = face.bbox.astype(np.int64).tolist()
             w, h = x2 - x1, y2 - y1
             if w < 50 or h < 80 or not 0.2 <= w / h <= 1.5 or face.det_score < self.min_score:
                 continue
-            if w * h > best_area:
-                best, best_area = face, w * h
-        return None if best is None else np.round(best.landmark_2d_106).astype(np.float64)
+            kept.append((w * h, face))
+        return [face for _, face in sorted(kept, key=lambda item: -item[0])]
+
+    def points(self, frame: np.ndarray) -> np.ndarray | None:
+        """The 106 landmarks (rounded to integers, as LatentSync does) of the chosen face, or None."""
+        faces = self._kept_faces(check_frame(frame))
+        return None if not faces else np.round(faces[0].landmark_2d_106).astype(np.float64)
 
     def __call__(self, frame: np.ndarray) -> np.ndarray | None:
         points = self.points(frame)
         if points is None:
             return None
         return np.round(anchors_from_points(points, INSIGHTFACE_ANCHOR_INDICES))
+
+    def detect(self, frame: np.ndarray) -> list[FaceDetection]:
+        """Up to ``max_num_faces`` faces (same filter), largest box first; box = detector box."""
+        detections = []
+        for face in self._kept_faces(check_frame(frame))[:self.max_num_faces]:
+            points = np.round(face.landmark_2d_106).astype(np.float64)
+            detections.append(FaceDetection(np.round(anchors_from_points(points, INSIGHTFACE_ANCHOR_INDICES)),
+                                            np.asarray(face.bbox, np.float64)[:4], float(face.det_score)))
+        return detections
+
+
+def detect_faces(landmarker: FaceLandmarker, frame: np.ndarray) -> list[FaceDetection]:
+    """Every face a landmarker finds in one frame: its ``detect`` when it has one, else its single
+    face with a box estimated from the anchors (``box_from_anchors``)."""
+    detect = getattr(landmarker, "detect", None)
+    if detect is not None:
+        return list(detect(frame))
+    anchors = landmarker(frame)
+    if anchors is None:
+        return []
+    anchors = np.asarray(anchors, np.float64)
+    return [FaceDetection(anchors, box_from_anchors(anchors))]
 
 
 def make_landmarker(backend: str = "mediapipe", **kwargs) -> FaceLandmarker:

@@ -1,0 +1,435 @@
+"""Face tracks for multi-person videos: who is where, in which frames, with a stable identity.
+
+Per-frame detections (``FaceDetection``: three anchors + box, from ``detect_faces``) are joined
+over time into tracks, online, frame by frame:
+
+* every open track predicts its box at the new frame: its last box moved by its recent centre
+  velocity (from its last few detections), same size;
+* a detection may join a track when the size ratio is within [1/2, 2] and either IoU(predicted
+  box, detection) >= ``min_iou`` or the centre distance is at most ``max_centre_distance`` face
+  sizes (size = sqrt(width x height) of the track's last box); among allowed pairs the
+  assignment of least total cost (centre distance in face sizes + 1 - IoU) is taken, one
+  detection per track at most;
+* a detection joining no track starts a new one;
+* **the gap rule**: a track that has missed more than ``max_gap`` consecutive frames is closed
+  and never continues; a face that comes back later (same person or not) starts a new track.
+  A face missing for at most ``max_gap`` frames keeps its track (the missing frames are gaps in
+  the track; ``box_at`` interpolates its box there).
+
+At the end tracks with fewer than ``min_frames`` detections are dropped (spurious detections;
+unless that would drop every track, then the longest is kept) and the rest get ids 0, 1, ...
+in order of their first frame, then of their box's left edge. The ids are deterministic for a
+given video and settings, so ids printed by ``list_faces`` name the same faces in a later run.
+
+Selection (``choose_track``): ``"largest"`` (default: the largest mean box area over the clip),
+``"left"`` / ``"right"`` (smallest / largest mean box centre x) or a track id.
+
+Engine glue. The pre-pass (``find_face_tracks``: detections on frames decoded at the engine's
+fps and downscaled to ``max_side``, coordinates scaled back to source pixels) gives the tracks
+and their per-frame boxes before the engine's full-resolution face pass. In that pass, for each
+frame ``i`` in order, with ``detections = detect_faces(landmarker, frame)`` on the full frame
+(``landmarker`` built with ``max_num_faces``):
+
+* ``TrackAnchorSelector(tracks).anchors(i, detections) -> {track_id: (3, 2) anchors | None}``
+  matches the frame's detections to every track present at ``i`` (one detection per track,
+  least cost; a track's box at ``i`` is its pre-pass box or, in a gap, the interpolated one);
+  a track absent at ``i`` or without a matching detection gets None (the frame is kept
+  unchanged for that face, as a frame without a face is today);
+* ``select_track_anchors(tracks, choice, per_frame_detections) -> list[anchors | None]`` is the
+  whole-clip form for one chosen track;
+* ``TrackLandmarker(landmarker, tracks, track_id)`` is a drop-in ``FaceLandmarker`` (called on
+  frames 0, 1, 2, ... in order) giving that track's anchors, so
+  ``FaceTracker(resolution, landmarker=TrackLandmarker(...))`` aligns one person with today's
+  smoothing, gap and no-face handling; one ``FaceAligner`` per track does the same for several.
+
+With a single track (the usual one-person video) every frame's largest detection is taken, as
+the single-face landmarker does today: the single-face behaviour does not depend on the
+downscaled pre-pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from lipsync_jax.face.errors import FaceError
+from lipsync_jax.face.landmarks import FaceDetection, FaceLandmarker, box_area, detect_faces
+
+DEFAULT_MAX_GAP = 12  # frames (about half a second at 25 fps)
+DEFAULT_MIN_IOU = 0.3
+DEFAULT_MAX_CENTRE_DISTANCE = 0.6  # in face sizes
+DEFAULT_MIN_FRAMES = 3
+_VELOCITY_SPAN = 5  # detections used for a track's velocity
+_MAX_SIZE_RATIO = 2.0
+_INFEASIBLE = 1e9
+CHOICES = ("largest", "left", "right")
+
+
+class FaceSelectionError(FaceError, ValueError):
+    """A face choice names no track (unknown word or id)."""
+
+
+@dataclasses.dataclass
+class PersonTrack:
+    """One face over time: the frames it was detected in and its box and anchors there.
+
+    Coordinates are source-video pixels. ``frames`` is increasing; gaps between consecutive
+    entries are at most the association's ``max_gap`` + 1. ``thumbnail`` (RGB uint8) is a crop
+    around the track's largest detection when the frames were available.
+    """
+
+    track_id: int
+    frames: np.ndarray  # (k,) int64 frame indices
+    boxes: np.ndarray  # (k, 4) float64 (x1, y1, x2, y2)
+    anchors: np.ndarray  # (k, 3, 2) float64
+    scores: np.ndarray  # (k,) float64
+    thumbnail: np.ndarray | None = None
+    thumbnail_frame: int | None = None
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.size)
+
+    @property
+    def first_frame(self) -> int:
+        return int(self.frames[0])
+
+    @property
+    def last_frame(self) -> int:
+        return int(self.frames[-1])
+
+    @property
+    def mean_box(self) -> np.ndarray:
+        """(4,) mean (x1, y1, x2, y2) over the detected frames."""
+        return self.boxes.mean(axis=0)
+
+    @property
+    def mean_area(self) -> float:
+        return float(np.mean([box_area(b) for b in self.boxes]))
+
+    @property
+    def mean_centre_x(self) -> float:
+        return float(((self.boxes[:, 0] + self.boxes[:, 2]) / 2).mean())
+
+    def covers(self, frame_index: int) -> bool:
+        """True inside [first_frame, last_frame] (detected or in a short gap)."""
+        return self.first_frame <= frame_index <= self.last_frame
+
+    def box_at(self, frame_index: int) -> np.ndarray | None:
+        """The box at a frame: detected, linearly interpolated in a gap, None outside the track."""
+        if not self.covers(frame_index):
+            return None
+        pos = int(np.searchsorted(self.frames, frame_index))
+        if self.frames[pos] == frame_index:
+            return self.boxes[pos]
+        f0, f1 = self.frames[pos - 1], self.frames[pos]
+        t = (frame_index - f0) / (f1 - f0)
+        return (1 - t) * self.boxes[pos - 1] + t * self.boxes[pos]
+
+    def anchors_at(self, frame_index: int) -> np.ndarray | None:
+        """The detected anchors at a frame, or None (gap or outside the track)."""
+        pos = int(np.searchsorted(self.frames, frame_index))
+        if pos < self.frames.size and self.frames[pos] == frame_index:
+            return self.anchors[pos]
+        return None
+
+    def summary(self) -> str:
+        x1, y1, x2, y2 = (int(round(v)) for v in self.mean_box)
+        return (f"face {self.track_id}: frames {self.first_frame}-{self.last_frame} ({self.num_frames} detected), "
+                f"mean box ({x1}, {y1}, {x2}, {y2}), mean area {self.mean_area:.0f} px^2")
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(w, 0.0) * max(h, 0.0)
+    union = box_area(a) + box_area(b) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def _centre(box: np.ndarray) -> np.ndarray:
+    return np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
+
+
+def _size(box: np.ndarray) -> float:
+    return max(np.sqrt(box_area(box)), 1e-6)
+
+
+def match_cost(expected: np.ndarray, box: np.ndarray, *, min_iou: float = DEFAULT_MIN_IOU,
+               max_centre_distance: float = DEFAULT_MAX_CENTRE_DISTANCE) -> float | None:
+    """Cost of taking ``box`` as the face expected at ``expected``, or None when not allowed
+    (see the module docstring)."""
+    ratio = _size(box) / _size(expected)
+    if not 1 / _MAX_SIZE_RATIO <= ratio <= _MAX_SIZE_RATIO:
+        return None
+    overlap = iou(expected, box)
+    distance = float(np.linalg.norm(_centre(box) - _centre(expected))) / _size(expected)
+    if overlap < min_iou and distance > max_centre_distance:
+        return None
+    return distance + 1.0 - overlap
+
+
+def assign(expected: Sequence[np.ndarray], boxes: Sequence[np.ndarray], **gates) -> dict[int, int]:
+    """Least-cost one-to-one matching ``{expected index: box index}`` among allowed pairs."""
+    if not expected or not boxes:
+        return {}
+    cost = np.full((len(expected), len(boxes)), _INFEASIBLE)
+    for i, e in enumerate(expected):
+        for j, b in enumerate(boxes):
+            c = match_cost(e, b, **gates)
+            if c is not None:
+                cost[i, j] = c
+    rows, cols = linear_sum_assignment(cost)
+    return {int(i): int(j) for i, j in zip(rows, cols) if cost[i, j] < _INFEASIBLE}
+
+
+@dataclasses.dataclass
+class _OpenTrack:
+    frames: list[int]
+    detections: list[FaceDetection]
+    thumbnail: np.ndarray | None = None
+    thumbnail_frame: int | None = None
+    thumbnail_area: float = -1.0
+
+    def predicted_box(self, frame_index: int) -> np.ndarray:
+        last = self.detections[-1].box
+        k = min(len(self.frames), _VELOCITY_SPAN)
+        if k < 2:
+            return last
+        first = self.detections[-k].box
+        velocity = (_centre(last) - _centre(first)) / (self.frames[-1] - self.frames[-k])
+        shift = velocity * (frame_index - self.frames[-1])
+        return last + np.concatenate([shift, shift])
+
+
+class TrackBuilder:
+    """Online association: ``update(frame_index, detections[, frame])`` for frames in increasing
+    order, then ``finish() -> list[PersonTrack]``. With ``frame`` (the image the detections were
+    made on) each track keeps a thumbnail crop of its largest detection; ``scale`` maps the
+    detections' coordinates to source pixels (thumbnails are cut before scaling)."""
+
+    def __init__(self, *, max_gap: int = DEFAULT_MAX_GAP, min_iou: float = DEFAULT_MIN_IOU,
+                 max_centre_distance: float = DEFAULT_MAX_CENTRE_DISTANCE, min_frames: int = DEFAULT_MIN_FRAMES,
+                 scale: float = 1.0):
+        if max_gap < 0 or min_frames < 1:
+            raise ValueError(f"need max_gap >= 0 and min_frames >= 1, got {max_gap}, {min_frames}")
+        self.max_gap, self.min_frames, self.scale = int(max_gap), int(min_frames), float(scale)
+        self.gates = dict(min_iou=min_iou, max_centre_distance=max_centre_distance)
+        self._open: list[_OpenTrack] = []
+        self._closed: list[_OpenTrack] = []
+        self._last_frame = -1
+
+    def update(self, frame_index: int, detections: Sequence[FaceDetection], frame: np.ndarray | None = None) -> None:
+        if frame_index <= self._last_frame:
+            raise ValueError(f"frames must come in increasing order ({frame_index} after {self._last_frame})")
+        self._last_frame = frame_index
+        still_open = []
+        for track in self._open:  # the gap rule: missed > max_gap frames closes a track for good
+            missed = frame_index - track.frames[-1] - 1
+            (still_open if missed <= self.max_gap else self._closed).append(track)
+        self._open = still_open
+        matches = assign([t.predicted_box(frame_index) for t in self._open], [d.box for d in detections],
+                         **self.gates)
+        taken = set(matches.values())
+        for t_index, d_index in matches.items():
+            self._extend(self._open[t_index], frame_index, detections[d_index], frame)
+        new = [d for j, d in enumerate(detections) if j not in taken]
+        for detection in sorted(new, key=lambda d: d.box[0]):  # new tracks left to right
+            track = _OpenTrack([], [])
+            self._extend(track, frame_index, detection, frame)
+            self._open.append(track)
+
+    def _extend(self, track: _OpenTrack, frame_index: int, detection: FaceDetection, frame: np.ndarray | None):
+        track.frames.append(frame_index)
+        track.detections.append(detection)
+        if frame is not None and detection.area > track.thumbnail_area:
+            track.thumbnail = crop_around(frame, detection.box)
+            track.thumbnail_frame, track.thumbnail_area = frame_index, detection.area
+
+    def finish(self) -> list[PersonTrack]:
+        everything = self._closed + self._open
+        kept = [t for t in everything if len(t.frames) >= self.min_frames]
+        if not kept and everything:
+            kept = [max(everything, key=lambda t: len(t.frames))]
+        kept.sort(key=lambda t: (t.frames[0], t.detections[0].box[0]))
+        return [PersonTrack(track_id=i, frames=np.asarray(t.frames, np.int64),
+                            boxes=np.stack([d.box for d in t.detections]) * self.scale,
+                            anchors=np.stack([d.anchors for d in t.detections]) * self.scale,
+                            scores=np.array([d.score for d in t.detections], np.float64),
+                            thumbnail=t.thumbnail, thumbnail_frame=t.thumbnail_frame)
+                for i, t in enumerate(kept)]
+
+
+def build_tracks(per_frame_detections: Iterable[Sequence[FaceDetection]], **options) -> list[PersonTrack]:
+    """Tracks from every frame's detections (frame i = the i-th item); options as ``TrackBuilder``."""
+    builder = TrackBuilder(**options)
+    for index, detections in enumerate(per_frame_detections):
+        builder.update(index, detections)
+    return builder.finish()
+
+
+def crop_around(frame: np.ndarray, box: np.ndarray, margin: float = 0.3) -> np.ndarray:
+    """A copy of the frame around a box widened by ``margin`` of its size on every side."""
+    height, width = frame.shape[:2]
+    w, h = box[2] - box[0], box[3] - box[1]
+    x0, y0 = max(int(box[0] - margin * w), 0), max(int(box[1] - margin * h), 0)
+    x1, y1 = min(int(np.ceil(box[2] + margin * w)), width), min(int(np.ceil(box[3] + margin * h)), height)
+    return np.array(frame[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)])
+
+
+def choose_track(tracks: Sequence[PersonTrack], choice: str | int = "largest") -> PersonTrack:
+    """The track named by ``choice``: "largest" (largest mean box area), "left" / "right" (by mean
+    box centre), or a track id (int or digits). ``FaceSelectionError`` names the valid ids."""
+    if not tracks:
+        raise FaceSelectionError("no face tracks to choose from")
+    ids = ", ".join(str(t.track_id) for t in tracks)
+    key = str(choice).strip().lower()
+    if key == "largest":
+        return max(tracks, key=lambda t: (t.mean_area, -t.track_id))
+    if key == "left":
+        return min(tracks, key=lambda t: (t.mean_centre_x, t.track_id))
+    if key == "right":
+        return max(tracks, key=lambda t: (t.mean_centre_x, -t.track_id))
+    if key.isdigit():
+        for track in tracks:
+            if track.track_id == int(key):
+                return track
+        raise FaceSelectionError(f"no face track with id {key}; the video has ids {ids}")
+    raise FaceSelectionError(f"unknown face choice {choice!r}; use largest, left, right or a track id ({ids})")
+
+
+class TrackAnchorSelector:
+    """Per frame: full-resolution detections -> each track's anchors (or None); see the module
+    docstring. ``tracks`` are the pre-pass tracks in source pixels; matching uses the same gates
+    as the association, with ``min_iou`` lowered to 0.2 by default (pre-pass boxes are coarser)."""
+
+    def __init__(self, tracks: Sequence[PersonTrack], *, min_iou: float = 0.2,
+                 max_centre_distance: float = DEFAULT_MAX_CENTRE_DISTANCE, single_track_passthrough: bool = True):
+        self.tracks = list(tracks)
+        self.gates = dict(min_iou=min_iou, max_centre_distance=max_centre_distance)
+        self.passthrough = single_track_passthrough and len(self.tracks) == 1
+
+    def anchors(self, frame_index: int, detections: Sequence[FaceDetection]) -> dict[int, np.ndarray | None]:
+        result: dict[int, np.ndarray | None] = {t.track_id: None for t in self.tracks}
+        if not detections:
+            return result
+        if self.passthrough:  # one person in the video: today's single-face behaviour
+            result[self.tracks[0].track_id] = max(detections, key=lambda d: d.area).anchors
+            return result
+        present = [(t, t.box_at(frame_index)) for t in self.tracks]
+        present = [(t, box) for t, box in present if box is not None]
+        matches = assign([box for _, box in present], [d.box for d in detections], **self.gates)
+        for t_index, d_index in matches.items():
+            result[present[t_index][0].track_id] = detections[d_index].anchors
+        return result
+
+
+def select_track_anchors(tracks: Sequence[PersonTrack], choice: str | int,
+                         per_frame_detections: Iterable[Sequence[FaceDetection]]) -> list[np.ndarray | None]:
+    """For each frame (i-th item of ``per_frame_detections``), the chosen track's (3, 2) anchors
+    among that frame's detections, or None where the track is absent."""
+    chosen = choose_track(tracks, choice).track_id
+    selector = TrackAnchorSelector(tracks)
+    return [selector.anchors(i, detections)[chosen] for i, detections in enumerate(per_frame_detections)]
+
+
+class TrackLandmarker:
+    """A ``FaceLandmarker`` following one track: call it on frames 0, 1, 2, ... in order; it
+    detects every face (``detect_faces(landmarker, frame)``) and returns the track's anchors or
+    None. ``last_detections`` holds the frame's detections for reuse by other tracks."""
+
+    def __init__(self, landmarker: FaceLandmarker, tracks: Sequence[PersonTrack], choice: str | int = "largest"):
+        self.landmarker = landmarker
+        self.track = choose_track(tracks, choice)
+        self.selector = TrackAnchorSelector(tracks)
+        self.frame_index = 0
+        self.last_detections: list[FaceDetection] = []
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray | None:
+        self.last_detections = detect_faces(self.landmarker, frame)
+        anchors = self.selector.anchors(self.frame_index, self.last_detections)[self.track.track_id]
+        self.frame_index += 1
+        return anchors
+
+    def close(self) -> None:
+        if hasattr(self.landmarker, "close"):
+            self.landmarker.close()
+
+
+@dataclasses.dataclass
+class VideoFaceTracks:
+    """The pre-pass result: tracks in source pixels over ``num_frames`` frames read at ``fps``."""
+
+    video_path: str
+    tracks: list[PersonTrack]
+    num_frames: int
+    width: int  # source frame size
+    height: int
+    fps: float
+    detection_scale: float  # source pixels per pre-pass pixel (>= 1)
+
+    def choose(self, choice: str | int = "largest") -> PersonTrack:
+        return choose_track(self.tracks, choice)
+
+    def boxes_at(self, frame_index: int) -> dict[int, np.ndarray]:
+        """{track id: box} of the tracks present at a frame (detected or interpolated)."""
+        boxes = {t.track_id: t.box_at(frame_index) for t in self.tracks}
+        return {k: v for k, v in boxes.items() if v is not None}
+
+
+def downscale(frame: np.ndarray, max_side: int | None) -> tuple[np.ndarray, float]:
+    """(frame with its longest side at most ``max_side``, source pixels per returned pixel)."""
+    height, width = frame.shape[:2]
+    longest = max(height, width)
+    if max_side is None or longest <= max_side:
+        return frame, 1.0
+    import cv2
+
+    factor = max_side / longest
+    size = (max(int(round(width * factor)), 1), max(int(round(height * factor)), 1))
+    small = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+    return small, width / size[0]
+
+
+def find_face_tracks(video_path: str, *, fps: float | None = 25.0, max_frames: int | None = None,
+                     max_side: int | None = 640, backend: str = "mediapipe", max_num_faces: int = 4,
+                     landmarker: FaceLandmarker | None = None, thumbnails: bool = False, progress: bool = True,
+                     **association) -> VideoFaceTracks:
+    """The detection pre-pass over a whole video: frames decoded at ``fps`` (frame indices match
+    a ``read_frames(video_path, fps)`` pass), downscaled to ``max_side``, every face detected with
+    ``landmarker`` (default: ``backend`` with ``max_num_faces``), joined into tracks (options of
+    ``TrackBuilder``: max_gap, min_iou, max_centre_distance, min_frames). Boxes and anchors are
+    scaled back to source pixels. ``thumbnails`` keeps one crop per track (pre-pass resolution).
+    Memory: one frame at a time plus the detections. ``NoFaceError`` is not raised: a video
+    without faces gives no tracks."""
+    from tqdm import tqdm
+
+    from lipsync_jax.face.landmarks import make_landmarker
+    from lipsync_jax.media import probe_video, read_frames
+
+    info = probe_video(video_path, count=False)
+    owns = landmarker is None
+    if owns:
+        landmarker = make_landmarker(backend, max_num_faces=max_num_faces)
+    scale = 1.0
+    try:
+        builder = None
+        count = 0
+        frames = read_frames(video_path, fps, max_frames=max_frames, info=info)
+        for index, frame in enumerate(tqdm(frames, desc="Finding faces", unit="frame", disable=not progress)):
+            small, scale = downscale(frame, max_side)
+            if builder is None:
+                builder = TrackBuilder(scale=scale, **association)
+            builder.update(index, detect_faces(landmarker, small), small if thumbnails else None)
+            count += 1
+        tracks = builder.finish() if builder is not None else []
+    finally:
+        if owns and hasattr(landmarker, "close"):
+            landmarker.close()
+    return VideoFaceTracks(video_path=video_path, tracks=tracks, num_frames=count, width=info.width,
+                           height=info.height, fps=float(fps if fps is not None else info.fps),
+                           detection_scale=scale)

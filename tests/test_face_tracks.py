@@ -1,0 +1,314 @@
+"""Face tracks for multi-person videos: association rules on synthetic boxes, the detection
+pre-pass and track choice on a two-person clip built from the demos, single-face parity."""
+
+import subprocess
+
+import cv2
+import numpy as np
+import pytest
+from conftest import asset_path
+
+from lipsync_jax.face import (FaceDetection, FaceSelectionError, FaceTracker, InsightFaceLandmarker,
+                              MediaPipeLandmarker, TrackAnchorSelector, TrackLandmarker, build_tracks, choose_track,
+                              detect_faces, find_face_tracks, select_track_anchors)
+from lipsync_jax.face.landmarks import box_from_anchors
+from lipsync_jax.face.list_faces import list_faces, main as list_faces_main
+from lipsync_jax.face.tracks import TrackBuilder, iou
+from lipsync_jax.media import ffmpeg_exe, read_frames
+
+CLIP_SECONDS = 2
+HALF_WIDTH, HEIGHT = 240, 426  # each demo scaled from 1080x1920
+
+
+def face(cx, cy, size=80.0, score=1.0):
+    """A synthetic detection: square box of ``size`` at (cx, cy) and anchors inside it."""
+    box = np.array([cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2])
+    anchors = np.array([[cx - size / 4, cy - size / 4], [cx + size / 4, cy - size / 4], [cx, cy]])
+    return FaceDetection(anchors, box, score)
+
+
+def centres_x(track):
+    return (track.boxes[:, 0] + track.boxes[:, 2]) / 2
+
+
+# ---------------------------------------------------------------- association (synthetic)
+
+def test_missed_frames_keep_the_track_and_gaps_interpolate():
+    frames = [[face(100 + 2 * t, 200)] if t not in (5, 6, 7) else [] for t in range(20)]
+    tracks = build_tracks(frames, max_gap=3)
+    assert len(tracks) == 1
+    track = tracks[0]
+    assert track.num_frames == 17 and (track.first_frame, track.last_frame) == (0, 19)
+    assert track.anchors_at(6) is None and track.anchors_at(8) is not None
+    np.testing.assert_allclose(track.box_at(6), face(112, 200).box)  # linear between frames 4 and 8
+    assert track.box_at(20) is None
+
+
+def test_face_leaving_longer_than_max_gap_starts_a_new_track():
+    def clip(missing):
+        return [[face(300, 200)] if not 10 <= t < 10 + missing else [] for t in range(30)]
+
+    assert len(build_tracks(clip(4), max_gap=4)) == 1  # missing exactly max_gap frames: same track
+    tracks = build_tracks(clip(5), max_gap=4)  # one more: the old track ended, a new one starts
+    assert [(t.track_id, t.first_frame, t.last_frame) for t in tracks] == [(0, 0, 9), (1, 15, 29)]
+
+
+def test_two_static_faces_keep_identity_whatever_the_detection_order():
+    rng = np.random.default_rng(0)
+    frames = []
+    for t in range(40):
+        dets = [face(100 + rng.normal(0, 2), 200, 90), face(400 + rng.normal(0, 2), 210, 70)]
+        if t % 7 == 3:
+            dets = dets[:1]  # the right face missed now and then
+        frames.append(list(rng.permutation(dets)))
+    left, right = build_tracks(frames)
+    assert left.num_frames == 40 and right.num_frames == 34
+    assert centres_x(left).max() < 150 and centres_x(right).min() > 350
+
+
+def test_crossing_faces_do_not_swap_identity():
+    frames = []
+    for t in range(41):
+        a, b = face(100 + 10 * t, 200, 80), face(500 - 10 * t, 205, 110)  # b passes in front of a
+        occluded = abs(a.box[0] - b.box[0]) < 40
+        frames.append([b] if occluded else [a, b])
+    tracks = build_tracks(frames, max_gap=6)
+    assert len(tracks) == 2
+    for track in tracks:
+        steps = np.diff(centres_x(track))
+        assert np.all(steps > 0) or np.all(steps < 0), steps  # each track moves one way only
+    mover_right = next(t for t in tracks if centres_x(t)[-1] > centres_x(t)[0])
+    assert mover_right.first_frame == 0 and mover_right.last_frame == 40
+    assert np.allclose(mover_right.boxes[:, 2] - mover_right.boxes[:, 0], 80)  # never took b's box
+
+
+def test_spurious_short_tracks_are_dropped_and_ids_are_dense():
+    frames = [[face(100, 100)] + ([face(400, 300, 60)] if t == 5 else []) for t in range(10)]
+    frames[8].append(face(250, 100, 70))
+    frames[9].append(face(250, 100, 70))
+    tracks = build_tracks(frames, min_frames=3)
+    assert [t.track_id for t in tracks] == [0] and tracks[0].num_frames == 10
+    assert len(build_tracks(frames, min_frames=1)) == 3
+    only_blip = build_tracks([[face(50, 50)]] + [[] for _ in range(5)], min_frames=3)
+    assert len(only_blip) == 1  # never drop every track
+
+
+def test_frames_must_come_in_order():
+    builder = TrackBuilder()
+    builder.update(3, [face(10, 10)])
+    with pytest.raises(ValueError, match="increasing"):
+        builder.update(3, [])
+
+
+def test_choose_track_by_word_or_id():
+    frames = [[face(100, 200, 60), face(300, 200, 100), face(500, 200, 80)] for _ in range(5)]
+    tracks = build_tracks(frames)
+    assert [round(t.mean_centre_x) for t in tracks] == [100, 300, 500]
+    assert choose_track(tracks).track_id == 1 == choose_track(tracks, "largest").track_id
+    assert choose_track(tracks, "left").track_id == 0 and choose_track(tracks, "RIGHT").track_id == 2
+    assert choose_track(tracks, 2).track_id == 2 and choose_track(tracks, "0").track_id == 0
+    with pytest.raises(FaceSelectionError, match="no face track with id 7.*0, 1, 2"):
+        choose_track(tracks, "7")
+    with pytest.raises(FaceSelectionError, match="unknown face choice 'middle'"):
+        choose_track(tracks, "middle")
+    with pytest.raises(FaceSelectionError, match="no face tracks"):
+        choose_track([], "largest")
+
+
+def test_selector_matches_detections_to_tracks_per_frame():
+    frames = [[face(100 + t, 200), face(400 - t, 200)] for t in range(10)]
+    frames[4] = frames[4][1:]  # left face missed: a 1-frame gap in track 0
+    tracks = build_tracks(frames)
+    full = [list(reversed([face(100 + t + 1, 201), face(400 - t - 1, 199)])) for t in range(12)]
+    full[6] = []
+    selector = TrackAnchorSelector(tracks)
+    got = selector.anchors(2, full[2])
+    np.testing.assert_allclose(got[0], full[2][1].anchors)  # left track gets the left face
+    np.testing.assert_allclose(got[1], full[2][0].anchors)
+    assert selector.anchors(4, full[4])[0] is not None  # gap frame: interpolated box still matches
+    assert selector.anchors(6, full[6]) == {0: None, 1: None}
+    assert selector.anchors(11, full[11]) == {0: None, 1: None}  # after the tracks end
+    assert selector.anchors(3, [face(250, 200)]) == {0: None, 1: None}  # nobody where the tracks are
+    right = select_track_anchors(tracks, "right", full)
+    assert len(right) == 12 and right[6] is None and right[10] is None
+    assert all(a[2, 0] > 250 for a in right[:10] if a is not None)
+
+
+def test_single_track_passes_every_frame_largest_face_through():
+    tracks = build_tracks([[face(100, 100)] for _ in range(5)])
+    later = [[face(600, 400, 90), face(50, 50, 40)]]  # moved far away: still the only person
+    assert np.allclose(select_track_anchors(tracks, "largest", [[]] * 5 + later)[5], later[0][0].anchors)
+
+
+def test_track_landmarker_drives_the_existing_face_tracker():
+    frame = np.zeros((64, 64, 3), np.uint8)
+    frames = [[face(20, 20, 30), face(45, 25, 24)] for _ in range(6)]
+    tracks = build_tracks(frames)
+
+    class Replay:
+        calls = 0
+
+        def detect(self, image):
+            Replay.calls += 1
+            return frames[Replay.calls - 1]
+
+    landmarker = TrackLandmarker(Replay(), tracks, "right")
+    results = [FaceTracker(256, landmarker=landmarker, smooth=False)(frame) for _ in range(2)]
+    np.testing.assert_allclose(results[1].landmarks, frames[1][1].anchors)
+    assert len(landmarker.last_detections) == 2 and landmarker.frame_index == 2
+
+
+def test_detect_faces_wraps_single_face_callables():
+    anchors = np.array([[40.0, 50.0], [80.0, 50.0], [60.0, 70.0]])
+    [det] = detect_faces(lambda frame: anchors, None)
+    box = box_from_anchors(anchors)
+    assert np.array_equal(det.anchors, anchors) and np.array_equal(det.box, box)
+    assert box[0] < 40 and box[2] > 80 and box[1] < 50 and box[3] > 70
+    assert detect_faces(lambda frame: None, None) == []
+    assert iou(box, box) == pytest.approx(1.0) and iou(box, box + [100, 0, 100, 0]) == 0.0
+
+
+def test_insightface_detect_keeps_latentsync_filter_and_order():
+    class Face:
+        def __init__(self, bbox, score, shift):
+            self.bbox, self.det_score = np.array(bbox, np.float32), score
+            self.landmark_2d_106 = np.arange(212, dtype=np.float64).reshape(106, 2) / 3 + shift
+
+    faces = [Face([0, 0, 60, 90], 0.9, 0), Face([100, 0, 300, 250], 0.8, 1000),  # kept, kept (largest)
+             Face([0, 0, 40, 90], 0.9, 0), Face([0, 0, 200, 100], 0.9, 0),  # too narrow, too wide
+             Face([0, 0, 100, 150], 0.3, 0)]  # low score
+
+    class App:
+        def get(self, frame):
+            return faces
+
+    landmarker = InsightFaceLandmarker.__new__(InsightFaceLandmarker)
+    landmarker._app, landmarker.min_score, landmarker.max_num_faces = App(), 0.5, 4
+    frame = np.zeros((300, 400, 3), np.uint8)
+    found = landmarker.detect(frame)
+    assert [d.box.tolist() for d in found] == [[100, 0, 300, 250], [0, 0, 60, 90]]
+    assert np.array_equal(found[0].anchors, landmarker(frame)) and found[0].score == pytest.approx(0.8)
+    assert np.all(found[0].anchors == np.round(found[0].anchors))
+    landmarker.max_num_faces = 1
+    assert len(landmarker.detect(frame)) == 1
+
+
+# ---------------------------------------------------------------- real clips from the demos
+
+def _encode(args, path):
+    subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", *args, "-an", "-c:v", "libx264", "-preset",
+                    "ultrafast", "-crf", "18", "-pix_fmt", "yuv420p", str(path)], check=True)
+
+
+@pytest.fixture(scope="session")
+def demo_clips(tmp_path_factory):
+    """Two 2 s clips: demo1 alone (240x426) and demo1 | demo2 side by side (480x426)."""
+    folder = tmp_path_factory.mktemp("face_tracks")
+    one, two = folder / "one_person.mp4", folder / "two_people.mp4"
+    demo1, demo2 = asset_path("demo1_video.mp4"), asset_path("demo2_video.mp4")
+    scale = f"scale={HALF_WIDTH}:{HEIGHT}"
+    _encode(["-t", str(CLIP_SECONDS), "-i", demo1, "-vf", scale], one)
+    _encode(["-t", str(CLIP_SECONDS), "-i", demo1, "-t", str(CLIP_SECONDS), "-i", demo2, "-filter_complex",
+             f"[0:v]{scale}[l];[1:v]{scale}[r];[l][r]hstack=inputs=2[v]", "-map", "[v]"], two)
+    return {"one": str(one), "two": str(two), "folder": folder}
+
+
+@pytest.fixture(scope="module")
+def multi_landmarker():
+    landmarker = MediaPipeLandmarker(max_num_faces=4)
+    yield landmarker
+    landmarker.close()
+
+
+@pytest.fixture(scope="module")
+def two_people(demo_clips, multi_landmarker):
+    """The pre-pass with thumbnails, and every frame's detections (the clip is under 640 px, so the
+    pre-pass sees the frames at full size and both must agree)."""
+    listing = list_faces(demo_clips["two"], str(demo_clips["folder"] / "thumbs"), landmarker=multi_landmarker,
+                         progress=False)
+    detections = [multi_landmarker.detect(f) for f in read_frames(demo_clips["two"], 25.0)]
+    return listing, detections
+
+
+def test_two_people_give_two_stable_tracks(two_people):
+    listing, detections = two_people
+    faces = listing.faces
+    assert faces.num_frames == 25 * CLIP_SECONDS and faces.detection_scale == 1.0
+    assert len(faces.tracks) == 2
+    left, right = sorted(faces.tracks, key=lambda t: t.mean_centre_x)
+    assert centres_x(left).max() < HALF_WIDTH < centres_x(right).min()  # never swap sides
+    for track in (left, right):
+        assert track.num_frames >= 0.8 * faces.num_frames
+        assert track.last_frame == faces.num_frames - 1
+    rebuilt = build_tracks(detections)  # the pre-pass is association of exactly these detections
+    assert [t.frames.tolist() for t in rebuilt] == [t.frames.tolist() for t in faces.tracks]
+    for a, b in zip(rebuilt, faces.tracks):
+        np.testing.assert_array_equal(a.anchors, b.anchors)
+
+
+def test_two_people_choice_is_consistent(two_people):
+    listing, detections = two_people
+    tracks = listing.faces.tracks
+    left, right = sorted(tracks, key=lambda t: t.mean_centre_x)
+    assert choose_track(tracks, "left") is left and choose_track(tracks, "right") is right
+    largest = max(tracks, key=lambda t: t.mean_area)
+    assert listing.faces.choose() is largest and choose_track(tracks, largest.track_id) is largest
+    for choice, side in (("left", -1), ("right", 1), ("largest", 1 if largest is right else -1)):
+        anchors = select_track_anchors(tracks, choice, detections)
+        chosen = choose_track(tracks, choice)
+        present = [i for i, a in enumerate(anchors) if a is not None]
+        assert present == chosen.frames.tolist()  # every detected frame of the track, nothing else
+        xs = np.array([anchors[i][:, 0].mean() for i in present])
+        assert np.all(np.sign(xs - HALF_WIDTH) == side), (choice, xs)
+
+
+def test_list_faces_thumbnails_and_cli(two_people, demo_clips, tmp_path, capsys):
+    listing, _ = two_people
+    assert sorted(listing.thumbnails) == [0, 1]
+    for track_id, path in listing.thumbnails.items():
+        image = cv2.imread(path)
+        track = listing.faces.tracks[track_id]
+        assert image is not None and image.shape[0] > track.mean_box[3] - track.mean_box[1]
+    lines = listing.lines()
+    assert len(lines) == 3 and lines[1].startswith("face 0: frames") and "thumbnail" in lines[2]
+    assert "[default: largest]" in lines[1 + listing.faces.choose().track_id]
+    assert list_faces_main(["--video", demo_clips["two"], "--thumbs", str(tmp_path / "t"), "--max_frames", "12",
+                            "--max_side", "320", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\nface ") == 2 and "(480x426)" in out
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["face_0.jpg", "face_1.jpg"]
+    assert list_faces_main(["--video", str(tmp_path / "missing.mp4"), "--quiet"]) == 1
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing.mp4'}: media file not found"
+
+
+def test_downscaled_pre_pass_reports_source_pixels(two_people, demo_clips, multi_landmarker):
+    listing, _ = two_people
+    small = find_face_tracks(demo_clips["two"], max_frames=8, max_side=320, landmarker=multi_landmarker,
+                             progress=False)
+    assert small.detection_scale == pytest.approx(1.5) and (small.width, small.height) == (480, 426)
+    right_full = choose_track(listing.faces.tracks, "right")
+    right_small = choose_track(small.tracks, "right")
+    for frame in right_small.frames[:5]:
+        assert iou(right_small.box_at(frame), right_full.box_at(frame)) > 0.8
+
+
+def test_single_face_clip_keeps_todays_anchors(demo_clips, multi_landmarker):
+    faces = find_face_tracks(demo_clips["one"], landmarker=multi_landmarker, progress=False)
+    assert len(faces.tracks) == 1
+    [track] = faces.tracks
+    today = MediaPipeLandmarker()  # the single-face landmarker the pipeline uses
+    try:
+        frames = list(read_frames(demo_clips["one"], 25.0))
+        expected = [today(f) for f in frames]
+    finally:
+        today.close()
+    found = [i for i, a in enumerate(expected) if a is not None]
+    assert len(found) >= 45 and track.frames.tolist() == found
+    for i in found:
+        np.testing.assert_array_equal(track.anchors_at(i), expected[i])
+    detections = [multi_landmarker.detect(f) for f in frames]
+    selected = select_track_anchors(faces.tracks, "largest", detections)
+    for got, want in zip(selected, expected):
+        assert (got is None) == (want is None)
+        if want is not None:
+            np.testing.assert_array_equal(got, want)
