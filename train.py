@@ -7,7 +7,9 @@
 
 A UNet config has ``model.in_channels``; a SyncNet config has ``model.audio_encoder``. A
 ``--workdir`` that holds a checkpoint resumes from it (same data position and RNG). SIGTERM saves
-a checkpoint and exits cleanly. Several processes (one per host): pass --coordinator_address,
+a checkpoint and exits cleanly (with several processes, a SIGTERM to any of them makes all save the
+same step). A non-finite loss term or grad norm stops the run with one line naming the step and
+the term, saving nothing new. ``--profile_steps=10:15`` writes a jax.profiler trace of those steps. Several processes (one per host): pass --coordinator_address,
 --num_processes and --process_id (or let ``jax.distributed.initialize()`` read the cluster's
 environment: set --distributed); each process reads its own share of every batch.
 """
@@ -33,6 +35,8 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for mu
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_string("profile_steps", None, "FIRST:LAST: write a jax.profiler trace of steps FIRST+1..LAST to "
+                    "WORKDIR/profile (view with TensorBoard's profile plugin or Perfetto).")
 FLAGS = flags.FLAGS
 
 
@@ -53,12 +57,22 @@ def main(argv):
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
     init_distributed()
     from lipsync_jax.train.data_sources import resolve_source
-    from lipsync_jax.train.loop import run_training
+    from lipsync_jax.train.loop import NonFiniteError, parse_profile_steps, run_training
     from lipsync_jax.train.tasks import build_task
 
     config = cli_flags.resolved_config(FLAGS)
+    try:
+        profile_steps = parse_profile_steps(FLAGS.profile_steps)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from None
     task = build_task(config, resolve_source(config, FLAGS.data))
-    run_training(task, config, FLAGS.workdir, stop_after_steps=FLAGS.stop_after_steps, progress=FLAGS.progress)
+    try:
+        run_training(task, config, FLAGS.workdir, stop_after_steps=FLAGS.stop_after_steps, progress=FLAGS.progress,
+                     profile_steps=profile_steps)
+    except NonFiniteError as error:  # one clear line; the last good checkpoint stays as it was
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -4,27 +4,55 @@ with donated state, checkpoints (periodic, on SIGTERM, automatic resume), metric
 val clip + SyncNet score: lipsync_jax.train.validation).
 
     run_training(task, config, workdir)   # returns the final TrainState
+
+The host never waits on the device between log steps: each step's metrics stay on the device
+and are fetched every ``run.log_every_steps`` (default 10) steps in one ``jax.device_get``; the
+next input batches are read and put on the devices (``run.prefetch_batches``, default 2) while
+the current step runs. A fetch also happens before every checkpoint save and validation, and
+the fetched values are checked: a non-finite loss term, loss or grad norm stops the run with
+``NonFiniteError`` (one line: step and term) before anything new is saved; with
+``run.skip_nonfinite_updates`` the step itself keeps the previous params/optimizer state
+instead (``skipped_update`` = 1 in that step's metrics) and the run goes on.
+
+Preemption: SIGTERM sets a flag. One process checks it after every step; several processes
+agree at every log step (an all-gather of the flags), so a signal to ANY process makes all of
+them save the same step and exit.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
 import signal
-from typing import Any
+import time
+from typing import Any, Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from lipsync_jax.train import mesh as mesh_lib
 from lipsync_jax.train.checkpointing import PreemptionFlag, TrainCheckpointer
-from lipsync_jax.train.metrics import MetricsLogger
+from lipsync_jax.train.metrics import MetricsLogger, PendingMetrics, first_nonfinite
 from lipsync_jax.train.state import TrainState, count_params, make_optimizer
 from lipsync_jax.train.task import TrainTask
 from lipsync_jax.train.validation import METRIC_PREFIX, host_params, make_validator
 
 log = logging.getLogger(__name__)
+DEFAULT_LOG_EVERY = 10
+DEFAULT_PREFETCH = 2
+
+
+class NonFiniteError(RuntimeError):
+    """A logged step has a non-finite loss term, loss or grad norm (the run stops unsaved)."""
+
+    def __init__(self, step: int, term: str, value: float, last_saved: int | None):
+        kept = f"the last checkpoint (step {last_saved}) is intact" if last_saved is not None else "no checkpoint"
+        super().__init__(f"non-finite {term} ({value}) at step {step}: training stopped, nothing saved after it "
+                         f"({kept}); lower optimizer.lr, check the data, or set run.skip_nonfinite_updates=True")
+        self.step, self.term = step, term
 
 
 def _place(tree: Any, shardings: Any) -> Any:
@@ -34,58 +62,46 @@ def _place(tree: Any, shardings: Any) -> Any:
                         tree, shardings)
 
 
-def _trailing_dict_keys(path) -> tuple:
-    keys = []
-    for entry in reversed(path):
-        if not isinstance(entry, jax.tree_util.DictKey):
-            break
-        keys.append(entry.key)
-    return tuple(reversed(keys))
-
-
-def state_shardings(abstract_state: TrainState, param_shardings: Any, mesh) -> TrainState:
-    """Shardings of a whole TrainState: params as given; every optimizer-state leaf that
-    mirrors a parameter (Adam's mu/nu: same trailing dict path and shape) like that parameter;
-    everything else (counts, rng, step) replicated."""
-    by_path = {_trailing_dict_keys(path): (leaf.shape, sharding) for (path, leaf), sharding in zip(
-        jax.tree_util.tree_leaves_with_path(abstract_state.params), jax.tree.leaves(param_shardings))}
-    rep = mesh_lib.replicated(mesh)
-
-    def for_opt_leaf(path, leaf):
-        shape, sharding = by_path.get(_trailing_dict_keys(path), (None, rep))
-        return sharding if shape == leaf.shape else rep
-
-    return abstract_state.replace(step=rep, rng=rep, params=param_shardings,
-                                  opt_state=jax.tree_util.tree_map_with_path(for_opt_leaf, abstract_state.opt_state))
+def _abstract(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if not hasattr(x, "dtype")
+                                                       else x.dtype), tree)
 
 
 def create_state(task: TrainTask, config: Any, mesh) -> tuple[TrainState, Any, Any]:
-    """(state, frozen params, lr schedule), all placed on ``mesh``."""
+    """(state, frozen params, lr schedule), all placed on ``mesh``. Shardings come from flax: the
+    train state is built abstractly on parameters boxed with their logical names
+    (``mesh.state_shardings``); frozen networks by ``mesh.frozen_shardings``."""
     run = config["run"]
     seed = int(run["seed"])
-    shardings = mesh_lib.param_shardings(task.logical_specs, task.param_shapes, mesh)
+    rules = mesh_lib.rules_from_config(config["mesh"])
     key_params, key_frozen, key_state = jax.random.split(jax.random.PRNGKey(seed), 3)
-    pretrained = task.pretrained()
-    if pretrained is None:
-        params = jax.jit(task.init_params, out_shardings=shardings)(key_params)
-    else:
-        params = _place(pretrained, shardings)
     tx, schedule = make_optimizer(config["optimizer"], int(run["max_train_steps"]), jax.process_count(),
                                   task.trainable)
     create = lambda p, r: TrainState.create(p, tx, r)  # noqa: E731
-    target = state_shardings(jax.eval_shape(create, params, key_state), shardings, mesh)
+    boxed = mesh_lib.box_params(task.param_shapes, task.logical_specs)
+    target = mesh_lib.state_shardings(jax.eval_shape(create, boxed, key_state), mesh, rules)
+    pretrained = task.pretrained()
+    if pretrained is None:
+        params = jax.jit(task.init_params, out_shardings=target.params)(key_params)
+    else:
+        params = _place(pretrained, target.params)
     state = jax.jit(create, out_shardings=target, donate_argnums=0)(params, key_state)
-    rep = mesh_lib.replicated(mesh)
-    frozen = jax.jit(task.init_frozen, out_shardings=rep)(key_frozen)
-    for name, value in task.pretrained_frozen().items():
-        frozen[name] = _place(value, jax.tree.map(lambda _x: rep, value))
+
+    min_mib = float(config["mesh"].get("frozen_shard_min_mib", mesh_lib.FROZEN_SHARD_MIN_MIB))
+    overrides = task.pretrained_frozen()
+    random_shapes = jax.eval_shape(task.init_frozen, key_frozen)
+    random_sh = mesh_lib.frozen_shardings(random_shapes, mesh, rules, min_mib)
+    frozen = dict(jax.jit(task.init_frozen, out_shardings=random_sh)(key_frozen))
+    for name, value in overrides.items():
+        sharding = mesh_lib.frozen_shardings({name: _abstract(value)}, mesh, rules, min_mib)[name]
+        frozen[name] = _place(value, sharding)
     return state, frozen, schedule
 
 
-def write_shardings(path: str, state: TrainState) -> None:
-    """``{leaf path: {shape, spec, shard_shape}}`` of the train state (a record of the layout)."""
+def write_shardings(path: str, tree: Any) -> None:
+    """``{leaf path: {shape, spec, shard_shape}}`` of a tree of arrays (a record of the layout)."""
     out = {}
-    for key, leaf in jax.tree_util.tree_leaves_with_path(state):
+    for key, leaf in jax.tree_util.tree_leaves_with_path(tree):
         if isinstance(leaf, jax.Array):
             spec = getattr(leaf.sharding, "spec", None)
             out[jax.tree_util.keystr(key)] = dict(shape=list(leaf.shape), spec=str(spec),
@@ -94,15 +110,88 @@ def write_shardings(path: str, state: TrainState) -> None:
         json.dump(out, f, indent=1)
 
 
+def guarded_step(train_step: Callable, schedule: Callable, skip_nonfinite: bool) -> Callable:
+    """The task's step plus ``lr`` in its metrics and, with ``skip_nonfinite``, the update kept
+    only when the loss and grad norm are finite (``jnp.where`` on params and optimizer state;
+    ``skipped_update`` 1.0 when it was dropped). The step counter advances either way."""
+    def step(state: TrainState, frozen: Any, batch: Any):
+        new_state, metrics = train_step(state, frozen, batch)
+        metrics = dict(metrics, lr=jnp.asarray(schedule(state.step), jnp.float32))
+        if skip_nonfinite:
+            finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+            keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+            new_state = new_state.replace(params=jax.tree.map(keep, new_state.params, state.params),
+                                          opt_state=jax.tree.map(keep, new_state.opt_state, state.opt_state))
+            metrics["skipped_update"] = 1.0 - finite.astype(jnp.float32)
+        return new_state, metrics
+    return step
+
+
+class DevicePrefetch:
+    """Batches read from ``iterator`` and put on the devices ``size`` steps ahead. ``get_state``
+    is the data state after the last batch the loop CONSUMED (what a checkpoint must record),
+    not after the prefetched ones. ``wait_s`` accumulates the host time spent reading and
+    placing batches."""
+
+    def __init__(self, iterator: Iterator, place: Callable[[Any], Any], size: int = DEFAULT_PREFETCH):
+        self.iterator, self.place, self.size = iterator, place, max(1, int(size))
+        self.queue: collections.deque = collections.deque()
+        self.consumed_state = iterator.get_state()
+        self.wait_s = 0.0
+
+    def fill(self) -> None:
+        while len(self.queue) < self.size:
+            start = time.perf_counter()
+            batch = self.place(next(self.iterator))
+            self.queue.append((batch, self.iterator.get_state()))
+            self.wait_s += time.perf_counter() - start
+
+    def __next__(self) -> Any:
+        if not self.queue:
+            self.fill()
+        batch, self.consumed_state = self.queue.popleft()
+        return batch
+
+    def get_state(self) -> Any:
+        return self.consumed_state
+
+
+def agree_any(flag: bool) -> bool:
+    """True on every process when ``flag`` is set on any (a collective: all processes must call
+    it at the same step)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.asarray([int(flag)], np.int32))))
+
+
+def parse_profile_steps(text: str | None) -> tuple[int, int] | None:
+    """``"a:b"`` -> (a, b): trace steps a+1..b (``a`` steps done when tracing starts)."""
+    if not text:
+        return None
+    try:
+        a, b = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise ValueError(f"--profile_steps={text!r}: expected FIRST:LAST step numbers, e.g. 10:15") from None
+    if not 0 <= a < b:
+        raise ValueError(f"--profile_steps={text!r}: need 0 <= FIRST < LAST")
+    return a, b
+
+
 def run_training(task: TrainTask, config: Any, workdir: str, stop_after_steps: int | None = None,
-                 progress: bool = True) -> TrainState:
+                 progress: bool = True, profile_steps: tuple[int, int] | None = None) -> TrainState:
     os.makedirs(workdir, exist_ok=True)
+    run = config["run"]
     mesh = mesh_lib.make_mesh(config["mesh"])
-    max_steps = int(config["run"]["max_train_steps"])
+    max_steps = int(run["max_train_steps"])
+    log_every = max(1, int(run.get("log_every_steps", DEFAULT_LOG_EVERY)))
+    skip_nonfinite = bool(run.get("skip_nonfinite_updates", False))
     primary = jax.process_index() == 0
+    multi = jax.process_count() > 1
     state, frozen, schedule = create_state(task, config, mesh)
     if primary:
         write_shardings(os.path.join(workdir, "state_shardings.json"), state)
+        write_shardings(os.path.join(workdir, "frozen_shardings.json"), frozen)
         log.info("mesh %s; %s params: %d (trainable %d)", dict(mesh.shape), task.name,
                  count_params(state.params), count_params(state.params, task.trainable))
 
@@ -113,46 +202,88 @@ def run_training(task: TrainTask, config: Any, workdir: str, stop_after_steps: i
         state, data_state = restored
         if data_state is not None:
             data.set_state(data_state)
-        log.info("resumed from %s at step %d", ckpt.directory, int(state.step))
+        log.info("resumed from %s at step %d", ckpt.directory, ckpt.latest_step())
+    last_saved = ckpt.latest_step()
 
-    state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen)
+    state_sh = jax.tree.map(lambda x: x.sharding, state)
+    frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
     rep = mesh_lib.replicated(mesh)
-    step_fn = jax.jit(task.train_step, in_shardings=(state_shardings, frozen_shardings, None),
-                      out_shardings=(state_shardings, rep), donate_argnums=(0,))
+    step_fn = jax.jit(guarded_step(task.train_step, schedule, skip_nonfinite),
+                      in_shardings=(state_sh, frozen_sh, None), out_shardings=(state_sh, rep), donate_argnums=(0,))
     eval_fn = jax.jit(task.eval_step, out_shardings=rep)
     val_batch = None
     validator = make_validator(task.name, config, workdir, frozen)
 
-    start = int(state.step)
+    start = int(jax.device_get(state.step))
     logger = MetricsLogger(workdir, max_steps, start, enabled=primary, progress=progress)
+    pending = PendingMetrics()
+    batches = DevicePrefetch(data, lambda b: mesh_lib.shard_batch(b, mesh),
+                             int(run.get("prefetch_batches", DEFAULT_PREFETCH)))
     preempted = PreemptionFlag()
+    window = dict(time=time.perf_counter(), step=start, wait=0.0)
+    tracing = False
+
+    def flush(done: int) -> None:
+        """Fetch the pending metrics (one device_get), write them, stop on a non-finite value."""
+        records = pending.fetch()
+        if not records:
+            return
+        now = time.perf_counter()
+        steps = max(1, done - window["step"])
+        timing = dict(steps_per_s=steps / max(now - window["time"], 1e-9),
+                      data_wait_s=(batches.wait_s - window["wait"]) / steps)
+        window.update(time=now, step=done, wait=batches.wait_s)
+        bad = None if skip_nonfinite else first_nonfinite(records)
+        for step, record in records:
+            if bad is not None and step > bad[0]:
+                break
+            logger.log(step, dict(record, **timing) if step == done else record)
+        if bad is not None:
+            raise NonFiniteError(*bad, last_saved=last_saved)
+
     try:
         for step in range(start, max_steps):
-            batch = mesh_lib.shard_batch(next(data), mesh)
-            lr = schedule(step)
+            if profile_steps is not None and step == profile_steps[0] and not tracing:
+                jax.profiler.start_trace(os.path.join(workdir, "profile"))
+                tracing = True
+            batch = next(batches)
             state, metrics = step_fn(state, frozen, batch)
+            batches.fill()  # read + place the next batches while the device runs this step
             done = step + 1
-            logger.log(done, dict(metrics, lr=lr))
+            pending.add(done, metrics)
+            if tracing and done == profile_steps[1]:
+                jax.block_until_ready(state)
+                jax.profiler.stop_trace()
+                tracing = False
+                log.info("profile of steps %d-%d written to %s", profile_steps[0] + 1, done,
+                         os.path.join(workdir, "profile"))
             if stop_after_steps is not None and done == stop_after_steps:
                 os.kill(os.getpid(), signal.SIGTERM)  # debug: behave exactly as a preemption
-            if preempted.is_set:
-                ckpt.maybe_save(done, state, data.get_state(), force=True)
+            log_step = done % log_every == 0 or done == max_steps
+            stop = (agree_any(preempted.is_set) if log_step else False) if multi else preempted.is_set
+            validate = bool(task.validation_every) and done % task.validation_every == 0
+            save = stop or ckpt.should_save(done) or done == max_steps
+            if log_step or save or validate:
+                flush(done)  # non-finite -> NonFiniteError before anything is saved
+            if save and ckpt.maybe_save(done, state, batches.get_state(), force=True):
+                last_saved = done
+            if stop:
                 log.warning("SIGTERM: saved step %d to %s, exiting", done, ckpt.directory)
                 break
-            ckpt.maybe_save(done, state, data.get_state(), force=done == max_steps)
-            if task.validation_every and done % task.validation_every == 0:
+            if validate:
                 if task.make_val_data is not None:
                     if val_batch is None:
                         val_batch = mesh_lib.shard_batch(next(task.make_val_data(jax.process_index(),
                                                                                  jax.process_count())), mesh)
-                    val = eval_fn(state.params, frozen, val_batch, jax.random.PRNGKey(0))
+                    val = jax.device_get(eval_fn(state.params, frozen, val_batch, jax.random.PRNGKey(0)))
                     logger.log(done, val, prefix="val/")
                 if validator is not None:  # inference on the val clip; never raises
                     params = host_params(state.params)
                     if primary:
                         logger.log(done, validator(done, params), prefix=METRIC_PREFIX)
     finally:
+        if tracing:
+            jax.profiler.stop_trace()
         preempted.restore_handlers()
         ckpt.close()
         logger.close()

@@ -1,13 +1,24 @@
-"""Device mesh and shardings for training.
+"""Device mesh and shardings for training, derived by flax from logical axis names.
 
 ``config.mesh`` holds ``axes`` (names, e.g. ``("data", "fsdp")``) and ``shape`` (sizes; one
-entry may be -1 = all remaining devices). The batch is split over every mesh axis that divides
-it (data parallel, and FSDP's extra batch split); parameters carry logical axis names (see
-``lipsync_jax.models.unet_layers``) which ``LOGICAL_RULES`` map to mesh axes: FSDP shards the
-output/head/mlp dimension of every large kernel, everything else is replicated.
+entry may be -1 = all remaining devices); optional ``rules`` (logical name -> mesh axis pairs,
+default ``LOGICAL_RULES``) and ``frozen_shard_min_mib`` (frozen networks at least this large
+are sharded, default ``FROZEN_SHARD_MIN_MIB``).
+
+Parameters carry logical axis names (``nn.with_logical_partitioning``, see
+``lipsync_jax.models.unet_layers``). The train state is built abstractly on boxed parameters
+(``jax.eval_shape``), so Adam's moments carry the same boxes; ``nn.get_partition_spec`` reads
+the logical specs of every leaf, ``nn.logical_to_mesh_sharding`` maps them through the rules,
+and one pass (``fit_spec``) replaces what the mesh cannot hold: a dimension the mesh axis does
+not divide, or a parameter too small to be worth a collective, stays replicated.
+
+Frozen networks (VAE, SyncNet, LPIPS, VideoMAE) carry no names; their kernels (rank >= 2) get
+``embed_out`` on the last (output) dimension, the name the UNet's kernels use for it, so the
+same rules shard them over ``fsdp`` when the network is large, instead of a full copy per device.
 
     mesh = make_mesh(config.mesh)
-    shardings = param_shardings(logical_specs, param_shapes, mesh)
+    shardings = state_shardings(boxed_abstract_state, mesh, rules)   # unboxed tree of NamedSharding
+    frozen_sh = frozen_shardings(abstract_frozen, mesh, rules)
     batch = shard_batch(local_batch, mesh)     # per-process data -> one global jax.Array
 """
 
@@ -16,10 +27,13 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
+import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+Rules = Sequence[tuple[str, str | None]]
 # logical axis name -> mesh axis (None = replicated along that dimension)
 LOGICAL_RULES: tuple[tuple[str, str | None], ...] = (
     ("embed_out", "fsdp"),  # conv / dense output channels
@@ -31,6 +45,8 @@ LOGICAL_RULES: tuple[tuple[str, str | None], ...] = (
     ("conv_w", None),
 )
 MIN_SHARD_SIZE = 2 ** 12  # parameters smaller than this stay replicated (not worth a collective)
+FROZEN_SHARD_MIN_MIB = 64.0  # frozen networks at least this large are sharded over fsdp
+KERNEL_OUT = "embed_out"  # logical name given to the last dimension of unannotated frozen kernels
 
 
 class MeshConfigError(ValueError):
@@ -62,29 +78,40 @@ def make_mesh(mesh_config: Mapping[str, Any], devices: Sequence[jax.Device] | No
     axes = tuple(mesh_config["axes"])
     shape = mesh_shape(axes, mesh_config["shape"], len(devices))
     try:
-        grid = jax.experimental.mesh_utils.create_device_mesh(shape, devices)
-    except Exception:  # noqa: BLE001 - e.g. CPU devices of several processes: plain order is fine
+        grid = mesh_utils.create_device_mesh(shape, devices)
+    except (ValueError, NotImplementedError):
+        # create_device_mesh found no topology-aware layout for this shape (a TPU torus it cannot
+        # split, a contiguity it cannot satisfy): plain device order is correct, only slower
         grid = np.asarray(devices, dtype=object).reshape(shape)
     return Mesh(grid, axes)
 
 
-def _rules_dict(rules: Sequence[tuple[str, str | None]]) -> dict[str, str | None]:
-    return {name: axis for name, axis in rules}
+def rules_from_config(mesh_config: Mapping[str, Any] | None) -> tuple[tuple[str, str | None], ...]:
+    rules = mesh_config.get("rules") if mesh_config is not None else None
+    return tuple((str(a), None if b is None else str(b)) for a, b in rules) if rules else LOGICAL_RULES
 
 
-def spec_for(logical: P | None, shape: Sequence[int], mesh: Mesh,
-             rules: Sequence[tuple[str, str | None]] = LOGICAL_RULES) -> P:
-    """Mesh ``PartitionSpec`` of one parameter: logical names through ``rules``; a dimension
-    that the mesh axis does not divide, an axis absent from the mesh, an axis used twice, or a
-    small parameter falls back to replicated."""
-    if logical is None or math.prod(shape) < MIN_SHARD_SIZE:
+def _axis_sizes(mesh: Any) -> Mapping[str, int]:
+    return mesh if isinstance(mesh, Mapping) else dict(mesh.shape)
+
+
+def _rules_for_mesh(rules: Rules, mesh: Any) -> list[tuple[str, str | None]]:
+    """``rules`` with mesh axes that this mesh lacks mapped to None (replicated)."""
+    sizes = _axis_sizes(mesh)
+    return [(name, axis if axis in sizes else None) for name, axis in rules]
+
+
+def fit_spec(spec: P, shape: Sequence[int], mesh: Any, min_size: int = MIN_SHARD_SIZE) -> P:
+    """The fallback pass over a mesh ``PartitionSpec``: a small parameter, a dimension its mesh
+    axis does not divide, an axis the mesh lacks, or an axis used twice -> replicated there."""
+    if math.prod(shape) < min_size:
         return P()
-    table = _rules_dict(rules)
+    sizes = _axis_sizes(mesh)
     used: set[str] = set()
     out = []
-    for name, dim in zip(tuple(logical), shape):
-        axis = table.get(name) if name is not None else None
-        if axis is None or axis not in mesh.shape or axis in used or dim % mesh.shape[axis]:
+    for i, dim in enumerate(shape):
+        axis = tuple(spec)[i] if i < len(tuple(spec)) else None
+        if not isinstance(axis, str) or axis not in sizes or axis in used or dim % sizes[axis]:
             out.append(None)
             continue
         used.add(axis)
@@ -92,15 +119,75 @@ def spec_for(logical: P | None, shape: Sequence[int], mesh: Mesh,
     return P(*out)
 
 
-def param_shardings(logical_specs: Any, shapes: Any, mesh: Mesh,
-                    rules: Sequence[tuple[str, str | None]] = LOGICAL_RULES) -> Any:
-    """A ``NamedSharding`` per parameter leaf of ``shapes`` (arrays or ShapeDtypeStructs);
-    ``logical_specs`` is the matching tree of logical ``PartitionSpec`` s (``None`` leaves are
-    replicated). ``logical_specs=None`` replicates everything."""
+def spec_for(logical: P | None, shape: Sequence[int], mesh: Any, rules: Rules = LOGICAL_RULES) -> P:
+    """Mesh ``PartitionSpec`` of one parameter from its logical names (flax's rule mapping,
+    then ``fit_spec``)."""
+    if logical is None or not tuple(logical):
+        return P()
+    return fit_spec(nn.logical_to_mesh_axes(tuple(logical), _rules_for_mesh(rules, mesh)), shape, mesh)
+
+
+def box_params(params: Any, logical_specs: Any) -> Any:
+    """Wrap the leaves of ``params`` (arrays or ShapeDtypeStructs) in ``nn.Partitioned`` boxes
+    carrying their logical names (``logical_specs``: a tree of ``PartitionSpec`` or None)."""
     if logical_specs is None:
-        return jax.tree.map(lambda _x: NamedSharding(mesh, P()), shapes)
-    return jax.tree.map(lambda spec, x: NamedSharding(mesh, spec_for(spec, x.shape, mesh, rules)),
-                        logical_specs, shapes, is_leaf=lambda s: isinstance(s, P) or s is None)
+        return params
+
+    def box(spec, x):
+        names = tuple(spec) if spec is not None else ()
+        return nn.Partitioned(x, names) if names and len(names) == len(x.shape) else x
+    return jax.tree.map(box, logical_specs, params, is_leaf=lambda s: isinstance(s, P) or s is None)
+
+
+def tree_shardings(boxed: Any, mesh: Any, rules: Rules = LOGICAL_RULES) -> Any:
+    """A ``NamedSharding`` per leaf of the UNBOXED ``boxed`` tree: ``nn.get_partition_spec`` ->
+    ``nn.logical_to_mesh_sharding`` with ``rules`` -> ``fit_spec``. ``mesh``: a ``Mesh`` or an
+    ``AbstractMesh`` (device-free tests)."""
+    logical = nn.get_partition_spec(boxed)
+    mapped = nn.logical_to_mesh_sharding(logical, mesh, _rules_for_mesh(rules, mesh))
+    abstract = nn.meta.unbox(boxed)
+    return jax.tree.map(lambda s, x: NamedSharding(mesh, fit_spec(s.spec, x.shape, mesh)), mapped, abstract,
+                        is_leaf=lambda s: isinstance(s, NamedSharding))
+
+
+def state_shardings(boxed_abstract_state: Any, mesh: Any, rules: Rules = LOGICAL_RULES) -> Any:
+    """Shardings of a whole TrainState built (``jax.eval_shape``) on boxed parameters: params and
+    the optimizer leaves that mirror them (Adam's mu/nu carry the same boxes) by their names;
+    counts, step and rng replicated."""
+    return tree_shardings(boxed_abstract_state, mesh, rules)
+
+
+def param_shardings(logical_specs: Any, shapes: Any, mesh: Any, rules: Rules = LOGICAL_RULES) -> Any:
+    """A ``NamedSharding`` per parameter leaf of ``shapes`` from a matching tree of logical
+    ``PartitionSpec`` s (None replicates everything)."""
+    return tree_shardings(box_params(shapes, logical_specs), mesh, rules)
+
+
+def _nbytes(tree: Any) -> int:
+    return int(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
+def box_kernels(tree: Any) -> Any:
+    """Unannotated frozen weights -> boxes naming the last dimension of every kernel (rank >= 2)
+    ``embed_out`` (output features / channels); vectors stay unboxed (replicated)."""
+    def box(x):
+        if len(x.shape) < 2:
+            return x
+        return nn.Partitioned(x, (None,) * (len(x.shape) - 1) + (KERNEL_OUT,))
+    return jax.tree.map(box, tree)
+
+
+def frozen_shardings(frozen: Mapping[str, Any], mesh: Any, rules: Rules = LOGICAL_RULES,
+                     min_mib: float = FROZEN_SHARD_MIN_MIB) -> dict[str, Any]:
+    """Per frozen network (``{name: params}``, arrays or ShapeDtypeStructs): replicated when it
+    is smaller than ``min_mib``, else its kernels sharded by the same rules as the trained ones."""
+    out = {}
+    for name, tree in frozen.items():
+        if _nbytes(tree) < min_mib * 2 ** 20:
+            out[name] = jax.tree.map(lambda _x: NamedSharding(mesh, P()), tree)
+        else:
+            out[name] = tree_shardings(box_kernels(tree), mesh, rules)
+    return out
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
