@@ -25,8 +25,9 @@ from lipsync_jax.convert.errors import CheckpointFormatError, UnsafeCheckpointEr
 from lipsync_jax.convert.rules import ConversionError
 
 # subcommand -> module providing convert_file(src, config) -> (params, ConversionReport)
-CONVERTERS = {name: f"lipsync_jax.convert.{name}" for name in ("unet", "whisper", "vae", "syncnet", "lpips", "videomae")}
-CONFIG_OPTIONAL = {"whisper", "vae", "lpips", "videomae"}
+CONVERTERS = {name: f"lipsync_jax.convert.{name}" for name in ("unet", "whisper", "vae", "syncnet", "lpips", "videomae",
+                                                                   "lse_syncnet", "s3fd")}
+CONFIG_OPTIONAL = {"whisper", "vae", "lpips", "videomae", "lse_syncnet", "s3fd"}
 DTYPES = ("float32", "bfloat16", "float16")
 
 

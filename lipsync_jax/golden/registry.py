@@ -19,6 +19,8 @@ CHECK_MODULES: dict[str, str] = {
     "align_restore": "lipsync_jax.golden.check_face",
     "lpips": "lipsync_jax.golden.check_losses",
     "trepa": "lipsync_jax.golden.check_losses",
+    "lse_syncnet": "lipsync_jax.golden.check_eval_nets",
+    "s3fd": "lipsync_jax.golden.check_eval_nets",
 }
 
 # manifest name prefix (file stem without "manifest_") -> fixture kind
@@ -29,6 +31,8 @@ MANIFEST_KINDS: tuple[tuple[str, str], ...] = (
     ("whisper_", "whisper_audio"),
     ("lpips_", "lpips"),
     ("videomaev2_", "trepa"),
+    ("lse_syncnet", "lse_syncnet"),
+    ("s3fd", "s3fd"),
 )
 
 
