@@ -183,13 +183,16 @@ def test_insightface_detect_keeps_latentsync_filter_and_order():
             return faces
 
     landmarker = InsightFaceLandmarker.__new__(InsightFaceLandmarker)
-    landmarker._app, landmarker.min_score, landmarker.max_num_faces = App(), 0.5, 4
+    landmarker._app, landmarker.min_score, landmarker.max_num_faces, landmarker.size_scale = App(), 0.5, 4, 1.0
     frame = np.zeros((300, 400, 3), np.uint8)
     found = landmarker.detect(frame)
     assert [d.box.tolist() for d in found] == [[100, 0, 300, 250], [0, 0, 60, 90]]
     assert np.array_equal(found[0].anchors, landmarker(frame)) and found[0].score == pytest.approx(0.8)
     assert np.all(found[0].anchors == np.round(found[0].anchors))
-    landmarker.max_num_faces = 1
+    landmarker.size_scale = 1.5  # pre-pass on frames at 2/3 size: limits stay in source pixels
+    assert [d.box.tolist() for d in landmarker.detect(frame)] == [[100, 0, 300, 250], [0, 0, 60, 90],
+                                                                  [0, 0, 40, 90]]
+    landmarker.size_scale, landmarker.max_num_faces = 1.0, 1
     assert len(landmarker.detect(frame)) == 1
 
 

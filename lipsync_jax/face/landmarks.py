@@ -272,7 +272,9 @@ class InsightFaceLandmarker:
 
     Face selection follows LatentSync: detector input 512x512, faces narrower than 50 px or
     shorter than 80 px, with width/height outside [0.2, 1.5] or a score below 0.5 are dropped,
-    and the largest remaining face is used. Points are rounded before and after the means.
+    and the largest remaining face is used. On frames downscaled from the source (the track
+    pre-pass) set ``size_scale`` to the source pixels per frame pixel so that the size limits
+    stay in source pixels. Points are rounded before and after the means.
     The frame is passed as RGB, as LatentSync does.
     """
 
@@ -283,6 +285,7 @@ class InsightFaceLandmarker:
         if max_num_faces < 1:
             raise FaceInputError(f"max_num_faces must be at least 1, got {max_num_faces}")
         self.max_num_faces = int(max_num_faces)
+        self.size_scale = 1.0  # source pixels per frame pixel: the size filter in source pixels
         model_dir = os.path.join(root, "models", "buffalo_l")
         missing = [f for f in self.MODEL_FILES if not os.path.isfile(os.path.join(model_dir, f))]
         if missing:
@@ -306,6 +309,8 @@ class InsightFaceLandmarker:
         for face in self._app.get(frame):
             x1, y1, x2, y2 = face.bbox.astype(np.int64).tolist()
             w, h = x2 - x1, y2 - y1
+            if self.size_scale != 1.0:  # downscaled frames (detection pre-pass)
+                w, h = w * self.size_scale, h * self.size_scale
             if w < 50 or h < 80 or not 0.2 <= w / h <= 1.5 or face.det_score < self.min_score:
                 continue
             kept.append((w * h, face))

@@ -415,7 +415,7 @@ def find_face_tracks(video_path: str, *, fps: float | None = 25.0, max_frames: i
     owns = landmarker is None
     if owns:
         landmarker = make_landmarker(backend, max_num_faces=max_num_faces)
-    scale = 1.0
+    scale, restore_size_scale = 1.0, None
     try:
         builder = None
         count = 0
@@ -424,10 +424,14 @@ def find_face_tracks(video_path: str, *, fps: float | None = 25.0, max_frames: i
             small, scale = downscale(frame, max_side)
             if builder is None:
                 builder = TrackBuilder(scale=scale, **association)
+                if hasattr(landmarker, "size_scale"):  # insightface: size filter in source pixels
+                    restore_size_scale, landmarker.size_scale = landmarker.size_scale, scale
             builder.update(index, detect_faces(landmarker, small), small if thumbnails else None)
             count += 1
         tracks = builder.finish() if builder is not None else []
     finally:
+        if restore_size_scale is not None:
+            landmarker.size_scale = restore_size_scale
         if owns and hasattr(landmarker, "close"):
             landmarker.close()
     return VideoFaceTracks(video_path=video_path, tracks=tracks, num_frames=count, width=info.width,
