@@ -1,4 +1,5 @@
-"""Golden checks for the ``ddim`` scheduler and the 20-step ``sampling_loop`` fixtures.
+"""Golden checks for the ``ddim`` scheduler, the 20-step ``sampling_loop`` fixture and its
+variants ``sampling_deepcache`` (DeepCache interval 3) and ``sampling_dpmsolver`` (DPM-Solver++ 2M).
 
 The fixtures are channels-first (b, c, f, h, w); our sampler is channels-last (b, f, h, w, c).
 The sampling loop uses the stage2 tiny UNet whose weights live in ``unet_stage2_tiny.npz`` next
@@ -7,6 +8,7 @@ to the ``sampling_loop`` file.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -14,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lipsync_jax.diffusion.ddim import DDIMScheduler
+from lipsync_jax.diffusion.dpmsolver import DPMSolverConfig, DPMSolverScheduler
 from lipsync_jax.diffusion.sampler import ModuleApply, sample_chunk
 from lipsync_jax.golden.core import Comparison, Fixture, compare_exact, compare_rel, load_fixture
 
@@ -63,7 +66,9 @@ def _unet_apply_for(unet_config: dict, unet_fixture: Fixture):
     return ModuleApply(UNet3DConditionModel(config)), params
 
 
-def check_sampling_loop(fx: Fixture) -> list[Comparison]:
+def _run_sampling_fixture(fx: Fixture, *, solver: str = "ddim", deepcache_interval: int = 0,
+                          num_steps: int | None = None):
+    """Final latents (channels-first) of the fixture's loop, or an ERROR Comparison list."""
     weights_path = os.path.join(os.path.dirname(fx.path), UNET_WEIGHTS_FILE)
     if not os.path.isfile(weights_path):
         return [Comparison(fx.kind, "latents", None, LOOP_TOL, False, status="ERROR",
@@ -74,10 +79,52 @@ def check_sampling_loop(fx: Fixture) -> list[Comparison]:
     latents = sample_chunk(unet_apply, params, inputs["init_latents"], inputs["mask"],
                            inputs["masked_image_latents"], inputs["ref_latents"],
                            fx.inputs["audio_embeds"], scheduler=DDIMScheduler.from_config(cfg["scheduler"]),
-                           num_steps=int(cfg["num_inference_steps"]),
-                           guidance_scale=float(cfg["guidance_scale"]))
-    latents = np.asarray(jax.device_get(latents))
-    return [compare_rel(fx.kind, "latents", _to_channels_first(latents), fx.outputs["latents"], LOOP_TOL)]
+                           num_steps=int(num_steps or cfg["num_inference_steps"]),
+                           guidance_scale=float(cfg["guidance_scale"]), solver=solver,
+                           deepcache_interval=deepcache_interval)
+    return _to_channels_first(np.asarray(jax.device_get(latents)))
+
+
+def _loop_result(fx: Fixture, latents) -> list[Comparison]:
+    if isinstance(latents, list):  # an ERROR
+        return latents
+    return [compare_rel(fx.kind, "latents", latents, fx.outputs["latents"], LOOP_TOL)]
+
+
+def check_sampling_loop(fx: Fixture) -> list[Comparison]:
+    return _loop_result(fx, _run_sampling_fixture(fx))
+
+
+def check_sampling_deepcache(fx: Fixture) -> list[Comparison]:
+    meta = fx.meta["deepcache"]
+    if meta.get("cache_branch_id", 0) != 0 or meta.get("skip_mode", "uniform") != "uniform":
+        raise ValueError(f"{fx.path}: only DeepCache branch 0, uniform skipping is implemented, got {meta}")
+    sched = DDIMScheduler.from_config(fx.config["scheduler"])
+    steps = int(fx.config["num_inference_steps"])
+    results = [compare_exact(fx.kind, "timesteps", sched.timesteps(steps), np.asarray(fx.meta["timesteps"]))]
+    latents = _run_sampling_fixture(fx, deepcache_interval=int(meta["cache_interval"]))
+    return results + _loop_result(fx, latents)
+
+
+def check_sampling_dpmsolver(fx: Fixture) -> list[Comparison]:
+    """The solver is built from the DDIM config (``from_config``); meta's derived DPM config and
+    timesteps are checked against ours first."""
+    steps = int(fx.meta["num_inference_steps"])
+    ours = DPMSolverConfig.from_ddim_config(fx.config["scheduler"])
+    expected = fx.meta["dpm_scheduler_config"]
+    fields = [f.name for f in dataclasses.fields(DPMSolverConfig) if f.name in expected]
+    mismatched = [f"{name}: {getattr(ours, name)!r} != {expected[name]!r}" for name in fields
+                  if _normalised(getattr(ours, name)) != _normalised(expected[name])]
+    results = [Comparison(fx.kind, "dpm_config", float(len(mismatched)), 0.0, not mismatched,
+                          detail="; ".join(mismatched)),
+               compare_exact(fx.kind, "timesteps", DPMSolverScheduler.from_config(ours).timesteps(steps),
+                             np.asarray(fx.meta["timesteps"]))]
+    latents = _run_sampling_fixture(fx, solver="dpmsolver++", num_steps=steps)
+    return results + _loop_result(fx, latents)
+
+
+def _normalised(value):
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _to_channels_first(x: np.ndarray) -> np.ndarray:
@@ -89,4 +136,8 @@ def check_fixture(fx: Fixture) -> list[Comparison]:
         return check_ddim(fx)
     if fx.kind == "sampling_loop":
         return check_sampling_loop(fx)
+    if fx.kind == "sampling_deepcache":
+        return check_sampling_deepcache(fx)
+    if fx.kind == "sampling_dpmsolver":
+        return check_sampling_dpmsolver(fx)
     raise ValueError(f"{fx.path}: check_sampling cannot check kind {fx.kind!r}")

@@ -12,6 +12,8 @@ CHECK_MODULES: dict[str, str] = {
     "unet": "lipsync_jax.golden.check_unet",
     "sampling_loop": "lipsync_jax.golden.check_sampling",
     "ddim": "lipsync_jax.golden.check_sampling",
+    "sampling_deepcache": "lipsync_jax.golden.check_sampling",
+    "sampling_dpmsolver": "lipsync_jax.golden.check_sampling",
     "whisper_audio": "lipsync_jax.golden.check_audio",
     "syncnet_mel": "lipsync_jax.golden.check_audio",
     "vae": "lipsync_jax.golden.check_vae",

@@ -27,6 +27,7 @@ from lipsync_jax.models.unet_layers import TimestepEmbedding, VideoGroupNorm, fr
 
 Dtype = Any
 AUDIO_WINDOW = 50  # Whisper embedding rows per video frame (LatentSync's audio feature window)
+DEEPCACHE_MODES = (None, "full", "shallow")  # UNet3DConditionModel.__call__(..., deepcache=)
 
 
 class UNet3DConditionModel(nn.Module):
@@ -37,8 +38,18 @@ class UNet3DConditionModel(nn.Module):
     remat: bool = False  # rematerialise every stage in the backward pass (training memory)
 
     @nn.compact
-    def __call__(self, sample: jax.Array, timesteps: jax.Array, audio_embeds: jax.Array) -> jax.Array:
+    def __call__(self, sample: jax.Array, timesteps: jax.Array, audio_embeds: jax.Array,
+                 deepcache: str | None = None, cache: jax.Array | None = None):
+        """Noise prediction (b, f, h, w, out_channels) float32. DeepCache modes (see
+        ``DEEPCACHE_MODES``) return ``(noise, cache)`` instead: "full" runs the whole UNet and
+        returns the hidden input of the last up block's last layer (b, f, h, w, c0) as the cache;
+        "shallow" runs only the time embedding, conv_in, that last layer (hidden input ``cache``,
+        skip input the fresh conv_in output) and conv_norm_out/conv_out, returning ``cache``."""
         cfg = self.config
+        if deepcache not in DEEPCACHE_MODES:
+            raise ValueError(f"unknown deepcache mode {deepcache!r}; choose from {DEEPCACHE_MODES}")
+        if (deepcache == "shallow") != (cache is not None):
+            raise ValueError("a cache is passed exactly in deepcache='shallow' mode")
         if self.attention_backend not in BACKENDS:
             raise ValueError(f"unknown attention_backend {self.attention_backend!r}; choose from {BACKENDS}")
         if sample.ndim != 5 or sample.shape[-1] != cfg.in_channels:
@@ -48,7 +59,7 @@ class UNet3DConditionModel(nn.Module):
             raise ValueError(f"audio_embeds must be ({b}, {f}, s, {cfg.cross_attention_dim}), got {audio_embeds.shape}")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         stage_kw = dict(config=cfg, attention_backend=self.attention_backend, **kw)
-        wrap = nn.remat if self.remat else (lambda cls: cls)
+        wrap = nn.remat if self.remat and deepcache is None else (lambda cls: cls)
 
         # time
         timesteps = jnp.broadcast_to(jnp.asarray(timesteps), (b,))
@@ -60,11 +71,16 @@ class UNet3DConditionModel(nn.Module):
             x = 2 * x - 1.0
         audio = audio_embeds.astype(self.dtype)
         h = frame_conv(cfg.block_out_channels[0], name="conv_in", zero_init=True, **kw)(x)
+        take = cfg.layers_per_block + 1  # layers per up block
+        n = len(cfg.block_out_channels)
+        if deepcache == "shallow":
+            h = self._up_block(n - 1, None, wrap, stage_kw)(cache, (h,) + (None,) * (take - 1), temb, audio,
+                                                            first_layer=take - 1)
+            return self._output(h, kw), cache
 
         # down
         skips: list[jax.Array] = [h]
         skip_hw: list[tuple[int, int]] = [h.shape[2:4]]
-        n = len(cfg.block_out_channels)
         for i, kind in enumerate(cfg.down_block_types):
             block = wrap(DownBlock3D)(out_channels=cfg.block_out_channels[i], heads=cfg.attention_head_dim[i],
                                       has_cross_attention=kind.startswith("CrossAttn"), has_motion=cfg.down_has_motion(i),
@@ -80,21 +96,29 @@ class UNet3DConditionModel(nn.Module):
                              **stage_kw)(h, temb, audio)
 
         # up
-        reversed_channels = list(reversed(cfg.block_out_channels))
-        reversed_heads = list(reversed(cfg.attention_head_dim))
-        for i, kind in enumerate(cfg.up_block_types):
-            take = cfg.layers_per_block + 1
+        for i in range(n):
             block_skips, skips = tuple(skips[-take:]), skips[:-take]
             skip_hw = skip_hw[:-take]
-            add_upsample = i < n - 1
-            size = tuple(skip_hw[-1]) if add_upsample else None
-            block = wrap(UpBlock3D)(out_channels=reversed_channels[i], heads=reversed_heads[i],
-                                    has_cross_attention=kind.startswith("CrossAttn"), has_motion=cfg.up_has_motion(i),
-                                    num_layers=take, add_upsample=add_upsample, upsample_size=size,
-                                    name=f"up_blocks_{i}", **stage_kw)
-            h = block(h, block_skips, temb, audio)
+            size = tuple(skip_hw[-1]) if i < n - 1 else None
+            block = self._up_block(i, size, wrap, stage_kw)
+            if deepcache == "full" and i == n - 1:
+                h, cache = block(h, block_skips, temb, audio, return_last_input=True)
+            else:
+                h = block(h, block_skips, temb, audio)
+        return self._output(h, kw) if deepcache is None else (self._output(h, kw), cache)
 
-        # out
+    def _up_block(self, i: int, upsample_size, wrap, stage_kw) -> UpBlock3D:
+        """Up block i (upsampling to ``upsample_size`` unless it is the last one)."""
+        cfg = self.config
+        n = len(cfg.block_out_channels)
+        return wrap(UpBlock3D)(out_channels=cfg.block_out_channels[n - 1 - i], heads=cfg.attention_head_dim[n - 1 - i],
+                               has_cross_attention=cfg.up_block_types[i].startswith("CrossAttn"),
+                               has_motion=cfg.up_has_motion(i), num_layers=cfg.layers_per_block + 1,
+                               add_upsample=i < n - 1, upsample_size=upsample_size, name=f"up_blocks_{i}", **stage_kw)
+
+    def _output(self, h: jax.Array, kw: dict) -> jax.Array:
+        """conv_norm_out -> SiLU -> conv_out, float32."""
+        cfg = self.config
         h = VideoGroupNorm(cfg.norm_num_groups, cfg.norm_eps, per_frame=cfg.use_inflated_groupnorm,
                            name="conv_norm_out", **kw)(h)
         h = frame_conv(cfg.out_channels, name="conv_out", zero_init=True, **kw)(nn.silu(h))

@@ -95,11 +95,17 @@ class UpBlock3D(_Stage):
     upsample_size: tuple[int, int] | None = None  # forced (h, w) when not an exact 2x
 
     @nn.compact
-    def __call__(self, h: jax.Array, skips: tuple[jax.Array, ...], temb: jax.Array, audio: jax.Array) -> jax.Array:
-        for i in range(self.num_layers):
+    def __call__(self, h: jax.Array, skips: tuple[jax.Array, ...], temb: jax.Array, audio: jax.Array,
+                 first_layer: int = 0, return_last_input: bool = False):
+        """Layer i reads ``skips[-1 - i]``. DeepCache options: ``first_layer`` k > 0 runs only layers
+        k.. with ``h`` as layer k's hidden input (entries of ``skips`` for earlier layers are not
+        read); ``return_last_input`` returns ``(output, hidden input of the last layer)``."""
+        last_input = h
+        for i in range(first_layer, self.num_layers):
             skip = skips[-1 - i]
+            last_input = h
             h = jnp.concatenate([h, skip.astype(h.dtype)], axis=-1)  # (b, f, h, w, c + c_skip)
             h = self._layer(i, h, temb, audio)
         if self.add_upsample:
             h = Upsample3D(self.out_channels, self.upsample_size, name="upsamplers_0", **self._kw())(h)
-        return h
+        return (h, last_input) if return_last_input else h
