@@ -53,6 +53,27 @@ def test_face_leaving_longer_than_max_gap_starts_a_new_track():
     assert [(t.track_id, t.first_frame, t.last_frame) for t in tracks] == [(0, 0, 9), (1, 15, 29)]
 
 
+def test_retry_fills_missed_frames_but_never_takes_another_face():
+    builder = TrackBuilder(max_gap=2)
+    asked = []
+
+    def retry(box):
+        asked.append(box)
+        return face(*((box[:2] + box[2:]) / 2), 80) if len(asked) <= 5 else face(400, 200, 80)
+
+    for t in range(12):
+        dets = [face(100 + 3 * t, 200)] if t < 3 else []
+        dets.append(face(400, 200))  # a second person, always detected
+        builder.update(t, dets, retry=retry)
+    left, right = builder.finish()
+    assert right.num_frames == 12
+    # frames 3-7 recovered around the predicted (moving) box; then the retry only finds the other
+    # face, which is refused, so the track ends after max_gap missed frames
+    assert left.frames.tolist() == list(range(8))
+    np.testing.assert_allclose(centres_x(left), 100 + 3 * np.arange(8))
+    assert len(asked) == 5 + 3  # retried every missed frame until the gap rule closed the track
+
+
 def test_two_static_faces_keep_identity_whatever_the_detection_order():
     rng = np.random.default_rng(0)
     frames = []
@@ -229,44 +250,55 @@ def two_people(demo_clips, multi_landmarker):
     pre-pass sees the frames at full size and both must agree)."""
     listing = list_faces(demo_clips["two"], str(demo_clips["folder"] / "thumbs"), landmarker=multi_landmarker,
                          progress=False)
-    detections = [multi_landmarker.detect(f) for f in read_frames(demo_clips["two"], 25.0)]
-    return listing, detections
+    frames = list(read_frames(demo_clips["two"], 25.0))
+    return listing, [multi_landmarker.detect(f) for f in frames], frames
 
 
-def test_two_people_give_two_stable_tracks(two_people):
-    listing, detections = two_people
+def test_two_people_give_two_stable_tracks(two_people, multi_landmarker):
+    listing, detections, frames = two_people
     faces = listing.faces
     assert faces.num_frames == 25 * CLIP_SECONDS and faces.detection_scale == 1.0
     assert len(faces.tracks) == 2
     left, right = sorted(faces.tracks, key=lambda t: t.mean_centre_x)
     assert centres_x(left).max() < HALF_WIDTH < centres_x(right).min()  # never swap sides
     for track in (left, right):
-        assert track.num_frames >= 0.8 * faces.num_frames
+        assert track.num_frames >= 0.9 * faces.num_frames
         assert track.last_frame == faces.num_frames - 1
-    rebuilt = build_tracks(detections)  # the pre-pass is association of exactly these detections
+    plain = build_tracks(detections)  # without the crop retry: same two tracks, with gaps
+    assert len(plain) == 2 and sum(t.num_frames for t in plain) < sum(t.num_frames for t in faces.tracks)
+    builder = TrackBuilder()  # the pre-pass is association of these detections plus the retry
+    for index, (frame, found) in enumerate(zip(frames, detections)):
+        builder.update(index, found, retry=lambda box, frame=frame: multi_landmarker.detect_in_box(frame, box))
+    rebuilt = builder.finish()
     assert [t.frames.tolist() for t in rebuilt] == [t.frames.tolist() for t in faces.tracks]
     for a, b in zip(rebuilt, faces.tracks):
         np.testing.assert_array_equal(a.anchors, b.anchors)
 
 
-def test_two_people_choice_is_consistent(two_people):
-    listing, detections = two_people
+def test_two_people_choice_is_consistent(two_people, multi_landmarker):
+    listing, detections, frames = two_people
     tracks = listing.faces.tracks
     left, right = sorted(tracks, key=lambda t: t.mean_centre_x)
     assert choose_track(tracks, "left") is left and choose_track(tracks, "right") is right
     largest = max(tracks, key=lambda t: t.mean_area)
     assert listing.faces.choose() is largest and choose_track(tracks, largest.track_id) is largest
     for choice, side in (("left", -1), ("right", 1), ("largest", 1 if largest is right else -1)):
-        anchors = select_track_anchors(tracks, choice, detections)
         chosen = choose_track(tracks, choice)
+        anchors = select_track_anchors(tracks, choice, detections)  # whole-frame detections only
         present = [i for i, a in enumerate(anchors) if a is not None]
-        assert present == chosen.frames.tolist()  # every detected frame of the track, nothing else
-        xs = np.array([anchors[i][:, 0].mean() for i in present])
+        assert 0.7 * chosen.num_frames <= len(present) and set(present) <= set(chosen.frames.tolist())
+        # the engine's form: per frame, with the crop retry for a track no detection matched
+        selector = TrackAnchorSelector(tracks)
+        retried = [selector.anchors(i, d, f, multi_landmarker)[chosen.track_id]
+                   for i, (d, f) in enumerate(zip(detections, frames))]
+        assert [i for i, a in enumerate(retried) if a is not None] == chosen.frames.tolist()
+        assert all(np.array_equal(retried[i], anchors[i]) for i in present)
+        xs = np.array([a[:, 0].mean() for a in retried if a is not None])
         assert np.all(np.sign(xs - HALF_WIDTH) == side), (choice, xs)
 
 
 def test_list_faces_thumbnails_and_cli(two_people, demo_clips, tmp_path, capsys):
-    listing, _ = two_people
+    listing = two_people[0]
     assert sorted(listing.thumbnails) == [0, 1]
     for track_id, path in listing.thumbnails.items():
         image = cv2.imread(path)
@@ -285,7 +317,7 @@ def test_list_faces_thumbnails_and_cli(two_people, demo_clips, tmp_path, capsys)
 
 
 def test_downscaled_pre_pass_reports_source_pixels(two_people, demo_clips, multi_landmarker):
-    listing, _ = two_people
+    listing = two_people[0]
     small = find_face_tracks(demo_clips["two"], max_frames=8, max_side=320, landmarker=multi_landmarker,
                              progress=False)
     assert small.detection_scale == pytest.approx(1.5) and (small.width, small.height) == (480, 426)
@@ -306,7 +338,7 @@ def test_single_face_clip_keeps_todays_anchors(demo_clips, multi_landmarker):
     finally:
         today.close()
     found = [i for i, a in enumerate(expected) if a is not None]
-    assert len(found) >= 45 and track.frames.tolist() == found
+    assert len(found) >= 45 and set(found) <= set(track.frames.tolist())  # the crop retry may add frames
     for i in found:
         np.testing.assert_array_equal(track.anchors_at(i), expected[i])
     detections = [multi_landmarker.detect(f) for f in frames]

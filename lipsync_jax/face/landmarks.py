@@ -199,6 +199,17 @@ class MediaPipeLandmarker:
                         found.append(face)
         return largest_first(found, self.max_num_faces)
 
+    def detect_in_box(self, frame: np.ndarray, box: np.ndarray) -> FaceDetection | None:
+        """The face FaceMesh finds on an enlarged crop around ``box`` (pixels, x1, y1, x2, y2),
+        or None: the detector fallback with a box known from elsewhere (a face track)."""
+        frame = check_frame(frame)
+        if self._crop_mesh is None:
+            return None
+        height, width = frame.shape[:2]
+        rel = _RelativeBox(box[0] / width, box[1] / height, (box[2] - box[0]) / width, (box[3] - box[1]) / height)
+        points = self._points_in_box(frame, rel)
+        return None if points is None else _detection(points)
+
     def _detector_boxes(self, frame: np.ndarray) -> list:
         """The full-range detector's relative boxes (xmin, ymin, width, height), largest first."""
         result = self._detector.process(frame)
@@ -235,6 +246,14 @@ class MediaPipeLandmarker:
         for solution in (self._mesh, self._crop_mesh, self._detector):
             if solution is not None:
                 solution.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class _RelativeBox:  # the fields of MediaPipe's relative_bounding_box
+    xmin: float
+    ymin: float
+    width: float
+    height: float
 
 
 def _mesh_points(mesh, frame: np.ndarray) -> np.ndarray | None:

@@ -11,6 +11,10 @@ over time into tracks, online, frame by frame:
   assignment of least total cost (centre distance in face sizes + 1 - IoU) is taken, one
   detection per track at most;
 * a detection joining no track starts a new one;
+* optionally (the pre-pass does, with MediaPipe) a track no detection joined is looked for once
+  more with FaceMesh on a crop around its predicted box; a face found there that passes the
+  same gates and overlaps none of the frame's detections joins it (small faces in wide frames
+  are often missed by the whole-frame detectors);
 * **the gap rule**: a track that has missed more than ``max_gap`` consecutive frames is closed
   and never continues; a face that comes back later (same person or not) starts a new track.
   A face missing for at most ``max_gap`` frames keeps its track (the missing frames are gaps in
@@ -50,7 +54,8 @@ downscaled pre-pass.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -223,7 +228,12 @@ class TrackBuilder:
         self._closed: list[_OpenTrack] = []
         self._last_frame = -1
 
-    def update(self, frame_index: int, detections: Sequence[FaceDetection], frame: np.ndarray | None = None) -> None:
+    def update(self, frame_index: int, detections: Sequence[FaceDetection], frame: np.ndarray | None = None,
+               retry: Callable[[np.ndarray], FaceDetection | None] | None = None) -> None:
+        """Add one frame's detections. ``retry(box)``, when given, looks for a face around an open
+        track's predicted box when no detection matched it (e.g. ``landmarker.detect_in_box``
+        bound to the frame); a face found there joins the track if it passes the same gates and
+        overlaps none of the frame's detections."""
         if frame_index <= self._last_frame:
             raise ValueError(f"frames must come in increasing order ({frame_index} after {self._last_frame})")
         self._last_frame = frame_index
@@ -237,6 +247,17 @@ class TrackBuilder:
         taken = set(matches.values())
         for t_index, d_index in matches.items():
             self._extend(self._open[t_index], frame_index, detections[d_index], frame)
+        if retry is not None:
+            claimed = [d.box for d in detections]
+            for t_index, track in enumerate(self._open):
+                if t_index in matches:
+                    continue
+                expected = track.predicted_box(frame_index)
+                found = retry(expected)
+                if (found is not None and match_cost(expected, found.box, **self.gates) is not None
+                        and all(iou(found.box, box) < DEFAULT_MIN_IOU for box in claimed)):
+                    self._extend(track, frame_index, found, frame)
+                    claimed.append(found.box)
         new = [d for j, d in enumerate(detections) if j not in taken]
         for detection in sorted(new, key=lambda d: d.box[0]):  # new tracks left to right
             track = _OpenTrack([], [])
@@ -313,18 +334,33 @@ class TrackAnchorSelector:
         self.gates = dict(min_iou=min_iou, max_centre_distance=max_centre_distance)
         self.passthrough = single_track_passthrough and len(self.tracks) == 1
 
-    def anchors(self, frame_index: int, detections: Sequence[FaceDetection]) -> dict[int, np.ndarray | None]:
+    def anchors(self, frame_index: int, detections: Sequence[FaceDetection], frame: np.ndarray | None = None,
+                landmarker: FaceLandmarker | None = None) -> dict[int, np.ndarray | None]:
+        """{track id: anchors or None} at one frame. With ``frame`` and a ``landmarker`` that has
+        ``detect_in_box`` (MediaPipe), a track present at the frame that no detection matched is
+        looked for once more on a crop around its expected box (small faces in wide frames)."""
         result: dict[int, np.ndarray | None] = {t.track_id: None for t in self.tracks}
-        if not detections:
-            return result
         if self.passthrough:  # one person in the video: today's single-face behaviour
-            result[self.tracks[0].track_id] = max(detections, key=lambda d: d.area).anchors
+            if detections:
+                result[self.tracks[0].track_id] = max(detections, key=lambda d: d.area).anchors
             return result
         present = [(t, t.box_at(frame_index)) for t in self.tracks]
         present = [(t, box) for t, box in present if box is not None]
         matches = assign([box for _, box in present], [d.box for d in detections], **self.gates)
+        taken = [detections[j].box for j in matches.values()]
         for t_index, d_index in matches.items():
             result[present[t_index][0].track_id] = detections[d_index].anchors
+        retry = getattr(landmarker, "detect_in_box", None)
+        if frame is None or retry is None:
+            return result
+        for t_index, (track, expected) in enumerate(present):
+            if t_index in matches:
+                continue
+            found = retry(frame, expected)
+            if (found is not None and match_cost(expected, found.box, **self.gates) is not None
+                    and all(iou(found.box, box) < DEFAULT_MIN_IOU for box in taken)):
+                result[track.track_id] = found.anchors
+                taken.append(found.box)
         return result
 
 
@@ -351,7 +387,8 @@ class TrackLandmarker:
 
     def __call__(self, frame: np.ndarray) -> np.ndarray | None:
         self.last_detections = detect_faces(self.landmarker, frame)
-        anchors = self.selector.anchors(self.frame_index, self.last_detections)[self.track.track_id]
+        anchors = self.selector.anchors(self.frame_index, self.last_detections, frame,
+                                        self.landmarker)[self.track.track_id]
         self.frame_index += 1
         return anchors
 
@@ -397,13 +434,15 @@ def downscale(frame: np.ndarray, max_side: int | None) -> tuple[np.ndarray, floa
 
 def find_face_tracks(video_path: str, *, fps: float | None = 25.0, max_frames: int | None = None,
                      max_side: int | None = 640, backend: str = "mediapipe", max_num_faces: int = 4,
-                     landmarker: FaceLandmarker | None = None, thumbnails: bool = False, progress: bool = True,
-                     **association) -> VideoFaceTracks:
+                     landmarker: FaceLandmarker | None = None, thumbnails: bool = False, recover_missed: bool = True,
+                     progress: bool = True, **association) -> VideoFaceTracks:
     """The detection pre-pass over a whole video: frames decoded at ``fps`` (frame indices match
     a ``read_frames(video_path, fps)`` pass), downscaled to ``max_side``, every face detected with
     ``landmarker`` (default: ``backend`` with ``max_num_faces``), joined into tracks (options of
     ``TrackBuilder``: max_gap, min_iou, max_centre_distance, min_frames). Boxes and anchors are
-    scaled back to source pixels. ``thumbnails`` keeps one crop per track (pre-pass resolution).
+    scaled back to source pixels. ``recover_missed``: a track no detection matched is looked for
+    on a crop around its predicted box (``detect_in_box``, MediaPipe only), which keeps small
+    faces' tracks whole. ``thumbnails`` keeps one crop per track (pre-pass resolution).
     Memory: one frame at a time plus the detections. ``NoFaceError`` is not raised: a video
     without faces gives no tracks."""
     from tqdm import tqdm
@@ -426,7 +465,10 @@ def find_face_tracks(video_path: str, *, fps: float | None = 25.0, max_frames: i
                 builder = TrackBuilder(scale=scale, **association)
                 if hasattr(landmarker, "size_scale"):  # insightface: size filter in source pixels
                     restore_size_scale, landmarker.size_scale = landmarker.size_scale, scale
-            builder.update(index, detect_faces(landmarker, small), small if thumbnails else None)
+            retry = None
+            if recover_missed and hasattr(landmarker, "detect_in_box"):
+                retry = functools.partial(landmarker.detect_in_box, small)
+            builder.update(index, detect_faces(landmarker, small), small if thumbnails else None, retry=retry)
             count += 1
         tracks = builder.finish() if builder is not None else []
     finally:
