@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import asset_path
 
-from lipsync_jax.face import (FaceDetection, FaceSelectionError, FaceTracker, InsightFaceLandmarker,
-                              MediaPipeLandmarker, TrackAnchorSelector, TrackLandmarker, build_tracks, choose_track,
+from lipsync_jax.face import (FaceAligner, FaceDetection, FaceSelectionError, FaceTracker, InsightFaceLandmarker,
+                              MediaPipeLandmarker, MultiTrackAligner, NoFaceError, TrackAnchorSelector, TrackLandmarker, build_tracks, choose_track,
                               detect_faces, find_face_tracks, select_track_anchors)
 from lipsync_jax.face.landmarks import box_from_anchors
 from lipsync_jax.face.list_faces import list_faces, main as list_faces_main
@@ -291,10 +291,48 @@ def test_two_people_choice_is_consistent(two_people, multi_landmarker):
         selector = TrackAnchorSelector(tracks)
         retried = [selector.anchors(i, d, f, multi_landmarker)[chosen.track_id]
                    for i, (d, f) in enumerate(zip(detections, frames))]
+        assert all(np.array_equal(a, b) for a, b in zip(retried, select_track_anchors(
+            tracks, choice, detections, frames, multi_landmarker)) if a is not None)
         assert [i for i, a in enumerate(retried) if a is not None] == chosen.frames.tolist()
         assert all(np.array_equal(retried[i], anchors[i]) for i in present)
         xs = np.array([a[:, 0].mean() for a in retried if a is not None])
         assert np.all(np.sign(xs - HALF_WIDTH) == side), (choice, xs)
+
+
+def test_all_faces_aligned_in_one_pass_each_with_its_own_smoothing(two_people, multi_landmarker):
+    listing, detections, frames = two_people
+    tracks = listing.faces.tracks
+    frames, detections = frames[:20], detections[:20]
+
+    class Replay:  # the detections already made; the crop retry runs for real
+        calls = 0
+
+        def detect(self, image):
+            Replay.calls += 1
+            return detections[Replay.calls - 1]
+
+        def detect_in_box(self, image, box):
+            return multi_landmarker.detect_in_box(image, box)
+
+    aligner = MultiTrackAligner(256, tracks, Replay(), ["right", "left"])
+    left, right = choose_track(tracks, "left").track_id, choose_track(tracks, "right").track_id
+    assert aligner.track_ids == [right, left]
+    results = [aligner(f) for f in frames]
+    aligner.check_found()
+    for tid in (left, right):
+        alone = FaceAligner(256)  # this person's faces alone, smoothed as a one-person video
+        track = tracks[tid]
+        for i, result in enumerate(results):
+            aligned = result[tid]
+            assert (aligned is None) == (not track.covers(i) or track.anchors_at(i) is None)
+            if aligned is not None:
+                np.testing.assert_array_equal(aligned.landmarks, track.anchors_at(i))
+                np.testing.assert_array_equal(aligned.affine, alone.affine(track.anchors_at(i)))
+                assert aligned.face.shape == (256, 256, 3)
+    lonely = MultiTrackAligner(256, tracks, lambda image: None, [left])
+    lonely(np.zeros_like(frames[0]))  # nobody found
+    with pytest.raises(NoFaceError, match=f"face {left}"):
+        lonely.check_found()
 
 
 def test_list_faces_thumbnails_and_cli(two_people, demo_clips, tmp_path, capsys):

@@ -9,6 +9,7 @@ from lipsync_jax.face.landmarks import (FaceDetection, FaceLandmarker, InsightFa
 from lipsync_jax.face.mask import load_fixed_mask
 from lipsync_jax.face.restore import paste_back, resize_to_crop, restore_face
 from lipsync_jax.face.tracker import FaceTracker, align_video
+from lipsync_jax.face.track_align import MultiTrackAligner
 from lipsync_jax.face.tracks import (FaceSelectionError, PersonTrack, TrackAnchorSelector, TrackBuilder,
                                      TrackLandmarker, VideoFaceTracks, build_tracks, choose_track, find_face_tracks,
                                      select_track_anchors)
@@ -19,5 +20,5 @@ __all__ = [
     "InsightFaceLandmarker", "MediaPipeLandmarker", "make_landmarker", "load_fixed_mask", "paste_back",
     "resize_to_crop", "restore_face", "FaceTracker", "align_video", "FaceDetection", "detect_faces",
     "FaceSelectionError", "PersonTrack", "TrackAnchorSelector", "TrackBuilder", "TrackLandmarker", "VideoFaceTracks",
-    "build_tracks", "choose_track", "find_face_tracks", "select_track_anchors",
+    "build_tracks", "choose_track", "find_face_tracks", "select_track_anchors", "MultiTrackAligner",
 ]

@@ -365,12 +365,20 @@ class TrackAnchorSelector:
 
 
 def select_track_anchors(tracks: Sequence[PersonTrack], choice: str | int,
-                         per_frame_detections: Iterable[Sequence[FaceDetection]]) -> list[np.ndarray | None]:
+                         per_frame_detections: Iterable[Sequence[FaceDetection]],
+                         frames: Iterable[np.ndarray] | None = None,
+                         landmarker: FaceLandmarker | None = None) -> list[np.ndarray | None]:
     """For each frame (i-th item of ``per_frame_detections``), the chosen track's (3, 2) anchors
-    among that frame's detections, or None where the track is absent."""
+    among that frame's detections, or None where the track is absent. With the ``frames`` and
+    their ``landmarker``, a track no detection matched is retried on a crop (``detect_in_box``)."""
     chosen = choose_track(tracks, choice).track_id
     selector = TrackAnchorSelector(tracks)
-    return [selector.anchors(i, detections)[chosen] for i, detections in enumerate(per_frame_detections)]
+    frames = iter(frames) if frames is not None else None
+    result = []
+    for i, detections in enumerate(per_frame_detections):
+        frame = next(frames) if frames is not None else None
+        result.append(selector.anchors(i, detections, frame, landmarker)[chosen])
+    return result
 
 
 class TrackLandmarker:
