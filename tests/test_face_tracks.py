@@ -9,8 +9,8 @@ import pytest
 from conftest import asset_path
 
 from lipsync_jax.face import (FaceAligner, FaceDetection, FaceSelectionError, FaceTracker, InsightFaceLandmarker,
-                              MediaPipeLandmarker, MultiTrackAligner, NoFaceError, TrackAnchorSelector, TrackLandmarker, build_tracks, choose_track,
-                              detect_faces, find_face_tracks, select_track_anchors)
+                              MediaPipeLandmarker, MultiTrackAligner, NoFaceError, TrackAnchorSelector, TrackLandmarker,
+                              build_tracks, choose_track, detect_faces, find_face_tracks, select_track_anchors)
 from lipsync_jax.face.landmarks import box_from_anchors
 from lipsync_jax.face.list_faces import list_faces, main as list_faces_main
 from lipsync_jax.face.tracks import TrackBuilder, iou

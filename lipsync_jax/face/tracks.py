@@ -28,27 +28,31 @@ given video and settings, so ids printed by ``list_faces`` name the same faces i
 Selection (``choose_track``): ``"largest"`` (default: the largest mean box area over the clip),
 ``"left"`` / ``"right"`` (smallest / largest mean box centre x) or a track id.
 
-Engine glue. The pre-pass (``find_face_tracks``: detections on frames decoded at the engine's
-fps and downscaled to ``max_side``, coordinates scaled back to source pixels) gives the tracks
-and their per-frame boxes before the engine's full-resolution face pass. In that pass, for each
-frame ``i`` in order, with ``detections = detect_faces(landmarker, frame)`` on the full frame
-(``landmarker`` built with ``max_num_faces``):
+Engine glue (the face pass of the inference engine). Before it, the pre-pass
+``find_face_tracks(video_path, fps=...) -> VideoFaceTracks`` reads the video at the engine's
+fps (so frame i is the engine's frame i), downscaled to ``max_side``; boxes and anchors come
+back in source pixels. Then, in the full-resolution face pass, for frames i = 0, 1, 2, ... in
+order, with a landmarker built with ``max_num_faces`` (``make_landmarker(backend,
+max_num_faces=4)``) and ``detections = detect_faces(landmarker, frame)``:
 
-* ``TrackAnchorSelector(tracks).anchors(i, detections) -> {track_id: (3, 2) anchors | None}``
-  matches the frame's detections to every track present at ``i`` (one detection per track,
-  least cost; a track's box at ``i`` is its pre-pass box or, in a gap, the interpolated one);
-  a track absent at ``i`` or without a matching detection gets None (the frame is kept
-  unchanged for that face, as a frame without a face is today);
-* ``select_track_anchors(tracks, choice, per_frame_detections) -> list[anchors | None]`` is the
-  whole-clip form for one chosen track;
-* ``TrackLandmarker(landmarker, tracks, track_id)`` is a drop-in ``FaceLandmarker`` (called on
-  frames 0, 1, 2, ... in order) giving that track's anchors, so
-  ``FaceTracker(resolution, landmarker=TrackLandmarker(...))`` aligns one person with today's
-  smoothing, gap and no-face handling; one ``FaceAligner`` per track does the same for several.
+* ``TrackAnchorSelector(tracks).anchors(i, detections, frame, landmarker)
+  -> {track_id: (3, 2) float64 anchors | None}`` matches the frame's detections to every track
+  present at i (one detection per track, least cost, same gates; a track's box at i is its
+  pre-pass box or, in a gap, the interpolated one). A present track that nothing matched is
+  retried on a crop around that box (MediaPipe). A track absent at i, or not found, gets None:
+  the frame is kept unchanged for that person, as a frame without a face is today;
+* ``select_track_anchors(tracks, choice, per_frame_detections, frames=None, landmarker=None)
+  -> list[anchors | None]`` is the same for one chosen track over a whole clip;
+* ``TrackLandmarker(landmarker, tracks, choice)`` is a drop-in ``FaceLandmarker`` following one
+  track, so ``FaceTracker(resolution, landmarker=TrackLandmarker(...))`` aligns that person with
+  today's smoothing, gap and no-face handling (``--face``);
+* ``track_align.MultiTrackAligner(resolution, tracks, landmarker, track_ids)`` aligns several
+  tracks per frame, each with its own ``FaceTracker`` (``--faces all``, ``--face_audio``).
 
-With a single track (the usual one-person video) every frame's largest detection is taken, as
-the single-face landmarker does today: the single-face behaviour does not depend on the
-downscaled pre-pass.
+With a single track (the usual one-person video) the selector takes every frame's largest
+detection, which is what the single-face landmarker gives today (``MediaPipeLandmarker`` with
+``max_num_faces`` > 1 finds the same points for a lone face), so the result does not depend on
+the downscaled pre-pass. Simplest for the engine: with at most one track keep today's path.
 """
 
 from __future__ import annotations
