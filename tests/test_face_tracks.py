@@ -6,12 +6,13 @@ import subprocess
 import cv2
 import numpy as np
 import pytest
-from conftest import asset_path
+from conftest import asset_path, golden_path
 
 from lipsync_jax.face import (FaceAligner, FaceDetection, FaceSelectionError, FaceTracker, InsightFaceLandmarker,
                               MediaPipeLandmarker, MultiTrackAligner, NoFaceError, TrackAnchorSelector, TrackLandmarker,
                               build_tracks, choose_track, detect_faces, find_face_tracks, select_track_anchors)
 from lipsync_jax.face.landmarks import box_from_anchors
+from lipsync_jax.golden.core import load_fixture
 from lipsync_jax.face.list_faces import list_faces, main as list_faces_main
 from lipsync_jax.face.tracks import TrackBuilder, iou
 from lipsync_jax.media import ffmpeg_exe, read_frames
@@ -385,3 +386,25 @@ def test_single_face_clip_keeps_todays_anchors(demo_clips, multi_landmarker):
         assert (got is None) == (want is None)
         if want is not None:
             np.testing.assert_array_equal(got, want)
+
+
+def test_full_resolution_single_face_path_is_unchanged(multi_landmarker):
+    """On the golden full-resolution demo frames, multi-face detection finds today's anchors, and
+    the engine's single-track path (TrackLandmarker in FaceTracker) aligns exactly as today."""
+    fixture = load_fixture(golden_path("align_restore.npz"))
+    frames = [fixture.inputs["frame0"], fixture.inputs["frame1"]]
+    today = MediaPipeLandmarker()
+    try:
+        detections = [multi_landmarker.detect(f) for f in frames]
+        assert [len(d) for d in detections] == [1, 1]
+        for frame, found in zip(frames, detections):
+            np.testing.assert_array_equal(found[0].anchors, today(frame))
+        tracks = build_tracks(detections)
+        followed = FaceTracker(256, landmarker=TrackLandmarker(multi_landmarker, tracks))
+        reference = FaceTracker(256, landmarker=today)
+        for frame in frames:
+            got, want = followed(frame), reference(frame)
+            np.testing.assert_array_equal(got.affine, want.affine)
+            np.testing.assert_array_equal(got.face, want.face)
+    finally:
+        today.close()
