@@ -9,8 +9,9 @@ import pytest
 from conftest import asset_path, golden_path
 
 from lipsync_jax.face import (FaceAligner, FaceDetection, FaceSelectionError, FaceTracker, InsightFaceLandmarker,
-                              MediaPipeLandmarker, MultiTrackAligner, NoFaceError, TrackAnchorSelector, TrackLandmarker,
-                              build_tracks, choose_track, detect_faces, find_face_tracks, select_track_anchors)
+                              MediaPipeLandmarker, MultiTrackAligner, NoFaceError, TrackAnchorSelector, TrackFacePass,
+                              TrackLandmarker, build_tracks, choose_track, detect_faces, face_pass_for_tracks,
+                              find_face_tracks, select_track_anchors)
 from lipsync_jax.face.landmarks import box_from_anchors
 from lipsync_jax.golden.core import load_fixture
 from lipsync_jax.face.list_faces import list_faces, main as list_faces_main
@@ -334,6 +335,27 @@ def test_all_faces_aligned_in_one_pass_each_with_its_own_smoothing(two_people, m
     lonely(np.zeros_like(frames[0]))  # nobody found
     with pytest.raises(NoFaceError, match=f"face {left}"):
         lonely.check_found()
+
+
+def test_engine_face_pass_follows_the_chosen_person(two_people, multi_landmarker):
+    listing, detections, frames = two_people
+    tracks = listing.faces.tracks
+    face_pass = face_pass_for_tracks(256, "mediapipe", "two.mp4", tracks, "left", landmarker=multi_landmarker)
+    assert isinstance(face_pass, TrackFacePass) and face_pass.resolution == 256
+    left = choose_track(tracks, "left")
+    for i, frame in enumerate(frames[:12]):
+        aligned = face_pass(frame)
+        assert (aligned is None) == (left.anchors_at(i) is None)
+        if aligned is not None:
+            assert aligned.landmarks[:, 0].max() < HALF_WIDTH
+    face_pass.check_found()
+    face_pass.close()  # a given landmarker stays open for its owner
+    assert multi_landmarker.detect(frames[20])
+    with pytest.raises(FaceSelectionError, match="no face track with id 5"):
+        face_pass_for_tracks(256, "mediapipe", "two.mp4", tracks, "5", landmarker=multi_landmarker)
+    single = build_tracks([detections[10][:1]] * 3)
+    today = face_pass_for_tracks(256, "mediapipe", "one.mp4", single, "largest", landmarker=multi_landmarker)
+    assert type(today) is FaceTracker and today.landmarker is multi_landmarker
 
 
 def test_list_faces_thumbnails_and_cli(two_people, demo_clips, tmp_path, capsys):

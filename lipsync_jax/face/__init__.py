@@ -9,7 +9,7 @@ from lipsync_jax.face.landmarks import (FaceDetection, FaceLandmarker, InsightFa
 from lipsync_jax.face.mask import load_fixed_mask
 from lipsync_jax.face.restore import paste_back, resize_to_crop, restore_face
 from lipsync_jax.face.tracker import FaceTracker, align_video
-from lipsync_jax.face.track_align import MultiTrackAligner
+from lipsync_jax.face.track_align import MultiTrackAligner, TrackFacePass, face_pass_for_tracks
 from lipsync_jax.face.tracks import (FaceSelectionError, PersonTrack, TrackAnchorSelector, TrackBuilder,
                                      TrackLandmarker, VideoFaceTracks, build_tracks, choose_track, find_face_tracks,
                                      select_track_anchors)
@@ -21,4 +21,5 @@ __all__ = [
     "resize_to_crop", "restore_face", "FaceTracker", "align_video", "FaceDetection", "detect_faces",
     "FaceSelectionError", "PersonTrack", "TrackAnchorSelector", "TrackBuilder", "TrackLandmarker", "VideoFaceTracks",
     "build_tracks", "choose_track", "find_face_tracks", "select_track_anchors", "MultiTrackAligner",
+    "TrackFacePass", "face_pass_for_tracks",
 ]

@@ -1,4 +1,13 @@
-"""Aligning several face tracks of one video in one streaming pass (``--faces all``).
+"""Face passes over chosen face tracks, shaped like the inference engine's face pass.
+
+``face_pass_for_tracks(resolution, backend, source, tracks, choice)`` is the engine's
+``FacePass`` (``__call__(frame) -> AlignedFace | None`` per frame in order, ``check_found()``,
+``close()``) following one person (``--face largest|left|right|ID``): with at most one track it
+is today's ``FaceTracker`` itself (the single-face path, unchanged); otherwise a
+``TrackFacePass`` (a ``FaceTracker`` fed by ``TrackLandmarker``: that track's anchors, today's
+smoothing, gap and no-face handling).
+
+Aligning several face tracks of one video in one streaming pass (``--faces all``):
 
 ``MultiTrackAligner(resolution, tracks, track_ids, landmarker)`` is called on frames 0, 1, 2,
 ... in order; per frame it detects every face once (``detect_faces``), gives each track its
@@ -15,21 +24,73 @@ from collections.abc import Sequence
 import numpy as np
 
 from lipsync_jax.face.align import AlignedFace
-from lipsync_jax.face.landmarks import FaceDetection, FaceLandmarker, detect_faces
+from lipsync_jax.face.landmarks import FaceDetection, FaceLandmarker, detect_faces, make_landmarker
 from lipsync_jax.face.tracker import FaceTracker
-from lipsync_jax.face.tracks import PersonTrack, TrackAnchorSelector, choose_track
+from lipsync_jax.face.tracks import PersonTrack, TrackAnchorSelector, TrackLandmarker, choose_track
+
+DEFAULT_MAX_NUM_FACES = 4
+
+
+class TrackFacePass:
+    """One track's aligned faces, frame by frame (see the module docstring). Builds (and closes)
+    a ``backend`` landmarker with ``max_num_faces`` unless ``landmarker`` is given."""
+
+    def __init__(self, resolution: int, tracks: Sequence[PersonTrack], choice: str | int = "largest", *,
+                 landmarker: FaceLandmarker | None = None, backend: str = "mediapipe",
+                 max_num_faces: int = DEFAULT_MAX_NUM_FACES, smooth: bool = True, max_gap: int = 25,
+                 source: str = "video"):
+        self._owns_landmarker = landmarker is None
+        if landmarker is None:
+            landmarker = make_landmarker(backend, max_num_faces=max(max_num_faces, len(tracks)))
+        self.landmarker = landmarker
+        self.follow = TrackLandmarker(landmarker, tracks, choice)
+        self.track_id = self.follow.track.track_id
+        self.tracker = FaceTracker(resolution, landmarker=self.follow, smooth=smooth, max_gap=max_gap,
+                                   source=f"{source} (face {self.track_id})")
+
+    @property
+    def resolution(self) -> int:
+        return self.tracker.resolution
+
+    def __call__(self, frame: np.ndarray) -> AlignedFace | None:
+        return self.tracker(frame)
+
+    def check_found(self) -> None:
+        self.tracker.check_found()
+
+    def close(self) -> None:
+        if self._owns_landmarker and hasattr(self.landmarker, "close"):
+            self.landmarker.close()
+
+
+def face_pass_for_tracks(resolution: int, backend: str, source: str, tracks: Sequence[PersonTrack],
+                         choice: str | int = "largest", *, max_num_faces: int = DEFAULT_MAX_NUM_FACES,
+                         landmarker: FaceLandmarker | None = None) -> FaceTracker | TrackFacePass:
+    """The engine's face pass for one chosen person: today's ``FaceTracker`` when the pre-pass
+    found at most one track (a bad ``choice`` still raises ``FaceSelectionError`` when there is
+    one), else a ``TrackFacePass``."""
+    if len(tracks) <= 1:
+        if tracks:
+            choose_track(tracks, choice)
+        return FaceTracker(resolution, landmarker=landmarker, backend=backend, source=source)
+    return TrackFacePass(resolution, tracks, choice, landmarker=landmarker, backend=backend,
+                         max_num_faces=max_num_faces, source=source)
 
 
 class MultiTrackAligner:
     """Per-frame aligned faces of several tracks (see the module docstring). ``track_ids``:
-    the ids (or choices: "largest", "left", "right") to align; None = every track. The
-    landmarker is not closed here (its owner closes it)."""
+    the ids (or choices: "largest", "left", "right") to align; None = every track. Builds
+    (and closes) a ``backend`` landmarker with ``max_num_faces`` unless ``landmarker`` is given."""
 
-    def __init__(self, resolution: int, tracks: Sequence[PersonTrack], landmarker: FaceLandmarker,
-                 track_ids: Sequence[int | str] | None = None, *, smooth: bool = True, max_gap: int = 25,
+    def __init__(self, resolution: int, tracks: Sequence[PersonTrack], landmarker: FaceLandmarker | None = None,
+                 track_ids: Sequence[int | str] | None = None, *, backend: str = "mediapipe",
+                 max_num_faces: int = DEFAULT_MAX_NUM_FACES, smooth: bool = True, max_gap: int = 25,
                  source: str = "video"):
         chosen = list(tracks) if track_ids is None else [choose_track(tracks, c) for c in track_ids]
         self.track_ids = list(dict.fromkeys(t.track_id for t in chosen))  # in order, no repeats
+        self._owns_landmarker = landmarker is None
+        if landmarker is None:
+            landmarker = make_landmarker(backend, max_num_faces=max(max_num_faces, len(tracks)))
         self.landmarker = landmarker
         self.selector = TrackAnchorSelector(tracks)
         self.frame_index = 0
@@ -52,3 +113,7 @@ class MultiTrackAligner:
         """``NoFaceError`` if some chosen track got no face in any frame seen."""
         for tracker in self.trackers.values():
             tracker.check_found()
+
+    def close(self) -> None:
+        if self._owns_landmarker and hasattr(self.landmarker, "close"):
+            self.landmarker.close()
