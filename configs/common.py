@@ -191,6 +191,12 @@ _VIDEOMAE_GIANT = dict(embed_dim=1408, depth=40, num_heads=16, mlp_ratio=48 / 11
                        all_frames=16, tubelet_size=2, in_chans=3, qkv_bias=True, ln_eps=1e-6, use_mean_pooling=True)
 
 
+# The training loop's own ``run`` fields (lipsync_jax.train.loop): metrics fetched from the devices
+# every log_every_steps steps; input batches put on the devices prefetch_batches steps ahead; a
+# non-finite loss/grad norm stops the run unless skip_nonfinite_updates drops such updates.
+LOOP_RUN_FIELDS = dict(log_every_steps=10, prefetch_batches=2, skip_nonfinite_updates=False)
+
+
 def mesh(**changes) -> ml_collections.ConfigDict:
     """``axes`` names and ``shape`` sizes (-1 = the remaining devices): data parallel x FSDP."""
     section = dict(axes=("data", "fsdp"), shape=(-1, 1))
@@ -199,8 +205,10 @@ def mesh(**changes) -> ml_collections.ConfigDict:
 
 
 def add_training_sections(config: ml_collections.ConfigDict, *, tiny: bool = False) -> ml_collections.ConfigDict:
-    """Adds ``mesh``, ``lpips`` and ``trepa`` to a UNet config (``tiny``: narrow random networks)."""
+    """Adds ``mesh``, ``lpips`` and ``trepa`` to a UNet config (``tiny``: narrow random networks),
+    and the training loop's ``run`` fields (``LOOP_RUN_FIELDS``)."""
     config.mesh = mesh()
+    config.run.update(LOOP_RUN_FIELDS)
     if tiny:
         config.lpips = ml_collections.ConfigDict(dict(net="vgg", vgg_widths=(8, 16, 16, 32, 32), ckpt_path=""))
         model = dict(_VIDEOMAE_GIANT, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2.0, img_size=28)

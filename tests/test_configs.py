@@ -195,7 +195,8 @@ STAGE2_OPTIMIZER = dict(lr=1e-5, scale_lr=False, max_grad_norm=1.0, lr_scheduler
 STAGE1_RUN = {k: v for k, v in dict(STAGE2_RUN, pixel_space_supervise=False, use_syncnet=False).items()
               if k != "trainable_modules"}
 # Ours, not LatentSync's: validation by inference + SyncNet score (lipsync_jax.train.validation).
-OUR_RUN_FIELDS = dict(val_inference=True, val_max_seconds=10.0)
+OUR_RUN_FIELDS = dict(val_inference=True, val_max_seconds=10.0, log_every_steps=10, prefetch_batches=2,
+                      skip_nonfinite_updates=False)
 # What each LatentSync YAML changes relative to stage2.yaml: (data, run).
 UNET_YAML_DIFFS = {
     "stage2": ({}, STAGE2_RUN),
@@ -236,7 +237,9 @@ SYNCNET_YAML = {  # name: (ckpt.inference_ckpt_path, data changes)
 def test_syncnet_sections_equal_latentsync_yaml(name):
     config = cfg(f"syncnet/{name}.py")
     inference_ckpt, data_changes = SYNCNET_YAML[name]
-    assert sorted(config) == ["ckpt", "data", "mesh", "model", "optimizer", "run"]
+    # + vae (ours) for the latent-space SyncNet: the frozen VAE that LatentSync hard-codes
+    extra = ["vae"] if config["data"]["latent_space"] else []
+    assert sorted(config) == sorted(["ckpt", "data", "mesh", "model", "optimizer", "run"] + extra)
     assert config["ckpt"] == dict(resume_ckpt_path="", inference_ckpt_path=inference_ckpt, save_ckpt_steps=2500)
     expected_data = dict(SYNCNET_DATA, **data_changes)
     assert {k: config["data"][k] for k in expected_data} == expected_data

@@ -60,3 +60,57 @@ def test_syncnet_config_trains_on_synthetic_batches(tmp_path, tmp_path_factory):
     assert sorted(acc) == [1, 2] and all(0.0 <= a <= 1.0 for a in acc.values())
     assert all(np.isfinite(v) and v > 0 for v in losses(tmp_path).values())
     assert (tmp_path / "checkpoints" / "2").is_dir()
+
+
+@pytest.mark.slow  # compiles the SyncNet step with the VAE encoder in it: about a minute on 2 shared cores
+def test_latent_syncnet_learns_synthetic_pairs_above_chance(tmp_path):
+    """configs/syncnet/tiny_latent.py (faces encoded by the frozen tiny VAE, 16 frames x 4 latent
+    channels): the fixed synthetic batch of 16 pairs (half in sync) is learnt, as the pixel
+    SyncNet learns its demo pairs above."""
+    from lipsync_jax.config_utils import load_config, resolve_path
+    from lipsync_jax.train.loop import run_training
+    from lipsync_jax.train.tasks import build_task
+
+    steps = 30
+    config = load_config(resolve_path("configs/syncnet/tiny_latent.py"),
+                         ["data.batch_size=16", "optimizer.lr=1e-3", f"run.max_train_steps={steps}",
+                          f"run.validation_steps={steps}"])
+    task = build_task(config, "synthetic_fixed")
+    state = run_training(task, config, str(tmp_path), progress=False)
+    assert int(state.step) == steps
+    accuracy, loss = losses(tmp_path, "accuracy"), losses(tmp_path)
+    assert sorted(loss) == list(range(1, steps + 1))
+    assert np.mean([accuracy[s] for s in range(steps - 4, steps + 1)]) > 0.7  # chance: 0.5
+    assert loss[steps] < loss[1]
+    shardings = (tmp_path / "frozen_shardings.json").read_text()
+    assert "vae" in shardings  # the frozen VAE is part of the step
+
+
+@pytest.mark.slow  # compiles the tiny UNet forward at 16 frames: about a minute on 2 shared cores
+def test_unet_sync_loss_in_latent_space_without_pixel_supervision():
+    """run.pixel_space_supervise false + use_syncnet: the sync term comes from the latent SyncNet on
+    the x0 latents (nothing decoded: lpips/trepa stay 0), and it depends on the audio."""
+    import jax
+
+    from lipsync_jax.config_utils import load_config, resolve_path
+    from lipsync_jax.train.task import TrainConfigError
+    from lipsync_jax.train.tasks import build_task
+
+    overrides = ["data.batch_size=1", "run.pixel_space_supervise=False", "run.use_syncnet=True",
+                 "data.syncnet_config_path=configs/syncnet/tiny_latent.py"]
+    config = load_config(resolve_path("configs/unet/tiny.py"), overrides)
+    task = build_task(config, "synthetic")
+    params = jax.jit(task.init_params)(jax.random.PRNGKey(0))
+    frozen = jax.jit(task.init_frozen)(jax.random.PRNGKey(1))
+    assert set(frozen) == {"vae", "syncnet"}
+    batch = next(task.make_data(0, 1))
+    evaluate = jax.jit(task.eval_step)
+    terms = evaluate(params, frozen, batch, jax.random.PRNGKey(2))
+    assert float(terms["sync"]) > 0 and float(terms["lpips"]) == 0 and float(terms["trepa"]) == 0
+    np.testing.assert_allclose(float(terms["loss"]), float(terms["recon"]) + 0.05 * float(terms["sync"]), rtol=1e-6)
+    other = evaluate(params, frozen, dict(batch, mel=batch["mel"][::-1] * -1.0), jax.random.PRNGKey(2))
+    assert float(other["sync"]) != float(terms["sync"])  # the SyncNet sees the audio
+    np.testing.assert_allclose(float(other["recon"]), float(terms["recon"]), rtol=1e-6)
+    # a pixel SyncNet config without pixel supervision is refused with the field names
+    with pytest.raises(TrainConfigError, match="latent-space SyncNet"):
+        build_task(load_config(resolve_path("configs/unet/tiny.py"), overrides[:3]), "synthetic")

@@ -1,7 +1,12 @@
 """LatentSync configs/syncnet/syncnet_16_latent.yaml: StableSyncNet on VAE latents (16 frames
 x 4 latent channels = 64 input channels at 32x32, whole face: ``data.lower_half`` false,
 ``data.latent_space`` true). LatentSync ships no checkpoint for it (``ckpt.inference_ckpt_path``
-""). Paths: ``data.train_fileslist`` (or train_data_dir) and ``data.val_data_dir`` (or
+""). The ``vae`` section (ours: LatentSync hard-codes sd-vae-ft-mse in train_syncnet.py) is the
+frozen VAE that encodes the faces during training: a converted folder (``python -m
+lipsync_jax.convert vae``) or the original; the latents are posterior samples times 0.18215, as the
+UNet's. Train with ``python train.py --config=configs/syncnet/syncnet_16_latent.py ...``; a UNet
+uses it for its SyncNet loss in latent space (``run.pixel_space_supervise`` false,
+``data.syncnet_config_path`` pointing here). Paths: ``data.train_fileslist`` (or train_data_dir) and ``data.val_data_dir`` (or
 val_fileslist) "" are required for training.
 """
 
@@ -35,4 +40,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer = common.syncnet_optimizer()
     config.run = common.syncnet_run()
     config.mesh = common.mesh()
+    config.vae = common.component("vae/sd_vae_ft_mse.py")
     return config

@@ -36,9 +36,10 @@ import numpy as np
 from lipsync_jax.train import mesh as mesh_lib
 from lipsync_jax.train.checkpointing import PreemptionFlag, TrainCheckpointer
 from lipsync_jax.train.metrics import MetricsLogger, PendingMetrics, first_nonfinite
-from lipsync_jax.train.state import TrainState, count_params, make_optimizer
+from lipsync_jax.train.state import TrainState, make_optimizer
 from lipsync_jax.train.task import TrainTask
 from lipsync_jax.train.validation import METRIC_PREFIX, host_params, make_validator
+from lipsync_jax.tree_utils import count_params
 
 log = logging.getLogger(__name__)
 DEFAULT_LOG_EVERY = 10

@@ -56,9 +56,12 @@ def build_unet_task(config: Any, data_source: str = "synthetic") -> TrainTask:
     syncnet_cfg = config_utils.config_to_dict(config_utils.load_config(config_utils.resolve_path(
         data["syncnet_config_path"])))
     settings = UNetLossSettings.from_config(cfg, syncnet_cfg["data"])
-    if settings.use_syncnet and not settings.pixel_space_supervise and settings.sync_weight:
-        raise TrainConfigError("run.use_syncnet with pixel_space_supervise false (a latent-space SyncNet) "
-                               "is not implemented")
+    if settings.uses_sync and settings.pixel_space_supervise == settings.syncnet_latent_space:
+        want = "a pixel-space" if settings.pixel_space_supervise else "a latent-space"
+        raise TrainConfigError(f"run.pixel_space_supervise={settings.pixel_space_supervise} with run.use_syncnet needs "
+                               f"{want} SyncNet, but data.syncnet_config_path={data['syncnet_config_path']!r} has "
+                               f"data.latent_space={settings.syncnet_latent_space} (latent: "
+                               "configs/syncnet/syncnet_16_latent.py)")
     syncnet = StableSyncNet.from_config(syncnet_cfg["model"], dtype=dtype) if settings.uses_sync else None
     lpips = LPIPS.from_config(cfg["lpips"], dtype=dtype) if settings.uses_lpips else None
     trepa = None
@@ -70,7 +73,7 @@ def build_unet_task(config: Any, data_source: str = "synthetic") -> TrainTask:
         res = data["resolution"]
         frozen = {"vae": init_vae(vae, k_vae, image_size=res)}
         if syncnet is not None:
-            r = settings.syncnet_resolution
+            r = settings.syncnet_resolution // (vae.downsample_factor if settings.syncnet_latent_space else 1)
             hw = (r // 2, r) if settings.syncnet_lower_half else (r, r)
             frozen["syncnet"] = init_syncnet(syncnet, k_sync, image_hw=hw)
         if lpips is not None:

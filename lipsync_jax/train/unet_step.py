@@ -13,7 +13,10 @@ Per batch (shapes channels-last; see ``lipsync_jax.train.synthetic`` for the bat
    estimate (clipped if the scheduler clips), decoded by the VAE, then
    ``lpips`` (lower halves, ``perceptual_loss_weight``), ``trepa`` (whole clips,
    ``trepa_loss_weight``) and, with ``run.use_syncnet``, ``sync`` (BCE-of-cosine of the frozen
-   SyncNet on the lower halves stacked over 16 frames, against the batch's mel crop).
+   SyncNet on the lower halves stacked over 16 frames, against the batch's mel crop). Without
+   ``pixel_space_supervise``, ``sync`` is computed as LatentSync does it then: the x0 latents
+   (b, f, h/8, w/8, 4) stacked over the frames into a latent-space SyncNet
+   (``data.syncnet_config_path`` = configs/syncnet/syncnet_16_latent.py), nothing decoded.
    The frozen networks' parameters get no gradients (stop_gradient); only the UNet's do.
 """
 
@@ -53,6 +56,7 @@ class UNetLossSettings:
     mixed_noise_alpha: float = 1.0
     syncnet_resolution: int = 256      # the SyncNet config's data.resolution
     syncnet_lower_half: bool = True
+    syncnet_latent_space: bool = False  # the SyncNet config's data.latent_space (sync loss on latents)
     remat: bool = False                # enable_gradient_checkpointing (UNet, VAE decode, TREPA)
 
     @classmethod
@@ -65,11 +69,14 @@ class UNetLossSettings:
                    use_mixed_noise=bool(run["use_mixed_noise"]), mixed_noise_alpha=float(run["mixed_noise_alpha"]),
                    syncnet_resolution=int(syncnet_data.get("resolution", config["data"]["resolution"])),
                    syncnet_lower_half=bool(syncnet_data.get("lower_half", True)),
+                   syncnet_latent_space=bool(syncnet_data.get("latent_space", False)),
                    remat=bool(run["enable_gradient_checkpointing"]))
 
     @property
     def uses_sync(self) -> bool:
-        return self.pixel_space_supervise and self.use_syncnet and self.sync_weight != 0
+        """The SyncNet loss: on decoded pixels with ``pixel_space_supervise``, else (as LatentSync)
+        on the one-step x0 latents stacked over the frames, for a latent-space SyncNet."""
+        return self.use_syncnet and self.sync_weight != 0
 
     @property
     def uses_lpips(self) -> bool:
@@ -132,7 +139,7 @@ class UNetTrainer:
 
     def sync_term(self, syncnet_params: Any, frames: jax.Array, mel: jax.Array) -> jax.Array:
         res = self.settings.syncnet_resolution
-        if frames.shape[2:4] != (res, res):
+        if not self.settings.syncnet_latent_space and frames.shape[2:4] != (res, res):
             frames = resize_bicubic(frames, (res, res))
         return jnp.mean(syncnet_sync_loss(self.syncnet, jax.lax.stop_gradient(syncnet_params), frames,
                                           jax.lax.stop_gradient(mel), lower_half=self.settings.syncnet_lower_half))
@@ -158,10 +165,13 @@ class UNetTrainer:
 
         terms = {name: jnp.zeros((), jnp.float32) for name in LOSS_TERMS}
         terms["recon"] = jnp.mean(jnp.square(pred_noise.astype(jnp.float32) - noise))
-        if s.pixel_space_supervise:
+        if s.pixel_space_supervise or s.uses_sync:
             pred_latents = self.scheduler.one_step_x0(noisy, pred_noise, timesteps)
             if self.scheduler.config.clip_sample:
                 pred_latents = jnp.clip(pred_latents, -1.0, 1.0)
+        if s.uses_sync and not s.pixel_space_supervise:  # latent-space SyncNet on the x0 latents
+            terms["sync"] = self.sync_term(frozen["syncnet"], pred_latents, batch["mel"])
+        if s.pixel_space_supervise:
             pred_frames = self.decode(vae_params, pred_latents)  # (b, f, H, W, 3)
             if s.uses_lpips:
                 terms["lpips"] = lpips_lower_half(frozen["lpips"], pred_frames, gt_frames, model=self.lpips)
