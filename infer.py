@@ -12,13 +12,21 @@ output is meaningless), e.g. with ``--config configs/unet/tiny.py``.
 
 The video is read at the config's ``data.video_fps`` (25), looped ping-pong when the audio is
 longer, cut when it is shorter; frames where no face is found are kept as they are. The output
-is an H.264 mp4 with the audio as AAC, as long as the audio. Errors print one line and exit 1.
+is an H.264 mp4 with the audio as AAC, as long as the audio. Errors print one line and exit 1;
+Ctrl-C / SIGTERM stop the run, delete its temp files, write no output and exit 130 / 143.
+
+Speed: ``--chunk_batch N`` chunks of 16 frames per device per device-program call (default 1 on
+CPU, 2 on GPU/TPU), all local devices used; compiled programs are kept in a persistent cache
+(``--compile_cache DIR``, default ~/.cache/lipsync_jax/xla or $JAX_COMPILATION_CACHE_DIR;
+``--nocompile_cache`` to disable), so a second run starts without compiling.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import time
 import traceback
 
 from absl import app, flags
@@ -44,12 +52,18 @@ flags.DEFINE_bool("random_init", False, "Random weights for every network (smoke
 flags.DEFINE_float("max_seconds", None, "Only lip-sync the first this many seconds of the audio.", lower_bound=0.04)
 flags.DEFINE_integer("crf", 18, "H.264 quality (x264 CRF; lower is better, 18 as LatentSync).", lower_bound=0, upper_bound=51)
 flags.DEFINE_string("preset", "medium", "x264 preset (ultrafast ... veryslow).")
+flags.DEFINE_integer("chunk_batch", None, "Chunks (16 frames each) per device per device-program call "
+                     "(default: 1 on CPU, 2 on GPU/TPU); the output does not depend on it.", lower_bound=1)
+flags.DEFINE_string("compile_cache", None, "Persistent XLA compilation cache folder (default: "
+                    "$JAX_COMPILATION_CACHE_DIR or ~/.cache/lipsync_jax/xla).")
+flags.DEFINE_bool("nocompile_cache", False, "Do not use the persistent compilation cache.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.DEFINE_bool("traceback", False, "On an error, print the full traceback (for bug reports).")
 flags.mark_flags_as_required(["video", "audio", "output"])
 cli_flags.define_config_flags(default_config=DEFAULT_CONFIG)
 
 FLAGS = flags.FLAGS
+STARTED = time.perf_counter()
 
 RANDOM_INIT_WARNING = ("WARNING: --random_init: the UNet, VAE and Whisper have RANDOM weights; the output video "
                        "is meaningless (use it only for smoke tests and benchmarks).")
@@ -64,11 +78,23 @@ def _dtype(name: str | None):
     return jnp.dtype(name)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so every clean-up (temp files, ffmpeg) runs."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def run() -> None:
-    from lipsync_jax.pipeline import InferenceOptions, build_models, check_inputs, run_inference
+    from lipsync_jax.pipeline import (EngineOptions, InferenceOptions, build_models, check_inputs,
+                                      enable_compile_cache, run_inference)
+    from lipsync_jax.pipeline.compile_cache import compile_cache_stats
 
     config = cli_flags.resolved_config(FLAGS)
     checked = check_inputs(FLAGS.video, FLAGS.audio, FLAGS.output)  # before any heavy work
+    if not FLAGS.nocompile_cache:  # before the first compilation
+        enable_compile_cache(FLAGS.compile_cache)
     if FLAGS.random_init:
         print(RANDOM_INIT_WARNING, file=sys.stderr, flush=True)
     seed = int(config.run.seed if FLAGS.seed is None else FLAGS.seed)
@@ -82,7 +108,7 @@ def run() -> None:
         guidance_scale=float(config.run.guidance_scale if FLAGS.guidance is None else FLAGS.guidance),
         seed=seed, face_backend=FLAGS.face_backend, fps=float(config.data.video_fps),
         max_seconds=FLAGS.max_seconds, crf=FLAGS.crf, preset=FLAGS.preset, progress=FLAGS.progress)
-    result = run_inference(models, options, checked=checked)
+    result = run_inference(models, options, checked=checked, engine_options=EngineOptions(chunk_batch=FLAGS.chunk_batch))
     notes = []
     if result.looped:
         notes.append(f"video looped ping-pong ({result.num_source_frames} source frames)")
@@ -90,6 +116,12 @@ def run() -> None:
         notes.append(f"{result.frames_kept} frames without a face kept unchanged")
     print(f"wrote {result.output_path}: {result.num_frames} frames at {options.fps:g} fps, "
           f"{result.duration:.2f} s, {dtype.name}" + (f" ({'; '.join(notes)})" if notes else ""))
+    stats = compile_cache_stats()
+    cache = ("compile cache off" if FLAGS.nocompile_cache else
+             f"{stats['hits']} of {stats['requests']} compiled programs loaded from the compile cache")
+    first = f"{result.time_to_first_frame:.1f} s" if result.time_to_first_frame is not None else "-"
+    print(f"time to first frame {first}, total {time.perf_counter() - STARTED:.1f} s "
+          f"({result.num_frames / result.seconds:.2f} frames/s in the engine); {cache}")
     if FLAGS.random_init:
         print(RANDOM_INIT_WARNING, file=sys.stderr)
 
@@ -97,11 +129,14 @@ def run() -> None:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         run()
-    except KeyboardInterrupt:
-        print("interrupted; no output written", file=sys.stderr)
-        sys.exit(130)
+    except (KeyboardInterrupt, Terminated) as stop:
+        name, code = ("SIGTERM", 143) if isinstance(stop, Terminated) else ("Ctrl-C", 130)
+        print(f"interrupted ({name}): stopped, temp files deleted, no output written", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(code)  # worker threads may sit in device calls: do not wait for them
     except Exception as error:  # one clear line instead of a traceback
         if FLAGS.traceback:
             traceback.print_exc()

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import threading
 import time
 from typing import Any, Iterator
 
 import jax
 
-# setup starts the face backend and draws the start noise; face_alignment includes the first decode of the video; frame_read is the output pass's second
-# read (or the spill file); video_encode is H.264 encoding (x264 runs in its own process) + muxing.
-STAGES = ("setup", "audio", "face_alignment", "vae_encode", "sampling", "vae_decode", "frame_read", "restore",
-          "video_encode")
+# Engine stages (pipeline/stream.py; they run in parallel threads, so their seconds overlap): setup starts the
+# face backend; video_decode is the one decode pass; frame_store the PNG store of ping-pong loops; dispatch
+# launches the device program (the first call waits for its compilation); device_wait is the writer waiting
+# for the device; restore pastes faces into frames (thread pool); video_encode feeds x264; mux adds the audio.
+# vae_encode/sampling/vae_decode/frame_read: the chunk-at-a-time reference (ChunkGenerator, FrameSpill).
+STAGES = ("setup", "audio", "video_decode", "face_alignment", "frame_store", "batch_assembly", "dispatch",
+          "device_wait", "vae_encode", "sampling", "vae_decode", "frame_read", "restore", "video_encode", "mux")
 
 
 class StageTimer:
@@ -26,6 +30,7 @@ class StageTimer:
         self.sync = sync
         self.seconds: dict[str, float] = collections.defaultdict(float)
         self.frames: dict[str, int] = collections.defaultdict(int)
+        self._lock = threading.Lock()  # stages run in several threads (pipeline/stream.py)
 
     @contextlib.contextmanager
     def stage(self, name: str, frames: int = 0) -> Iterator[None]:
@@ -33,12 +38,14 @@ class StageTimer:
         try:
             yield
         finally:
-            self.seconds[name] += time.perf_counter() - start
-            self.frames[name] += int(frames)
+            with self._lock:
+                self.seconds[name] += time.perf_counter() - start
+                self.frames[name] += int(frames)
 
     def count(self, name: str, frames: int) -> None:
         """Frames a stage handled, when they are known only after it ran."""
-        self.frames[name] += int(frames)
+        with self._lock:
+            self.frames[name] += int(frames)
 
     def ready(self, value: Any) -> Any:
         return jax.block_until_ready(value) if self.sync else value

@@ -1,0 +1,153 @@
+"""The inference engine: models loaded and programs compiled once, then any number of jobs.
+
+    engine = LipsyncEngine(models, EngineOptions(chunk_batch=2))
+    result = engine.run(InferenceJob(video_path, audio_path, output_path, seed=1, num_steps=20))
+
+- ``LipsyncEngine(models, options=EngineOptions(), face_pass_factory=default_face_pass)``:
+  replicates the weights over a ``data`` mesh of the local devices (``options.devices``) and
+  keeps one compiled ``ChunkProgram`` per (num_steps, guidance_scale): jobs with the same
+  settings reuse it (per-job seed: the start noise and VAE keys are program inputs).
+- ``engine.run(job, *, checked=None, timer=None) -> InferenceResult``: one video + audio ->
+  output file, streamed (``pipeline/stream.py``): decode + face pass, device program per batch of
+  ``engine.batch`` chunks, restore + H.264 encode, overlapped in threads with bounded queues.
+- ``engine.program(num_steps, guidance_scale)`` / ``engine.generate(...)``: the per-chunk-batch
+  device program for callers that bring their own faces (streaming, batch services).
+- The face pass is one replaceable step: ``face_pass_factory(resolution, backend, source)``
+  returns an object with ``__call__(frame) -> AlignedFace | None`` (per frame, in order),
+  ``check_found()`` (raise ``NoFaceError`` if no frame had a face) and ``close()``; the default
+  is ``FaceTracker``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import jax
+import numpy as np
+
+from lipsync_jax.face import AlignedFace, FaceTracker
+from lipsync_jax.pipeline.models import LipsyncModels
+from lipsync_jax.pipeline.program import ChunkProgram, data_mesh, replicate, start_noise
+
+
+class FacePass(Protocol):
+    def __call__(self, frame: np.ndarray) -> AlignedFace | None: ...
+
+    def check_found(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+FacePassFactory = Callable[[int, str, str], FacePass]
+
+
+def default_face_pass(resolution: int, backend: str, source: str) -> FacePass:
+    """LatentSync's single-face tracker (landmarks -> anchors -> smoothed similarity alignment)."""
+    return FaceTracker(resolution, backend=backend, source=source)
+
+
+def default_chunk_batch(backend: str | None = None) -> int:
+    """Chunks per device per program call: 1 on CPU (no gain from batching there); 2 on GPU/TPU
+    until the GPU suite (bench/gpu_suite.sh) has measured the best value."""
+    backend = backend or jax.default_backend()
+    return 1 if backend == "cpu" else 2
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineOptions:
+    chunk_batch: int | None = None  # chunks per device per device-program call (None: default_chunk_batch())
+    devices: Sequence[Any] | None = None  # default: all local devices
+    sampler_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # extra sample_chunk kwargs
+    restore_threads: int = 2  # threads pasting generated faces into frames
+    queue_batches: int = 2  # chunk batches queued between host stages (memory bound)
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceJob:
+    """One lip-sync job. ``on_chunk(chunk_index, first_output_frame, faces)`` (optional) sees each
+    generated chunk's faces ((k, R, R, 3) float32 in [-1, 1], k real frames) before restore."""
+
+    video_path: str
+    audio_path: str
+    output_path: str
+    num_steps: int = 20
+    guidance_scale: float = 1.5
+    seed: int = 1247
+    face_backend: str = "mediapipe"
+    fps: float = 25.0
+    max_seconds: float | None = None  # use only the first seconds of the audio (previews, tests)
+    crf: int = 18
+    preset: str = "medium"
+    progress: bool = True
+    on_chunk: Callable[[int, int, np.ndarray], None] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceResult:
+    output_path: str
+    num_frames: int  # frames written
+    num_source_frames: int  # video frames read (at ``fps``)
+    looped: bool  # the video was looped ping-pong to cover the audio
+    frames_kept: int  # output frames written unchanged (no face found there)
+    duration: float  # seconds of audio in the output
+    time_to_first_frame: float | None = None  # seconds from the start of run() to the first frame encoded
+    seconds: float | None = None  # wall time of run()
+    chunk_batches: int = 0  # device-program calls
+    store_bytes: int = 0  # bytes of the compressed frame store (ping-pong loops)
+
+
+class LipsyncEngine:
+    def __init__(self, models: LipsyncModels, options: EngineOptions | None = None, *,
+                 face_pass_factory: FacePassFactory = default_face_pass):
+        self.models = models
+        self.options = options or EngineOptions()
+        self.face_pass_factory = face_pass_factory
+        self.mesh = data_mesh(self.options.devices)
+        self.chunk_batch = int(self.options.chunk_batch or default_chunk_batch())
+        if self.chunk_batch < 1:
+            raise ValueError(f"chunk_batch must be >= 1, got {self.chunk_batch}")
+        self.unet_params = replicate(models.unet_params, self.mesh)
+        self.vae_params = replicate(models.vae_params, self.mesh)
+        self._programs: dict[tuple[int, float], ChunkProgram] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def num_devices(self) -> int:
+        return self.mesh.size
+
+    @property
+    def batch(self) -> int:
+        """Chunks per device-program call (all devices)."""
+        return self.chunk_batch * self.mesh.size
+
+    def program(self, num_steps: int, guidance_scale: float) -> ChunkProgram:
+        """The (lazily compiled) device program for these sampler settings, shared by all jobs."""
+        key = (int(num_steps), float(guidance_scale))
+        with self._lock:
+            if key not in self._programs:
+                self._programs[key] = ChunkProgram(
+                    self.models, self.mesh, num_steps=key[0], guidance_scale=key[1],
+                    chunks_per_device=self.chunk_batch, sampler_options=self.options.sampler_options)
+            return self._programs[key]
+
+    def compile(self, num_steps: int, guidance_scale: float) -> ChunkProgram:
+        """Compile (or load from the persistent cache) the program now, e.g. at server start."""
+        program = self.program(num_steps, guidance_scale)
+        program.compile(self.unet_params, self.vae_params)
+        return program
+
+    def generate(self, faces: np.ndarray, audio: np.ndarray, chunk_indices: np.ndarray, *, seed: int,
+                 num_steps: int, guidance_scale: float) -> jax.Array:
+        """``engine.batch`` chunks: faces (B, f, R, R, 3) uint8, audio (B, f, T, D), chunk_indices (B,)
+        -> generated faces (B, f, R, R, 3) float32 (a device array; not waited for)."""
+        program = self.program(num_steps, guidance_scale)
+        noise, key_data = start_noise(self.models, seed)
+        return program(self.unet_params, self.vae_params, faces, audio, chunk_indices, noise, key_data)
+
+    def run(self, job: InferenceJob, *, checked=None, timer=None) -> InferenceResult:
+        """Lip-sync ``job.video_path`` to ``job.audio_path`` into ``job.output_path``."""
+        from lipsync_jax.pipeline.stream import run_job
+
+        return run_job(self, job, checked=checked, timer=timer)

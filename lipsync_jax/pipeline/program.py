@@ -1,0 +1,224 @@
+"""The device program: one jitted call per batch of chunks, sharded over all local devices.
+
+``ChunkProgram(models, mesh, num_steps=..., guidance_scale=..., chunks_per_device=...)`` compiles
+(ahead of time, once per shape) a function that takes, for a batch of ``B`` chunks of
+``f`` (16) aligned faces,
+
+    faces          (B, f, R, R, 3) uint8     the UNet input faces (stand-ins already chosen)
+    audio          (B, f, T, D)    float32   the frames' Whisper windows
+    chunk_indices  (B,)            int32     each chunk's position in the video (for its keys)
+
+and returns the generated faces (B, f, R, R, 3) float32 in [-1, 1]. Inside ONE compiled program:
+masked + reference VAE encode, the whole DDIM ``lax.scan`` (CFG branches stacked on the batch
+axis of every UNet call), VAE decode and the paste-back of the pixels the mask keeps. Nothing
+returns to the host in between. This is exactly ``ChunkGenerator`` (chunk.py, the
+chunk-at-a-time reference) applied to each chunk: per chunk the same start noise, VAE keys
+``fold_in(vae_key, chunk_index)``, the same ops; the result does not depend on ``B`` (tested).
+
+Devices: the batch axis is sharded over the ``data`` axis of ``mesh`` (``data_mesh()``: all local
+devices); ``B = chunks_per_device * mesh.size``. Weights are replicated (``replicate``). The body
+runs per device under ``shard_map`` (each device encodes/decodes its own chunks; no collectives).
+A streaming mode calls ``ChunkProgram.__call__`` directly on its own chunk batches.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from lipsync_jax.diffusion import initial_latents, sample_chunk
+from lipsync_jax.face import load_fixed_mask
+from lipsync_jax.pipeline.chunk import decode_and_paste, encode_faces
+from lipsync_jax.pipeline.models import LipsyncModels
+
+DATA_AXIS = "data"
+MAX_COMPILED = 8
+# Compiled programs by (models' static parts, mesh, settings, parameter shapes): a new engine or
+# ChunkProgram for the same models (e.g. training's periodic validation) reuses the executable.
+_COMPILED: dict[tuple, tuple[Any, Any]] = {}
+
+
+def data_mesh(devices=None) -> Mesh:
+    """A 1-D mesh with axis ``data`` over ``devices`` (default: all local devices)."""
+    devices = list(jax.local_devices() if devices is None else devices)
+    return Mesh(np.array(devices), (DATA_AXIS,))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """``tree`` on every device of ``mesh`` (weights: one copy per device)."""
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def mask_arrays(models: LipsyncModels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pixel mask (R, R, 3), keep mask (R, R, 1), latent mask (r, r, 1)) float32; the latent mask is
+    the pixel mask's first channel downsampled by nearest neighbour (pixel (8i, 8j))."""
+    mask = load_fixed_mask(models.resolution, models.mask_path)
+    factor = models.vae.downsample_factor
+    try:  # the shared conditioning helper (issue 12), when present
+        from lipsync_jax.diffusion.conditioning import latent_mask as _latent_mask
+        latent = np.asarray(_latent_mask(mask[..., :1], (models.latent_size, models.latent_size)), np.float32)
+        latent = latent.reshape(models.latent_size, models.latent_size, 1)
+    except (ImportError, TypeError, ValueError):
+        latent = mask[::factor, ::factor, :1]
+    return mask, np.ascontiguousarray(mask[..., :1]), np.ascontiguousarray(latent)
+
+
+def start_noise(models: LipsyncModels, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(start latents (1, f, r, r, c) float32, VAE key data) of a job, as ``ChunkGenerator``: the
+    noise from ``split(key(seed))[0]``, the VAE keys from ``split(key(seed))[1]``."""
+    noise_key, vae_key = jax.random.split(jax.random.key(seed))
+    f, r, c = models.num_frames, models.latent_size, models.vae.config.latent_channels
+    noise = initial_latents(noise_key, (1, f, r, r, c))
+    return np.asarray(noise), np.asarray(jax.random.key_data(vae_key))
+
+
+def generate_chunks(models: LipsyncModels, unet_params: Any, vae_params: Any, faces: jax.Array,
+                    audio: jax.Array, chunk_indices: jax.Array, noise: jax.Array, vae_key_data: jax.Array,
+                    pixel_mask: jax.Array, keep_mask: jax.Array, latent_mask: jax.Array, *, num_steps: int,
+                    guidance_scale: float, sampler_options: Mapping[str, Any]) -> jax.Array:
+    """The per-device body: (b, f, R, R, 3) uint8 faces -> (b, f, R, R, 3) float32 generated faces."""
+    b, f = faces.shape[:2]
+    vae_key = jax.random.wrap_key_data(vae_key_data)
+
+    def encode(args):
+        chunk_faces, index = args
+        return encode_faces(models.vae, vae_params, chunk_faces, pixel_mask, jax.random.fold_in(vae_key, index))
+
+    pixel_values, masked, ref = jax.lax.map(encode, (faces, chunk_indices))  # one chunk at a time
+    init = jnp.broadcast_to(noise, (b,) + noise.shape[1:])
+    mask = jnp.broadcast_to(latent_mask, (b, f) + latent_mask.shape)
+    latents = sample_latents(models, unet_params, init, mask, masked, ref, audio, num_steps=num_steps,
+                             guidance_scale=guidance_scale, sampler_options=sampler_options)
+    decode = lambda args: decode_and_paste(models.vae, vae_params, args[0], args[1], keep_mask)  # noqa: E731
+    return jax.lax.map(decode, (latents, pixel_values))
+
+
+def sample_latents(models: LipsyncModels, unet_params: Any, init: jax.Array, mask: jax.Array, masked: jax.Array,
+                   ref: jax.Array, audio: jax.Array, *, num_steps: int, guidance_scale: float,
+                   sampler_options: Mapping[str, Any]) -> jax.Array:
+    """THE sampler call of inference (one place: sampler options such as DeepCache or another
+    solver are passed through ``sampler_options`` as keyword arguments of ``sample_chunk``)."""
+    return sample_chunk(models.unet_apply, unet_params, init, mask, masked, ref, audio.astype(jnp.float32),
+                        scheduler=models.scheduler, num_steps=num_steps, guidance_scale=guidance_scale,
+                        **dict(sampler_options))
+
+
+class ChunkProgram:
+    """The compiled program for ``chunks_per_device * mesh.size`` chunks per call (see module doc).
+
+    ``program(unet_params, vae_params, faces, audio, chunk_indices, noise, vae_key_data)`` returns
+    the generated faces as a (sharded) device array without waiting for it; params must come
+    from ``replicate(..., mesh)``; the other inputs may be numpy (``put_batch`` places them).
+    """
+
+    def __init__(self, models: LipsyncModels, mesh: Mesh, *, num_steps: int, guidance_scale: float,
+                 chunks_per_device: int = 1, sampler_options: Mapping[str, Any] | None = None):
+        if chunks_per_device < 1:
+            raise ValueError(f"chunks_per_device must be >= 1, got {chunks_per_device}")
+        self.models, self.mesh = models, mesh
+        self.num_steps, self.guidance_scale = int(num_steps), float(guidance_scale)
+        self.chunks_per_device = int(chunks_per_device)
+        self.batch = self.chunks_per_device * mesh.size
+        self.sampler_options = dict(sampler_options or {})
+        self.replicated = NamedSharding(mesh, P())
+        self.sharded = NamedSharding(mesh, P(DATA_AXIS))
+        pixel, keep, latent = mask_arrays(models)
+        self.masks = tuple(jax.device_put(m, self.replicated) for m in (pixel, keep, latent))
+        body = functools.partial(generate_chunks, models, num_steps=self.num_steps,
+                                 guidance_scale=self.guidance_scale, sampler_options=self.sampler_options)
+        rep, dat = P(), P(DATA_AXIS)
+        mapped = jax.shard_map(body, mesh=mesh, in_specs=(rep, rep, dat, dat, dat, rep, rep, rep, rep, rep),
+                               out_specs=dat, check_vma=False)
+        self._jitted = jax.jit(mapped)
+        self._compiled = None
+        self._compile_lock = threading.Lock()
+        self.compile_seconds: float | None = None
+
+    # ------------------------------------------------------------------ shapes
+    def input_shapes(self) -> dict[str, tuple[tuple[int, ...], Any]]:
+        m = self.models
+        f, res = m.num_frames, m.resolution
+        rows = 2 * (m.audio_feat_length[0] + m.audio_feat_length[1] + 1)  # Whisper rows per frame (10)
+        tokens = rows * (m.audio.config.n_audio_layer + 1)  # every encoder layer's output + the input
+        noise_shape = (1, f, m.latent_size, m.latent_size, m.vae.config.latent_channels)
+        key_shape = jax.random.key_data(jax.random.key(0)).shape
+        return {"faces": ((self.batch, f, res, res, 3), np.uint8),
+                "audio": ((self.batch, f, tokens, m.audio.config.n_audio_state), np.float32),
+                "chunk_indices": ((self.batch,), np.int32), "noise": (noise_shape, np.float32),
+                "vae_key_data": (key_shape, np.uint32)}
+
+    def _abstract(self, params: Any) -> Any:
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), params)
+
+    def compile(self, unet_params: Any, vae_params: Any):
+        """Compiles (or loads from the persistent cache) once; later calls return the same executable."""
+        with self._compile_lock:
+            return self._compile(unet_params, vae_params)
+
+    def _cache_key(self, unet_params: Any, vae_params: Any) -> tuple:
+        m = self.models
+        signature = lambda tree: (jax.tree.structure(tree),  # noqa: E731
+                                  tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(tree)))
+        return (m.unet_apply, m.vae, id(m.scheduler), m.num_frames, m.resolution, m.audio_feat_length,
+                m.audio.config, self.mesh, self.num_steps, self.guidance_scale, self.chunks_per_device,
+                tuple(sorted(self.sampler_options.items())), signature(unet_params), signature(vae_params))
+
+    def _compile(self, unet_params: Any, vae_params: Any):
+        if self._compiled is None:
+            key = self._cache_key(unet_params, vae_params)
+            cached = _COMPILED.get(key)
+            if cached is not None and cached[0] is self.models.scheduler:
+                self._compiled, self.compile_seconds = cached[1], 0.0
+                return self._compiled
+            begin = time.perf_counter()
+            shapes = self.input_shapes()
+            spec = lambda name, sharding: jax.ShapeDtypeStruct(*shapes[name], sharding=sharding)  # noqa: E731
+            args = (self._abstract(unet_params), self._abstract(vae_params), spec("faces", self.sharded),
+                    spec("audio", self.sharded), spec("chunk_indices", self.sharded),
+                    spec("noise", self.replicated), spec("vae_key_data", self.replicated),
+                    *(jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=self.replicated) for m in self.masks))
+            self._compiled = self._jitted.lower(*args).compile()
+            self.compile_seconds = time.perf_counter() - begin
+            _COMPILED[key] = (self.models.scheduler, self._compiled)
+            while len(_COMPILED) > MAX_COMPILED:
+                _COMPILED.pop(next(iter(_COMPILED)))
+        return self._compiled
+
+    def flops(self) -> float | None:
+        """XLA's cost-analysis FLOPs of one call (all devices), when the backend reports them."""
+        if self._compiled is None:
+            return None
+        try:
+            cost = self._compiled.cost_analysis()
+        except Exception:  # noqa: BLE001 - not every backend implements it
+            return None
+        if isinstance(cost, (list, tuple)):
+            cost = cost[0] if cost else {}
+        value = (cost or {}).get("flops")
+        return None if value is None else float(value) * (self.mesh.size if self.mesh.size > 1 else 1)
+
+    # ------------------------------------------------------------------ running
+    def put_batch(self, faces: np.ndarray, audio: np.ndarray, chunk_indices: np.ndarray) -> tuple:
+        """Host arrays -> device arrays sharded over ``data`` (starts the transfers)."""
+        return (jax.device_put(np.ascontiguousarray(faces, np.uint8), self.sharded),
+                jax.device_put(np.ascontiguousarray(audio, np.float32), self.sharded),
+                jax.device_put(np.ascontiguousarray(chunk_indices, np.int32), self.sharded))
+
+    def put_job(self, noise: np.ndarray, vae_key_data: np.ndarray) -> tuple:
+        return (jax.device_put(np.asarray(noise, np.float32), self.replicated),
+                jax.device_put(np.asarray(vae_key_data, np.uint32), self.replicated))
+
+    def __call__(self, unet_params: Any, vae_params: Any, faces, audio, chunk_indices, noise, vae_key_data) -> jax.Array:
+        compiled = self.compile(unet_params, vae_params)
+        if not isinstance(faces, jax.Array):
+            faces, audio, chunk_indices = self.put_batch(faces, audio, chunk_indices)
+        if not isinstance(noise, jax.Array):
+            noise, vae_key_data = self.put_job(noise, vae_key_data)
+        return compiled(unet_params, vae_params, faces, audio, chunk_indices, noise, vae_key_data, *self.masks)

@@ -1,0 +1,344 @@
+"""One job through the engine as a stream: three threads joined by bounded queues.
+
+    reader      decode the video once (ffmpeg pipe) + the face pass, frame by frame; for a
+                ping-pong loop also into the compressed ``FrameStore``
+    dispatcher  cut the output into 16-frame chunks (LatentSync's timeline), choose stand-in
+                faces, stack ``engine.batch`` chunks that have a face and launch the device
+                program (asynchronous: it returns at once)
+    writer      wait for a batch's faces, restore them into the frames (thread pool), H.264 encode
+
+so decode/alignment of batch i+1 and restore/encode of batch i-1 run while the device computes
+batch i. Memory is bounded by the queue sizes (a few chunk batches of frames), whatever the
+length of the video or the audio. Stand-ins: a frame without a face borrows the nearest frame
+with one; in a chunk that has a face the nearest is always within ``f - 1`` frames, so the
+dispatcher keeps only a window of ``f - 1`` frames behind and ahead (the result equals the
+whole-video rule of ``nearest_face_indices``).
+
+Stopping: the calling thread waits on the workers; an exception there (Ctrl-C, SIGTERM turned
+into an exception by infer.py) or in a worker sets the stop event, every worker leaves its loop
+(ffmpeg processes are killed), and the work folder beside the output is deleted.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from lipsync_jax.audio.load import TARGET_RATE
+from lipsync_jax.media import VideoWriter, mux_audio, read_frames
+from lipsync_jax.pipeline.faces import nearest_face_indices
+from lipsync_jax.pipeline.inputs import check_inputs
+from lipsync_jax.pipeline.program import start_noise
+from lipsync_jax.pipeline.restore import paste_generated_face
+from lipsync_jax.pipeline.store import FrameStore, SourceRecord
+from lipsync_jax.pipeline.timeline import chunk_bounds, pad_to_chunk, pingpong_indices
+from lipsync_jax.pipeline.timing import StageTimer
+
+_END = object()
+POLL_SECONDS = 0.1
+JOIN_SECONDS = 30.0  # how long a stopped job waits for its workers before cleaning up anyway
+
+
+class _Stopped(Exception):
+    """Raised inside a worker when the job is stopping."""
+
+
+@dataclasses.dataclass
+class ChunkWork:
+    index: int  # chunk number in the output (its VAE keys: fold_in(key, index))
+    start: int  # first output frame
+    records: list[SourceRecord]  # the chunk's real frames, in output order
+    faces: np.ndarray | None = None  # (f, R, R, 3) uint8 UNet input faces; None: no face, no generation
+    audio: np.ndarray | None = None  # (f, T, D) audio windows
+    generated: np.ndarray | None = None  # (f, R, R, 3) float32 after the device program
+
+
+@dataclasses.dataclass
+class ChunkGroup:
+    chunks: list[ChunkWork]  # consecutive chunks, in output order
+    output: object = None  # device array of the generated faces of the chunks with faces
+
+
+class _Job:
+    def __init__(self, engine, job, checked, timer: StageTimer):
+        self.engine, self.job, self.timer = engine, job, timer
+        self.models = engine.models
+        self.f = self.models.num_frames
+        self.checked = checked
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        depth = max(1, engine.options.queue_batches)
+        self.sources: queue.Queue = queue.Queue(maxsize=depth * engine.batch * self.f + self.f)
+        self.groups: queue.Queue = queue.Queue(maxsize=depth)
+        self.first_frame_at: float | None = None
+        self.kept = 0
+        self.batches = 0
+        self.num_source: int | None = None
+        self.store: FrameStore | None = None
+
+    # ------------------------------------------------------------------ queue helpers
+    def put(self, q: queue.Queue, item) -> None:
+        while True:
+            if self.stop.is_set():
+                raise _Stopped
+            try:
+                q.put(item, timeout=POLL_SECONDS)
+                return
+            except queue.Full:
+                pass
+
+    def get(self, q: queue.Queue):
+        while True:
+            if self.stop.is_set():
+                raise _Stopped
+            try:
+                return q.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                pass
+
+    def worker(self, name: str, fn) -> threading.Thread:
+        def body():
+            try:
+                fn()
+            except _Stopped:
+                pass
+            except BaseException as error:  # noqa: BLE001 - handed to the calling thread
+                self.errors.append(error)
+                self.stop.set()
+        thread = threading.Thread(target=body, name=f"lipsync-{name}", daemon=True)
+        thread.start()
+        return thread
+
+    # ------------------------------------------------------------------ reader
+    def read(self, face_pass, n_out: int) -> None:
+        video, fps = self.checked.video, float(self.job.fps)
+        frames = read_frames(video.path, fps, max_frames=n_out, info=video)
+        try:
+            index = 0
+            while True:
+                with self.timer.stage("video_decode"):
+                    frame = next(frames, None)
+                if frame is None:
+                    break
+                if self.stop.is_set():
+                    raise _Stopped
+                with self.timer.stage("face_alignment", 1):
+                    aligned = face_pass(frame)
+                record = SourceRecord(index, frame, aligned)
+                if self.store is not None:
+                    with self.timer.stage("frame_store", 1):
+                        self.store.put(record)
+                self.put(self.sources, record)
+                index += 1
+            self.timer.count("video_decode", index)
+            face_pass.check_found()
+        finally:
+            frames.close()
+        self.put(self.sources, _END)
+
+    def refill_store(self, count: int) -> None:
+        """The rare case: the video has fewer frames than its container said, and the loop needs
+        random access that was not planned: decode and align it again (deterministic) into a store."""
+        self.store = FrameStore(self.work_dir)
+        face_pass = self.engine.face_pass_factory(self.models.resolution, self.job.face_backend, self.job.video_path)
+        try:
+            for index, frame in enumerate(read_frames(self.checked.video.path, float(self.job.fps), max_frames=count,
+                                                      info=self.checked.video)):
+                if self.stop.is_set():
+                    raise _Stopped
+                self.store.put(SourceRecord(index, frame, face_pass(frame)))
+        finally:
+            face_pass.close()
+
+    # ------------------------------------------------------------------ dispatcher
+    def dispatch(self, program, noise, key_data) -> None:
+        f, n_out, batch = self.f, self.n_out, self.engine.batch
+        window: dict[int, SourceRecord] = {}
+        read = 0
+        eof = False
+        mapping = None
+
+        def pull_until(index: int) -> None:
+            nonlocal read, eof
+            while not eof and read <= index:
+                record = self.get(self.sources)
+                if record is _END:
+                    eof = True
+                    self.num_source = read
+                else:
+                    window[record.index] = record
+                    read += 1
+
+        def record_of(source: int) -> SourceRecord:
+            return window[source] if source in window else self.store.get(source)
+
+        def has_face(source: int) -> bool:
+            if source in window:
+                return window[source].aligned is not None
+            return self.store.has_face_at(source)
+
+        pending: list[ChunkWork] = []
+        with_faces = 0
+        for index, (start, stop) in enumerate(chunk_bounds(n_out, f)):
+            pull_until(stop - 1 + f - 1)
+            if mapping is None and eof and self.num_source < n_out:
+                if self.store is None:
+                    self.refill_store(self.num_source)
+                self.store.flush()
+                mapping = pingpong_indices(self.num_source, n_out)
+            sources = np.arange(start, stop) if mapping is None else mapping[start:stop]
+            with self.timer.stage("batch_assembly", stop - start):
+                work = ChunkWork(index, start, [record_of(int(s)) for s in sources])
+                if any(r.aligned is not None for r in work.records):
+                    known = read if not eof else self.num_source
+                    lo, hi = max(0, int(sources.min()) - (f - 1)), min(known, int(sources.max()) + f)
+                    near = lo + nearest_face_indices(np.array([has_face(s) for s in range(lo, hi)]))
+                    padded = pad_to_chunk(sources, f)
+                    work.faces = np.stack([record_of(int(near[s - lo])).aligned.face for s in padded])
+                    work.audio = self.audio.windows(pad_to_chunk(np.arange(start, stop), f))
+                    with_faces += 1
+            pending.append(work)
+            for old in [k for k in window if k < stop - (f - 1)]:
+                del window[old]
+            if with_faces == batch or len(pending) >= 2 * batch + 2:
+                self.launch(program, pending, noise, key_data)
+                pending, with_faces = [], 0
+        if pending:
+            self.launch(program, pending, noise, key_data)
+        if not eof:  # the audio ended first: the reader may still be waiting to hand over frames
+            self.num_source = None
+        self.put(self.groups, _END)
+
+    def launch(self, program, chunks: list[ChunkWork], noise, key_data) -> None:
+        work = [c for c in chunks if c.faces is not None]
+        group = ChunkGroup(chunks)
+        if work:
+            batch = self.engine.batch
+            padded = work + [work[-1]] * (batch - len(work))
+            with self.timer.stage("dispatch", sum(len(c.records) for c in work)):
+                group.output = program(self.engine.unet_params, self.engine.vae_params,
+                                       np.stack([c.faces for c in padded]), np.stack([c.audio for c in padded]),
+                                       np.array([c.index for c in padded], np.int32), noise, key_data)
+            self.batches += 1
+        self.put(self.groups, group)
+
+    # ------------------------------------------------------------------ writer
+    def write(self, writer: VideoWriter, bar) -> None:
+        pool = concurrent.futures.ThreadPoolExecutor(max(1, self.engine.options.restore_threads),
+                                                     thread_name_prefix="lipsync-restore")
+        try:
+            while True:
+                group = self.get(self.groups)
+                if group is _END:
+                    return
+                if group.output is not None:
+                    with self.timer.stage("device_wait"):
+                        generated = np.asarray(group.output)
+                    for j, chunk in enumerate(c for c in group.chunks if c.faces is not None):
+                        chunk.generated = generated[j]
+                        if self.job.on_chunk is not None:
+                            self.job.on_chunk(chunk.index, chunk.start, chunk.generated[:len(chunk.records)])
+                for chunk in group.chunks:
+                    jobs = []
+                    for j, record in enumerate(chunk.records):
+                        if chunk.generated is not None and record.aligned is not None:
+                            jobs.append(pool.submit(self.restore, record, chunk.generated[j]))
+                        else:
+                            self.kept += 1
+                            jobs.append(record.frame)
+                    for item in jobs:
+                        frame = item.result() if isinstance(item, concurrent.futures.Future) else item
+                        if self.stop.is_set():
+                            raise _Stopped
+                        with self.timer.stage("video_encode", 1):
+                            writer.write(frame)
+                        if self.first_frame_at is None:
+                            self.first_frame_at = time.perf_counter()
+                        bar.update()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def restore(self, record: SourceRecord, face: np.ndarray) -> np.ndarray:
+        with self.timer.stage("restore", 1):
+            return paste_generated_face(record.frame, face, record.aligned)
+
+    # ------------------------------------------------------------------ the whole job
+    def run(self):
+        from lipsync_jax.pipeline.engine import InferenceResult
+        from lipsync_jax.pipeline.run import prepare_audio
+
+        job, timer, models = self.job, self.timer, self.models
+        begin = time.perf_counter()
+        program = self.engine.program(job.num_steps, job.guidance_scale)
+        compile_thread = self.worker("compile", lambda: program.compile(self.engine.unet_params,
+                                                                        self.engine.vae_params))
+        with timer.stage("setup"):
+            face_pass = self.engine.face_pass_factory(models.resolution, job.face_backend, job.video_path)
+        self.work_dir = tempfile.mkdtemp(prefix=".lipsync_", dir=os.path.dirname(os.path.abspath(job.output_path)))
+        threads = [compile_thread]
+        try:
+            with timer.stage("audio"):
+                self.audio = prepare_audio(models, job.audio_path, float(job.fps), job.max_seconds)
+            self.n_out = n_out = self.audio.num_frames
+            timer.count("audio", n_out)
+            if self.checked.video.frame_count_at(float(job.fps)) < n_out + int(job.fps):
+                self.store = FrameStore(self.work_dir)  # probably a ping-pong loop: keep every frame
+            noise, key_data = program.put_job(*start_noise(models, job.seed))
+            silent = os.path.join(self.work_dir, "video.mp4")
+            video = self.checked.video
+            with tqdm(total=n_out, desc="Lip sync", unit="frame", disable=not job.progress) as bar, \
+                    VideoWriter(silent, video.width, video.height, float(job.fps), crf=job.crf,
+                                preset=job.preset) as writer:
+                threads += [self.worker("reader", lambda: self.read(face_pass, n_out)),
+                            self.worker("dispatcher", lambda: self.dispatch(program, noise, key_data))]
+                writer_thread = self.worker("writer", lambda: self.write(writer, bar))
+                threads.append(writer_thread)
+                try:
+                    while writer_thread.is_alive() and not self.stop.is_set():
+                        writer_thread.join(POLL_SECONDS)
+                finally:  # stop the others (the reader may hold frames past the audio's end)
+                    self.stop.set()
+                    writer_thread.join(JOIN_SECONDS)  # before the encoder is closed or killed
+                if self.errors:
+                    raise self.errors[0]
+            duration = len(self.audio.samples) / TARGET_RATE
+            with timer.stage("mux"):
+                mux_audio(silent, job.audio_path, job.output_path, duration=duration)
+        except BaseException:
+            self.stop.set()
+            raise
+        finally:
+            self.stop.set()
+            deadline = time.perf_counter() + JOIN_SECONDS
+            for thread in threads:
+                if thread is not compile_thread:
+                    thread.join(max(0.0, deadline - time.perf_counter()))
+            face_pass.close()
+            store_bytes = self.store.bytes_written if self.store is not None else 0
+            if self.store is not None:
+                self.store.close()
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+        compile_thread.join()
+        if self.errors:
+            raise self.errors[0]
+        num_source = self.num_source if self.num_source is not None else n_out
+        return InferenceResult(
+            output_path=job.output_path, num_frames=n_out, num_source_frames=num_source, looped=num_source < n_out,
+            frames_kept=self.kept, duration=duration,
+            time_to_first_frame=None if self.first_frame_at is None else self.first_frame_at - begin,
+            seconds=time.perf_counter() - begin, chunk_batches=self.batches, store_bytes=store_bytes)
+
+
+def run_job(engine, job, *, checked=None, timer: StageTimer | None = None):
+    """``LipsyncEngine.run``: the checks, then the streamed job (see the module docstring)."""
+    checked = checked or check_inputs(job.video_path, job.audio_path, job.output_path)
+    return _Job(engine, job, checked, timer or StageTimer()).run()
