@@ -1,0 +1,88 @@
+"""The README's "Fine-tune on your own videos" block, run as written (bash), on two demo videos
+with the tiny random model: split -> data_prep -> train.py (2 steps from a 'pretrained' tiny UNet)
+-> export -> infer.py with the fine-tuned UNet."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import asset_path
+from lipsync_jax.config_utils import PROJECT_ROOT
+from lipsync_jax.media.ffmpeg import ffmpeg_exe
+from lipsync_jax.train.metrics import read_metrics
+
+SECTION = "## Fine-tune on your own videos"
+
+
+def readme_block() -> str:
+    """The first ```bash block of the README section (lines that set the variables removed: the
+    test sets them)."""
+    with open(os.path.join(PROJECT_ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index(SECTION):]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    assignments = re.compile(r"^(VIDEOS|WORK|CONFIG|BASE|RES|STEPS|VAE|WHISPER|SPEECH)=")
+    return "\n".join(line for line in block.splitlines() if not assignments.match(line))
+
+
+def _ffmpeg(*args):
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-y", *args], check=True)
+
+
+@pytest.mark.slow  # data_prep on two videos, the tiny UNet step compiled, inference: ~5 min on 2 shared cores
+def test_readme_finetune_block_runs_on_the_demo_videos(tmp_path):
+    import dataclasses
+
+    from lipsync_jax.checkpoints import read_metadata, restore_params, save_params
+    from lipsync_jax.config_utils import load_config
+    from lipsync_jax.pipeline import build_models
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("demo1", "demo2"):  # 6 s, 360x640 H.264 copies (the originals are 1080x1920 HEVC)
+        _ffmpeg("-i", asset_path(f"{name}_video.mp4"), "-t", "6", "-vf", "scale=360:640", "-c:v", "libx264",
+                "-preset", "ultrafast", "-crf", "18", "-c:a", "aac", str(videos / f"{name}.mp4"))
+    speech = tmp_path / "speech.wav"
+    _ffmpeg("-i", asset_path("demo2_audio.wav"), "-t", "1.5", str(speech))
+    # the "official" weights: a random tiny UNet, VAE and Whisper as converted folders
+    config = load_config(os.path.join(PROJECT_ROOT, "configs/unet/finetune.py:tiny"))
+    models = build_models(config, random_init=True, seed=0)
+    save_params(tmp_path / "base_unet", models.unet_params, None)
+    save_params(tmp_path / "vae", models.vae_params, None)
+    save_params(tmp_path / "whisper", models.audio.params, {"dims": dataclasses.asdict(models.audio.config)})
+
+    work = tmp_path / "work"
+    env = dict(os.environ, VIDEOS=str(videos), WORK=str(work), CONFIG="configs/unet/finetune.py:tiny",
+               BASE=str(tmp_path / "base_unet"), RES="64", STEPS="2", VAE=str(tmp_path / "vae"),
+               WHISPER=str(tmp_path / "whisper"), SPEECH=str(speech), JAX_PLATFORMS="cpu",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_block()], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    train_list = (work / "train_files.txt").read_text().split()
+    val_list = (work / "val_files.txt").read_text().split()
+    assert len(train_list) == 1 and len(val_list) == 1 and set(train_list) != set(val_list)
+    summary = json.dumps(json.loads((work / "clips" / "summary.json").read_text()))
+    assert os.path.basename(train_list[0]) in summary
+    assert os.path.basename(val_list[0]) not in summary  # the held-out video stays out of the dataset
+    records = read_metrics(str(work / "run"))
+    assert [r["step"] for r in records if "loss" in r] == [1, 2]
+    assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
+    assert records[0]["lr"] == 0.0 and records[1]["lr"] == pytest.approx(1e-6 / 200)  # warmup of the recipe
+    exported, _ = restore_params(work / "unet")
+    assert read_metadata(work / "unet")["training_step"] == 2
+    base = models.unet_params
+    import jax
+    assert jax.tree.structure(exported) == jax.tree.structure(base)
+    # fine-tuned from BASE (lr 5e-9 in the first warmup steps), not from a fresh init
+    assert all(np.allclose(np.asarray(a), np.asarray(b), atol=1e-6) for a, b in
+               zip(jax.tree.leaves(exported), jax.tree.leaves(base)))
+    assert (work / "lipsync.mp4").stat().st_size > 0
+    assert "wrote" in proc.stdout
