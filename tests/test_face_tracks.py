@@ -382,6 +382,7 @@ def test_downscaled_pre_pass_reports_source_pixels(two_people, demo_clips, multi
     small = find_face_tracks(demo_clips["two"], max_frames=8, max_side=320, landmarker=multi_landmarker,
                              progress=False)
     assert small.detection_scale == pytest.approx(1.5) and (small.width, small.height) == (480, 426)
+    assert next(read_frames(demo_clips["two"], 25.0, max_side=320)).shape == (284, 320, 3)
     right_full = choose_track(listing.faces.tracks, "right")
     right_small = choose_track(small.tracks, "right")
     for frame in right_small.frames[:5]:

@@ -218,15 +218,17 @@ class _OpenTrack:
 class TrackBuilder:
     """Online association: ``update(frame_index, detections[, frame])`` for frames in increasing
     order, then ``finish() -> list[PersonTrack]``. With ``frame`` (the image the detections were
-    made on) each track keeps a thumbnail crop of its largest detection; ``scale`` maps the
-    detections' coordinates to source pixels (thumbnails are cut before scaling)."""
+    made on) each track keeps a thumbnail crop of its largest detection; ``scale`` (one factor or
+    (x, y) factors) maps the detections' coordinates to source pixels (thumbnails are cut
+    before scaling)."""
 
     def __init__(self, *, max_gap: int = DEFAULT_MAX_GAP, min_iou: float = DEFAULT_MIN_IOU,
                  max_centre_distance: float = DEFAULT_MAX_CENTRE_DISTANCE, min_frames: int = DEFAULT_MIN_FRAMES,
-                 scale: float = 1.0):
+                 scale: float | tuple[float, float] = 1.0):
         if max_gap < 0 or min_frames < 1:
             raise ValueError(f"need max_gap >= 0 and min_frames >= 1, got {max_gap}, {min_frames}")
-        self.max_gap, self.min_frames, self.scale = int(max_gap), int(min_frames), float(scale)
+        self.max_gap, self.min_frames = int(max_gap), int(min_frames)
+        self.scale = np.broadcast_to(np.asarray(scale, np.float64), (2,))  # (x, y)
         self.gates = dict(min_iou=min_iou, max_centre_distance=max_centre_distance)
         self._open: list[_OpenTrack] = []
         self._closed: list[_OpenTrack] = []
@@ -282,7 +284,7 @@ class TrackBuilder:
             kept = [max(everything, key=lambda t: len(t.frames))]
         kept.sort(key=lambda t: (t.frames[0], t.detections[0].box[0]))
         return [PersonTrack(track_id=i, frames=np.asarray(t.frames, np.int64),
-                            boxes=np.stack([d.box for d in t.detections]) * self.scale,
+                            boxes=np.stack([d.box for d in t.detections]) * np.tile(self.scale, 2),
                             anchors=np.stack([d.anchors for d in t.detections]) * self.scale,
                             scores=np.array([d.score for d in t.detections], np.float64),
                             thumbnail=t.thumbnail, thumbnail_frame=t.thumbnail_frame)
@@ -419,7 +421,7 @@ class VideoFaceTracks:
     width: int  # source frame size
     height: int
     fps: float
-    detection_scale: float  # source pixels per pre-pass pixel (>= 1)
+    detection_scale: float  # source pixels per pre-pass pixel along x (>= 1; y differs by rounding only)
 
     def choose(self, choice: str | int = "largest") -> PersonTrack:
         return choose_track(self.tracks, choice)
@@ -428,20 +430,6 @@ class VideoFaceTracks:
         """{track id: box} of the tracks present at a frame (detected or interpolated)."""
         boxes = {t.track_id: t.box_at(frame_index) for t in self.tracks}
         return {k: v for k, v in boxes.items() if v is not None}
-
-
-def downscale(frame: np.ndarray, max_side: int | None) -> tuple[np.ndarray, float]:
-    """(frame with its longest side at most ``max_side``, source pixels per returned pixel)."""
-    height, width = frame.shape[:2]
-    longest = max(height, width)
-    if max_side is None or longest <= max_side:
-        return frame, 1.0
-    import cv2
-
-    factor = max_side / longest
-    size = (max(int(round(width * factor)), 1), max(int(round(height * factor)), 1))
-    small = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
-    return small, width / size[0]
 
 
 def find_face_tracks(video_path: str, *, fps: float | None = 25.0, max_frames: int | None = None,
@@ -461,28 +449,29 @@ def find_face_tracks(video_path: str, *, fps: float | None = 25.0, max_frames: i
 
     from lipsync_jax.face.landmarks import make_landmarker
     from lipsync_jax.media import probe_video, read_frames
+    from lipsync_jax.media.video import scaled_size
 
     info = probe_video(video_path, count=False)
+    width, height = scaled_size(info.width, info.height, max_side)
+    scale = (info.width / width, info.height / height)
+    builder = TrackBuilder(scale=scale, **association)
     owns = landmarker is None
     if owns:
         landmarker = make_landmarker(backend, max_num_faces=max_num_faces)
-    scale, restore_size_scale = 1.0, None
+    if hasattr(landmarker, "size_scale"):  # insightface: its size filter stays in source pixels
+        restore_size_scale, landmarker.size_scale = landmarker.size_scale, scale[0]
+    else:
+        restore_size_scale = None
+    count = 0
     try:
-        builder = None
-        count = 0
-        frames = read_frames(video_path, fps, max_frames=max_frames, info=info)
-        for index, frame in enumerate(tqdm(frames, desc="Finding faces", unit="frame", disable=not progress)):
-            small, scale = downscale(frame, max_side)
-            if builder is None:
-                builder = TrackBuilder(scale=scale, **association)
-                if hasattr(landmarker, "size_scale"):  # insightface: size filter in source pixels
-                    restore_size_scale, landmarker.size_scale = landmarker.size_scale, scale
+        frames = read_frames(video_path, fps, max_frames=max_frames, info=info, max_side=max_side)
+        for index, small in enumerate(tqdm(frames, desc="Finding faces", unit="frame", disable=not progress)):
             retry = None
             if recover_missed and hasattr(landmarker, "detect_in_box"):
                 retry = functools.partial(landmarker.detect_in_box, small)
             builder.update(index, detect_faces(landmarker, small), small if thumbnails else None, retry=retry)
             count += 1
-        tracks = builder.finish() if builder is not None else []
+        tracks = builder.finish()
     finally:
         if restore_size_scale is not None:
             landmarker.size_scale = restore_size_scale
@@ -490,4 +479,4 @@ def find_face_tracks(video_path: str, *, fps: float | None = 25.0, max_frames: i
             landmarker.close()
     return VideoFaceTracks(video_path=video_path, tracks=tracks, num_frames=count, width=info.width,
                            height=info.height, fps=float(fps if fps is not None else info.fps),
-                           detection_scale=scale)
+                           detection_scale=scale[0])

@@ -44,21 +44,38 @@ def _read_exact(stream, size: int) -> bytearray | None:
     return buf
 
 
+def scaled_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """(width, height) shrunk, aspect kept (rounded), so that the longest side is at most
+    ``max_side``; unchanged when it already is or ``max_side`` is None."""
+    if max_side is None or max(width, height) <= max_side:
+        return width, height
+    factor = max_side / max(width, height)
+    return max(int(round(width * factor)), 1), max(int(round(height * factor)), 1)
+
+
 def read_frames(path: str, fps: float | None = None, *, max_frames: int | None = None,
-                info: VideoInfo | None = None) -> Iterator[np.ndarray]:
+                info: VideoInfo | None = None, max_side: int | None = None) -> Iterator[np.ndarray]:
     """Yields the frames of ``path`` as writable RGB uint8 arrays (height, width, 3).
 
     fps: resample to this constant rate (e.g. 25.0, as LatentSync does) or None to keep every
-    decoded frame. max_frames: stop after this many. Memory: one frame at a time.
+    decoded frame. max_frames: stop after this many. max_side: downscale in ffmpeg (area
+    filter) to ``scaled_size(width, height, max_side)`` (cheap previews and pre-passes).
+    Memory: one frame at a time.
     """
     info = info or probe_video(path, count=False)
     args = [*base_command(), "-i", path, "-map", "0:v:0"]
+    width, height = scaled_size(info.width, info.height, max_side)
+    filters = []
     if fps is not None and not _same_rate(fps, info.fps):
-        args += ["-vf", f"fps={fps:g}"]
+        filters.append(f"fps={fps:g}")
+    if (width, height) != (info.width, info.height):
+        filters.append(f"scale={width}:{height}:flags=area")
+    if filters:
+        args += ["-vf", ",".join(filters)]
     if max_frames is not None:
         args += ["-frames:v", str(int(max_frames))]
     args += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
-    frame_bytes = info.width * info.height * 3
+    frame_bytes = width * height * 3
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
         finished = False
@@ -72,7 +89,7 @@ def read_frames(path: str, fps: float | None = None, *, max_frames: int | None =
                 if buf is None:
                     break
                 count += 1
-                yield np.frombuffer(buf, np.uint8).reshape(info.height, info.width, 3)
+                yield np.frombuffer(buf, np.uint8).reshape(height, width, 3)
             finished = True
             if proc.wait() != 0:
                 log.seek(0)
