@@ -1,7 +1,8 @@
 """``python -m data_prep``: raw talking-head videos -> an ArrayRecord/tfds clip dataset.
 
     python -m data_prep --input_dir videos/ --output_dir data/clips --num_workers 8 \
-        [--file_list list.txt] [--resolution 256] [--syncnet_ckpt converted/syncnet]
+        [--file_list list.txt] [--resolution 256] [--syncnet_ckpt converted/syncnet] \
+        [--quality_ckpt koniq_pretrained.pkl] [--multi_face drop|split|keep] [--runner DirectRunner]
 
 Resumable: each source's clips go to ``output_dir/_work/<source key>/clips.array_record`` and a
 ``result.json`` marker written after them; a rerun skips every source whose marker matches the
@@ -9,7 +10,10 @@ file (size, mtime) and the options, and retries failed ones only with ``--retry_
 At the end all finished sources (of this input list) are packed into the dataset
 ``output_dir/<name>/<version>/`` (see ``lipsync_jax.data.records``) and a summary (kept clips,
 dropped clips and skipped sources by reason) is logged and written to
-``output_dir/summary.json``. One bad file is logged and skipped; it never stops the run.
+``output_dir/summary.json``, with the per-clip table ``output_dir/clips.csv`` and plots in
+``output_dir/stats/`` (``data_prep.stats``). One bad file is logged and skipped; it never stops
+the run. ``--runner`` runs the same per-source work as an Apache Beam pipeline
+(``data_prep.beam_pipeline``).
 """
 
 from __future__ import annotations
@@ -22,11 +26,15 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 from typing import Any, Iterator, Sequence
 
-from data_prep.clips import PrepOptions, SourceError, process_source, source_key
+from tqdm import tqdm
+
+from data_prep import filters
+from data_prep.clips import PrepOptions, SourceError, Tools, process_source, source_key
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".mpg", ".mpeg")
 WORK_DIR = "_work"
@@ -78,23 +86,45 @@ def _fingerprint(path: str) -> dict[str, Any]:
 
 # ---- one source (runs in a worker process) ---------------------------------------------------
 
-_WORKER_TOOLS: dict[tuple, tuple[Any, Any]] = {}  # per process: landmarker and SyncNet, built once per setting
+_WORKER_TOOLS: dict[tuple, Tools] = {}  # per process: the models each setting needs, built once
 
 
-def _worker_tools(options: PrepOptions) -> tuple[Any, Any]:
-    key = (options.face_backend, options.syncnet_ckpt, options.sync_search_offset)
+def _tools_key(options: PrepOptions) -> tuple:
+    return (options.face_backend, options.detects_faces, options.multi_face, options.sync_scorer,
+            options.syncnet_ckpt, options.detector_ckpt, options.sync_search_offset, options.quality_ckpt)
+
+
+def _worker_tools(options: PrepOptions) -> Tools:
+    key = _tools_key(options)
     if key not in _WORKER_TOOLS:
         os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's native INFO/WARNING chatter
-        from data_prep.sync_filter import scorer_or_none
         from lipsync_jax.face import make_landmarker
 
-        for landmarker, _ in _WORKER_TOOLS.values():
-            if hasattr(landmarker, "close"):
-                landmarker.close()
+        for tools in _WORKER_TOOLS.values():
+            for tool in (tools.landmarker, tools.face_detector):
+                if hasattr(tool, "close"):
+                    tool.close()
         _WORKER_TOOLS.clear()
-        _WORKER_TOOLS[key] = (make_landmarker(options.face_backend),
-                              scorer_or_none(options.syncnet_ckpt, search_offset=options.sync_search_offset))
+        _WORKER_TOOLS[key] = Tools(
+            landmarker=make_landmarker(options.face_backend),
+            face_detector=filters.MediaPipeFaceDetector() if options.detects_faces else None,
+            sync_scorer=filters.build_sync_scorer(options.sync_scorer, options.syncnet_ckpt,
+                                                  search_offset=options.sync_search_offset,
+                                                  detector_ckpt=options.detector_ckpt),
+            quality_scorer=filters.build_quality_scorer(options.quality_ckpt),
+            track_finder=filters.load_track_finder() if options.multi_face == "split" else None)
     return _WORKER_TOOLS[key]
+
+
+def check_tools(options: PrepOptions) -> None:
+    """Fail early, with one line, when a filter asked for cannot be built in this checkout."""
+    if options.syncnet_ckpt and options.sync_scorer == "lse" and not filters.module_available("lipsync_jax.eval.lse"):
+        raise PrepError("--sync_scorer lse needs lipsync_jax.eval.lse (the classic SyncNet LSE pipeline), which "
+                        "this checkout does not have; use --sync_scorer stable")
+    if options.quality_ckpt and not filters.module_available("lipsync_jax.eval.quality"):
+        raise PrepError("--quality_ckpt needs lipsync_jax.eval.quality (HyperIQA), which this checkout does not have")
+    if options.multi_face == "split" and not filters.module_available("lipsync_jax.face.tracks"):
+        raise PrepError("--multi_face split needs lipsync_jax.face.tracks, which this checkout does not have")
 
 
 def _write_json(path: str, data: Any) -> None:
@@ -104,8 +134,9 @@ def _write_json(path: str, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def run_source(path: str, work_dir: str, options: PrepOptions) -> dict[str, Any]:
-    """Process one source and write its clips + marker; never raises for a bad source."""
+def run_source(path: str, work_dir: str, options: PrepOptions, tools: Tools | None = None) -> dict[str, Any]:
+    """Process one source and write its clips + marker; never raises for a bad source.
+    ``tools``: models to use instead of the worker's (tests pass doubles)."""
     from lipsync_jax.data.records import features, serialize, write_records
 
     key = source_key(path)
@@ -114,15 +145,15 @@ def run_source(path: str, work_dir: str, options: PrepOptions) -> dict[str, Any]
     marker = {"source": path, "key": key, "file": _fingerprint(path), "options": dataclasses.asdict(options)}
     started = time.time()
     try:
-        landmarker, scorer = _worker_tools(options)
-        result = process_source(path, options, landmarker=landmarker, scorer=scorer)
+        result = process_source(path, options, tools=tools or _worker_tools(options))
         feature_dict = features()
         count = write_records(os.path.join(out, CLIPS_FILE), (serialize(c, feature_dict) for c in result.clips))
         marker.update(status="done", num_clips=count, num_frames=result.num_frames, num_shots=result.num_shots,
                       clip_seconds=sum(len(c.frames) for c in result.clips) / options.fps,
                       clips=[{"clip_id": c.clip_id, "start_time": c.start_time, "num_frames": len(c.frames),
                               "sync_score": c.sync_score, "sync_offset": c.sync_offset} for c in result.clips],
-                      drops=[dataclasses.asdict(d) for d in result.drops])
+                      stats=[dataclasses.asdict(s) for s in result.stats],
+                      seconds_by_step=result.seconds_by_step)
     except SourceError as e:
         marker.update(status="skipped", reason=e.reason, message=str(e))
     except Exception as e:  # noqa: BLE001 - one bad file must never stop the run
@@ -152,7 +183,7 @@ def is_finished(marker: dict[str, Any] | None, path: str, options: PrepOptions, 
 
 def _log_marker(marker: dict[str, Any]) -> None:
     if marker["status"] == "done":
-        reasons = collections.Counter(d["reason"] for d in marker["drops"])
+        reasons = collections.Counter(d["reason"] for d in marker["stats"] if d["status"] != "kept")
         log.info("%s: %d clips (%.1f s) kept, %d dropped %s [%.1f s]", marker["source"], marker["num_clips"],
                  marker["clip_seconds"], sum(reasons.values()), dict(reasons), marker["seconds"])
     else:
@@ -188,7 +219,8 @@ def _run_pool(todo: list[str], work_dir: str, options: PrepOptions, num_workers:
 def summarize(markers: Sequence[dict[str, Any]], processed: int, dataset: str | None,
               num_records: int) -> dict[str, Any]:
     status = collections.Counter(m["status"] for m in markers)
-    dropped = collections.Counter(d["reason"] for m in markers if m["status"] == "done" for d in m["drops"])
+    dropped = collections.Counter(d["reason"] for m in markers if m["status"] == "done" for d in m["stats"]
+                                  if d["status"] != "kept")
     skipped = collections.defaultdict(list)
     for m in markers:
         if m["status"] != "done":
@@ -204,37 +236,73 @@ def summarize(markers: Sequence[dict[str, Any]], processed: int, dataset: str | 
     }
 
 
-def prepare(sources: Sequence[str], output_dir: str, options: PrepOptions, *, num_workers: int = 1,
-            retry_failed: bool = False, name: str | None = None, version: str | None = None,
-            records_per_shard: int = 256) -> dict[str, Any]:
-    """Process ``sources`` into ``output_dir`` (skipping finished ones) and rebuild the dataset.
-    Returns the summary (also written to ``output_dir/summary.json``)."""
+def thresholds(options: PrepOptions) -> dict[str, float]:
+    return {"sync_confidence": options.conf_threshold, "sync_max_offset": options.sync_max_offset,
+            "quality": options.min_quality, "min_face_size": options.min_face_size}
+
+
+def finish_run(output_dir: str, sources: Sequence[str], markers: dict[str, dict[str, Any] | None], processed: int,
+               options: PrepOptions, dataset: str | None, num_records: int) -> dict[str, Any]:
+    """Statistics (clips.csv, stats/) and summary.json of a finished run (local or Beam)."""
+    from data_prep import stats
+
+    done = [markers[p] for p in sources if markers.get(p) is not None]
+    summary = summarize(done, processed, dataset, num_records)
+    rows = [row for m in sorted(done, key=lambda m: m["key"]) if m["status"] == "done" for row in m["stats"]]
+    steps: dict[str, float] = collections.defaultdict(float)
+    for m in done:
+        for step, seconds in m.get("seconds_by_step", {}).items():
+            steps[step] += seconds
+    summary["seconds_by_step"] = {k: round(v, 2) for k, v in sorted(steps.items())}
+    summary["source_frames"] = sum(m.get("num_frames", 0) for m in done if m["status"] == "done")
+    summary["statistics"] = stats.write_statistics(output_dir, rows, thresholds(options))
+    _write_json(os.path.join(output_dir, "summary.json"), summary)
+    log.info("summary: %s", json.dumps({k: v for k, v in summary.items()
+                                        if k not in ("skipped_sources_by_reason", "statistics")}))
+    for reason, items in summary["skipped_sources_by_reason"].items():
+        log.info("skipped (%s): %s", reason, ", ".join(i["source"] for i in items))
+    log.info("per-clip table %s, plots in %s", os.path.join(output_dir, stats.TABLE),
+             os.path.join(output_dir, stats.STATS_DIR))
+    return summary
+
+
+def pack_dataset(output_dir: str, markers: Sequence[dict[str, Any] | None], name: str | None = None,
+                 version: str | None = None, records_per_shard: int = 256) -> tuple[str | None, int]:
+    """The dataset from the finished sources' clip files, shard by shard (``data_prep.packing``)."""
+    from data_prep import packing
     from lipsync_jax.data import records
 
+    files = packing.clips_files(os.path.join(output_dir, WORK_DIR), markers, CLIPS_FILE)
+    if not files:
+        return None, 0
+    name, version = name or records.DEFAULT_NAME, version or records.DEFAULT_VERSION
+    final = records.dataset_dir(output_dir, name, version)
+    staging = packing.staging_dir(final, str(os.getpid()))
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    plan = packing.shard_plan(files, records_per_shard)
+    written = [packing.write_shard(staging, name, i, len(plan), slices) for i, slices in enumerate(plan)]
+    return final, packing.finish_dataset(staging, final, name, version, written)
+
+
+def prepare(sources: Sequence[str], output_dir: str, options: PrepOptions, *, num_workers: int = 1,
+            retry_failed: bool = False, name: str | None = None, version: str | None = None,
+            records_per_shard: int = 256, tools: Tools | None = None) -> dict[str, Any]:
+    """Process ``sources`` into ``output_dir`` (skipping finished ones) and rebuild the dataset.
+    Returns the summary (also written to ``output_dir/summary.json``). ``tools`` (in-process
+    only, ``num_workers=0``): models to use instead of the worker's."""
     work_dir = os.path.join(output_dir, WORK_DIR)
     os.makedirs(work_dir, exist_ok=True)
     markers = {p: read_marker(work_dir, p) for p in sources}
     todo = [p for p in sources if not is_finished(markers[p], p, options, retry_failed)]
     log.info("%d sources: %d to process, %d already finished", len(sources), len(todo), len(sources) - len(todo))
-    results = (map(lambda p: run_source(p, work_dir, options), todo) if num_workers <= 0
+    results = (map(lambda p: run_source(p, work_dir, options, tools), todo) if num_workers <= 0
                else _run_pool(todo, work_dir, options, num_workers))
-    for marker in results:
+    for marker in tqdm(results, total=len(todo), desc="Sources", unit="video", disable=not todo):
         _log_marker(marker)
         markers[marker["source"]] = marker
-    done = [markers[p] for p in sources if markers[p] is not None]
-    kept = sorted((m for m in done if m["status"] == "done" and m["num_clips"]), key=lambda m: m["key"])
-    groups = (records.read_records(os.path.join(work_dir, m["key"], CLIPS_FILE)) for m in kept)
-    dataset, count = None, 0
-    if kept:
-        dataset, count = records.write_dataset(output_dir, groups, name=name or records.DEFAULT_NAME,
-                                               version=version or records.DEFAULT_VERSION,
-                                               records_per_shard=records_per_shard)
-    summary = summarize(done, len(todo), dataset, count)
-    _write_json(os.path.join(output_dir, "summary.json"), summary)
-    log.info("summary: %s", json.dumps({k: v for k, v in summary.items() if k != "skipped_sources_by_reason"}))
-    for reason, items in summary["skipped_sources_by_reason"].items():
-        log.info("skipped (%s): %s", reason, ", ".join(i["source"] for i in items))
-    return summary
+    dataset, count = pack_dataset(output_dir, [markers[p] for p in sources], name, version, records_per_shard)
+    return finish_run(output_dir, sources, markers, len(todo), options, dataset, count)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,10 +320,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shot_threshold", type=float, default=0.3, help="histogram distance that counts as a cut")
     p.add_argument("--jpeg_quality", type=int, default=95)
     p.add_argument("--face_backend", default="mediapipe", choices=("mediapipe", "insightface"))
-    p.add_argument("--syncnet_ckpt", default=None, help="converted SyncNet folder: score, filter, fix offsets")
-    p.add_argument("--sync_search_offset", type=int, default=15, help="offsets tried, in frames (+-)")
+    p.add_argument("--multi_face", default="drop", choices=filters.MULTI_FACE_MODES,
+                   help="drop: one person per clip (drop clips where another face competes or the face is not "
+                        "in every frame); split: one clip per face track covering the clip; keep: no check")
+    p.add_argument("--competing_face_ratio", type=float, default=0.0,
+                   help="another face at least this fraction of the main face's height competes (0: any face)")
+    p.add_argument("--min_face_size", type=float, default=0.0,
+                   help="drop clips whose face box is smaller (median height, source pixels; 0: off)")
+    p.add_argument("--sync_scorer", default="lse", choices=filters.SYNC_SCORERS,
+                   help="lse: classic SyncNet + S3FD (LatentSync's sync_av); stable: StableSyncNet")
+    p.add_argument("--syncnet_ckpt", default=None,
+                   help="SyncNet checkpoint for --sync_scorer (no checkpoint: no sync filter)")
+    p.add_argument("--detector_ckpt", default=None, help="S3FD checkpoint for --sync_scorer lse")
+    p.add_argument("--sync_search_offset", type=int, default=15, help="offsets tried, in frames (+-; stable)")
     p.add_argument("--sync_max_offset", type=int, default=6, help="drop clips whose best offset is larger")
-    p.add_argument("--sync_min_confidence", type=float, default=0.0, help="drop clips below this confidence")
+    p.add_argument("--sync_conf_threshold", type=float, default=None,
+                   help="drop clips with a lower sync confidence (default 3 for lse, 0 for stable)")
+    p.add_argument("--quality_ckpt", default=None, help="HyperIQA checkpoint (koniq_pretrained.pkl): quality filter")
+    p.add_argument("--min_quality", type=float, default=40.0, help="drop clips with a lower HyperIQA score")
+    p.add_argument("--runner", default=None,
+                   help="run as an Apache Beam pipeline on this runner (DirectRunner, DataflowRunner, "
+                        "FlinkRunner, SparkRunner; other Beam options pass through); default: local processes")
     p.add_argument("--retry_failed", action="store_true", help="reprocess sources that failed before")
     p.add_argument("--name", default=None, help="dataset name (default lipsync_clips)")
     p.add_argument("--version", default=None, help="dataset version (default 1.0.0)")
@@ -263,27 +348,44 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _abs(path: str | None) -> str | None:
+    return os.path.abspath(path) if path else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, beam_args = build_parser().parse_known_args(argv)
+    if beam_args and not args.runner:
+        print(f"data_prep: unrecognized arguments: {' '.join(beam_args)}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     options = PrepOptions(resolution=args.resolution, min_seconds=args.min_seconds, max_seconds=args.max_seconds,
                           max_source_seconds=args.max_source_seconds, shot_threshold=args.shot_threshold,
                           jpeg_quality=args.jpeg_quality, face_backend=args.face_backend,
-                          syncnet_ckpt=os.path.abspath(args.syncnet_ckpt) if args.syncnet_ckpt else None,
+                          multi_face=args.multi_face, competing_face_ratio=args.competing_face_ratio,
+                          min_face_size=args.min_face_size, sync_scorer=args.sync_scorer,
+                          syncnet_ckpt=_abs(args.syncnet_ckpt), detector_ckpt=_abs(args.detector_ckpt),
                           sync_search_offset=args.sync_search_offset, sync_max_offset=args.sync_max_offset,
-                          sync_min_confidence=args.sync_min_confidence)
+                          sync_conf_threshold=args.sync_conf_threshold, quality_ckpt=_abs(args.quality_ckpt),
+                          min_quality=args.min_quality)
     try:
         sources = list_sources(args.input_dir, args.file_list)
         if options.min_seconds <= 0 or options.max_seconds < options.min_seconds:
             raise PrepError(f"need 0 < --min_seconds <= --max_seconds, got {options.min_seconds}, "
                             f"{options.max_seconds}")
+        check_tools(options)
         os.makedirs(args.output_dir, exist_ok=True)
         file_handler = logging.FileHandler(os.path.join(args.output_dir, "data_prep.log"))
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logging.getLogger().addHandler(file_handler)
-        summary = prepare(sources, args.output_dir, options, num_workers=args.num_workers,
-                          retry_failed=args.retry_failed, name=args.name, version=args.version,
-                          records_per_shard=args.records_per_shard)
+        kwargs = dict(retry_failed=args.retry_failed, name=args.name, version=args.version,
+                      records_per_shard=args.records_per_shard)
+        if args.runner:
+            from data_prep.beam_pipeline import prepare_with_beam
+
+            summary = prepare_with_beam(sources, os.path.abspath(args.output_dir), options,
+                                        beam_args=[f"--runner={args.runner}", *beam_args], **kwargs)
+        else:
+            summary = prepare(sources, args.output_dir, options, num_workers=args.num_workers, **kwargs)
     except PrepError as e:
         print(f"data_prep: {e}", file=sys.stderr)
         return 2

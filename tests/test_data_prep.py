@@ -159,7 +159,7 @@ def test_sync_offset_recuts_the_audio(sources):
     from lipsync_jax.audio import load_audio
 
     path = str(sources / "demo1.mp4")
-    options = PrepOptions(resolution=RES, max_source_seconds=SECONDS, syncnet_ckpt="(fake)")
+    options = PrepOptions(resolution=RES, max_source_seconds=SECONDS, syncnet_ckpt="(fake)", sync_conf_threshold=0.1)
     result = process_source(path, options, scorer=_FixedOffsetScorer())
     (clip,) = result.clips
     shift = _FixedOffsetScorer.OFFSET
@@ -177,10 +177,10 @@ def test_tiny_syncnet_checkpoint_scores_clips(sources, tmp_path):
     from lipsync_jax.models.syncnet import StableSyncNet, init_params
 
     config = config_to_dict(load_config("configs/syncnet/tiny.py:64"))
-    params = init_params(StableSyncNet.from_config(config), jax.random.PRNGKey(0), image_hw=(RES // 2, RES))
+    params = init_params(jax.random.key(0), StableSyncNet.from_config(config), image_hw=(RES // 2, RES))
     ckpt = save_params(str(tmp_path / "syncnet"), params, config)
-    options = PrepOptions(resolution=RES, max_source_seconds=SECONDS, syncnet_ckpt=ckpt, sync_max_offset=15,
-                          sync_min_confidence=-1.0)
+    options = PrepOptions(resolution=RES, max_source_seconds=SECONDS, sync_scorer="stable", syncnet_ckpt=ckpt,
+                          sync_max_offset=15, sync_conf_threshold=-1.0)
     summary = prepare([str(sources / "demo2.mp4")], str(tmp_path / "out"), options, num_workers=0)
     assert summary["kept_clips"] == 1, summary
     record = records.ClipDataSource(str(tmp_path / "out"))[0]

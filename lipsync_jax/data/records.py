@@ -186,8 +186,6 @@ def write_dataset(root: str, serialized_groups: Iterable[Iterable[bytes]], *, na
     (dataset_info.json + features.json) under ``root/name/version``. The folder is rebuilt in a
     temp folder and swapped in, so readers never see a half-written dataset. Returns
     (dataset folder, number of records)."""
-    import tensorflow_datasets as tfds
-
     final = dataset_dir(root, name, version)
     staging = f"{final}.staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -213,24 +211,48 @@ def write_dataset(root: str, serialized_groups: Iterable[Iterable[bytes]], *, na
     if pending or not shard_paths:
         flush(pending)
     total = sum(shard_lengths)
-    template = tfds.core.ShardedFileTemplate(data_dir=staging, dataset_name=name, split=SPLIT,
-                                             filetype_suffix="array_record")
     for index, path in enumerate(shard_paths):
-        os.replace(path, os.fspath(template.sharded_filepath(shard_index=index, num_shards=len(shard_paths))))
+        os.replace(path, shard_file(staging, name, index, len(shard_paths)))
+    write_dataset_info(staging, final, name=name, version=version, shard_lengths=shard_lengths,
+                       num_bytes=num_bytes, description=description)
+    swap_in(staging, final)
+    return final, total
+
+
+def shard_file(folder: str, name: str, index: int, num_shards: int) -> str:
+    """Path of train shard ``index`` of ``num_shards`` in a dataset folder (tfds' naming)."""
+    import tensorflow_datasets as tfds
+
+    template = tfds.core.ShardedFileTemplate(data_dir=folder, dataset_name=name, split=SPLIT,
+                                             filetype_suffix="array_record")
+    return os.fspath(template.sharded_filepath(shard_index=index, num_shards=num_shards))
+
+
+def write_dataset_info(folder: str, final: str, *, name: str, version: str, shard_lengths: list[int],
+                       num_bytes: int, description: str = "Aligned talking-face clips for lipsync-jax") -> None:
+    """dataset_info.json + features.json for the train shards in ``folder`` (which will be
+    moved to ``final``)."""
+    import tensorflow_datasets as tfds
+
+    template = tfds.core.ShardedFileTemplate(data_dir=folder, dataset_name=name, split=SPLIT,
+                                             filetype_suffix="array_record")
     info = tfds.core.DatasetInfo(
         builder=tfds.core.DatasetIdentity(name=name, version=version, data_dir=final, module_name=""),
         features=features(), description=description)
     info.set_file_format("array_record")
     info.set_splits(tfds.core.SplitDict([tfds.core.SplitInfo(
         name=SPLIT, shard_lengths=shard_lengths, num_bytes=num_bytes, filename_template=template)]))
-    info.write_to_directory(staging)
+    info.write_to_directory(folder)
+
+
+def swap_in(staging: str, final: str) -> None:
+    """Replace the dataset folder ``final`` by ``staging`` (readers never see a half-written one)."""
     old = f"{final}.old-{os.getpid()}"
     if os.path.exists(final):
         os.replace(final, old)
     os.makedirs(os.path.dirname(final), exist_ok=True)
     os.replace(staging, final)
     shutil.rmtree(old, ignore_errors=True)
-    return final, total
 
 
 # ---- reading --------------------------------------------------------------------------------

@@ -1,0 +1,315 @@
+"""Per-clip filters of LatentSync's data pipeline, behind small pluggable interfaces.
+
+Order per candidate clip (a 5-10 s segment of one shot, its aligned faces, its audio):
+
+1. ``single_face`` one person per clip (``--multi_face drop``, the default): LatentSync keeps a
+                   clip only when MediaPipe face detection finds exactly one face in every
+                   frame. Here the faces are detected on the source frames (a second person
+                   beside the speaker is not in the aligned crop) and the clip is kept only if
+                   one face covers all its frames and no other face competes with it (another
+                   box at least ``competing_face_ratio`` as tall as the main one; 0 = any other
+                   face). With a ``TrackFinder`` (``lipsync_jax.face.tracks``) the same check is
+                   made on associated tracks; ``--multi_face split`` makes one clip per track
+                   that covers every frame of the segment,
+2. ``face_size``   LatentSync's high-resolution prefilter: the main face's box (median height
+                   over the clip, source pixels) must be at least ``--min_face_size``,
+3. ``face``        a frame where the aligner lost the face drops the clip (``face_lost``),
+4. ``sync``        LatentSync's sync_av: confidence >= ``--sync_conf_threshold`` and
+                   |offset| <= ``--sync_max_offset`` (6); the audio is then re-cut by the offset
+                   (``sync_filter.corrected_span``; frames are never re-encoded),
+5. ``quality``     LatentSync's filter_visual_quality: the mean quality score of the first,
+                   middle and last aligned frame >= ``--min_quality`` (40).
+
+Interfaces (duck-typed, so test doubles and other models plug in):
+
+- ``SyncScorer.score(jpeg_frames, audio_float_16k, fps) -> SyncResult(score, confidence, offset)``
+  (``sync_filter.SyncScorer``: StableSyncNet; ``LseSyncScorer``: the classic SyncNet + S3FD
+  LSE pipeline, ``lipsync_jax.eval.lse``),
+- ``QualityScorer(frames uint8 (k, h, w, 3)) -> float`` (mean over the k frames given),
+- ``FaceDetector(frame uint8 (h, w, 3)) -> (n, 5) float boxes x0, y0, x1, y1, score``,
+- ``TrackFinder(boxes_per_frame) -> list of FaceTrackSpan`` (one entry per associated face).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+import os
+import tempfile
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+STAGES = ("segment", "single_face", "face_size", "face", "sync", "quality")  # in filter order
+MULTI_FACE_MODES = ("drop", "split", "keep")
+SYNC_SCORERS = ("lse", "stable")
+LSE_CONF_THRESHOLD = 3.0  # LatentSync's sync_av default (LSE-C)
+STABLE_CONF_THRESHOLD = 0.0  # StableSyncNet's confidence is a cosine-similarity margin, not LSE-C
+
+
+def default_sync_threshold(scorer: str) -> float:
+    return LSE_CONF_THRESHOLD if scorer == "lse" else STABLE_CONF_THRESHOLD
+
+
+# ---- interfaces -----------------------------------------------------------------------------
+
+class QualityScorer(Protocol):
+    def __call__(self, frames: np.ndarray) -> float: ...
+
+
+class FaceDetector(Protocol):
+    def __call__(self, frame: np.ndarray) -> np.ndarray: ...
+
+
+@dataclasses.dataclass
+class FaceTrackSpan:
+    """One associated face over a range of frames: ``frames`` (m,) indices, ``boxes`` (m, 4)."""
+
+    frames: np.ndarray
+    boxes: np.ndarray
+
+    def covers(self, start: int, stop: int) -> bool:
+        present = set(int(i) for i in self.frames)
+        return all(i in present for i in range(start, stop))
+
+    def boxes_in(self, start: int, stop: int) -> np.ndarray:
+        keep = (self.frames >= start) & (self.frames < stop)
+        order = np.argsort(self.frames[keep])
+        return np.asarray(self.boxes, np.float64)[keep][order]
+
+
+TrackFinder = Callable[[Sequence[np.ndarray]], list[FaceTrackSpan]]
+
+
+# ---- single face / face size ----------------------------------------------------------------
+
+@dataclasses.dataclass
+class FaceVerdict:
+    ok: bool
+    reason: str = ""
+    detail: str = ""
+    face_size: float = math.nan  # median main-face box height, source pixels
+    max_faces: int = 0
+
+
+def box_heights(boxes: np.ndarray) -> np.ndarray:
+    boxes = np.asarray(boxes, np.float64).reshape(-1, boxes.shape[-1] if np.ndim(boxes) == 2 else 5)
+    return boxes[:, 3] - boxes[:, 1]
+
+
+def _competing(boxes: np.ndarray, ratio: float) -> int:
+    """Faces in one frame that compete with its largest one (the largest itself excluded)."""
+    if len(boxes) < 2:
+        return 0
+    heights = np.sort(box_heights(boxes))[::-1]
+    return int((heights[1:] >= ratio * heights[0]).sum())
+
+
+def single_face_verdict(boxes_per_frame: Sequence[np.ndarray], competing_face_ratio: float = 0.0,
+                        tracks: list[FaceTrackSpan] | None = None) -> FaceVerdict:
+    """LatentSync's one-face check over one clip's source frames (boxes relative to the clip).
+
+    Without ``tracks``: every frame must have a face and no competing second face. With
+    ``tracks`` (associated over the clip's frames): exactly one track covers all frames and no
+    other track has a competing box in any frame."""
+    n = len(boxes_per_frame)
+    counts = [len(b) for b in boxes_per_frame]
+    max_faces = max(counts, default=0)
+    empty = sum(c == 0 for c in counts)
+    if tracks is None:
+        if empty:
+            return FaceVerdict(False, "face_track", f"no face detected in {empty} of {n} frames", max_faces=max_faces)
+        competing = sum(_competing(np.asarray(b), competing_face_ratio) > 0 for b in boxes_per_frame)
+        main = [float(np.max(box_heights(np.asarray(b)))) for b in boxes_per_frame]
+        size = float(np.median(main))
+        if competing:
+            return FaceVerdict(False, "multi_face", f"another face in {competing} of {n} frames", size, max_faces)
+        return FaceVerdict(True, face_size=size, max_faces=max_faces)
+    full = [t for t in tracks if t.covers(0, n)]
+    if not full:
+        return FaceVerdict(False, "face_track", f"no face track covers all {n} frames ({len(tracks)} tracks)",
+                           max_faces=max_faces)
+    main = max(full, key=lambda t: float(np.median(box_heights(t.boxes_in(0, n)))))
+    main_heights = box_heights(main.boxes_in(0, n))
+    size = float(np.median(main_heights))
+    for other in tracks:
+        if other is main:
+            continue
+        heights = box_heights(other.boxes_in(0, n))
+        if len(heights) and np.max(heights) >= competing_face_ratio * size:
+            return FaceVerdict(False, "multi_face", f"{len(tracks)} face tracks in the clip", size, max_faces)
+    return FaceVerdict(True, face_size=size, max_faces=max_faces)
+
+
+def stable_tracks(tracks: list[FaceTrackSpan], n: int) -> list[FaceTrackSpan]:
+    """Tracks covering all ``n`` frames of a clip, left to right (by mean box centre)."""
+    full = [t for t in tracks if t.covers(0, n)]
+    return sorted(full, key=lambda t: float(np.mean(t.boxes_in(0, n)[:, [0, 2]])))
+
+
+def face_size_verdict(face_size: float, min_face_size: float) -> FaceVerdict:
+    if min_face_size > 0 and not face_size >= min_face_size:
+        return FaceVerdict(False, "face_small", f"face {face_size:.0f} px < {min_face_size:.0f} px", face_size)
+    return FaceVerdict(True, face_size=face_size)
+
+
+# ---- sync / quality -------------------------------------------------------------------------
+
+def sync_verdict(confidence: float, offset: int, conf_threshold: float, max_offset: int) -> tuple[str, str]:
+    """("", "") when a clip passes LatentSync's sync_av rule, else (reason, detail)."""
+    if abs(offset) > max_offset:
+        return "sync_offset", f"offset {offset} frames (|offset| > {max_offset})"
+    if not confidence >= conf_threshold:
+        return "sync_confidence", f"confidence {confidence:.3f} < {conf_threshold:g}"
+    return "", ""
+
+
+def quality_frame_indices(num_frames: int) -> list[int]:
+    """First, middle and last frame, as LatentSync's filter_visual_quality samples them."""
+    return [0, num_frames // 2, num_frames - 1]
+
+
+def quality_verdict(score: float, min_quality: float) -> tuple[str, str]:
+    if not score >= min_quality:
+        return "low_quality", f"quality {score:.2f} < {min_quality:g}"
+    return "", ""
+
+
+# ---- default face detector ------------------------------------------------------------------
+
+class MediaPipeFaceDetector:
+    """MediaPipe's full-range face detector (the model LatentSync's one-face check uses)."""
+
+    def __init__(self, min_confidence: float = 0.5):
+        import mediapipe as mp
+
+        self._detector = mp.solutions.face_detection.FaceDetection(model_selection=1,
+                                                                   min_detection_confidence=min_confidence)
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        height, width = frame.shape[:2]
+        result = self._detector.process(np.ascontiguousarray(frame))
+        boxes = []
+        for det in result.detections or ():
+            b = det.location_data.relative_bounding_box
+            boxes.append([b.xmin * width, b.ymin * height, (b.xmin + b.width) * width,
+                          (b.ymin + b.height) * height, float(det.score[0])])
+        return np.asarray(boxes, np.float64).reshape(-1, 5)
+
+    def close(self) -> None:
+        self._detector.close()
+
+
+# ---- adapters to the evaluation modules (loaded only when asked for) --------------------------
+
+def module_available(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+class FilterSetupError(ValueError):
+    """A filter that cannot be built (missing module or checkpoint): one line for the user."""
+
+
+def load_track_finder(**association: Any) -> TrackFinder:
+    """Association of per-frame boxes into tracks by ``lipsync_jax.face.tracks.build_tracks``
+    (options: its ``TrackBuilder``'s). A track covers the frames from its first to its last
+    detection (gaps of at most its ``max_gap`` frames get interpolated boxes)."""
+    if not module_available("lipsync_jax.face.tracks"):
+        raise FilterSetupError("--multi_face split needs face tracks (lipsync_jax.face.tracks), "
+                               "which this checkout does not have")
+    tracks_module = importlib.import_module("lipsync_jax.face.tracks")
+    from lipsync_jax.face.landmarks import FaceDetection
+
+    def find(boxes_per_frame: Sequence[np.ndarray]) -> list[FaceTrackSpan]:
+        detections = [[FaceDetection(anchors=np.zeros((3, 2)), box=np.asarray(b[:4], np.float64), score=float(b[4]))
+                       for b in np.asarray(boxes, np.float64).reshape(-1, 5)] for boxes in boxes_per_frame]
+        spans = []
+        for track in tracks_module.build_tracks(detections, **association):
+            frames = np.arange(track.first_frame, track.last_frame + 1)
+            spans.append(FaceTrackSpan(frames, np.stack([track.box_at(int(i)) for i in frames])))
+        return spans
+
+    return find
+
+
+class LseSyncScorer:
+    """LatentSync's sync_av scorer: the classic SyncNet + S3FD LSE pipeline
+    (``lipsync_jax.eval.lse.evaluate_lse``) on the aligned clip, written to a temporary video
+    and wav (removed afterwards) as syncnet_python reads it. Offset convention: positive =
+    the matching sound comes that many frames after the picture (as ``sync_filter``)."""
+
+    def __init__(self, syncnet_ckpt: str, detector_ckpt: str | None = None):
+        if not module_available("lipsync_jax.eval.lse"):
+            raise FilterSetupError("--sync_scorer lse needs the LSE pipeline (lipsync_jax.eval.lse), which this "
+                                   "checkout does not have; use --sync_scorer stable")
+        self._lse = importlib.import_module("lipsync_jax.eval.lse")
+        loader = getattr(self._lse, "load_lse_models", None)
+        if loader is None:
+            raise FilterSetupError("lipsync_jax.eval.lse has no load_lse_models(syncnet_ckpt, detector_ckpt)")
+        self.syncnet, self.detector = loader(syncnet_ckpt, detector_ckpt)
+
+    def score(self, jpeg_frames: list[bytes], audio: np.ndarray, fps: float):
+        from data_prep.sync_filter import SyncResult
+        from lipsync_jax.data.records import decode_frames
+
+        with tempfile.TemporaryDirectory(prefix="lse-clip-") as tmp:
+            video, wav = os.path.join(tmp, "clip.mp4"), os.path.join(tmp, "clip.wav")
+            _write_clip(video, wav, decode_frames(jpeg_frames, range(len(jpeg_frames))), audio, fps)
+            result = self._lse.evaluate_lse(video, wav, syncnet=self.syncnet, detector=self.detector)
+        tracks = getattr(result, "tracks", None) or [result]
+        best = max(tracks, key=lambda t: t.conf)
+        return SyncResult(score=float(-best.min_dist), confidence=float(best.conf), offset=int(best.offset))
+
+
+def _write_clip(video: str, wav: str, frames: np.ndarray, audio: np.ndarray, fps: float) -> None:
+    import subprocess
+
+    import scipy.io.wavfile
+
+    from lipsync_jax.data.records import audio_to_int16
+    from lipsync_jax.media import ffmpeg_exe
+
+    scipy.io.wavfile.write(wav, 16000, audio_to_int16(audio))
+    h, w = frames.shape[1:3]
+    cmd = [ffmpeg_exe(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
+           "-r", f"{fps:g}", "-i", "-", "-c:v", "libx264", "-preset", "veryfast", "-crf", "16",
+           "-pix_fmt", "yuv420p", video]
+    subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), check=True)
+
+
+class HyperIqaQualityScorer:
+    """LatentSync's filter_visual_quality score with HyperIQA (``lipsync_jax.eval.quality``):
+    mean over the frames given (data_prep passes the first, middle and last)."""
+
+    def __init__(self, checkpoint: str):
+        if not module_available("lipsync_jax.eval.quality"):
+            raise FilterSetupError("--quality_ckpt needs HyperIQA (lipsync_jax.eval.quality), which this "
+                                   "checkout does not have")
+        quality = importlib.import_module("lipsync_jax.eval.quality")
+        loader = getattr(quality, "load_quality_model", None)
+        scorer = getattr(quality, "score_frames", None)
+        if loader is None or scorer is None:
+            raise FilterSetupError("lipsync_jax.eval.quality has no load_quality_model / score_frames")
+        self._model, self._score = loader(checkpoint), scorer
+
+    def __call__(self, frames: np.ndarray) -> float:
+        return float(np.mean(self._score(self._model, frames)))
+
+
+def build_sync_scorer(kind: str, checkpoint: str | None, *, search_offset: int = 15,
+                      detector_ckpt: str | None = None) -> Any:
+    """The sync scorer a run asks for, or None without a checkpoint (no sync filter)."""
+    if not checkpoint:
+        return None
+    if kind == "stable":
+        from data_prep.sync_filter import SyncScorer
+
+        return SyncScorer(checkpoint, search_offset=search_offset)
+    if kind == "lse":
+        return LseSyncScorer(checkpoint, detector_ckpt)
+    raise FilterSetupError(f"--sync_scorer {kind}: choose one of {', '.join(SYNC_SCORERS)}")
+
+
+def build_quality_scorer(checkpoint: str | None) -> QualityScorer | None:
+    return HyperIqaQualityScorer(checkpoint) if checkpoint else None
