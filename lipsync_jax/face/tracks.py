@@ -14,7 +14,8 @@ over time into tracks, online, frame by frame:
 * optionally (the pre-pass does, with MediaPipe) a track no detection joined is looked for once
   more with FaceMesh on a crop around its predicted box; a face found there that passes the
   same gates and overlaps none of the frame's detections joins it (small faces in wide frames
-  are often missed by the whole-frame detectors);
+  are often missed by the whole-frame detectors); likewise a new track is extended back over
+  up to ``max_gap`` earlier frames while the face is found there (a face first seen late);
 * **the gap rule**: a track that has missed more than ``max_gap`` consecutive frames is closed
   and never continues; a face that comes back later (same person or not) starts a new track.
   A face missing for at most ``max_gap`` frames keeps its track (the missing frames are gaps in
@@ -57,6 +58,7 @@ the downscaled pre-pass. Simplest for the engine: with at most one track keep to
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 from collections.abc import Callable, Iterable, Sequence
@@ -235,11 +237,15 @@ class TrackBuilder:
         self._last_frame = -1
 
     def update(self, frame_index: int, detections: Sequence[FaceDetection], frame: np.ndarray | None = None,
-               retry: Callable[[np.ndarray], FaceDetection | None] | None = None) -> None:
+               retry: Callable[[np.ndarray], FaceDetection | None] | None = None,
+               retry_before: Callable[[int, np.ndarray], FaceDetection | None] | None = None) -> None:
         """Add one frame's detections. ``retry(box)``, when given, looks for a face around an open
         track's predicted box when no detection matched it (e.g. ``landmarker.detect_in_box``
         bound to the frame); a face found there joins the track if it passes the same gates and
-        overlaps none of the frame's detections."""
+        overlaps none of the frame's detections. ``retry_before(earlier_index, box)`` does the
+        same on an earlier frame (None when that frame is gone): a new track is extended back,
+        frame by frame, up to ``max_gap`` frames, until the face is not found there or would
+        overlap another track's face."""
         if frame_index <= self._last_frame:
             raise ValueError(f"frames must come in increasing order ({frame_index} after {self._last_frame})")
         self._last_frame = frame_index
@@ -268,7 +274,22 @@ class TrackBuilder:
         for detection in sorted(new, key=lambda d: d.box[0]):  # new tracks left to right
             track = _OpenTrack([], [])
             self._extend(track, frame_index, detection, frame)
+            if retry_before is not None:
+                self._extend_back(track, retry_before)
             self._open.append(track)
+
+    def _extend_back(self, track: _OpenTrack, retry_before) -> None:
+        expected = track.detections[0].box
+        others = self._closed + self._open
+        for earlier in range(track.frames[0] - 1, max(track.frames[0] - 1 - self.max_gap, -1), -1):
+            found = retry_before(earlier, expected)
+            if found is None or match_cost(expected, found.box, **self.gates) is None:
+                return
+            if any(iou(found.box, box) >= DEFAULT_MIN_IOU for box in _boxes_at(others, earlier)):
+                return
+            track.frames.insert(0, earlier)
+            track.detections.insert(0, found)
+            expected = found.box
 
     def _extend(self, track: _OpenTrack, frame_index: int, detection: FaceDetection, frame: np.ndarray | None):
         track.frames.append(frame_index)
@@ -289,6 +310,16 @@ class TrackBuilder:
                             scores=np.array([d.score for d in t.detections], np.float64),
                             thumbnail=t.thumbnail, thumbnail_frame=t.thumbnail_frame)
                 for i, t in enumerate(kept)]
+
+
+def _boxes_at(tracks: Sequence[_OpenTrack], frame_index: int) -> list[np.ndarray]:
+    boxes = []
+    for track in tracks:
+        if track.frames[0] <= frame_index <= track.frames[-1]:
+            pos = int(np.searchsorted(track.frames, frame_index))
+            if track.frames[pos] == frame_index:
+                boxes.append(track.detections[pos].box)
+    return boxes
 
 
 def build_tracks(per_frame_detections: Iterable[Sequence[FaceDetection]], **options) -> list[PersonTrack]:
@@ -441,8 +472,8 @@ def find_face_tracks(video_path: str, *, fps: float | None = 25.0, max_frames: i
     ``landmarker`` (default: ``backend`` with ``max_num_faces``), joined into tracks (options of
     ``TrackBuilder``: max_gap, min_iou, max_centre_distance, min_frames). Boxes and anchors are
     scaled back to source pixels. ``recover_missed``: a track no detection matched is looked for
-    on a crop around its predicted box (``detect_in_box``, MediaPipe only), which keeps small
-    faces' tracks whole. ``thumbnails`` keeps one crop per track (pre-pass resolution).
+    on a crop around its predicted box, and a new track is extended back over the last
+    ``max_gap`` frames (``detect_in_box``, MediaPipe only; keeps small faces' tracks whole). ``thumbnails`` keeps one crop per track (pre-pass resolution).
     Memory: one frame at a time plus the detections. ``NoFaceError`` is not raised: a video
     without faces gives no tracks."""
     from tqdm import tqdm
@@ -463,13 +494,23 @@ def find_face_tracks(video_path: str, *, fps: float | None = 25.0, max_frames: i
     else:
         restore_size_scale = None
     count = 0
+    recent: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()  # for extending new tracks back
+
+    def retry_before(index: int, box: np.ndarray) -> FaceDetection | None:
+        return landmarker.detect_in_box(recent[index], box) if index in recent else None
+
     try:
         frames = read_frames(video_path, fps, max_frames=max_frames, info=info, max_side=max_side)
         for index, small in enumerate(tqdm(frames, desc="Finding faces", unit="frame", disable=not progress)):
-            retry = None
+            retry = back = None
             if recover_missed and hasattr(landmarker, "detect_in_box"):
-                retry = functools.partial(landmarker.detect_in_box, small)
-            builder.update(index, detect_faces(landmarker, small), small if thumbnails else None, retry=retry)
+                retry, back = functools.partial(landmarker.detect_in_box, small), retry_before
+            builder.update(index, detect_faces(landmarker, small), small if thumbnails else None, retry=retry,
+                           retry_before=back)
+            if back is not None and builder.max_gap > 0:
+                recent[index] = small
+                while len(recent) > builder.max_gap:
+                    recent.popitem(last=False)
             count += 1
         tracks = builder.finish()
     finally:
