@@ -116,7 +116,10 @@ def convert(kind: str, src: str, config_path: str | None, dst: str, dtype: str |
     report.raise_if_problems(f"{kind} checkpoint {src}")
     if dtype is not None:
         params = cast_floating(params, dtype)
-    saved_config = config if config is not None else found_config(src)
+    if config is not None:
+        saved_config = config
+    else:  # converters that read their config off the converted shapes say so with saved_config()
+        saved_config = module.saved_config(params) if hasattr(module, "saved_config") else found_config(src)
     if saved_config is None:  # converters with a built-in default (videomae: TREPA's giant ViT)
         saved_config = getattr(module, "DEFAULT_CONFIG", None)
     out = save_params(dst, params, saved_config, metadata={

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from lipsync_jax.convert.rules import ConversionReport, Rule, param_shapes
+from lipsync_jax.convert.rules import ConversionReport, Rule
 from lipsync_jax.convert.rules import convert_state_dict as apply_rules
 from lipsync_jax.models.lse_syncnet import LSESyncNetConfig, abstract_params
+from lipsync_jax.tree_utils import param_shapes
 
 _CONVS = "0|4|8|11|14|18"
 _NORMS = "1|5|9|12|15|19"
@@ -50,9 +51,26 @@ def convert_state_dict(state_dict: Mapping[str, Any], config: Any = None,
 
 def convert_file(src: str, config: Any = None, dtype: Any = None) -> tuple[dict[str, Any], ConversionReport]:
     """``src``: ``syncnet_v2.model``. Raises ``ConversionError`` when it does not fit."""
-    from lipsync_jax.convert.checkpoint_io import read_state_dict
+    from lipsync_jax.convert.torch_legacy import read_any_state_dict
 
-    state_dict, _ = read_state_dict(src)
+    state_dict = read_any_state_dict(src)  # also the legacy (pre-1.6) torch format of the original file
+    if config is None:
+        config = config_from_state_dict(state_dict)
     params, report = convert_state_dict(state_dict, config, dtype=dtype)
     report.raise_if_problems(f"classic SyncNet checkpoint {src}")
     return params, report
+
+
+def saved_config(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The config stored beside converted params (``--config`` not given): read off the shapes."""
+    return {"narrow_by": max(1, 64 // int(params["netcnnaud"]["conv_0"]["kernel"].shape[-1])),
+            "num_layers_in_fc_layers": int(params["netfcaud"]["dense_3"]["kernel"].shape[-1])}
+
+
+def config_from_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Width divisor and embedding size read off the first and last layers (1 and 1024 for
+    syncnet_v2.model; narrowed test networks load too)."""
+    first, last = state_dict.get("netcnnaud.0.weight"), state_dict.get("netfcaud.3.weight")
+    if first is None or last is None:
+        return {}
+    return {"narrow_by": max(1, 64 // int(first.shape[0])), "num_layers_in_fc_layers": int(last.shape[0])}

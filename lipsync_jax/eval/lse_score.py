@@ -92,8 +92,7 @@ def _embed_fns(model: LSESyncNet, batch_size: int):
     @jax.jit
     def lip(params, slab):  # slab: (batch + 4, 224, 224, 3) -> (batch, d) and (batch, 512)
         windows = jnp.stack([slab[k:k + batch_size] for k in range(LIP_FRAMES)], axis=1).astype(jnp.float32)
-        feats = model.apply({"params": params}, windows, method=LSESyncNet.lip_features)
-        return model.apply({"params": params}, windows, method=LSESyncNet.embed_lip), feats
+        return model.apply({"params": params}, windows, method=LSESyncNet.embed_lip_with_features)
 
     @jax.jit
     def audio(params, columns):  # columns: (13, 4 * (batch - 1) + 20)

@@ -120,24 +120,58 @@ class AudioTower(_Layers):
         return x.reshape(x.shape[0], -1)
 
 
+class FoldedConv3d(nn.Module):
+    """A Conv3d whose kernel spans the whole (short) time axis, run as a 2D conv: the input's
+    frames are stacked on channels (channel = frame * c_in + c) and the (t, kh, kw, c_in, out)
+    kernel reshaped to match. Same result and parameter layout as ``nn.Conv`` with a 3D kernel
+    and time output 1, but XLA's CPU 2D convolutions are much faster than its 3D ones."""
+
+    features: int
+    kernel_size: tuple[int, int, int]
+    strides: tuple[int, int] = (1, 1)
+    padding: Any = "VALID"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        batch, frames, height, width, channels = x.shape
+        t, kh, kw = self.kernel_size
+        if frames != t:
+            raise ValueError(f"FoldedConv3d expects {t} frames, got {frames}")
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (t, kh, kw, channels, self.features),
+                            self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        folded = kernel.transpose(1, 2, 0, 3, 4).reshape(kh, kw, t * channels, self.features).astype(self.dtype)
+        x = x.transpose(0, 2, 3, 1, 4).reshape(batch, height, width, frames * channels).astype(self.dtype)
+        y = jax.lax.conv_general_dilated(x, folded, self.strides, self.padding,
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + bias.astype(self.dtype)
+
+
 class LipTower(_Layers):
-    """``netcnnlip``: (b, 5, 224, 224, 3) BGR 0..255 -> (b, 512) conv features (``forward_lipfeat``)."""
+    """``netcnnlip``: (b, 5, 224, 224, 3) BGR 0..255 -> (b, 512) conv features (``forward_lipfeat``).
+    The first conv spans all 5 frames, so every layer after it has one time step: all layers
+    run as 2D convs (``FoldedConv3d``) with the original 3D kernels as parameters."""
 
     widths: tuple[int, ...] = LIP_WIDTHS
 
+    def conv3d(self, x, width, kernel, stride, padding, index):
+        return FoldedConv3d(width, kernel, stride, padding, self.dtype, self.param_dtype, name=f"conv_{index}")(x)
+
     @nn.compact
     def __call__(self, frames: jax.Array) -> jax.Array:
-        w, pad = self.widths, ((0, 0), (1, 1), (1, 1))
+        w, pad = self.widths, ((1, 1), (1, 1))
         x = frames.astype(self.dtype)
-        x = self.bn_relu(self.conv(x, w[0], (5, 7, 7), (1, 2, 2), "VALID", 0), 1)
-        x = nn.max_pool(x, (1, 3, 3), strides=(1, 2, 2))
-        x = self.bn_relu(self.conv(x, w[1], (1, 5, 5), (1, 2, 2), pad, 4), 5)
-        x = nn.max_pool(x, (1, 3, 3), strides=(1, 2, 2), padding=pad)
-        x = self.bn_relu(self.conv(x, w[2], (1, 3, 3), (1, 1, 1), pad, 8), 9)
-        x = self.bn_relu(self.conv(x, w[3], (1, 3, 3), (1, 1, 1), pad, 11), 12)
-        x = self.bn_relu(self.conv(x, w[4], (1, 3, 3), (1, 1, 1), pad, 14), 15)
-        x = nn.max_pool(x, (1, 3, 3), strides=(1, 2, 2))
-        x = self.bn_relu(self.conv(x, w[5], (1, 6, 6), (1, 1, 1), "VALID", 18), 19)
+        x = self.bn_relu(self.conv3d(x, w[0], (5, 7, 7), (2, 2), "VALID", 0), 1)
+        x = nn.max_pool(x, (3, 3), strides=(2, 2))
+        x = self.bn_relu(self.conv3d(x[:, None], w[1], (1, 5, 5), (2, 2), pad, 4), 5)
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=pad)
+        x = self.bn_relu(self.conv3d(x[:, None], w[2], (1, 3, 3), (1, 1), pad, 8), 9)
+        x = self.bn_relu(self.conv3d(x[:, None], w[3], (1, 3, 3), (1, 1), pad, 11), 12)
+        x = self.bn_relu(self.conv3d(x[:, None], w[4], (1, 3, 3), (1, 1), pad, 14), 15)
+        x = nn.max_pool(x, (3, 3), strides=(2, 2))
+        x = self.bn_relu(self.conv3d(x[:, None], w[5], (1, 6, 6), (1, 1), "VALID", 18), 19)
         return x.reshape(x.shape[0], -1)
 
 
@@ -179,6 +213,11 @@ class LSESyncNet(nn.Module):
     def embed_lip(self, frames: jax.Array) -> jax.Array:
         """(b, 5, 224, 224, 3) BGR 0..255 -> (b, d) (``forward_lip``)."""
         return self.netfclip(self.netcnnlip(frames))
+
+    def embed_lip_with_features(self, frames: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """-> (lip embeddings (b, d), lip conv features (b, 512)) in one pass."""
+        features = self.netcnnlip(frames)
+        return self.netfclip(features), features
 
     def __call__(self, frames: jax.Array, mfcc: jax.Array) -> tuple[jax.Array, jax.Array]:
         """-> (lip embeddings (b, d), audio embeddings (b, d))."""
