@@ -64,7 +64,6 @@ import functools
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from lipsync_jax.face.errors import FaceError
 from lipsync_jax.face.landmarks import FaceDetection, FaceLandmarker, box_area, detect_faces
@@ -194,6 +193,8 @@ def assign(expected: Sequence[np.ndarray], boxes: Sequence[np.ndarray], **gates)
             c = match_cost(e, b, **gates)
             if c is not None:
                 cost[i, j] = c
+    from scipy.optimize import linear_sum_assignment  # lazy: importing scipy.optimize takes ~1 s
+
     rows, cols = linear_sum_assignment(cost)
     return {int(i): int(j) for i, j in zip(rows, cols) if cost[i, j] < _INFEASIBLE}
 
