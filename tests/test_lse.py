@@ -226,6 +226,28 @@ def test_legacy_checkpoint_converts_via_cli(tmp_path, monkeypatch):
             np.testing.assert_array_equal(np.asarray(got[path]), want[path])
 
 
+def test_syncnet_legacy_file_and_converted_folder_load_alike(tmp_path, monkeypatch):
+    from lipsync_jax.convert.__main__ import main as convert_main
+    from lipsync_jax.eval.lse import load_lse_syncnet
+    from lipsync_jax.tree_utils import flatten_tree
+
+    fixture = load_fixture(os.path.join(GOLDEN, "lse_syncnet_tiny.npz"))
+    src = str(tmp_path / "syncnet_v2.model")
+    with monkeypatch.context() as patch:  # keeps the int64 num_batches_tracked entries
+        _write_legacy_torch(src, fixture.weights_f32(), patch)
+    assert convert_main(["lse_syncnet", "--src", src, "--dst", str(tmp_path / "converted")]) == 0
+    with open(tmp_path / "converted" / "config.json") as f:
+        assert json.load(f) == {"narrow_by": 4, "num_layers_in_fc_layers": 256}
+    from_file, from_folder = load_lse_syncnet(src), load_lse_syncnet(str(tmp_path / "converted"))
+    assert from_file.model.config == from_folder.model.config and from_file.model.config.embed_dim == 256
+    a, b = flatten_tree(from_file.params), flatten_tree(from_folder.params)
+    assert sorted(a) == sorted(b)
+    for path in a:
+        np.testing.assert_array_equal(np.asarray(a[path]), np.asarray(b[path]))
+    np.testing.assert_array_equal(np.asarray(a[("netcnnaud", "norm_1", "running_var")]),
+                                  fixture.weights["netcnnaud.1.running_var"])
+
+
 def test_truncated_legacy_checkpoint_is_a_clear_error(tmp_path, monkeypatch):
     from lipsync_jax.convert.errors import CheckpointFormatError
     from lipsync_jax.convert.torch_legacy import read_any_state_dict

@@ -5,7 +5,8 @@ Notebook entry points (imported lazily, so ``import lipsync_jax.eval`` stays lig
 ``video_metrics`` (two video files: lipsync_jax.eval.video_metrics), ``load_syncnet``,
 ``evaluate_sync``, ``score_faces``, ``pair_videos_with_audio`` (lipsync_jax.eval.sync_eval),
 ``read_face_track`` (lipsync_jax.eval.faces), ``sync_score`` and ``SyncScore``
-(lipsync_jax.eval.sync_score).
+(lipsync_jax.eval.sync_score), ``evaluate_lse``, ``load_lse_syncnet``, ``load_s3fd``,
+``LSEResult`` (LSE-C / LSE-D: lipsync_jax.eval.lse).
 """
 
 import importlib
@@ -16,6 +17,7 @@ _EXPORTS = {
     "load_syncnet": "sync_eval", "evaluate_sync": "sync_eval", "score_faces": "sync_eval",
     "pair_videos_with_audio": "sync_eval", "SyncEvalError": "sync_eval", "SyncEvalResult": "sync_eval",
     "read_face_track": "faces", "FaceTrack": "faces", "sync_score": "sync_score", "SyncScore": "sync_score",
+    "evaluate_lse": "lse", "load_lse_syncnet": "lse", "load_s3fd": "lse", "LSEResult": "lse", "LSEEvalError": "lse",
 }
 __all__ = sorted(_EXPORTS)
 
