@@ -175,10 +175,14 @@ def process_source(path: str, options: PrepOptions, landmarker: Any = None, scor
                    tools: Tools | None = None) -> SourceResult:
     """All clips of one video, plus a statistics row for every candidate clip."""
     tools = tools or Tools(landmarker=landmarker, sync_scorer=scorer)
-    if options.detects_faces and tools.face_detector is None:
-        tools = dataclasses.replace(tools, face_detector=filters.MediaPipeFaceDetector())
     if options.multi_face == "split" and tools.track_finder is None:
         tools = dataclasses.replace(tools, track_finder=filters.load_track_finder())
+    if options.detects_faces and tools.face_detector is None:
+        detector = filters.MediaPipeFaceDetector()
+        try:
+            return process_source(path, options, tools=dataclasses.replace(tools, face_detector=detector))
+        finally:
+            detector.close()
     timer = _Timer()
     tick = time.perf_counter()
     try:

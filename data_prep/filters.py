@@ -64,19 +64,33 @@ class FaceDetector(Protocol):
 
 @dataclasses.dataclass
 class FaceTrackSpan:
-    """One associated face over a range of frames: ``frames`` (m,) indices, ``boxes`` (m, 4)."""
+    """One associated face: ``frames`` (m,) increasing indices where it was detected, ``boxes``
+    (m, 4). As ``lipsync_jax.face.tracks`` defines a track, it covers the frames from its first
+    to its last detection when no gap between detections is longer than ``max_gap`` frames;
+    boxes in a gap are interpolated."""
 
     frames: np.ndarray
     boxes: np.ndarray
+    max_gap: int = 12
 
     def covers(self, start: int, stop: int) -> bool:
-        present = set(int(i) for i in self.frames)
-        return all(i in present for i in range(start, stop))
+        frames = np.asarray(self.frames)
+        if not len(frames) or frames[0] > start or frames[-1] < stop - 1:
+            return False
+        inside = frames[(frames >= start) & (frames < stop)]
+        edges = np.concatenate([[start - 1], inside, [stop]])
+        return bool(np.all(np.diff(edges) <= self.max_gap + 1))
+
+    def detected_in(self, start: int, stop: int) -> np.ndarray:
+        """The detected boxes (k, 4) in frames [start, stop)."""
+        frames = np.asarray(self.frames)
+        return np.asarray(self.boxes, np.float64)[(frames >= start) & (frames < stop), :4]
 
     def boxes_in(self, start: int, stop: int) -> np.ndarray:
-        keep = (self.frames >= start) & (self.frames < stop)
-        order = np.argsort(self.frames[keep])
-        return np.asarray(self.boxes, np.float64)[keep][order]
+        """(stop - start, 4) boxes, interpolated between detections (edge boxes held)."""
+        frames, boxes = np.asarray(self.frames, np.float64), np.asarray(self.boxes, np.float64)[:, :4]
+        wanted = np.arange(start, stop, dtype=np.float64)
+        return np.stack([np.interp(wanted, frames, boxes[:, c]) for c in range(4)], axis=1)
 
 
 TrackFinder = Callable[[Sequence[np.ndarray]], list[FaceTrackSpan]]
@@ -94,8 +108,9 @@ class FaceVerdict:
 
 
 def box_heights(boxes: np.ndarray) -> np.ndarray:
-    boxes = np.asarray(boxes, np.float64).reshape(-1, boxes.shape[-1] if np.ndim(boxes) == 2 else 5)
-    return boxes[:, 3] - boxes[:, 1]
+    """Heights of (n, >=4) boxes x0, y0, x1, y1[, score]."""
+    boxes = np.asarray(boxes, np.float64)
+    return boxes[:, 3] - boxes[:, 1] if boxes.size else np.zeros(0)
 
 
 def _competing(boxes: np.ndarray, ratio: float) -> int:
@@ -136,7 +151,7 @@ def single_face_verdict(boxes_per_frame: Sequence[np.ndarray], competing_face_ra
     for other in tracks:
         if other is main:
             continue
-        heights = box_heights(other.boxes_in(0, n))
+        heights = box_heights(other.detected_in(0, n))
         if len(heights) and np.max(heights) >= competing_face_ratio * size:
             return FaceVerdict(False, "multi_face", f"{len(tracks)} face tracks in the clip", size, max_faces)
     return FaceVerdict(True, face_size=size, max_faces=max_faces)
@@ -179,26 +194,56 @@ def quality_verdict(score: float, min_quality: float) -> tuple[str, str]:
 # ---- default face detector ------------------------------------------------------------------
 
 class MediaPipeFaceDetector:
-    """MediaPipe's full-range face detector (the model LatentSync's one-face check uses)."""
+    """MediaPipe face detection (the detector of LatentSync's one-face check), both of its
+    models: the short-range one (faces within ~2 m) finds both faces of the small two-person
+    demo in every frame where the full-range one misses the smaller face in ~1 frame of 5, and
+    the full-range one is surer of large single faces (demo1: >= 0.74 where short-range drops to
+    0.55). Boxes of both are merged; a box mostly inside a higher-scoring one (the same face) is
+    dropped. Minimum score 0.6: on the demos real faces score >= 0.61, the false positives (a
+    torso) 0.50-0.55."""
 
-    def __init__(self, min_confidence: float = 0.5):
+    def __init__(self, min_confidence: float = 0.6, models: tuple[int, ...] = (0, 1), duplicate_overlap: float = 0.5):
         import mediapipe as mp
 
-        self._detector = mp.solutions.face_detection.FaceDetection(model_selection=1,
-                                                                   min_detection_confidence=min_confidence)
+        self._detectors = [mp.solutions.face_detection.FaceDetection(model_selection=m,
+                                                                     min_detection_confidence=min_confidence)
+                           for m in models]
+        self.duplicate_overlap, self.min_confidence = duplicate_overlap, min_confidence
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         height, width = frame.shape[:2]
-        result = self._detector.process(np.ascontiguousarray(frame))
+        frame = np.ascontiguousarray(frame)
         boxes = []
-        for det in result.detections or ():
-            b = det.location_data.relative_bounding_box
-            boxes.append([b.xmin * width, b.ymin * height, (b.xmin + b.width) * width,
-                          (b.ymin + b.height) * height, float(det.score[0])])
-        return np.asarray(boxes, np.float64).reshape(-1, 5)
+        for detector in self._detectors:
+            for det in detector.process(frame).detections or ():
+                b = det.location_data.relative_bounding_box
+                boxes.append([b.xmin * width, b.ymin * height, (b.xmin + b.width) * width,
+                              (b.ymin + b.height) * height, float(det.score[0])])
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 5)
+        boxes = boxes[boxes[:, 4] >= self.min_confidence]  # MediaPipe's own threshold lets some lower ones pass
+        return drop_duplicate_boxes(boxes, self.duplicate_overlap)
 
     def close(self) -> None:
-        self._detector.close()
+        for detector in self._detectors:
+            detector.close()
+
+
+def drop_duplicate_boxes(boxes: np.ndarray, overlap: float = 0.5) -> np.ndarray:
+    """Boxes (n, 5) by decreasing score, without those whose intersection with a kept box covers
+    more than ``overlap`` of the smaller of the two."""
+    kept: list[np.ndarray] = []
+    for box in boxes[np.argsort(-boxes[:, 4], kind="stable")]:
+        duplicate = False
+        for other in kept:
+            iw = min(box[2], other[2]) - max(box[0], other[0])
+            ih = min(box[3], other[3]) - max(box[1], other[1])
+            smaller = min((box[2] - box[0]) * (box[3] - box[1]), (other[2] - other[0]) * (other[3] - other[1]))
+            if iw > 0 and ih > 0 and iw * ih > overlap * smaller:
+                duplicate = True
+                break
+        if not duplicate:
+            kept.append(box)
+    return np.asarray(kept, np.float64).reshape(-1, 5)
 
 
 # ---- adapters to the evaluation modules (loaded only when asked for) --------------------------
@@ -224,11 +269,9 @@ def load_track_finder(**association: Any) -> TrackFinder:
     def find(boxes_per_frame: Sequence[np.ndarray]) -> list[FaceTrackSpan]:
         detections = [[FaceDetection(anchors=np.zeros((3, 2)), box=np.asarray(b[:4], np.float64), score=float(b[4]))
                        for b in np.asarray(boxes, np.float64).reshape(-1, 5)] for boxes in boxes_per_frame]
-        spans = []
-        for track in tracks_module.build_tracks(detections, **association):
-            frames = np.arange(track.first_frame, track.last_frame + 1)
-            spans.append(FaceTrackSpan(frames, np.stack([track.box_at(int(i)) for i in frames])))
-        return spans
+        max_gap = int(association.get("max_gap", tracks_module.DEFAULT_MAX_GAP))
+        return [FaceTrackSpan(np.asarray(t.frames), np.asarray(t.boxes)[:, :4], max_gap)
+                for t in tracks_module.build_tracks(detections, **association)]
 
     return find
 
