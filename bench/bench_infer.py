@@ -1,29 +1,41 @@
-"""Benchmark: the inference pipeline stage by stage, in frames per second, with random weights.
+"""Benchmark: the streaming inference engine end to end, with random weights.
 
     python bench/bench_infer.py                                   # CPU: tiny config (64 px faces)
-    python bench/bench_infer.py --config configs/unet/stage2.py   # GPU: full UNet, 256 px
+    python bench/bench_infer.py --config configs/unet/stage2.py --chunk_batch 2    # GPU, 256 px
     python bench/bench_infer.py --config configs/unet/stage2_512.py
+    python bench/bench_infer.py --ttff --rss                      # + cold/warm start, memory vs audio length
+    python bench/bench_infer.py --attention_check                 # cuDNN vs XLA attention (GPU)
 
-Runs ``run_inference`` (random UNet/VAE/Whisper, ``--random_init`` of infer.py) on the demo clip:
-first one chunk to compile everything (reported as warm-up), then ``--seconds`` of audio with a
-synchronising timer, so each stage is charged for its own device work. Prints device, dtype and
-shapes, then one row per stage: frames, seconds, frames per second.
+Runs ``LipsyncEngine.run`` (video in, H.264 + AAC out) on the demo clip: a warm-up job (compiles),
+then ``--seconds`` of audio. Reports: end-to-end frames/s; the device program alone (the same
+compiled program on fixed inputs, waited for: seconds per call of ``chunk_batch x devices``
+chunks) and the device-busy fraction = calls x that time / end-to-end wall time; XLA's
+cost-analysis FLOPs per call and the achieved TFLOP/s; per-stage seconds (stages run in
+parallel threads, so they overlap and do not add up to the wall time).
+``--ttff``: time to first frame of a fresh process (``infer.py``-like child: model build +
+engine), with an empty compile cache (cold) and again with it filled (warm).
+``--rss``: peak RSS of a child process for ``--seconds`` and 4x as much audio (looped video).
+``--json FILE`` appends one JSON line with every number (bench/gpu_suite.sh collects them).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import resource
+import subprocess
 import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASSETS = os.path.join(ROOT, "tests", "data", "assets")
+sys.path.insert(0, ROOT)
 
 
-def main() -> None:
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/unet/tiny.py")
     parser.add_argument("--override", action="append", default=[], help="config override, e.g. data.resolution=512")
@@ -32,59 +44,196 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.84, help="audio seconds to process (96 frames)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=1.5)
+    parser.add_argument("--chunk_batch", type=int, default=None, help="chunks per device per call")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                         help="default: bfloat16 on GPU/TPU, float32 on CPU")
     parser.add_argument("--preset", default="medium", help="x264 preset of the output encode")
-    args = parser.parse_args()
+    parser.add_argument("--compile_cache", default=None, help="persistent cache folder (default: a temp folder)")
+    parser.add_argument("--ttff", action="store_true", help="time to first frame, cold and warm compile cache")
+    parser.add_argument("--rss", action="store_true", help="peak RSS for --seconds and 4x --seconds of audio")
+    parser.add_argument("--attention_check", action="store_true", help="cuDNN vs XLA attention at UNet shapes")
+    parser.add_argument("--json", default=None, help="append the results as one JSON line to this file")
+    parser.add_argument("--child", default=None, choices=["ttff", "rss"], help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
 
+
+def build(args):
     import jax
     import jax.numpy as jnp
 
     from lipsync_jax.config_utils import load_config
-    from lipsync_jax.pipeline import InferenceOptions, StageTimer, build_models, check_inputs, run_inference
+    from lipsync_jax.pipeline import EngineOptions, LipsyncEngine, build_models
 
     dtype = jnp.dtype(args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16"))
-    config = load_config(args.config, args.override)
-    start = time.perf_counter()
-    models = build_models(config, dtype=dtype, random_init=True, seed=0)
-    build_seconds = time.perf_counter() - start
+    models = build_models(load_config(args.config, args.override), dtype=dtype, random_init=True, seed=0)
+    return models, LipsyncEngine(models, EngineOptions(chunk_batch=args.chunk_batch)), dtype
 
-    device = jax.devices()[0]
-    f, r, res = models.num_frames, models.latent_size, models.resolution
-    batch = 2 if args.guidance > 1 else 1
-    windows = 10 * (models.audio.config.n_audio_layer + 1)
+
+def job(args, output, seconds, audio=None):
+    from lipsync_jax.pipeline import InferenceJob
+
+    return InferenceJob(args.video, audio or args.audio, output, num_steps=args.steps, guidance_scale=args.guidance,
+                        max_seconds=seconds, preset=args.preset, progress=False)
+
+
+def child(args) -> None:
+    """One fresh process: build + one job; prints a JSON line (ttff from process start, peak RSS)."""
+    from lipsync_jax.pipeline import enable_compile_cache
+
+    enable_compile_cache(args.compile_cache)
+    models, engine, _ = build(args)
     with tempfile.TemporaryDirectory() as tmp:
-        checked = check_inputs(args.video, args.audio, os.path.join(tmp, "out.mp4"))
-        video = checked.video
-        print(f"device: {device.platform} {device.device_kind} (x{jax.device_count()}), host {platform.machine()} "
-              f"{os.cpu_count()} cpus, jax {jax.__version__}")
-        print(f"config: {args.config} {' '.join(args.override)}; dtype {dtype.name}; steps {args.steps}; "
-              f"guidance {args.guidance}")
-        print(f"video: {video.width}x{video.height} {video.fps:g} fps; faces {res}x{res}; latents ({f}, {r}, {r}, 4); "
-              f"UNet input ({batch}, {f}, {r}, {r}, {models.unet_apply.module.config.in_channels}); "
-              f"audio windows ({f}, {windows}, {models.audio.config.n_audio_state})")
-        print(f"random weights built in {build_seconds:.1f} s")
+        result = engine.run(job(args, os.path.join(tmp, "out.mp4"), args.seconds))
+        run_began = time.perf_counter() - result.seconds
+    ttff = None if result.time_to_first_frame is None else run_began + result.time_to_first_frame - START
+    print(json.dumps({"ttff_process": ttff, "ttff_engine": result.time_to_first_frame, "frames": result.num_frames,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
-        def run(seconds: float, timer: StageTimer) -> float:
-            options = InferenceOptions(args.video, args.audio, os.path.join(tmp, "out.mp4"), num_steps=args.steps,
-                                       guidance_scale=args.guidance, max_seconds=seconds, preset=args.preset,
-                                       progress=False)
+
+def run_child(args, mode: str, cache: str, seconds: float, audio: str | None = None) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--config", args.config,
+           "--video", args.video, "--audio", audio or args.audio, "--seconds", str(seconds), "--steps",
+           str(args.steps), "--guidance", str(args.guidance), "--preset", args.preset, "--compile_cache", cache]
+    cmd += [f"--override={o}" for o in args.override]
+    cmd += ["--chunk_batch", str(args.chunk_batch)] if args.chunk_batch else []
+    cmd += ["--dtype", args.dtype] if args.dtype else []
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"child {mode} failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def attention_check() -> dict:
+    """cuDNN flash attention vs XLA at the UNet's attention shapes (bf16): max error and time."""
+    import jax
+    import jax.numpy as jnp
+
+    from lipsync_jax.models.attention import _cudnn_ok, dot_product_attention
+
+    rows = {}
+    shapes = {"spatial_256_d40": (2, 1024, 8, 40), "spatial_512_d40": (2, 4096, 8, 40),
+              "cross_audio_d80": (2, 256, 8, 80), "motion_frames_d40": (2048, 16, 8, 40)}
+    for name, shape in shapes.items():
+        keys = jax.random.split(jax.random.key(0), 3)
+        q, k, v = (jax.random.normal(key, shape, jnp.bfloat16) for key in keys)
+        ref = dot_product_attention(q, k, v, backend="naive").astype(jnp.float32)
+        row = {}
+        for backend in ("xla", "cudnn"):
+            if backend == "cudnn" and not _cudnn_ok(q, k):
+                row[backend] = "n/a on " + jax.default_backend()
+                continue
+            fn = jax.jit(lambda q, k, v, b=backend: dot_product_attention(q, k, v, backend=b))
+            out = fn(q, k, v).block_until_ready()
             begin = time.perf_counter()
-            run_inference(models, options, checked=checked, timer=timer)
-            return time.perf_counter() - begin
+            for _ in range(10):
+                out = fn(q, k, v)
+            out.block_until_ready()
+            err = float(jnp.abs(out.astype(jnp.float32) - ref).max())
+            row[backend] = {"max_abs_err": err, "ms": (time.perf_counter() - begin) * 100}
+        rows[name] = row
+    return rows
 
-        warmup = run(f / 25.0, StageTimer(sync=True))
-        print(f"warm-up (one chunk, compiles everything): {warmup:.1f} s")
-        timer = StageTimer(sync=True)
-        total = run(args.seconds, timer)
-        frames = round(args.seconds * 25)
-        print(f"\n{frames} output frames in {total:.1f} s: {frames / total:.2f} frames/s end to end\n")
-        print("| stage | frames | seconds | frames/s |")
-        print("|---|---|---|---|")
-        for name, count, seconds, fps in timer.rows():
-            print(f"| {name} | {count or '-'} | {seconds:.2f} | {f'{fps:.1f}' if count else '-'} |")
+
+def device_alone(engine, program, repeats: int = 3) -> float:
+    """Seconds per call of the compiled program on fixed inputs (waited for)."""
+    import numpy as np
+
+    from lipsync_jax.pipeline import start_noise
+
+    shapes = program.input_shapes()
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, shapes["faces"][0], dtype=np.uint8)
+    audio = rng.standard_normal(shapes["audio"][0]).astype(np.float32)
+    indices = np.arange(program.batch, dtype=np.int32)
+    placed = program.put_batch(faces, audio, indices) + program.put_job(*start_noise(engine.models, 0))
+    program(engine.unet_params, engine.vae_params, *placed).block_until_ready()
+    begin = time.perf_counter()
+    for _ in range(repeats):
+        program(engine.unet_params, engine.vae_params, *placed).block_until_ready()
+    return (time.perf_counter() - begin) / repeats
+
+
+def main() -> None:
+    args = parse_args()
+    if args.child:
+        return child(args)
+    import jax
+
+    from lipsync_jax.pipeline import StageTimer, enable_compile_cache
+
+    results: dict = {"config": args.config, "override": args.override, "steps": args.steps,
+                     "guidance": args.guidance, "seconds": args.seconds}
+    if args.attention_check:
+        results["attention"] = attention_check()
+        print("attention (bf16, max |err| vs float32 reference, ms per call):")
+        for name, row in results["attention"].items():
+            print(f"  {name}: {row}")
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = args.compile_cache or os.path.join(tmp, "xla_cache")
+        enable_compile_cache(cache)
+        begin = time.perf_counter()
+        models, engine, dtype = build(args)
+        f, res = models.num_frames, models.resolution
+        device = jax.devices()[0]
+        results.update(device=f"{device.platform} {device.device_kind}", devices=engine.num_devices,
+                       dtype=dtype.name, chunk_batch=engine.chunk_batch, resolution=res,
+                       host=f"{platform.machine()} {os.cpu_count()} cpus", jax=jax.__version__)
+        print(f"device: {results['device']} (x{engine.num_devices}), host {results['host']}, jax {jax.__version__}")
+        print(f"config: {args.config} {' '.join(args.override)}; dtype {dtype.name}; steps {args.steps}; "
+              f"guidance {args.guidance}; chunk_batch {engine.chunk_batch} per device ({engine.batch} chunks "
+              f"of {f} frames per call); faces {res}x{res}; latents ({f}, {res // 8}, {res // 8}, 4)")
+        print(f"random weights built in {time.perf_counter() - begin:.1f} s")
+
+        warm = engine.run(job(args, os.path.join(tmp, "warm.mp4"), f * engine.batch / 25.0))
+        program = engine.program(args.steps, args.guidance)
+        print(f"warm-up job (compiles): {warm.seconds:.1f} s, program compile {program.compile_seconds:.1f} s")
+        timer = StageTimer()
+        result = engine.run(job(args, os.path.join(tmp, "out.mp4"), args.seconds), timer=timer)
+        wall, frames = result.seconds, result.num_frames
+        per_call = device_alone(engine, program)
+        device_seconds = per_call * result.chunk_batches
+        flops = program.flops()
+        results.update(frames=frames, wall_s=wall, fps=frames / wall, ttff_s=result.time_to_first_frame,
+                       calls=result.chunk_batches, device_s_per_call=per_call, device_s=device_seconds,
+                       device_busy=device_seconds / wall, device_alone_fps=frames / device_seconds,
+                       e2e_over_device=wall / device_seconds, flops_per_call=flops,
+                       tflops_device=flops / per_call / 1e12 if flops else None,
+                       tflops_e2e=flops * result.chunk_batches / wall / 1e12 if flops else None,
+                       stages={n: s for n, _, s, _ in timer.rows()})
+        print(f"\n{frames} output frames in {wall:.2f} s: {frames / wall:.2f} frames/s end to end "
+              f"(time to first frame {result.time_to_first_frame:.2f} s in a warm engine)")
+        print(f"device program alone: {per_call:.3f} s per call x {result.chunk_batches} calls = "
+              f"{device_seconds:.2f} s ({frames / device_seconds:.2f} frames/s); device busy {device_seconds / wall:.0%}"
+              f"; end to end / device = {wall / device_seconds:.2f}")
+        if flops:
+            print(f"XLA cost analysis: {flops / 1e9:.1f} GFLOP per call ({flops / 1e9 / (engine.batch * f):.1f} per "
+                  f"frame); achieved {flops / per_call / 1e12:.2f} TFLOP/s on the device alone, "
+                  f"{flops * result.chunk_batches / wall / 1e12:.2f} end to end")
+        print("\n| stage (threads overlap) | frames | seconds |\n|---|---|---|")
+        for name, count, seconds, _ in timer.rows():
+            print(f"| {name} | {count or '-'} | {seconds:.2f} |")
+
+        if args.ttff:
+            fresh = os.path.join(tmp, "ttff_cache")
+            cold = run_child(args, "ttff", fresh, f / 25.0)
+            warm_start = run_child(args, "ttff", fresh, f / 25.0)
+            results.update(ttff_cold_s=cold["ttff_process"], ttff_warm_s=warm_start["ttff_process"])
+            print(f"\ntime to first frame from process start: cold cache {cold['ttff_process']:.1f} s, warm cache "
+                  f"{warm_start['ttff_process']:.1f} s ({warm_start['ttff_process'] / cold['ttff_process']:.0%})")
+        if args.rss:
+            long_audio = os.path.join(ASSETS, "demo2_audio.wav")  # 19.84 s
+            short = run_child(args, "rss", cache, args.seconds, long_audio)
+            longer = run_child(args, "rss", cache, 4 * args.seconds, long_audio)
+            results.update(rss_mb=short["peak_rss_mb"], rss_4x_mb=longer["peak_rss_mb"])
+            print(f"peak RSS: {args.seconds:g} s of audio {short['peak_rss_mb']:.0f} MB, {4 * args.seconds:g} s "
+                  f"{longer['peak_rss_mb']:.0f} MB ({longer['peak_rss_mb'] / short['peak_rss_mb'] - 1:+.1%})")
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(json.dumps(results) + "\n")
     sys.stdout.flush()
 
+
+START = time.perf_counter()
 
 if __name__ == "__main__":
     main()

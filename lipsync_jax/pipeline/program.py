@@ -202,7 +202,7 @@ class ChunkProgram:
         if isinstance(cost, (list, tuple)):
             cost = cost[0] if cost else {}
         value = (cost or {}).get("flops")
-        return None if value is None else float(value) * (self.mesh.size if self.mesh.size > 1 else 1)
+        return None if value is None else float(value) * self.mesh.size  # the SPMD module is one device's share
 
     # ------------------------------------------------------------------ running
     def put_batch(self, faces: np.ndarray, audio: np.ndarray, chunk_indices: np.ndarray) -> tuple:

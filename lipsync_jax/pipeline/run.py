@@ -62,7 +62,7 @@ def prepare_audio(models: LipsyncModels, path: str, fps: float, max_seconds: flo
 
 _ENGINES: list[tuple[LipsyncModels, EngineOptions, LipsyncEngine]] = []
 _ENGINES_LOCK = threading.Lock()
-MAX_ENGINES = 4
+MAX_ENGINES = 1  # an engine holds its models' weights: keep only the last one
 
 
 def engine_for(models: LipsyncModels, options: EngineOptions | None = None) -> LipsyncEngine:
