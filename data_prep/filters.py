@@ -279,30 +279,36 @@ def load_track_finder(**association: Any) -> TrackFinder:
 class LseSyncScorer:
     """LatentSync's sync_av scorer: the classic SyncNet + S3FD LSE pipeline
     (``lipsync_jax.eval.lse.evaluate_lse``) on the aligned clip, written to a temporary video
-    and wav (removed afterwards) as syncnet_python reads it. Offset convention: positive =
-    the matching sound comes that many frames after the picture (as ``sync_filter``)."""
+    and wav (removed afterwards) as syncnet_python reads it. Confidence = LSE-C, score = -LSE-D,
+    both the means over the clip's face tracks as LatentSync's syncnet_eval gives them.
+    Offset: LSE's AV offset is the shift that best matches the lips when the AUDIO IS DELAYED
+    by it (LatentSync's ``-itsoffset``); data_prep's offset is where the matching sound lies
+    (after the picture: positive), so ``offset = -av_offset``. ``syncnet`` / ``detector``:
+    already loaded nets (``load_lse_syncnet`` / ``load_s3fd``) instead of checkpoints."""
 
-    def __init__(self, syncnet_ckpt: str, detector_ckpt: str | None = None):
+    def __init__(self, syncnet_ckpt: str | None = None, detector_ckpt: str | None = None, *, syncnet: Any = None,
+                 detector: Any = None):
         if not module_available("lipsync_jax.eval.lse"):
             raise FilterSetupError("--sync_scorer lse needs the LSE pipeline (lipsync_jax.eval.lse), which this "
                                    "checkout does not have; use --sync_scorer stable")
         self._lse = importlib.import_module("lipsync_jax.eval.lse")
-        loader = getattr(self._lse, "load_lse_models", None)
-        if loader is None:
-            raise FilterSetupError("lipsync_jax.eval.lse has no load_lse_models(syncnet_ckpt, detector_ckpt)")
-        self.syncnet, self.detector = loader(syncnet_ckpt, detector_ckpt)
+        if detector is None and not detector_ckpt:
+            raise FilterSetupError("--sync_scorer lse needs --detector_ckpt (S3FD: sfd_face.pth or a converted folder)")
+        self.syncnet = syncnet if syncnet is not None else self._lse.load_lse_syncnet(syncnet_ckpt)
+        self.detector = detector if detector is not None else self._lse.load_s3fd(detector_ckpt)
 
     def score(self, jpeg_frames: list[bytes], audio: np.ndarray, fps: float):
         from data_prep.sync_filter import SyncResult
         from lipsync_jax.data.records import decode_frames
 
+        if abs(fps - self._lse.LSE_FPS) > 1e-6:
+            raise ValueError(f"the LSE SyncNet needs {self._lse.LSE_FPS:g} fps clips, got {fps:g}")
         with tempfile.TemporaryDirectory(prefix="lse-clip-") as tmp:
             video, wav = os.path.join(tmp, "clip.mp4"), os.path.join(tmp, "clip.wav")
             _write_clip(video, wav, decode_frames(jpeg_frames, range(len(jpeg_frames))), audio, fps)
-            result = self._lse.evaluate_lse(video, wav, syncnet=self.syncnet, detector=self.detector)
-        tracks = getattr(result, "tracks", None) or [result]
-        best = max(tracks, key=lambda t: t.conf)
-        return SyncResult(score=float(-best.min_dist), confidence=float(best.conf), offset=int(best.offset))
+            result = self._lse.evaluate_lse(video, wav, syncnet=self.syncnet, detector=self.detector,
+                                            progress=False)  # no face track / too short: ValueError subclasses
+        return SyncResult(score=-float(result.lse_d), confidence=float(result.lse_c), offset=-int(result.av_offset))
 
 
 def _write_clip(video: str, wav: str, frames: np.ndarray, audio: np.ndarray, fps: float) -> None:
@@ -323,21 +329,18 @@ def _write_clip(video: str, wav: str, frames: np.ndarray, audio: np.ndarray, fps
 
 class HyperIqaQualityScorer:
     """LatentSync's filter_visual_quality score with HyperIQA (``lipsync_jax.eval.quality``):
-    mean over the frames given (data_prep passes the first, middle and last)."""
+    mean over the frames given (data_prep passes the first, middle and last; frames must be at
+    least 224 px, HyperIQA's centre crop). ``scorer``: an already loaded ``load_hyperiqa``."""
 
-    def __init__(self, checkpoint: str):
+    def __init__(self, checkpoint: str | None = None, *, scorer: Any = None):
         if not module_available("lipsync_jax.eval.quality"):
             raise FilterSetupError("--quality_ckpt needs HyperIQA (lipsync_jax.eval.quality), which this "
                                    "checkout does not have")
         quality = importlib.import_module("lipsync_jax.eval.quality")
-        loader = getattr(quality, "load_quality_model", None)
-        scorer = getattr(quality, "score_frames", None)
-        if loader is None or scorer is None:
-            raise FilterSetupError("lipsync_jax.eval.quality has no load_quality_model / score_frames")
-        self._model, self._score = loader(checkpoint), scorer
+        self._scorer = scorer if scorer is not None else quality.load_hyperiqa(checkpoint)
 
     def __call__(self, frames: np.ndarray) -> float:
-        return float(np.mean(self._score(self._model, frames)))
+        return float(np.mean(self._scorer.frame_scores(np.asarray(frames))))
 
 
 def build_sync_scorer(kind: str, checkpoint: str | None, *, search_offset: int = 15,

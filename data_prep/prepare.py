@@ -121,8 +121,16 @@ def check_tools(options: PrepOptions) -> None:
     if options.syncnet_ckpt and options.sync_scorer == "lse" and not filters.module_available("lipsync_jax.eval.lse"):
         raise PrepError("--sync_scorer lse needs lipsync_jax.eval.lse (the classic SyncNet LSE pipeline), which "
                         "this checkout does not have; use --sync_scorer stable")
+    if options.syncnet_ckpt and options.sync_scorer == "lse" and not options.detector_ckpt:
+        raise PrepError("--sync_scorer lse needs --detector_ckpt (S3FD: sfd_face.pth or a converted folder)")
     if options.quality_ckpt and not filters.module_available("lipsync_jax.eval.quality"):
         raise PrepError("--quality_ckpt needs lipsync_jax.eval.quality (HyperIQA), which this checkout does not have")
+    if options.quality_ckpt and options.resolution < 224:
+        raise PrepError(f"--quality_ckpt needs --resolution >= 224 (HyperIQA's centre crop), got {options.resolution}")
+    for flag, path in (("--syncnet_ckpt", options.syncnet_ckpt), ("--detector_ckpt", options.detector_ckpt),
+                       ("--quality_ckpt", options.quality_ckpt)):
+        if path and not os.path.exists(path):
+            raise PrepError(f"{flag} {path}: no such file or folder")
     if options.multi_face == "split" and not filters.module_available("lipsync_jax.face.tracks"):
         raise PrepError("--multi_face split needs lipsync_jax.face.tracks, which this checkout does not have")
 

@@ -234,3 +234,30 @@ def test_kept_per_stage_counts():
             {"status": "dropped", "stage": "segment"}, {"status": "dropped", "stage": "sync"}]
     assert kept_per_stage(rows) == [("candidates", 4), ("segment", 3), ("single_face", 3), ("face_size", 3),
                                     ("face", 3), ("sync", 1), ("quality", 1)]
+
+
+@pytest.mark.slow
+def test_real_lse_and_hyperiqa_scorers_plumbing(media, landmarker, face_detector):
+    """The real scorers (random, narrowed weights: the numbers are meaningless) through the filters:
+    classic SyncNet + S3FD on the written clip, HyperIQA on its first/middle/last frame."""
+    from lipsync_jax.eval.lse import load_lse_syncnet, load_s3fd
+    from lipsync_jax.eval.quality import load_hyperiqa
+
+    sync = filters.LseSyncScorer(syncnet=load_lse_syncnet(random_init=True, narrow_by=8),
+                                 detector=load_s3fd(random_init=True, narrow_by=8))
+    quality = filters.HyperIqaQualityScorer(scorer=load_hyperiqa(random_init=True, config={"narrow_by": 8}))
+    options = _options(resolution=256, max_seconds=3.0, max_source_seconds=3.0, sync_max_offset=15,
+                       sync_conf_threshold=-1e9, min_quality=-1e9)
+    path = str(media / "demo2.mp4")
+    result = process_source(path, options, tools=Tools(landmarker=landmarker, face_detector=face_detector,
+                                                       sync_scorer=sync, quality_scorer=quality))
+    (row,) = result.stats
+    (clip,) = result.clips
+    assert row.status == "kept" and np.isfinite(row.sync_confidence) and row.sync_confidence >= 0  # median - min
+    assert np.isfinite(row.sync_score) and abs(row.sync_offset) <= 15 and np.isfinite(row.quality)
+    first = max(0, -row.sync_offset)
+    n = len(clip.frames)
+    audio = load_audio(path)[:3 * 16000]
+    begin = (first + row.sync_offset) * SPF
+    np.testing.assert_array_equal(clip.audio, records.audio_to_int16(
+        np.pad(audio[begin:begin + n * SPF], (0, max(0, n * SPF - len(audio[begin:begin + n * SPF]))))))
