@@ -211,10 +211,10 @@ def read_audio_int16(path: str) -> np.ndarray:
     return np.clip(np.round(wav.astype(np.float64) * 32768.0), -32768, 32767)
 
 
-def _progress(total: int | None, desc: str, enabled: bool):
+def _progress(total: int | None, desc: str, enabled: bool, unit: str = "frame"):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="frame", disable=not enabled, leave=False)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False)
 
 
 def evaluate_lse(video_path: str, audio_path: str | None = None, *, syncnet: LoadedNet, detector: LoadedNet,
@@ -248,8 +248,9 @@ def evaluate_lse(video_path: str, audio_path: str | None = None, *, syncnet: Loa
     for index, (track, faces) in enumerate(zip(tracks, crops)):
         segment = audio[track.start * SAMPLES_PER_FRAME:(track.end + 1) * SAMPLES_PER_FRAME]
         try:
-            score = lse_score(syncnet.model, syncnet.params, faces, segment, vshift, batch_size,
-                              what=f"{video_path} track {index} (frames {track.start}-{track.end})")
+            with _progress(None, f"SyncNet track {index}", progress, unit="window") as bar:
+                score = lse_score(syncnet.model, syncnet.params, faces, segment, vshift, batch_size,
+                                  what=f"{video_path} track {index} (frames {track.start}-{track.end})", progress=bar)
         except LSEInputError as error:
             skipped.append(str(error))
             continue

@@ -148,9 +148,13 @@ def sync_distances(lip: np.ndarray, audio: np.ndarray, vshift: int = DEFAULT_VSH
 
 
 def lse_score(model: LSESyncNet, params: Any, faces_bgr: np.ndarray, audio_int16_scale: np.ndarray,
-              vshift: int = DEFAULT_VSHIFT, batch_size: int = 16, what: str = "input") -> LSEScore:
-    """LSE of one track: 224x224 BGR uint8 faces at 25 fps and the matching 16 kHz audio."""
+              vshift: int = DEFAULT_VSHIFT, batch_size: int = 16, what: str = "input",
+              progress: Any = None) -> LSEScore:
+    """LSE of one track: 224x224 BGR uint8 faces at 25 fps and the matching 16 kHz audio.
+    ``progress``: a tqdm-like object updated with the number of windows done."""
     count = check_lengths(faces_bgr.shape[0], np.asarray(audio_int16_scale).shape[0], what)
     columns = mfcc_columns(audio_int16_scale)
-    lip, aud, _ = embed_windows(model, params, faces_bgr, columns, count, batch_size)
+    if progress is not None and getattr(progress, "total", None) is None:
+        progress.total = count
+    lip, aud, _ = embed_windows(model, params, faces_bgr, columns, count, batch_size, progress)
     return sync_distances(lip, aud, vshift)
