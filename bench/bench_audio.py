@@ -20,7 +20,7 @@ import numpy as np
 
 from lipsync_jax.audio.features import AudioFeatureExtractor, frame_chunk_indices, gather_frame_windows
 from lipsync_jax.audio.whisper_mel import log_mel_spectrogram, mel_windows
-from lipsync_jax.convert.whisper import convert_whisper_state_dict
+from lipsync_jax.convert.whisper import convert_state_dict
 from lipsync_jax.golden.core import load_fixture
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "golden", "whisper_audio.npz")
@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
 
     fixture = load_fixture(FIXTURE)
-    params, report = convert_whisper_state_dict(fixture.weights_f32(), fixture.config)
+    params, report = convert_state_dict(fixture.weights_f32(), fixture.config)
     report.raise_if_problems("fixture weights")
     extractor = AudioFeatureExtractor(params, fixture.config, dtype=jnp.dtype(args.dtype))
     rng = np.random.default_rng(0)

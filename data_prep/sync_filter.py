@@ -39,7 +39,7 @@ class SyncScorer:
         if config is None:
             raise ValueError(f"{ckpt_dir}: converted SyncNet has no config.json (needed to build the model)")
         self.model = StableSyncNet.from_config(config)
-        self.params = params if "params" in params else {"params": params}
+        self.params = params  # bare tree (restore_params also reads pre-issue-12 folders)
         data = config.get("data", {}) if isinstance(config, dict) else {}
         self.resolution = int(data.get("resolution", 256))
         self.search_offset = int(search_offset)

@@ -1,6 +1,8 @@
 """Converted weights on disk: an orbax params tree plus the model config beside it.
 
-    <dst_dir>/params/        orbax StandardCheckpointHandler checkpoint (numpy leaves)
+    <dst_dir>/params/        orbax StandardCheckpointHandler checkpoint (numpy leaves): the bare
+                             parameter tree (folders converted before issue 12 hold the VAE and
+                             SyncNet trees under one "params" key; restore_params removes it)
     <dst_dir>/config.json    the model config the params were converted for (if given)
     <dst_dir>/metadata.json  what made it: source file, conversion summary, lipsync_jax version
 
@@ -22,6 +24,7 @@ from lipsync_jax.convert.errors import CheckpointFormatError
 __all__ = ["save_params", "restore_params", "read_metadata", "is_converted", "cast_floating", "NotAConvertedCheckpointError"]
 
 FORMAT = "lipsync_jax converted params v1"
+LEGACY_WRAPPER = "params"  # VAE/SyncNet folders converted before issue 12: {"params": tree}
 
 
 class NotAConvertedCheckpointError(CheckpointFormatError):
@@ -132,8 +135,9 @@ def is_converted(path: str | os.PathLike) -> bool:
 
 
 def restore_params(dst_dir: str | os.PathLike, dtype: Any = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Load ``(params, config)`` written by ``save_params``; params are numpy arrays (floating
-    ones cast to ``dtype`` if given), config is the dict from config.json (None if absent)."""
+    """Load ``(params, config)`` written by ``save_params``; params are the bare tree of numpy
+    arrays (floating ones cast to ``dtype`` if given), config is the dict from config.json (None
+    if absent)."""
     dst_dir = os.path.abspath(os.fspath(dst_dir))
     read_metadata(dst_dir)
     ocp, checkpointer = _checkpointer()
@@ -141,6 +145,8 @@ def restore_params(dst_dir: str | os.PathLike, dtype: Any = None) -> tuple[dict[
         params = checkpointer.restore(os.path.join(dst_dir, "params"), args=ocp.args.StandardRestore())
     finally:
         checkpointer.close()
+    if set(params) == {LEGACY_WRAPPER}:  # no model has a top-level module named "params"
+        params = params[LEGACY_WRAPPER]
     params = cast_floating(params, dtype)
     config_path = os.path.join(dst_dir, "config.json")
     config = None

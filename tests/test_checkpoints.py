@@ -1,6 +1,7 @@
 """save_params / restore_params: the orbax round trip of converted weights."""
 
 import json
+import os
 
 import jax.numpy as jnp
 import ml_dtypes
@@ -75,3 +76,31 @@ def test_bad_params_are_refused(tmp_path):
         save_params(tmp_path / "f", {"a": {"b": "text"}}, None)
     with pytest.raises(ValueError, match="empty"):
         save_params(tmp_path / "g", {}, None)
+
+
+LEGACY = os.path.join(os.path.dirname(__file__), "data", "legacy_converted")
+
+
+@pytest.mark.parametrize("kind", ["vae", "syncnet"])
+def test_folders_converted_before_the_bare_tree_convention_still_load(kind):
+    """tests/data/legacy_converted holds VAE/SyncNet folders written by the old converters
+    ({"params": tree} on disk); they restore as bare trees that fit the model and run."""
+    import jax
+
+    from lipsync_jax.models import syncnet, vae
+    from lipsync_jax.tree_utils import shape_mismatches
+
+    folder = os.path.join(LEGACY, kind)
+    assert read_metadata(folder)["kind"] == kind
+    params, config = restore_params(folder)
+    assert "params" not in params
+    if kind == "vae":
+        model = vae.AutoencoderKL.from_config(config)
+        assert shape_mismatches(params, vae.abstract_params(model)) == ([], [], [])
+        latents = vae.encode_to_latents(model, params, jnp.zeros((1, 16, 16, 3)), jax.random.key(0))
+        assert latents.shape == (1, 8, 8, 4) and bool(jnp.all(jnp.isfinite(latents)))
+    else:
+        model = syncnet.StableSyncNet.from_config(config)
+        assert shape_mismatches(params, syncnet.abstract_params(model)) == ([], [], [])
+        vision, audio = model.apply({"params": params}, jnp.ones((1, 4, 4, 48)), jnp.ones((1, 4, 4, 1)))
+        assert vision.shape == audio.shape == (1, 32)

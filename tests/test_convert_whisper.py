@@ -10,10 +10,11 @@ from conftest import golden_path
 
 from lipsync_jax.audio.features import AudioFeatureExtractor
 from lipsync_jax.audio.whisper_encoder import WhisperEncoderConfig, sinusoids
-from lipsync_jax.convert.rules import ConversionError, flatten_tree
+from lipsync_jax.convert.rules import ConversionError
+from lipsync_jax.tree_utils import flatten_tree
 from lipsync_jax.convert.safetensors_io import save_safetensors
 from lipsync_jax.convert.torch_pickle import save_torch_checkpoint
-from lipsync_jax.convert.whisper import convert_file, convert_whisper_state_dict, infer_config
+from lipsync_jax.convert.whisper import convert_file, convert_state_dict, infer_config
 from lipsync_jax.golden.core import load_fixture, rel_l2
 
 # OpenAI -> Hugging Face (transformers' WhisperForConditionalGeneration) key naming
@@ -47,7 +48,7 @@ def fixture():
 
 @pytest.fixture(scope="module")
 def openai_params(fixture):
-    params, report = convert_whisper_state_dict(fixture.weights_f32(), fixture.config)
+    params, report = convert_state_dict(fixture.weights_f32(), fixture.config)
     assert report.problem_count() == 0, report.summary()
     return params
 
@@ -74,14 +75,14 @@ def test_huggingface_layout_converts_to_the_same_params(fixture, openai_params):
     hf["proj_out.weight"] = np.zeros((10, 384), np.float32)
     hf_config = {"num_mel_bins": 80, "max_source_positions": 1500, "d_model": 384,
                  "encoder_attention_heads": 6, "encoder_layers": 4}
-    params, report = convert_whisper_state_dict(hf, hf_config)
+    params, report = convert_state_dict(hf, hf_config)
     assert report.problem_count() == 0, report.summary()
     assert sorted(report.skipped) == ["model.decoder.embed_tokens.weight", "model.decoder.layers.0.fc1.weight",
                                       "proj_out.weight"]
     _assert_same_tree(params, openai_params)
     # a bare WhisperModel/encoder state dict without the "model." prefix works too
     bare = {k[len("model."):]: v for k, v in hf.items() if k.startswith("model.encoder.")}
-    params_bare, report_bare = convert_whisper_state_dict(bare, hf_config)
+    params_bare, report_bare = convert_state_dict(bare, hf_config)
     assert report_bare.problem_count() == 0
     _assert_same_tree(params_bare, openai_params)
     assert infer_config(hf) == WhisperEncoderConfig.from_config(fixture.config)
@@ -89,7 +90,7 @@ def test_huggingface_layout_converts_to_the_same_params(fixture, openai_params):
 
 def test_missing_position_table_is_computed(fixture):
     weights = {k: v for k, v in fixture.weights_f32().items() if k != "encoder.positional_embedding"}
-    params, report = convert_whisper_state_dict(weights, fixture.config)
+    params, report = convert_state_dict(weights, fixture.config)
     assert report.problem_count() == 0
     np.testing.assert_array_equal(params["positional_embedding"], sinusoids(1500, 384))
     np.testing.assert_allclose(params["positional_embedding"], fixture.weights["encoder.positional_embedding"],
@@ -102,11 +103,11 @@ def test_missing_position_table_is_computed(fixture):
 
 def test_wrong_dims_raise_a_readable_error(fixture):
     dims = dict(fixture.config["dims"], n_audio_layer=3)
-    _, report = convert_whisper_state_dict(fixture.weights_f32(), dims)
+    _, report = convert_state_dict(fixture.weights_f32(), dims)
     with pytest.raises(ConversionError, match=r"encoder\.blocks\.3"):
         report.raise_if_problems("Whisper checkpoint tiny.pt")
     dims = dict(fixture.config["dims"], n_audio_state=192)
-    _, report = convert_whisper_state_dict(fixture.weights_f32(), dims)
+    _, report = convert_state_dict(fixture.weights_f32(), dims)
     assert report.mismatched and "got (3, 80, 384), want (3, 80, 192)" in " ".join(report.mismatched)
     with pytest.raises(ValueError, match="divisible by n_audio_head"):
         WhisperEncoderConfig.from_config(dict(fixture.config["dims"], n_audio_state=256))

@@ -204,8 +204,8 @@ def test_load_syncnet_from_converted_folder_and_mismatches(tmp_path):
     save_params(tmp_path / "ckpt", params, model_config)
     loaded = load_syncnet(str(tmp_path / "ckpt"))  # config.json beside the params; 256 px faces
     assert loaded.resolution == 256 and not loaded.random_init
-    np.testing.assert_array_equal(loaded.params["params"]["visual_encoder"]["conv_in"]["kernel"],
-                                  params["params"]["visual_encoder"]["conv_in"]["kernel"])
+    np.testing.assert_array_equal(loaded.params["visual_encoder"]["conv_in"]["kernel"],
+                                  params["visual_encoder"]["conv_in"]["kernel"])
     with pytest.raises(SyncEvalError, match="does not take 64 px faces"):
         load_syncnet(str(tmp_path / "ckpt"), resolution=64)
     with pytest.raises(SyncEvalError, match="params do not fit the SyncNet config"):

@@ -287,7 +287,7 @@ def test_models_load_from_converted_checkpoints(tmp_path, tiny_models):
 
     unet_dir, vae_dir, whisper_dir = (str(tmp_path / name) for name in ("unet", "vae", "whisper"))
     save_params(unet_dir, tiny_models.unet_params, None)
-    save_params(vae_dir, tiny_models.vae_params, None)  # {"params": ...}, as the VAE converter writes it
+    save_params(vae_dir, tiny_models.vae_params, None)
     save_params(whisper_dir, tiny_models.audio.params, {"dims": dataclasses.asdict(tiny_models.audio.config)})
     config = load_config(TINY)
     loaded = build_models(config, unet_checkpoint=unet_dir, vae_checkpoint=vae_dir, whisper_checkpoint=whisper_dir)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import golden_path
 
-from lipsync_jax.convert.lpips import convert_lpips_state_dict
+from lipsync_jax.convert.lpips import convert_state_dict
 from lipsync_jax.convert.rules import ConversionError
 from lipsync_jax.golden.check_losses import check_fixture, check_manifest
 from lipsync_jax.golden.core import load_fixture, load_manifest, rel_l2
@@ -20,7 +20,7 @@ def fixture():
 
 @pytest.fixture(scope="module")
 def params(fixture):
-    params, report = convert_lpips_state_dict(fixture.weights, fixture.config)
+    params, report = convert_state_dict(fixture.weights, fixture.config)
     report.raise_if_problems("lpips fixture")
     return params
 
@@ -52,7 +52,7 @@ def test_identical_images_have_zero_distance(fixture, params):
 
 def test_missing_lin_weights_are_reported(fixture):
     weights = {k: v for k, v in fixture.weights.items() if not k.startswith("lin")}
-    _, report = convert_lpips_state_dict(weights, fixture.config)
+    _, report = convert_state_dict(weights, fixture.config)
     assert sorted(report.missing) == [f"lin{k}/kernel" for k in range(5)]
     with pytest.raises(ConversionError, match="lin0/kernel"):
         report.raise_if_problems("lpips without lin layers")
@@ -68,7 +68,7 @@ def test_torchvision_names_and_default_scaling(fixture, params):
         elif key.startswith("lin") and not key.startswith("lins."):
             torchvision[key] = value
     torchvision["classifier.0.weight"] = np.zeros((4, 4), np.float16)
-    converted, report = convert_lpips_state_dict(torchvision, fixture.config)
+    converted, report = convert_state_dict(torchvision, fixture.config)
     assert report.problem_count() == 0 and report.skipped == ["classifier.0.weight"]
     leaves_a = jax.tree_util.tree_leaves_with_path(converted)
     leaves_b = dict(jax.tree_util.tree_leaves_with_path(params))

@@ -16,7 +16,7 @@ from lipsync_jax.eval.sync_score import (SyncScoreError, audio_window_embeddings
 from lipsync_jax.golden import check_syncnet
 from lipsync_jax.golden.core import load_fixture, load_manifest, rel_l2
 from lipsync_jax.losses.sync import sync_loss, syncnet_sync_loss
-from lipsync_jax.models.syncnet import StableSyncNet, SyncNetConfigError, param_shapes_tree, stack_frames
+from lipsync_jax.models.syncnet import StableSyncNet, SyncNetConfigError, abstract_params, stack_frames
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_convert_pt_reproduces_golden(tmp_path, fixture):
     model = StableSyncNet.from_config(fixture.config)
     images = fixture.inputs["image_sequences"].astype(np.float32).transpose(0, 2, 3, 1)
     audio = fixture.inputs["audio_sequences"].astype(np.float32).transpose(0, 2, 3, 1)
-    vision_embeds, audio_embeds = jax.jit(model.apply)(params, images, audio)
+    vision_embeds, audio_embeds = jax.jit(model.apply)({"params": params}, images, audio)
     assert rel_l2(vision_embeds, fixture.outputs["vision_embeds"]) <= 1e-4
     assert rel_l2(audio_embeds, fixture.outputs["audio_embeds"]) <= 1e-4
 
@@ -142,7 +142,7 @@ def small_syncnet():
                            "dropout": 0.0},
     }
     model = StableSyncNet.from_config(config)
-    return model, random_params(param_shapes_tree(model), seed=3)
+    return model, random_params(abstract_params(model), seed=3)
 
 
 def test_sync_score_with_syncnet_windows_match_direct_embedding(small_syncnet):
@@ -161,7 +161,7 @@ def test_sync_score_with_syncnet_windows_match_direct_embedding(small_syncnet):
     clips = np.stack([frames[i:i + 16] for i in range(4)])  # (b, f, h, w, c)
     np.testing.assert_array_equal(np.asarray(stack_frames(clips, lower_half=True)), windows)
     mel_windows = np.stack([mel[:, s:s + 52, None] for s in (0, 3, 6, 9)])
-    direct_v, direct_a = jax.jit(model.apply)(params, windows, mel_windows)
+    direct_v, direct_a = jax.jit(model.apply)({"params": params}, windows, mel_windows)
     np.testing.assert_allclose(np.asarray(vision), np.asarray(direct_v), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.asarray(audio), np.asarray(direct_a), rtol=1e-4, atol=1e-5)
 

@@ -15,9 +15,9 @@ from conftest import asset_path
 from lipsync_jax.config_utils import load_config
 from lipsync_jax.eval.sync_eval import load_syncnet
 from lipsync_jax.media import ffmpeg_exe
-from lipsync_jax.models.unet3d import UNet3DConditionModel, unet_param_shapes
+from lipsync_jax.models.unet3d import UNet3DConditionModel, abstract_params as unet_abstract_params
 from lipsync_jax.models.unet_config import UNet3DConfig
-from lipsync_jax.pipeline.models import random_params
+from lipsync_jax.tree_utils import random_params
 from lipsync_jax.train.metrics import MetricsLogger, read_metrics
 from lipsync_jax.train.validation import (METRIC_PREFIX, UNetValidator, ValidationSettings, error_metrics,
                                           make_validator, validation_video_path)
@@ -48,7 +48,7 @@ def tiny_config(video):
 def unet_params():
     config = load_config(TINY)
     model = UNet3DConditionModel(UNet3DConfig.from_dict(config.model.to_dict()), dtype=jnp.float32)
-    return random_params(unet_param_shapes(model), seed=0)
+    return random_params(unet_abstract_params(model), seed=0)
 
 
 def test_settings_from_tiny_config():
@@ -102,7 +102,7 @@ def test_make_validator_only_for_enabled_unet_runs(tmp_path):
     config = load_config(TINY)
     assert make_validator("unet", config, str(tmp_path), {}) is None  # val_inference False
     config.run.val_inference = True
-    frozen = {"vae": {"params": {"w": jnp.ones((2,))}}, "lpips": {"w": jnp.ones((2,))}}
+    frozen = {"vae": {"w": jnp.ones((2,))}, "lpips": {"w": jnp.ones((2,))}}
     validator = make_validator("unet", config, str(tmp_path), frozen)
     assert isinstance(validator, UNetValidator) and set(validator.frozen) == {"vae"}
     assert make_validator("syncnet", config, str(tmp_path), frozen) is None

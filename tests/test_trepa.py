@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import golden_path
 
-from lipsync_jax.convert.videomae import convert_videomae_state_dict
+from lipsync_jax.convert.videomae import convert_state_dict
 from lipsync_jax.golden.check_losses import check_fixture, check_manifest
 from lipsync_jax.golden.core import load_fixture, load_manifest, rel_l2
 from lipsync_jax.losses.trepa import TREPALoss, bicubic_matrix, resize_bicubic
@@ -25,7 +25,7 @@ def config(fixture):
 
 @pytest.fixture(scope="module")
 def params(fixture, config):
-    params, report = convert_videomae_state_dict(fixture.weights, config)
+    params, report = convert_state_dict(fixture.weights, config)
     report.raise_if_problems("trepa fixture")
     assert report.skipped == ["head.weight", "head.bias"]
     return params

@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 
 from conftest import golden_path
-from lipsync_jax.convert.rules import ConversionError, count_params, manifest_state_dict
-from lipsync_jax.convert.unet import convert_state_dict_for_unet, load_unet_config
+from lipsync_jax.convert.rules import ConversionError, manifest_state_dict
+from lipsync_jax.convert.unet import convert_state_dict, load_unet_config
 from lipsync_jax.golden import check_unet
 from lipsync_jax.golden.core import load_fixture, load_manifest, rel_l2
 from lipsync_jax.models.motion_module import TooManyFramesError, temporal_position_table
-from lipsync_jax.models.unet3d import (UNet3DConditionModel, dummy_inputs, trainable_mask, unet_logical_axes,
-                                       unet_param_shapes)
+from lipsync_jax.models.unet3d import (UNet3DConditionModel, dummy_inputs, trainable_mask, logical_axes,
+                                       abstract_params as unet_abstract_params)
 from lipsync_jax.models.unet_config import UNet3DConfig, UNetConfigError
+from lipsync_jax.tree_utils import count_params
 
 FIXTURES = ("unet_stage2_tiny.npz", "unet_stage1_tiny.npz")
 MANIFESTS = ("manifest_unet_stage2.json", "manifest_unet_stage1.json")
@@ -32,7 +33,7 @@ class _Golden:
     def __init__(self, name: str):
         self.fixture = load_fixture(golden_path(name))
         self.config = UNet3DConfig.from_dict(self.fixture.config)
-        self.params, self.report = convert_state_dict_for_unet(self.fixture.weights_f32(), self.config,
+        self.params, self.report = convert_state_dict(self.fixture.weights_f32(), self.config,
                                                                dtype=np.float32)
         self.inputs = check_unet.fixture_inputs(self.fixture)
         self.forward = jax.jit(UNet3DConditionModel(self.config).apply)
@@ -96,7 +97,7 @@ def test_manifest_conversion_and_count(name):
 
 def test_eval_shape_full_stage2_matches_manifest_count():
     manifest = load_manifest(golden_path("manifest_unet_stage2.json"))
-    shapes = unet_param_shapes(UNet3DConditionModel(UNet3DConfig.from_dict(manifest["config"])))
+    shapes = unet_abstract_params(UNet3DConditionModel(UNet3DConfig.from_dict(manifest["config"])))
     leaves = jax.tree_util.tree_leaves(shapes)
     assert all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in leaves)  # nothing allocated
     assert count_params(shapes) == manifest["total_params"] == 1_267_099_844
@@ -119,7 +120,7 @@ def test_bfloat16_compute_close_to_float32():
 def test_wrong_config_gives_readable_error(stage2):
     stage1_config = load_fixture(golden_path("unet_stage1_tiny.npz")).config
     with pytest.raises(ConversionError) as info:
-        convert_state_dict_for_unet(stage2.fixture.weights_f32(), stage1_config)
+        convert_state_dict(stage2.fixture.weights_f32(), stage1_config)
     message = str(info.value)
     n_motion = sum("motion_modules" in k and not k.endswith(".pe") for k in stage2.fixture.weights)
     assert f"{n_motion} unexpected keys like down_blocks.0.motion_modules." in message
@@ -130,13 +131,13 @@ def test_wrong_config_gives_readable_error(stage2):
 def test_stage1_checkpoint_with_stage2_config_lists_unfilled_motion_modules(stage2):
     stage1 = load_fixture(golden_path("unet_stage1_tiny.npz"))
     with pytest.raises(ConversionError, match=r"parameters unfilled like down_blocks_0/motion_modules_0.*stage1"):
-        convert_state_dict_for_unet(stage1.weights_f32(), stage2.config)
+        convert_state_dict(stage1.weights_f32(), stage2.config)
 
 
 def test_resolution_does_not_matter_for_conversion():
     manifest = load_manifest(golden_path("manifest_unet_stage2.json"))
     config_512 = dict(manifest["config"], sample_size=32 if manifest["config"]["sample_size"] == 64 else 64)
-    _, report = convert_state_dict_for_unet(manifest_state_dict(manifest), config_512)
+    _, report = convert_state_dict(manifest_state_dict(manifest), config_512)
     assert report.problem_count() == 0
 
 
@@ -150,7 +151,7 @@ def test_config_errors_are_clear():
 def test_shapes_frames_and_odd_sizes():
     config = UNet3DConfig.from_dict(load_fixture(golden_path("unet_stage2_tiny.npz")).config)
     model = UNet3DConditionModel(config)
-    params = unet_param_shapes(model)
+    params = unet_abstract_params(model)
     # 12x12 latents are not a multiple of 8: upsampling goes to each skip's size, as in torch
     apply = lambda p, shape: model.apply({"params": p}, *dummy_inputs(config, shape))  # noqa: E731
     out = jax.eval_shape(lambda p: apply(p, (2, 3, 12, 12, 13)), params)
@@ -162,11 +163,11 @@ def test_shapes_frames_and_odd_sizes():
 
 def test_logical_axes_and_trainable_mask():
     model = UNet3DConditionModel(load_unet_config(load_fixture(golden_path("unet_stage2_tiny.npz")).config))
-    axes = unet_logical_axes(model)
+    axes = logical_axes(model)
     assert tuple(axes["conv_in"]["kernel"]) == ("conv_h", "conv_w", "embed_in", "embed_out")
     ff = axes["down_blocks_0"]["attentions_0"]["transformer_blocks_0"]["ff"]
     assert tuple(ff["proj"]["kernel"]) == ("embed", "mlp")
-    mask = trainable_mask(unet_param_shapes(model), ("motion_modules.", "attentions."))
+    mask = trainable_mask(unet_abstract_params(model), ("motion_modules.", "attentions."))
     assert mask["down_blocks_0"]["motion_modules_0"]["proj_out"]["kernel"]
     assert mask["up_blocks_1"]["attentions_2"]["proj_in"]["kernel"]
     assert not mask["down_blocks_0"]["resnets_0"]["conv1"]["kernel"] and not mask["conv_in"]["kernel"]

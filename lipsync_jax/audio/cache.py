@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from lipsync_jax.convert.rules import flatten_tree
+from lipsync_jax.tree_utils import flatten_tree
 
 
 def audio_hash(audio: np.ndarray) -> str:

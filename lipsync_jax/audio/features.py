@@ -79,8 +79,7 @@ def _bucket(n: int, max_batch: int) -> int:
 class AudioFeatureExtractor:
     """Whisper-encoder features for LatentSync.
 
-    ``params``: encoder params from ``lipsync_jax.convert.whisper`` (a plain tree, or
-    ``{"params": tree}``); ``dims``: a ``WhisperEncoderConfig`` or a config mapping (OpenAI
+    ``params``: encoder params (a bare tree, e.g. from ``lipsync_jax.convert.whisper``); ``dims``: a ``WhisperEncoderConfig`` or a config mapping (OpenAI
     ``dims``, optionally under "dims"). Windows are encoded by one jitted call per batch of up
     to ``max_batch`` 30 s windows (batches padded to a power of two, so few shapes compile).
     ``cache``: optional ``FeatureCache`` for ``clip_embeddings``.
@@ -90,7 +89,7 @@ class AudioFeatureExtractor:
                  dtype: Any = jnp.float32, max_batch: int = 8, cache: FeatureCache | None = None,
                  attention_backend: str = "auto"):
         self.config = dims if isinstance(dims, WhisperEncoderConfig) else WhisperEncoderConfig.from_config(dims)
-        self.params = params["params"] if "params" in params else params
+        self.params = params
         self.model = WhisperEncoder(self.config, dtype=dtype, attention_backend=attention_backend)
         self.max_batch = int(max_batch)
         self.cache = cache

@@ -133,3 +133,21 @@ class WhisperEncoder(nn.Module):
             layers.append(x)
         final = nn.LayerNorm(LAYER_NORM_EPS, dtype=jnp.float32, param_dtype=self.param_dtype, name="ln_post")(x)
         return jnp.stack(layers, axis=2), final  # (b, n_ctx, n_layer + 1, d), (b, n_ctx, d)
+
+
+def _as_encoder(model: WhisperEncoder | WhisperEncoderConfig) -> WhisperEncoder:
+    return model if isinstance(model, WhisperEncoder) else WhisperEncoder(model)
+
+
+def init_params(rng: jax.Array, model: WhisperEncoder | WhisperEncoderConfig) -> Any:
+    """Random encoder parameters (bare tree; the position table is the sinusoid)."""
+    model = _as_encoder(model)
+    mel = jnp.zeros((1, model.config.n_frames, model.config.n_mels), jnp.float32)
+    return jax.jit(model.init)(rng, mel)["params"]
+
+
+def abstract_params(model: WhisperEncoder | WhisperEncoderConfig) -> Any:
+    """Bare parameter tree of ``jax.ShapeDtypeStruct`` (no memory, no compute)."""
+    model = _as_encoder(model)
+    mel = jax.ShapeDtypeStruct((1, model.config.n_frames, model.config.n_mels), jnp.float32)
+    return jax.eval_shape(model.init, jax.random.key(0), mel)["params"]

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from lipsync_jax.convert.rules import (ConversionError, ConversionReport, Rule, convert_state_dict,
-                                       param_shapes)
-from lipsync_jax.losses.lpips import LPIPS, SCALING_SCALE, SCALING_SHIFT
+from lipsync_jax.convert.rules import ConversionError, ConversionReport, Rule
+from lipsync_jax.convert.rules import convert_state_dict as apply_rules
+from lipsync_jax.losses.lpips import LPIPS, SCALING_SCALE, SCALING_SHIFT, abstract_params
+from lipsync_jax.tree_utils import param_shapes
 
 RULES: tuple[Rule, ...] = (
     Rule(r"(?:net\.slice\d\.|features\.)(\d+)\.weight", r"net/conv_\1/kernel", "conv2d"),
@@ -28,13 +27,6 @@ RULES: tuple[Rule, ...] = (
     Rule(r"scaling_layer\.(shift|scale)", r"scaling_layer/\1"),
     Rule(r"classifier\..*", None),  # torchvision's VGG16 classifier head: not used by LPIPS
 )
-
-
-def lpips_template(model: LPIPS) -> dict:
-    """Flat ``path -> shape`` of the params ``model`` expects (no arrays allocated)."""
-    images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
-    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), images, images)
-    return param_shapes(variables["params"])
 
 
 def _canonical(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -52,11 +44,11 @@ def _canonical(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     return canonical
 
 
-def convert_lpips_state_dict(state_dict: Mapping[str, Any], config: Mapping[str, Any] | None = None,
-                             dtype: Any = np.float32) -> tuple[dict, ConversionReport]:
-    """An lpips-style (or torchvision + lin merged) state dict -> (params, report)."""
-    model = LPIPS.from_config(config or {})
-    return convert_state_dict(_canonical(state_dict), RULES, template=lpips_template(model), dtype=dtype)
+def convert_state_dict(state_dict: Mapping[str, Any], config: Mapping[str, Any] | None = None,
+                       dtype: Any = None) -> tuple[dict, ConversionReport]:
+    """An lpips-style (or torchvision + lin merged) state dict -> (bare params, report)."""
+    template = param_shapes(abstract_params(LPIPS.from_config(config or {})))
+    return apply_rules(_canonical(state_dict), RULES, template=template, dtype=dtype)
 
 
 def _read(path: str) -> dict[str, Any]:
@@ -74,22 +66,25 @@ def convert_files(vgg_path: str, lin_path: str, config: Mapping[str, Any] | None
     if clash:
         raise ConversionError(f"{vgg_path} and {lin_path} both hold {clash[:5]}: pass the torchvision "
                               "VGG16 file and the lpips lin file (weights/v0.1/vgg.pth)")
-    params, report = convert_lpips_state_dict({**vgg, **lins}, config, dtype)
+    params, report = convert_state_dict({**vgg, **lins}, config, dtype)
     report.raise_if_problems(f"LPIPS weights {vgg_path} + {lin_path}")
     return params, report
 
 
-def convert_file(src: str, config: Mapping[str, Any]) -> tuple[dict, ConversionReport]:
-    """``src``: one combined lpips state dict, or ``"vgg16.pth,vgg.pth"`` (the two files)."""
+def convert_file(src: str, config: Mapping[str, Any] | None = None,
+                 dtype: Any = None) -> tuple[dict, ConversionReport]:
+    """``src``: one combined lpips state dict, or ``"vgg16.pth,vgg.pth"`` (the two files).
+    ``dtype=None`` stores float32."""
+    dtype = np.float32 if dtype is None else dtype
     paths = [p for p in src.split(",") if p]
     if len(paths) == 2:
-        return convert_files(paths[0], paths[1], config)
+        return convert_files(paths[0], paths[1], config, dtype)
     if len(paths) != 1:
         raise ConversionError(f"LPIPS source {src!r}: give one combined file or 'vgg16.pth,vgg.pth'")
     state_dict = _read(paths[0])
     if not any(k.startswith(("net.slice", "features.")) for k in state_dict):
         raise ConversionError(f"{paths[0]} holds no VGG16 conv weights (only {sorted(state_dict)[:3]}...): "
                               "pass torchvision's VGG16 file too, as --src 'vgg16.pth,vgg.pth'")
-    params, report = convert_lpips_state_dict(state_dict, config)
+    params, report = convert_state_dict(state_dict, config, dtype)
     report.raise_if_problems(f"LPIPS weights {paths[0]}")
     return params, report

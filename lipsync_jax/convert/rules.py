@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from lipsync_jax.tree_utils import Path, count_params, flatten_tree, param_shapes, unflatten_tree  # noqa: F401 (re-exported)
+from lipsync_jax.tree_utils import Path, unflatten_tree
 
 TRANSFORMS: dict[str, Callable[[Any], Any]] = {
     "none": lambda x: x,
@@ -96,7 +96,7 @@ def convert_state_dict(
 ) -> tuple[dict[str, Any], ConversionReport]:
     """Apply ``rules`` to every key of ``state_dict``; the first fully matching rule wins.
 
-    ``template`` (from ``param_shapes`` of ``jax.eval_shape(model.init, ...)``) is what the
+    ``template`` (``tree_utils.param_shapes`` of the model module's ``abstract_params``) is what the
     model expects: shapes are checked and unfilled paths reported as missing. ``dtype`` casts
     converted arrays (``None`` keeps them). Returns the nested params and the report.
     """

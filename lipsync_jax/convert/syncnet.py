@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from lipsync_jax.convert.rules import ConversionReport, Rule, convert_state_dict, param_shapes
+from lipsync_jax.convert.rules import ConversionError, ConversionReport, Rule
+from lipsync_jax.convert.rules import convert_state_dict as apply_rules
+from lipsync_jax.tree_utils import param_shapes
 
 _TOWER = r"(audio_encoder|visual_encoder)"
 _BLOCK = rf"{_TOWER}\.down_blocks\.(\d+)"
@@ -33,24 +35,28 @@ def syncnet_rules() -> list[Rule]:
     return rules
 
 
-def convert_state_dict_syncnet(state_dict: Mapping[str, Any], config: Mapping[str, Any],
-                               dtype: Any = None) -> tuple[dict[str, Any], ConversionReport]:
-    """Convert an in-memory StableSyncNet state dict for the model ``config`` describes."""
-    from lipsync_jax.models.syncnet import StableSyncNet, param_shapes_tree
+def convert_state_dict(state_dict: Mapping[str, Any], config: Mapping[str, Any],
+                       dtype: Any = None) -> tuple[dict[str, Any], ConversionReport]:
+    """Convert an in-memory StableSyncNet state dict for the model ``config`` describes ->
+    (bare params, report)."""
+    from lipsync_jax.models.syncnet import StableSyncNet, abstract_params
 
-    model = StableSyncNet.from_config(config)
-    template = param_shapes(param_shapes_tree(model)["params"])
-    params, report = convert_state_dict(state_dict, syncnet_rules(), template=template, dtype=dtype)
-    return {"params": params}, report
+    template = param_shapes(abstract_params(StableSyncNet.from_config(config)))
+    return apply_rules(state_dict, syncnet_rules(), template=template, dtype=dtype)
 
 
-def convert_file(src: str, config: Mapping[str, Any], dtype: Any = None) -> tuple[dict[str, Any], ConversionReport]:
+def convert_file(src: str, config: Mapping[str, Any] | None = None,
+                 dtype: Any = None) -> tuple[dict[str, Any], ConversionReport]:
     """``src``: ``stable_syncnet.pt`` (or a safetensors file); ``config``: the syncnet config
-    dict (LatentSync's yaml ``model`` section, or the whole yaml). Raises ``ConversionError``
-    when the checkpoint does not fit the config."""
+    dict (LatentSync's yaml ``model`` section, or the whole yaml); required: the file does not
+    say which variant it holds. Raises ``ConversionError`` when the checkpoint does not fit."""
     from lipsync_jax.convert.checkpoint_io import read_state_dict
 
+    if config is None:
+        raise ConversionError(f"SyncNet checkpoint {src}: a model config is needed (e.g. "
+                              "configs/syncnet/syncnet_16_pixel_attn.py)")
+
     state_dict, _ = read_state_dict(src, keys=("state_dict",))
-    params, report = convert_state_dict_syncnet(state_dict, config, dtype=dtype)
+    params, report = convert_state_dict(state_dict, config, dtype=dtype)
     report.raise_if_problems(f"SyncNet checkpoint {src}")
     return params, report

@@ -16,9 +16,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from lipsync_jax.convert.rules import ConversionError, ConversionReport, Rule, convert_state_dict, param_shapes
-from lipsync_jax.models.unet3d import UNet3DConditionModel, unet_param_shapes
+from lipsync_jax.convert.rules import ConversionError, ConversionReport, Rule
+from lipsync_jax.convert.rules import convert_state_dict as apply_rules
+from lipsync_jax.models.unet3d import UNet3DConditionModel, abstract_params
 from lipsync_jax.models.unet_config import UNet3DConfig, UNetConfigError
+from lipsync_jax.tree_utils import param_shapes
 
 # (torch module path regex, our module path) inside a down/mid/up block, and the module kind
 _STAGE_MODULES: tuple[tuple[str, str, str], ...] = (
@@ -145,9 +147,9 @@ def _diagnose(report: ConversionReport, config: UNet3DConfig) -> list[str]:
     return lines
 
 
-def convert_state_dict_for_unet(state_dict: Mapping[str, Any], config: UNet3DConfig | Mapping[str, Any],
-                                dtype: Any = None, what: str = "UNet checkpoint",
-                                strict: bool = True) -> tuple[dict, ConversionReport]:
+def convert_state_dict(state_dict: Mapping[str, Any], config: UNet3DConfig | Mapping[str, Any],
+                       dtype: Any = None, what: str = "UNet checkpoint",
+                       strict: bool = True) -> tuple[dict, ConversionReport]:
     """Convert a LatentSync UNet state_dict (numpy arrays under the original keys).
 
     Raises ``ConversionError`` listing what does not match ``config`` (``strict=False``: just
@@ -156,8 +158,8 @@ def convert_state_dict_for_unet(state_dict: Mapping[str, Any], config: UNet3DCon
     """
     if not isinstance(config, UNet3DConfig):
         config = UNet3DConfig.from_dict(config)
-    template = param_shapes(unet_param_shapes(UNet3DConditionModel(config)))
-    params, report = convert_state_dict(state_dict, unet_rules(config), template=template, dtype=dtype)
+    template = param_shapes(abstract_params(UNet3DConditionModel(config)))
+    params, report = apply_rules(state_dict, unet_rules(config), template=template, dtype=dtype)
     if strict and report.problem_count():
         lines = _diagnose(report, config)
         raise ConversionError(f"{what} does not match the UNet config ({report.converted} keys converted, "
@@ -209,11 +211,14 @@ def _read_config_file(path: str) -> Any:
         raise UNetConfigError(f"{path}: not valid JSON ({e})") from None
 
 
-def convert_file(src: str, config: Any, dtype: Any = np.float32) -> tuple[dict, ConversionReport]:
+def convert_file(src: str, config: Any = None, dtype: Any = None) -> tuple[dict, ConversionReport]:
     """Read ``src`` (.pt/.pth/.safetensors, ``{"global_step", "state_dict"}`` or a bare state
-    dict) and convert it for ``config`` (UNet3DConfig, mapping or config file path)."""
+    dict) and convert it for ``config`` (UNet3DConfig, mapping or config file path; required).
+    ``dtype=None`` stores float32 (the official files are float16; training wants float32)."""
     from lipsync_jax.convert.checkpoint_io import read_state_dict
 
+    if config is None:
+        raise ConversionError(f"UNet checkpoint {src}: a model config is needed (e.g. configs/unet/stage2.py)")
     config = load_unet_config(config)
     state_dict, _extras = read_state_dict(src)
-    return convert_state_dict_for_unet(state_dict, config, dtype=dtype, what=f"{src}")
+    return convert_state_dict(state_dict, config, dtype=np.float32 if dtype is None else dtype, what=f"{src}")

@@ -11,8 +11,9 @@ import json
 import os
 from typing import Any, Mapping
 
-from lipsync_jax.convert.rules import (ConversionError, ConversionReport, Rule, convert_state_dict,
-                                       param_shapes)
+from lipsync_jax.convert.rules import ConversionError, ConversionReport, Rule
+from lipsync_jax.convert.rules import convert_state_dict as apply_rules
+from lipsync_jax.tree_utils import param_shapes
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
                 "diffusion_pytorch_model.fp16.safetensors")
@@ -51,15 +52,14 @@ def vae_rules() -> list[Rule]:
     return rules
 
 
-def convert_state_dict_vae(state_dict: Mapping[str, Any], config: Mapping[str, Any],
-                           dtype: Any = None) -> tuple[dict[str, Any], ConversionReport]:
-    """Convert an in-memory diffusers VAE state dict against the model ``config`` builds."""
-    from lipsync_jax.models.vae import AutoencoderKL, param_shapes_tree
+def convert_state_dict(state_dict: Mapping[str, Any], config: Mapping[str, Any],
+                       dtype: Any = None) -> tuple[dict[str, Any], ConversionReport]:
+    """Convert an in-memory diffusers VAE state dict against the model ``config`` builds ->
+    (bare params, report)."""
+    from lipsync_jax.models.vae import AutoencoderKL, abstract_params
 
-    model = AutoencoderKL.from_config(config)
-    template = param_shapes(param_shapes_tree(model)["params"])
-    params, report = convert_state_dict(state_dict, vae_rules(), template=template, dtype=dtype)
-    return {"params": params}, report
+    template = param_shapes(abstract_params(AutoencoderKL.from_config(config)))
+    return apply_rules(state_dict, vae_rules(), template=template, dtype=dtype)
 
 
 def find_weights(folder: str) -> str:
@@ -92,6 +92,6 @@ def convert_file(src: str, config: Mapping[str, Any] | None = None,
     if config is None:
         config = read_config(folder)
     state_dict, _ = read_state_dict(weights)
-    params, report = convert_state_dict_vae(state_dict, config, dtype=dtype)
+    params, report = convert_state_dict(state_dict, config, dtype=dtype)
     report.raise_if_problems(f"VAE weights {weights}")
     return params, report

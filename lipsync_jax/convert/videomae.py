@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from lipsync_jax.convert.rules import ConversionReport, Rule, convert_state_dict, param_shapes
-from lipsync_jax.models.videomae import VideoMAEConfig, VideoMAEv2
+from lipsync_jax.convert.rules import ConversionReport, Rule
+from lipsync_jax.convert.rules import convert_state_dict as apply_rules
+from lipsync_jax.models.videomae import VideoMAEConfig, VideoMAEv2, abstract_params
+from lipsync_jax.tree_utils import param_shapes
 
 _BLOCK = r"blocks\.(\d+)\."
 RULES: tuple[Rule, ...] = (
@@ -35,25 +35,18 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def videomae_template(config: VideoMAEConfig) -> dict:
-    """Flat ``path -> shape`` of the params ``VideoMAEv2(config)`` expects (nothing allocated)."""
-    t, side = config.all_frames, config.img_size
-    videos = jax.ShapeDtypeStruct((1, t, side, side, config.in_chans), jnp.float32)
-    variables = jax.eval_shape(VideoMAEv2(config).init, jax.random.PRNGKey(0), videos)
-    return param_shapes(variables["params"])
-
-
 def _canonical(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """Strip DDP ``module.`` prefixes."""
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
 
 
-def convert_videomae_state_dict(state_dict: Mapping[str, Any], config: Mapping[str, Any] | VideoMAEConfig,
-                                dtype: Any = np.float32) -> tuple[dict, ConversionReport]:
-    """A VideoMAEv2 state dict -> (params, report)."""
+def convert_state_dict(state_dict: Mapping[str, Any], config: Mapping[str, Any] | VideoMAEConfig,
+                       dtype: Any = None) -> tuple[dict, ConversionReport]:
+    """A VideoMAEv2 state dict -> (bare params, report)."""
     if not isinstance(config, VideoMAEConfig):
         config = VideoMAEConfig.from_config(config)
-    return convert_state_dict(_canonical(state_dict), RULES, template=videomae_template(config), dtype=dtype)
+    template = param_shapes(abstract_params(VideoMAEv2(config)))
+    return apply_rules(_canonical(state_dict), RULES, template=template, dtype=dtype)
 
 
 GIANT_CONFIG = {"model": "vit_giant_patch14_224", "all_frames": 16, "tubelet_size": 2, "use_mean_pooling": True}
@@ -62,12 +55,15 @@ GIANT_CONFIG = {"model": "vit_giant_patch14_224", "all_frames": 16, "tubelet_siz
 DEFAULT_CONFIG = GIANT_CONFIG  # what the convert CLI saves when no --config is given
 
 
-def convert_file(src: str, config: Mapping[str, Any] | None = None) -> tuple[dict, ConversionReport]:
+def convert_file(src: str, config: Mapping[str, Any] | None = None,
+                 dtype: Any = None) -> tuple[dict, ConversionReport]:
     """``vit_g_hybrid_pt_1200e_ssv2_ft.pth`` (or a smaller VideoMAEv2 file) -> (params, report).
-    ``config`` defaults to TREPA's ``vit_giant_patch14_224`` (16 frames, tubelet 2)."""
+    ``config`` defaults to TREPA's ``vit_giant_patch14_224`` (16 frames, tubelet 2); ``dtype=None``
+    stores float32."""
     from lipsync_jax.convert.checkpoint_io import read_state_dict
 
     state_dict, _extras = read_state_dict(src, keys=("model", "module", "state_dict"))
-    params, report = convert_videomae_state_dict(state_dict, GIANT_CONFIG if config is None else config)
+    params, report = convert_state_dict(state_dict, GIANT_CONFIG if config is None else config,
+                                        np.float32 if dtype is None else dtype)
     report.raise_if_problems(f"VideoMAEv2 weights {src}")
     return params, report

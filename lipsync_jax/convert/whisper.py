@@ -18,12 +18,10 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-import jax
-import jax.numpy as jnp
-
-from lipsync_jax.audio.whisper_encoder import WhisperEncoder, WhisperEncoderConfig, sinusoids
-from lipsync_jax.convert.rules import (ConversionError, ConversionReport, Rule, convert_state_dict,
-                                       flatten_tree, param_shapes, unflatten_tree)
+from lipsync_jax.audio.whisper_encoder import WhisperEncoderConfig, abstract_params, sinusoids
+from lipsync_jax.convert.rules import ConversionError, ConversionReport, Rule
+from lipsync_jax.convert.rules import convert_state_dict as apply_rules
+from lipsync_jax.tree_utils import flatten_tree, param_shapes, unflatten_tree
 
 POSITIONS = ("positional_embedding",)
 
@@ -71,12 +69,6 @@ def is_huggingface_layout(state_dict: Mapping[str, Any]) -> bool:
     return any(".layers." in k or k.endswith("embed_positions.weight") for k in state_dict)
 
 
-def encoder_param_shapes(config: WhisperEncoderConfig) -> dict[str, Any]:
-    """The encoder's params as ``jax.ShapeDtypeStruct`` (no memory, no compute)."""
-    mel = jax.ShapeDtypeStruct((1, config.n_frames, config.n_mels), jnp.float32)
-    return jax.eval_shape(WhisperEncoder(config).init, jax.random.PRNGKey(0), mel)["params"]
-
-
 def infer_config(state_dict: Mapping[str, Any]) -> WhisperEncoderConfig:
     """Encoder dims from the tensor shapes (for files without dims, e.g. a bare HF state dict).
     Every Whisper size uses 64-dimensional heads, so n_head = n_state / 64."""
@@ -93,16 +85,15 @@ def infer_config(state_dict: Mapping[str, Any]) -> WhisperEncoderConfig:
                                 n_audio_head=int(n_state) // 64, n_audio_layer=n_layer)
 
 
-def convert_whisper_state_dict(state_dict: Mapping[str, Any], config: WhisperEncoderConfig | Mapping[str, Any],
-                               dtype: Any = None) -> tuple[dict[str, Any], ConversionReport]:
+def convert_state_dict(state_dict: Mapping[str, Any], config: WhisperEncoderConfig | Mapping[str, Any],
+                       dtype: Any = None) -> tuple[dict[str, Any], ConversionReport]:
     """Convert an in-memory OpenAI or Hugging Face Whisper state dict (layout detected from the
     keys). Returns the encoder params (a plain tree) and the report; a missing position table is
     filled with the computed sinusoids (not reported missing)."""
     if not isinstance(config, WhisperEncoderConfig):
         config = WhisperEncoderConfig.from_config(config)
     rules = huggingface_rules() if is_huggingface_layout(state_dict) else openai_rules()
-    params, report = convert_state_dict(state_dict, rules, template=param_shapes(encoder_param_shapes(config)),
-                                        dtype=dtype)
+    params, report = apply_rules(state_dict, rules, template=param_shapes(abstract_params(config)), dtype=dtype)
     if "/".join(POSITIONS) in report.missing:
         report.missing.remove("/".join(POSITIONS))
         flat = flatten_tree(params)
@@ -146,10 +137,10 @@ def convert_file_with_config(src: str, config: Mapping[str, Any] | None = None, 
         dims = WhisperEncoderConfig.from_config(config)
     else:
         dims = _config_from_extras(extras) or infer_config(state_dict)
-    params, report = convert_whisper_state_dict(state_dict, dims, dtype=dtype)
+    params, report = convert_state_dict(state_dict, dims, dtype=dtype)
     report.raise_if_problems(f"Whisper checkpoint {src}")
     return params, report, dims
 
 
-__all__ = ["convert_file", "convert_file_with_config", "convert_whisper_state_dict", "openai_rules", "huggingface_rules", "infer_config",
-           "encoder_param_shapes", "buffer_param_count"]
+__all__ = ["convert_file", "convert_file_with_config", "convert_state_dict", "openai_rules", "huggingface_rules",
+           "infer_config", "buffer_param_count"]

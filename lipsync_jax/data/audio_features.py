@@ -48,13 +48,11 @@ def _cpu_jax() -> None:
 def random_params(dims: Mapping[str, Any], seed: int = 0) -> tuple[Any, dict[str, int]]:
     """(params, dims) of a randomly initialised Whisper encoder with ``dims``."""
     import jax
-    import jax.numpy as jnp
 
-    from lipsync_jax.audio.whisper_encoder import WhisperEncoder, WhisperEncoderConfig
+    from lipsync_jax.audio.whisper_encoder import WhisperEncoderConfig, init_params
 
     config = WhisperEncoderConfig.from_config(dims)
-    mel = jnp.zeros((1, config.n_frames, config.n_mels), jnp.float32)
-    params = jax.jit(WhisperEncoder(config).init)(jax.random.PRNGKey(seed), mel)["params"]
+    params = init_params(jax.random.key(seed), config)
     return jax.tree_util.tree_map(np.asarray, params), dataclasses.asdict(config)
 
 

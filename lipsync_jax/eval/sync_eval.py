@@ -39,7 +39,7 @@ class SyncEvalError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class LoadedSyncNet:
     model: Any  # StableSyncNet
-    params: Any  # {"params": ...}
+    params: Any  # bare params tree
     resolution: int  # aligned face size the visual tower expects (its input is the lower half)
     source: str  # checkpoint folder, or "random init (seed N)"
     random_init: bool
@@ -64,15 +64,10 @@ def _model_config(config: Any) -> tuple[dict[str, Any], int | None, str]:
 
 
 def _check_params_fit(params: Mapping[str, Any], model: Any, where: str) -> None:
-    from lipsync_jax.convert.rules import param_shapes
-    from lipsync_jax.models.syncnet import param_shapes_tree
+    from lipsync_jax.models.syncnet import abstract_params
+    from lipsync_jax.tree_utils import shape_mismatches
 
-    expected = param_shapes(param_shapes_tree(model))
-    found = param_shapes(params)
-    missing = sorted("/".join(p) for p in expected.keys() - found.keys())
-    unexpected = sorted("/".join(p) for p in found.keys() - expected.keys())
-    wrong = sorted(f"{'/'.join(p)} {found[p]} != {expected[p]}" for p in expected.keys() & found.keys()
-                   if found[p] != expected[p])
+    missing, unexpected, wrong = shape_mismatches(params, abstract_params(model))
     if missing or unexpected or wrong:
         lines = [f"{len(missing)} missing", f"{len(unexpected)} unexpected", f"{len(wrong)} wrong shape"]
         examples = (missing + unexpected + wrong)[:5]
@@ -81,19 +76,12 @@ def _check_params_fit(params: Mapping[str, Any], model: Any, where: str) -> None
 
 
 def random_params(model: Any, seed: int = 0) -> dict[str, Any]:
-    """Random numpy params for ``model`` without compiling its init: fan-in scaled normal
-    kernels, unit norm scales, zero biases (smoke tests; seconds instead of a long init)."""
-    from lipsync_jax.models.syncnet import param_shapes_tree
+    """Random numpy params for ``model`` without compiling its init (``tree_utils.random_params``:
+    smoke tests; seconds instead of a long init)."""
+    from lipsync_jax.models.syncnet import abstract_params
+    from lipsync_jax import tree_utils
 
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        name, shape = getattr(path[-1], "key", str(path[-1])), tuple(leaf.shape)
-        if name == "kernel":
-            return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))).astype(np.float32)
-        return np.full(shape, 1.0 if name == "scale" else 0.0, np.float32)
-
-    return jax.tree_util.tree_map_with_path(draw, param_shapes_tree(model))
+    return tree_utils.random_params(abstract_params(model), seed)
 
 
 def _check_resolution(model: Any, params: Any, resolution: int, where: str) -> None:
@@ -103,7 +91,7 @@ def _check_resolution(model: Any, params: Any, resolution: int, where: str) -> N
     images = jax.ShapeDtypeStruct((1, resolution - resolution // 2, resolution,
                                    model.config.visual_encoder.in_channels), np.float32)
     try:
-        jax.eval_shape(lambda p, x: model.apply(p, x, method=type(model).embed_visual), params, images)
+        jax.eval_shape(lambda p, x: model.apply({"params": p}, x, method=type(model).embed_visual), params, images)
     except ValueError as error:
         raise SyncEvalError(f"{where}: the SyncNet does not take {resolution} px faces ({error}); "
                             "set --resolution (or the config's data.resolution) to what it was trained on") from None

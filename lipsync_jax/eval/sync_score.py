@@ -60,7 +60,7 @@ class SyncNetTower:
 
     def __call__(self, params: Any, windows: jax.Array) -> jax.Array:
         method = type(self.model).embed_visual if self.tower == "visual" else type(self.model).embed_audio
-        return self.model.apply(params, windows, method=method)
+        return self.model.apply({"params": params}, windows, method=method)
 
 
 def audio_window_starts(num_windows: int, fps: float = 25.0) -> np.ndarray:

@@ -8,11 +8,12 @@ from typing import Any
 
 from lipsync_jax.audio.features import AudioFeatureExtractor, frame_chunk_indices, gather_frame_windows
 from lipsync_jax.audio.syncnet_mel import syncnet_mel, syncnet_mel_crop
-from lipsync_jax.audio.whisper_encoder import WhisperEncoderConfig
+from lipsync_jax.audio.whisper_encoder import WhisperEncoderConfig, abstract_params
 from lipsync_jax.audio.whisper_mel import log_mel_spectrogram, mel_windows
-from lipsync_jax.convert.rules import count_params, manifest_state_dict
-from lipsync_jax.convert.whisper import buffer_param_count, convert_whisper_state_dict, encoder_param_shapes
+from lipsync_jax.convert.rules import manifest_state_dict
+from lipsync_jax.convert.whisper import buffer_param_count, convert_state_dict
 from lipsync_jax.golden.core import Comparison, Fixture, compare_exact, compare_param_tree, compare_rel
+from lipsync_jax.tree_utils import count_params
 
 MEL_TOL = 1e-4
 EMBEDDING_TOL = 1e-4
@@ -20,7 +21,7 @@ EMBEDDING_TOL = 1e-4
 
 def _check_whisper(fixture: Fixture) -> list[Comparison]:
     kind, out, cfg = fixture.kind, fixture.outputs, fixture.config
-    params, report = convert_whisper_state_dict(fixture.weights_f32(), cfg)
+    params, report = convert_state_dict(fixture.weights_f32(), cfg)
     report.raise_if_problems(f"{fixture.path} weights")
     extractor = AudioFeatureExtractor(params, cfg)
     audio = fixture.inputs["audio_16k"]
@@ -58,8 +59,8 @@ def check_manifest(manifest: dict[str, Any]) -> list[Comparison]:
     the sinusoid table, a torch buffer) + the decoder parameters we skip on purpose."""
     name, shapes = manifest["name"], manifest["state_dict"]
     config = WhisperEncoderConfig.from_config(manifest)
-    _, report = convert_whisper_state_dict(manifest_state_dict(manifest), config)
-    encoder = count_params(encoder_param_shapes(config)) - buffer_param_count(config)
+    _, report = convert_state_dict(manifest_state_dict(manifest), config)
+    encoder = count_params(abstract_params(config)) - buffer_param_count(config)
     skipped = sum(math.prod(shapes[k]) for k in report.skipped)
     expected = int(manifest["total_params"])
     buffers = sum(math.prod(v) for k, v in shapes.items() if k.endswith(("encoder.positional_embedding",

@@ -10,13 +10,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lipsync_jax.convert.lpips import convert_lpips_state_dict
+from lipsync_jax.convert import lpips as lpips_converter
+from lipsync_jax.convert import videomae as videomae_converter
 from lipsync_jax.convert.rules import manifest_state_dict
-from lipsync_jax.convert.videomae import convert_videomae_state_dict, videomae_template
 from lipsync_jax.golden.core import Comparison, Fixture, compare_param_tree, compare_rel
+from lipsync_jax.losses import lpips as lpips_loss
 from lipsync_jax.losses.lpips import LPIPS, learnable_param_count
 from lipsync_jax.losses.trepa import TREPALoss
+from lipsync_jax.models import videomae
 from lipsync_jax.models.videomae import VideoMAEConfig, VideoMAEv2
+from lipsync_jax.tree_utils import count_params
 
 FORWARD_TOL = 1e-4
 TREPA_LOSS_TOL = 1e-3
@@ -29,7 +32,7 @@ def _frames(u8: np.ndarray, channel_axis: int = 1) -> jnp.ndarray:
 
 
 def _check_lpips(fixture: Fixture) -> list[Comparison]:
-    params, report = convert_lpips_state_dict(fixture.weights, fixture.config)
+    params, report = lpips_converter.convert_state_dict(fixture.weights, fixture.config, dtype=np.float32)
     report.raise_if_problems(f"{fixture.path} weights")
     pred, target = _frames(fixture.inputs["pred_uint8"]), _frames(fixture.inputs["gt_uint8"])
     h = pred.shape[1]
@@ -42,7 +45,7 @@ def _check_lpips(fixture: Fixture) -> list[Comparison]:
 
 def _check_trepa(fixture: Fixture) -> list[Comparison]:
     config = VideoMAEConfig.from_config(fixture.config)
-    params, report = convert_videomae_state_dict(fixture.weights, config)
+    params, report = videomae_converter.convert_state_dict(fixture.weights, config, dtype=np.float32)
     report.raise_if_problems(f"{fixture.path} weights")
     loss = TREPALoss(VideoMAEv2(config))
     fake = _frames(fixture.inputs["fake_uint8"])  # (b, f, h, w, 3)
@@ -71,16 +74,15 @@ def check_manifest(manifest: dict[str, Any]) -> list[Comparison]:
     expected = int(manifest["total_params"])
     if name.startswith("lpips_"):
         model = LPIPS.from_config(manifest.get("config", {}))
-        _, report = convert_lpips_state_dict(state_dict, manifest.get("config", {}), dtype=None)
-        images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
-        shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), images, images)["params"]
+        _, report = lpips_converter.convert_state_dict(state_dict, manifest.get("config", {}))
+        shapes = lpips_loss.abstract_params(model)
         comparisons = compare_param_tree("lpips", name, report, expected, learnable_param_count(shapes))
         comparisons[1].detail += " (scaling-layer buffers not counted, lins.K duplicates skipped)"
         return comparisons
     if name.startswith("videomaev2_"):
         config = VideoMAEConfig.from_config(manifest["config"])
-        _, report = convert_videomae_state_dict(state_dict, config, dtype=None)
-        ours = _template_count(config)
+        _, report = videomae_converter.convert_state_dict(state_dict, config)
+        ours = count_params(videomae.abstract_params(VideoMAEv2(config)))
         head = _skipped_numel(manifest, [k for k in report.skipped if k.startswith("head.")])
         comparisons = compare_param_tree("trepa", name, report, expected, ours + head)
         comparisons[1].detail = (f"ours {ours:,} + skipped classifier head {head:,} = {ours + head:,} "
@@ -88,6 +90,3 @@ def check_manifest(manifest: dict[str, Any]) -> list[Comparison]:
         return comparisons
     raise ValueError(f"check_losses has no manifest check for {name!r}")
 
-
-def _template_count(config: VideoMAEConfig) -> int:
-    return sum(math.prod(shape) for shape in videomae_template(config).values())

@@ -56,13 +56,12 @@ def check_ddim(fx: Fixture) -> list[Comparison]:
 
 def _unet_apply_for(unet_config: dict, unet_fixture: Fixture):
     """(unet_apply, params): the sampling loop's UNet config with the weights of ``unet_fixture``."""
-    from lipsync_jax.convert.unet import convert_state_dict_for_unet
+    from lipsync_jax.convert.unet import convert_state_dict
     from lipsync_jax.models.unet3d import UNet3DConditionModel
     from lipsync_jax.models.unet_config import UNet3DConfig
 
     config = UNet3DConfig.from_dict(unet_config)
-    params, _ = convert_state_dict_for_unet(unet_fixture.weights_f32(), config, dtype=jnp.float32,
-                                            what=unet_fixture.path)
+    params, _ = convert_state_dict(unet_fixture.weights_f32(), config, dtype=jnp.float32, what=unet_fixture.path)
     return ModuleApply(UNet3DConditionModel(config)), params
 
 

@@ -5,17 +5,18 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from lipsync_jax.convert.rules import count_params, manifest_state_dict
-from lipsync_jax.convert.syncnet import convert_state_dict_syncnet
+from lipsync_jax.convert.rules import manifest_state_dict
+from lipsync_jax.convert.syncnet import convert_state_dict
 from lipsync_jax.golden.core import Comparison, Fixture, compare_param_tree, compare_rel
 from lipsync_jax.losses.sync import sync_loss
-from lipsync_jax.models.syncnet import StableSyncNet, param_shapes_tree
+from lipsync_jax.models.syncnet import StableSyncNet, abstract_params
+from lipsync_jax.tree_utils import count_params
 
 TOL = 1e-4
 
 
 def run_fixture(fixture: Fixture) -> dict[str, np.ndarray]:
-    params, report = convert_state_dict_syncnet(fixture.weights_f32(), fixture.config)
+    params, report = convert_state_dict(fixture.weights_f32(), fixture.config)
     report.raise_if_problems(f"{fixture.path} weights")
     model = StableSyncNet.from_config(fixture.config)
     # fixture inputs are float16 (exact); the reference ran in float32
@@ -24,7 +25,7 @@ def run_fixture(fixture: Fixture) -> dict[str, np.ndarray]:
 
     @jax.jit
     def forward(p, x, a):
-        vision_embeds, audio_embeds = model.apply(p, x, a)
+        vision_embeds, audio_embeds = model.apply({"params": p}, x, a)
         return vision_embeds, audio_embeds, sync_loss(vision_embeds, audio_embeds)
 
     vision_embeds, audio_embeds, loss = forward(params, images, audio)
@@ -42,6 +43,6 @@ def check_fixture(fixture: Fixture) -> list[Comparison]:
 
 def check_manifest(manifest: dict) -> list[Comparison]:
     model = StableSyncNet.from_config(manifest["config"])
-    _, report = convert_state_dict_syncnet(manifest_state_dict(manifest), manifest["config"])
-    ours_total = count_params(param_shapes_tree(model)["params"])
+    _, report = convert_state_dict(manifest_state_dict(manifest), manifest["config"])
+    ours_total = count_params(abstract_params(model))
     return compare_param_tree("syncnet", manifest["name"], report, int(manifest["total_params"]), ours_total)

@@ -8,11 +8,12 @@ import os
 import jax
 import numpy as np
 
-from lipsync_jax.convert.rules import count_params, manifest_state_dict
-from lipsync_jax.convert.unet import convert_state_dict_for_unet
+from lipsync_jax.convert.rules import manifest_state_dict
+from lipsync_jax.convert.unet import convert_state_dict
 from lipsync_jax.golden.core import Comparison, Fixture, compare_param_tree, compare_rel
-from lipsync_jax.models.unet3d import UNet3DConditionModel, unet_param_shapes
+from lipsync_jax.models.unet3d import UNet3DConditionModel, abstract_params
 from lipsync_jax.models.unet_config import UNet3DConfig
+from lipsync_jax.tree_utils import count_params
 
 TOL = 1e-4
 
@@ -27,7 +28,7 @@ def fixture_inputs(fixture: Fixture) -> tuple[np.ndarray, np.ndarray, np.ndarray
 def run_fixture(fixture: Fixture, dtype=np.float32) -> np.ndarray:
     """Our output for the fixture's inputs, (b, c, f, h, w) like the reference."""
     config = UNet3DConfig.from_dict(fixture.config)
-    params, _ = convert_state_dict_for_unet(fixture.weights_f32(), config, dtype=np.float32,
+    params, _ = convert_state_dict(fixture.weights_f32(), config, dtype=np.float32,
                                             what=f"{fixture.path} weights")
     model = UNet3DConditionModel(config, dtype=dtype)
     out = jax.jit(model.apply)({"params": params}, *fixture_inputs(fixture))
@@ -41,6 +42,6 @@ def check_fixture(fixture: Fixture) -> list[Comparison]:
 
 def check_manifest(manifest: dict) -> list[Comparison]:
     config = UNet3DConfig.from_dict(manifest["config"])
-    _, report = convert_state_dict_for_unet(manifest_state_dict(manifest), config, strict=False)
-    ours_total = count_params(unet_param_shapes(UNet3DConditionModel(config)))
+    _, report = convert_state_dict(manifest_state_dict(manifest), config, strict=False)
+    ours_total = count_params(abstract_params(UNet3DConditionModel(config)))
     return compare_param_tree("unet", manifest["name"], report, int(manifest["total_params"]), ours_total)

@@ -5,25 +5,27 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from lipsync_jax.convert.rules import count_params, manifest_state_dict
-from lipsync_jax.convert.vae import convert_state_dict_vae
+from lipsync_jax.convert.rules import manifest_state_dict
+from lipsync_jax.convert.vae import convert_state_dict
 from lipsync_jax.golden.core import Comparison, Fixture, compare_param_tree, compare_rel
-from lipsync_jax.models.vae import AutoencoderKL, param_shapes_tree
+from lipsync_jax.models.vae import AutoencoderKL, abstract_params
+from lipsync_jax.tree_utils import count_params
 
 TOL = 1e-4
 
 
 def run_fixture(fixture: Fixture) -> dict[str, np.ndarray]:
     """Our outputs for the fixture's input, NCHW like the reference."""
-    params, report = convert_state_dict_vae(fixture.weights_f32(), fixture.config)
+    params, report = convert_state_dict(fixture.weights_f32(), fixture.config)
     report.raise_if_problems(f"{fixture.path} weights")
     model = AutoencoderKL.from_config(fixture.config)
     images = np.asarray(fixture.inputs["image"], np.float32).transpose(0, 2, 3, 1)  # (b, h, w, c)
 
     @jax.jit
     def forward(p, x):
-        mean, logvar = model.apply(p, x, method=AutoencoderKL.encode)
-        return mean, logvar, model.apply(p, mean, method=AutoencoderKL.decode)
+        variables = {"params": p}
+        mean, logvar = model.apply(variables, x, method=AutoencoderKL.encode)
+        return mean, logvar, model.apply(variables, mean, method=AutoencoderKL.decode)
 
     mean, logvar, decoded = forward(params, images)
     to_nchw = lambda a: np.asarray(a).transpose(0, 3, 1, 2)  # noqa: E731
@@ -38,6 +40,6 @@ def check_fixture(fixture: Fixture) -> list[Comparison]:
 
 def check_manifest(manifest: dict) -> list[Comparison]:
     model = AutoencoderKL.from_config(manifest["config"])
-    _, report = convert_state_dict_vae(manifest_state_dict(manifest), manifest["config"])
-    ours_total = count_params(param_shapes_tree(model)["params"])
+    _, report = convert_state_dict(manifest_state_dict(manifest), manifest["config"])
+    ours_total = count_params(abstract_params(model))
     return compare_param_tree("vae", manifest["name"], report, int(manifest["total_params"]), ours_total)

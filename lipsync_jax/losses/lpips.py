@@ -114,3 +114,15 @@ def learnable_param_count(params: Mapping[str, Any]) -> int:
         if names not in BUFFER_PATHS:
             total += math.prod(leaf.shape)
     return total
+
+
+def init_params(rng: jax.Array, model: LPIPS, image_size: int = 32) -> Any:
+    """Random parameters (bare tree)."""
+    images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    return model.init(rng, images, images)["params"]
+
+
+def abstract_params(model: LPIPS) -> Any:
+    """Bare parameter tree of ``jax.ShapeDtypeStruct`` (nothing allocated)."""
+    images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    return jax.eval_shape(model.init, jax.random.key(0), images, images)["params"]

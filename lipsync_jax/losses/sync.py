@@ -45,11 +45,12 @@ def syncnet_sync_loss(model: Any, params: Any, video: jax.Array, audio: jax.Arra
                       lower_half: bool = True, targets: jax.Array | float = 1.0) -> jax.Array:
     """Per-sample sync loss (b,) of 16-frame clips ``video`` (b, 16, h, w, 3) in [-1, 1] (full
     aligned faces; ``lower_half`` crops them as LatentSync does) against SyncNet-mel windows
-    ``audio`` (b, 80, 52) or (b, 80, 52, 1), through a ``StableSyncNet`` (frozen or not)."""
+    ``audio`` (b, 80, 52) or (b, 80, 52, 1), through a ``StableSyncNet`` with bare ``params``
+    (frozen or not). The stage-2 UNet loss and the tests use this one function."""
     from lipsync_jax.models.syncnet import stack_frames
 
     images = stack_frames(video, lower_half=lower_half)  # (b, h, w, 48)
     if audio.ndim == 3:
         audio = audio[..., None]
-    vision_embeds, audio_embeds = model.apply(params, images, audio)
+    vision_embeds, audio_embeds = model.apply({"params": params}, images, audio)
     return sync_loss(vision_embeds, audio_embeds, targets)

@@ -84,9 +84,3 @@ class TREPALoss:
         feats_fake = self.features(params, videos_fake)
         feats_real = self.features(params, jax.lax.stop_gradient(videos_real))
         return jnp.mean(jnp.square(feats_fake - feats_real))
-
-
-def trepa_loss(params: Mapping[str, Any], videos_fake: jax.Array, videos_real: jax.Array,
-               model: VideoMAEv2) -> jax.Array:
-    """Functional form of ``TREPALoss(model)(params, videos_fake, videos_real)``."""
-    return TREPALoss(model)(params, videos_fake, videos_real)

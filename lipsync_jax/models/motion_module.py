@@ -10,18 +10,15 @@ copies are skipped by the converter) -> self-attention -> residual; then LayerNo
 from __future__ import annotations
 
 import math
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lipsync_jax.models import Dtype
 from lipsync_jax.models.unet_config import MotionModuleConfig
 from lipsync_jax.models.unet_layers import VideoGroupNorm, dense, layer_norm
 from lipsync_jax.models.unet_transformer import Attention, FeedForward
-
-Dtype = Any
 
 
 class TooManyFramesError(ValueError):

@@ -24,10 +24,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lipsync_jax.models import Dtype
 from lipsync_jax.models.attention import dot_product_attention
 from lipsync_jax.models.vae_blocks import GroupNorm32, conv
 
-Dtype = Any
 NUM_GROUPS = 32  # LatentSync's DownEncoder2D uses 32 groups everywhere (not configurable)
 
 
@@ -232,20 +232,21 @@ class StableSyncNet(nn.Module):
         return self.embed_visual(images, deterministic), self.embed_audio(audio, deterministic)
 
 
-def init_params(model: StableSyncNet, key: jax.Array, image_hw: tuple[int, int] = (128, 256),
+def init_params(rng: jax.Array, model: StableSyncNet, image_hw: tuple[int, int] = (128, 256),
                 audio_hw: tuple[int, int] = (80, 52)) -> Any:
+    """Random parameters (bare tree) from ``model.init`` on zero inputs of these sizes."""
     images = jnp.zeros((1, *image_hw, model.config.visual_encoder.in_channels), jnp.float32)
     audio = jnp.zeros((1, *audio_hw, model.config.audio_encoder.in_channels), jnp.float32)
-    return model.init(key, images, audio)
+    return model.init(rng, images, audio)["params"]
 
 
-def param_shapes_tree(model: StableSyncNet) -> Any:
-    """Parameter ShapeDtypeStructs without allocating. Shapes do not depend on the input size
-    (every layer is a conv/dense), so a small dummy input is used."""
+def abstract_params(model: StableSyncNet) -> Any:
+    """Bare parameter tree of ShapeDtypeStructs without allocating. Shapes do not depend on the
+    input size (every layer is a conv/dense), so a small dummy input is used."""
     def init(key):
         images = jnp.zeros((1, 16, 16, model.config.visual_encoder.in_channels), jnp.float32)
         audio = jnp.zeros((1, 16, 16, model.config.audio_encoder.in_channels), jnp.float32)
-        return model.init(key, images, audio, method=_init_both_towers)
+        return model.init(key, images, audio, method=_init_both_towers)["params"]
     return jax.eval_shape(init, jax.random.key(0))
 
 

@@ -2,7 +2,7 @@
 per-frame convolutions, audio cross-attention and optional AnimateDiff motion modules.
 
     model = UNet3DConditionModel(UNet3DConfig.from_dict(cfg), dtype=jnp.bfloat16)
-    params = init_unet_params(jax.random.key(0), model, sample_shape=(1, 16, 32, 32, 13))  # or a config
+    params = init_params(jax.random.key(0), model, sample_shape=(1, 16, 32, 32, 13))  # or a config
     noise_pred = model.apply({"params": params}, sample, timesteps, audio_embeds)
 
 Inputs are channels-last: ``sample`` (b, f, h, w, in_channels) = [noisy latents 4, mask 1,
@@ -14,18 +14,18 @@ Kernels carry logical axis names (see ``unet_layers``).
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lipsync_jax.models import Dtype
 from lipsync_jax.models.attention import BACKENDS
 from lipsync_jax.models.unet_blocks import DownBlock3D, MidBlock3D, UpBlock3D
 from lipsync_jax.models.unet_config import UNet3DConfig
 from lipsync_jax.models.unet_layers import TimestepEmbedding, VideoGroupNorm, frame_conv, timestep_sinusoids
 
-Dtype = Any
 AUDIO_WINDOW = 50  # Whisper embedding rows per video frame (LatentSync's audio feature window)
 DEEPCACHE_MODES = (None, "full", "shallow")  # UNet3DConditionModel.__call__(..., deepcache=)
 
@@ -136,7 +136,7 @@ def _as_model(model: UNet3DConditionModel | UNet3DConfig) -> UNet3DConditionMode
     return model if isinstance(model, UNet3DConditionModel) else UNet3DConditionModel(model)
 
 
-def init_unet_params(rng: jax.Array, model: UNet3DConditionModel | UNet3DConfig, sample_shape: Sequence[int]) -> dict:
+def init_params(rng: jax.Array, model: UNet3DConditionModel | UNet3DConfig, sample_shape: Sequence[int]) -> dict:
     """Fresh parameters (plain arrays, logical-partitioning boxes removed) for a model or a
     config (then float32 params); ``sample_shape`` is (b, f, h, w, in_channels)."""
     model = _as_model(model)
@@ -144,8 +144,8 @@ def init_unet_params(rng: jax.Array, model: UNet3DConditionModel | UNet3DConfig,
     return nn.meta.unbox(variables["params"])
 
 
-def unet_param_shapes(model: UNet3DConditionModel | UNet3DConfig, sample_shape: Sequence[int] | None = None) -> dict:
-    """Parameter tree of ``jax.ShapeDtypeStruct`` via ``jax.eval_shape`` (no allocation); the
+def abstract_params(model: UNet3DConditionModel | UNet3DConfig, sample_shape: Sequence[int] | None = None) -> dict:
+    """Bare parameter tree of ``jax.ShapeDtypeStruct`` via ``jax.eval_shape`` (no allocation); the
     weights do not depend on the spatial size or frame count, so a small dummy shape is used."""
     model = _as_model(model)
     shape = tuple(sample_shape) if sample_shape else (1, 2, 8, 8, model.config.in_channels)
@@ -153,7 +153,7 @@ def unet_param_shapes(model: UNet3DConditionModel | UNet3DConfig, sample_shape: 
     return nn.meta.unbox(variables["params"])
 
 
-def unet_logical_axes(model: UNet3DConditionModel | UNet3DConfig, sample_shape: Sequence[int] | None = None) -> dict:
+def logical_axes(model: UNet3DConditionModel | UNet3DConfig, sample_shape: Sequence[int] | None = None) -> dict:
     """The params tree with a ``PartitionSpec`` of logical axis names per leaf (``P()`` for
     unannotated biases/norms)."""
     model = _as_model(model)

@@ -8,18 +8,15 @@ list indices joined by "_" (``resnets_0``, ``attentions_1``, ``motion_modules_0`
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lipsync_jax.models import Dtype
 from lipsync_jax.models.motion_module import VanillaTemporalModule
 from lipsync_jax.models.unet_config import UNet3DConfig
 from lipsync_jax.models.unet_layers import Downsample3D, ResnetBlock3D, Upsample3D
 from lipsync_jax.models.unet_transformer import Transformer3D
-
-Dtype = Any
 
 
 class _Stage(nn.Module):

@@ -10,21 +10,19 @@ left unannotated, they are small). A sharding helper maps these to mesh axes wit
   feed-forward          ("embed", "mlp")     ("mlp", "embed")
 
 ``init`` returns boxed ``nn.Partitioned`` leaves; ``flax.linen.meta.unbox`` gives plain arrays
-(``init_unet_params`` does that) and ``nn.get_partition_spec`` gives the logical specs.
+(``unet3d.init_params`` does that) and ``nn.get_partition_spec`` gives the logical specs.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lipsync_jax.models import Dtype
 from lipsync_jax.diffusion.conditioning import nearest_resize
 
-Dtype = Any
 
 # torch's default Linear/Conv init (kaiming_uniform with a=sqrt(5)): U(+-1/sqrt(fan_in))
 TORCH_DEFAULT_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")

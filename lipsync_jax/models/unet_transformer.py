@@ -6,16 +6,13 @@ and ``FeedForward`` layers used by the motion modules.
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lipsync_jax.models import Dtype
 from lipsync_jax.models.attention import dot_product_attention
 from lipsync_jax.models.unet_layers import VideoGroupNorm, dense, layer_norm
-
-Dtype = Any
 
 
 class Attention(nn.Module):

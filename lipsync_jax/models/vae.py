@@ -20,10 +20,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lipsync_jax.models import Dtype
 from lipsync_jax.models.vae_blocks import (Downsample2D, GroupNorm32, MidBlock2D, ResnetBlock2D,
                                            Upsample2D, conv)
 
-Dtype = Any
 
 SCALING_FACTOR = 0.18215  # LatentSync's latent scale for sd-vae-ft-mse
 LOGVAR_RANGE = (-30.0, 20.0)  # diffusers' DiagonalGaussianDistribution clamp
@@ -176,14 +176,14 @@ def encode_to_latents(model: AutoencoderKL, params: Any, images: jax.Array,
     """Diffusion latents of ``images`` (b, h, w, 3) as LatentSync makes them: a posterior
     sample (per-image key from ``jax.random.split(key, b)``) times the scaling factor;
     ``key=None`` uses the posterior mean."""
-    mean, logvar = model.apply(params, images, method=AutoencoderKL.encode)
+    mean, logvar = model.apply({"params": params}, images, method=AutoencoderKL.encode)
     z = mean if key is None else _sample_per_frame(mean, logvar, jax.random.split(key, mean.shape[0]))
     return _scale(model, z)
 
 
 def decode_latents(model: AutoencoderKL, params: Any, latents: jax.Array) -> jax.Array:
     """Images (b, h, w, 3), roughly in [-1, 1], from scaled diffusion latents (b, h/8, w/8, 4)."""
-    return model.apply(params, _unscale(model, latents), method=AutoencoderKL.decode)
+    return model.apply({"params": params}, _unscale(model, latents), method=AutoencoderKL.decode)
 
 
 def _map_chunks(fn, chunk_size: int, *arrays: jax.Array) -> jax.Array:
@@ -213,7 +213,7 @@ def encode_frames(model: AutoencoderKL, params: Any, frames: jax.Array, key: jax
     keys = jax.random.split(key if key is not None else jax.random.key(0), n)
 
     def encode_chunk(chunk, chunk_keys):
-        mean, logvar = model.apply(params, chunk, method=AutoencoderKL.encode)
+        mean, logvar = model.apply({"params": params}, chunk, method=AutoencoderKL.encode)
         return mean if key is None else _sample_per_frame(mean, logvar, chunk_keys)
 
     return _scale(model, _map_chunks(encode_chunk, chunk_size, frames, keys))
@@ -222,16 +222,16 @@ def encode_frames(model: AutoencoderKL, params: Any, frames: jax.Array, key: jax
 @functools.partial(jax.jit, static_argnames=("model", "chunk_size"))
 def decode_frames(model: AutoencoderKL, params: Any, latents: jax.Array, chunk_size: int = 8) -> jax.Array:
     """Images (n, h, w, 3) from scaled latents (n, h/8, w/8, 4), ``chunk_size`` frames at a time."""
-    decode_chunk = lambda z: model.apply(params, z, method=AutoencoderKL.decode)  # noqa: E731
+    decode_chunk = lambda z: model.apply({"params": params}, z, method=AutoencoderKL.decode)  # noqa: E731
     return _map_chunks(decode_chunk, chunk_size, _unscale(model, latents))
 
 
-def init_params(model: AutoencoderKL, key: jax.Array, image_size: int = 64) -> Any:
-    """Random parameters (for tests and shape templates)."""
+def init_params(rng: jax.Array, model: AutoencoderKL, image_size: int = 64) -> Any:
+    """Random parameters (bare tree; for tests and shape templates)."""
     images = jnp.zeros((1, image_size, image_size, model.config.in_channels), jnp.float32)
-    return jax.jit(model.init)(key, images)
+    return jax.jit(model.init)(rng, images)["params"]
 
 
-def param_shapes_tree(model: AutoencoderKL) -> Any:
-    """Parameter ShapeDtypeStructs without allocating (``jax.eval_shape`` of ``init``)."""
-    return jax.eval_shape(lambda k: init_params(model, k, 8 * model.downsample_factor), jax.random.key(0))
+def abstract_params(model: AutoencoderKL) -> Any:
+    """Bare parameter tree of ShapeDtypeStructs without allocating (``jax.eval_shape`` of ``init``)."""
+    return jax.eval_shape(lambda k: init_params(k, model, 8 * model.downsample_factor), jax.random.key(0))

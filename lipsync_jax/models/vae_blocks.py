@@ -11,9 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lipsync_jax.models import Dtype
 from lipsync_jax.models.attention import dot_product_attention
-
-Dtype = Any
 
 
 class GroupNorm32(nn.Module):

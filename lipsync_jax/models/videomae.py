@@ -185,3 +185,17 @@ class VideoMAEv2(nn.Module):
         pooled = jnp.mean(x, axis=1)  # (b, d)
         return nn.LayerNorm(epsilon=cfg.ln_eps, dtype=acc_dtype, param_dtype=self.param_dtype,
                             name="fc_norm")(pooled)
+
+
+def _dummy_videos(config: VideoMAEConfig, make=jnp.zeros):
+    return make((1, config.all_frames, config.img_size, config.img_size, config.in_chans), jnp.float32)
+
+
+def init_params(rng: jax.Array, model: VideoMAEv2) -> Any:
+    """Random parameters (bare tree)."""
+    return model.init(rng, _dummy_videos(model.config))["params"]
+
+
+def abstract_params(model: VideoMAEv2) -> Any:
+    """Bare parameter tree of ``jax.ShapeDtypeStruct`` (nothing allocated)."""
+    return jax.eval_shape(model.init, jax.random.key(0), _dummy_videos(model.config, jax.ShapeDtypeStruct))["params"]

@@ -6,7 +6,7 @@ config.json). A path that is not such a folder but an original PyTorch checkpoin
 converted on the fly (slower start; convert once to skip that).
 
 ``random_init=True`` makes every network random (for smoke tests and benchmarks: the output is
-meaningless). The UNet and VAE weights are drawn from their parameter shapes (``random_params``,
+meaningless). The UNet and VAE weights are drawn from their parameter shapes (``tree_utils.random_params``,
 no compile of ``init``: the UNet's would take minutes on a CPU), so the layers the modules
 initialise to zero (conv_in/conv_out, motion-module outputs) are random too and every layer, the
 audio cross-attention included, changes the result. Whisper uses its own ``init`` (it keeps the
@@ -24,17 +24,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lipsync_jax.audio import AudioFeatureExtractor, WhisperEncoder, WhisperEncoderConfig
+from lipsync_jax.audio import AudioFeatureExtractor, WhisperEncoderConfig
+from lipsync_jax.audio.whisper_encoder import init_params as init_whisper
 from lipsync_jax.checkpoints import is_converted, restore_params
 from lipsync_jax.config_utils import config_to_dict, resolve_path
 from lipsync_jax.diffusion import DDIMScheduler, ModuleApply
-from lipsync_jax.models.unet3d import UNet3DConditionModel, unet_param_shapes
+from lipsync_jax.models import unet3d
+from lipsync_jax.models import vae as vae_model
+from lipsync_jax.models.unet3d import UNet3DConditionModel
 from lipsync_jax.models.unet_config import UNet3DConfig
-from lipsync_jax.models.vae import AutoencoderKL, VAEConfig, param_shapes_tree
+from lipsync_jax.models.vae import AutoencoderKL, VAEConfig
 from lipsync_jax.pipeline.errors import CheckpointMismatchError, InputError
-
-RANDOM_STDDEV = 0.02  # random_init: embeddings and other non-kernel weights
-
+from lipsync_jax.tree_utils import random_params, shape_mismatches
 
 @dataclasses.dataclass
 class LipsyncModels:
@@ -43,7 +44,7 @@ class LipsyncModels:
     unet_apply: ModuleApply  # hashable: the sampler compiles once per model
     unet_params: Any
     vae: AutoencoderKL
-    vae_params: Any  # {"params": tree}
+    vae_params: Any
     audio: AudioFeatureExtractor
     scheduler: DDIMScheduler
     resolution: int
@@ -62,21 +63,13 @@ def _floating_cast(tree: Any, dtype: Any) -> Any:
     return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
-def _shape_paths(tree: Any) -> dict[str, tuple[int, ...]]:
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape) for path, leaf in flat}
-
-
 def check_param_tree(params: Any, template: Any, what: str) -> None:
     """Raise ``CheckpointMismatchError`` unless ``params`` has ``template``'s paths and shapes."""
-    got, want = _shape_paths(params), _shape_paths(template)
-    missing = sorted(set(want) - set(got))
-    extra = sorted(set(got) - set(want))
-    wrong = sorted(k for k in set(got) & set(want) if got[k] != want[k])
+    missing, extra, wrong = shape_mismatches(params, template)
     if not (missing or extra or wrong):
         return
     details = [f"missing: {k}" for k in missing[:3]] + [f"unexpected: {k}" for k in extra[:3]]
-    details += [f"shape {got[k]} instead of {want[k]}: {k}" for k in wrong[:3]]
+    details += [f"shape {k}" for k in wrong[:3]]
     raise CheckpointMismatchError(
         f"{what} do not fit the config's model ({len(missing)} missing, {len(extra)} unexpected, "
         f"{len(wrong)} with other shapes; is --config right?): " + "; ".join(details))
@@ -102,42 +95,14 @@ def load_weights(path: str, kind: str, config: Mapping[str, Any] | None, dtype: 
     return _floating_cast(params, dtype), None
 
 
-def _unwrap_params(tree: Mapping[str, Any]) -> Any:
-    return tree["params"] if set(tree) == {"params"} else tree
-
-
-def random_params(template: Any, seed: int) -> Any:
-    """Random numpy params with the shapes of ``template`` (a tree of ShapeDtypeStructs), made
-    without running (or compiling) the model: kernels ~ N(0, 1/fan_in), norm scales 1, biases 0,
-    anything else ~ N(0, 0.02^2). Every layer, the zero-initialised ones included, is random."""
-    rng = np.random.default_rng(seed)
-    flat, treedef = jax.tree_util.tree_flatten_with_path(template)
-    leaves = []
-    for path, leaf in flat:
-        name = str(getattr(path[-1], "key", path[-1]))
-        shape = tuple(leaf.shape)
-        if name == "kernel":
-            fan_in = int(np.prod(shape[:-1])) or 1
-            value = rng.standard_normal(shape, np.float32) / np.sqrt(fan_in)
-        elif name == "scale":
-            value = np.ones(shape, np.float32)
-        elif name == "bias":
-            value = np.zeros(shape, np.float32)
-        else:
-            value = RANDOM_STDDEV * rng.standard_normal(shape, np.float32)
-        leaves.append(value)
-    return jax.tree_util.tree_unflatten(treedef, leaves)
-
-
 def build_unet(config, path: str, dtype: Any, random_seed: int | None) -> tuple[ModuleApply, Any]:
     model_cfg = config_to_dict(config.model)
     model = UNet3DConditionModel(UNet3DConfig.from_dict(model_cfg), dtype=dtype)
     if random_seed is not None:
-        params = random_params(unet_param_shapes(model), random_seed)
+        params = random_params(unet3d.abstract_params(model), random_seed)
     else:
         params, _ = load_weights(path, "unet", model_cfg, np.float32)
-        params = _unwrap_params(params)
-        check_param_tree(params, unet_param_shapes(model), f"UNet weights {path}")
+        check_param_tree(params, unet3d.abstract_params(model), f"UNet weights {path}")
     return ModuleApply(model), _floating_cast(params, dtype)
 
 
@@ -146,25 +111,22 @@ def build_vae(config, path: str, dtype: Any, random_seed: int | None) -> tuple[A
     settings = dict(vae_cfg["model"], scaling_factor=vae_cfg["scaling_factor"], shift_factor=vae_cfg["shift_factor"])
     model = AutoencoderKL.from_config(VAEConfig.from_dict(settings), dtype=dtype)
     if random_seed is not None:
-        params = random_params(param_shapes_tree(model)["params"], random_seed)
+        params = random_params(vae_model.abstract_params(model), random_seed)
     else:
         diffusers_folder = os.path.isfile(os.path.join(resolve_path(path), "config.json"))
         params, _ = load_weights(path, "vae", None if diffusers_folder else vae_cfg["model"], np.float32)
-        params = _unwrap_params(params)
-        check_param_tree(params, param_shapes_tree(model)["params"], f"VAE weights {path}")
-    return model, {"params": _floating_cast(params, dtype)}
+        check_param_tree(params, vae_model.abstract_params(model), f"VAE weights {path}")
+    return model, _floating_cast(params, dtype)
 
 
 def build_audio(config, path: str, random_seed: int | None) -> AudioFeatureExtractor:
     dims_cfg = config_to_dict(config.whisper)["dims"]
     if random_seed is not None:
         dims = WhisperEncoderConfig.from_config(dims_cfg)
-        mel = jnp.zeros((1, dims.n_frames, dims.n_mels), jnp.float32)
-        params = jax.jit(WhisperEncoder(dims).init)(jax.random.key(random_seed), mel)["params"]
+        params = init_whisper(jax.random.key(random_seed), dims)
     else:
         params, stored = load_weights(path, "whisper", None, np.float32)
         dims = WhisperEncoderConfig.from_config(stored or dims_cfg)
-        params = _unwrap_params(params)
     return AudioFeatureExtractor(params, dims, dtype=jnp.float32)
 
 

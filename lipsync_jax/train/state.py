@@ -97,10 +97,3 @@ def masked_global_norm(grads: Any, trainable: Any) -> jax.Array:
     if trainable is None:
         return optax.global_norm(grads)
     return optax.global_norm(jax.tree.map(lambda g, t: g if t else jnp.zeros((), g.dtype), grads, trainable))
-
-
-def count_params(params: Any, trainable: Any = None) -> int:
-    leaves = jax.tree.leaves(params) if trainable is None else [
-        p for p, t in zip(jax.tree.leaves(params), jax.tree.leaves(trainable)) if t]
-    return int(sum(p.size for p in leaves))
-

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from lipsync_jax import checkpoints, config_utils
+from lipsync_jax.tree_utils import shape_mismatches
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,10 @@ class TrainTask:
     validation_every: int = 0
 
 
-def load_converted(path: str, what: str, shapes: Any = None, variables: bool = False,
-                   kind: str | None = None, model_config: Any = None) -> Any:
-    """Params written by ``python -m lipsync_jax.convert`` (float32 numpy). ``variables=True``
-    returns ``{"params": ...}``; ``shapes`` (same form) is checked leaf by leaf. With ``kind`` (a
+def load_converted(path: str, what: str, shapes: Any = None, kind: str | None = None,
+                   model_config: Any = None) -> Any:
+    """Bare params written by ``python -m lipsync_jax.convert`` (float32 numpy); ``shapes`` (a
+    bare tree) is checked leaf by leaf. With ``kind`` (a
     ``lipsync_jax.convert`` module name), an original checkpoint (e.g. ``latentsync_unet.pt``, the
     LatentSync configs' default) is converted on the fly with ``model_config``."""
     resolved = config_utils.resolve_path(path)
@@ -56,17 +57,9 @@ def load_converted(path: str, what: str, shapes: Any = None, variables: bool = F
     except Exception as e:  # noqa: BLE001 - name the config field and file
         raise TrainConfigError(f"{what} = {path!r}: cannot read converted weights ({e}); convert the "
                                "official file with `python -m lipsync_jax.convert ...` first") from e
-    if variables and "params" not in params:
-        params = {"params": params}
-    if not variables and set(params) == {"params"}:
-        params = params["params"]
     if shapes is not None:
-        want = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(shapes)}
-        got = {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(params)}
-        if want != got:
-            missing = sorted(set(want) - set(got))[:5]
-            extra = sorted(set(got) - set(want))[:5]
-            wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])[:5]
+        missing, extra, wrong = (names[:5] for names in shape_mismatches(params, shapes))
+        if missing or extra or wrong:
             raise TrainConfigError(f"{what} = {path!r}: parameters do not match the configured model "
                                    f"(missing {missing}, unexpected {extra}, wrong shape {wrong})")
     return params

@@ -14,15 +14,17 @@ import jax.numpy as jnp
 from lipsync_jax import config_utils
 from lipsync_jax.diffusion.ddim import DDIMScheduler
 from lipsync_jax.losses.lpips import LPIPS
+from lipsync_jax.losses.lpips import init_params as init_lpips
 from lipsync_jax.losses.trepa import TREPALoss
 from lipsync_jax.models.syncnet import StableSyncNet
 from lipsync_jax.models.syncnet import init_params as init_syncnet
-from lipsync_jax.models.unet3d import (UNet3DConditionModel, init_unet_params, unet_logical_axes,
-                                       unet_param_shapes)
+from lipsync_jax.models.unet3d import (UNet3DConditionModel, init_params as init_unet, logical_axes,
+                                       abstract_params as unet_abstract_params)
 from lipsync_jax.models.unet_config import UNet3DConfig
 from lipsync_jax.models.vae import AutoencoderKL
 from lipsync_jax.models.vae import init_params as init_vae
 from lipsync_jax.models.videomae import VideoMAEConfig, VideoMAEv2
+from lipsync_jax.models.videomae import init_params as init_videomae
 from lipsync_jax.train.state import unet_trainable
 from lipsync_jax.train.data_sources import unet_data_source
 from lipsync_jax.train.task import TrainConfigError, TrainTask, load_converted
@@ -49,7 +51,7 @@ def build_unet_task(config: Any, data_source: str = "synthetic") -> TrainTask:
     unet = UNet3DConditionModel(UNet3DConfig.from_dict(cfg["model"]), dtype=dtype, param_dtype=jnp.float32,
                                 remat=remat)
     init_shape = INIT_SHAPE + (unet.config.in_channels,)
-    shapes = unet_param_shapes(unet, init_shape)
+    shapes = unet_abstract_params(unet, init_shape)
     vae = AutoencoderKL.from_config(_vae_config(cfg), dtype=dtype)
     scheduler = DDIMScheduler.from_config(cfg["scheduler"])
 
@@ -71,38 +73,35 @@ def build_unet_task(config: Any, data_source: str = "synthetic") -> TrainTask:
     def init_frozen(key):
         k_vae, k_sync, k_lpips, k_trepa = jax.random.split(key, 4)
         res = data["resolution"]
-        frozen = {"vae": init_vae(vae, k_vae, image_size=res)}
+        frozen = {"vae": init_vae(k_vae, vae, image_size=res)}
         if syncnet is not None:
             r = settings.syncnet_resolution // (vae.downsample_factor if settings.syncnet_latent_space else 1)
             hw = (r // 2, r) if settings.syncnet_lower_half else (r, r)
-            frozen["syncnet"] = init_syncnet(syncnet, k_sync, image_hw=hw)
+            frozen["syncnet"] = init_syncnet(k_sync, syncnet, image_hw=hw)
         if lpips is not None:
-            img = jnp.zeros((1, 32, 32, 3))
-            lpips_params = lpips.init(k_lpips, img, img)["params"]
+            lpips_params = init_lpips(k_lpips, lpips)
             # LPIPS' lin layers are non-negative (a distance); keep random ones so too
             frozen["lpips"] = {k: jax.tree.map(jnp.abs, v) if k.startswith("lin") else v
                                for k, v in lpips_params.items()}
         if trepa is not None:
-            c = trepa.model.config
-            clip = jnp.zeros((1, c.all_frames, c.img_size, c.img_size, 3))
-            frozen["trepa"] = trepa.model.init(k_trepa, clip)["params"]
+            frozen["trepa"] = init_videomae(k_trepa, trepa.model)
         return frozen
 
     def pretrained_frozen():
         out = {}
-        # (name, config field, path, variables, converter kind, model config for on-the-fly conversion)
-        paths = [("vae", "vae.ckpt_path", cfg["vae"]["ckpt_path"], True, "vae", None)]
+        # (name, config field, path, converter kind, model config for on-the-fly conversion)
+        paths = [("vae", "vae.ckpt_path", cfg["vae"]["ckpt_path"], "vae", None)]
         if syncnet is not None:
             paths.append(("syncnet", f"{data['syncnet_config_path']}: ckpt.inference_ckpt_path",
-                          syncnet_cfg["ckpt"]["inference_ckpt_path"], True, "syncnet", syncnet_cfg["model"]))
+                          syncnet_cfg["ckpt"]["inference_ckpt_path"], "syncnet", syncnet_cfg["model"]))
         if lpips is not None:
-            paths.append(("lpips", "lpips.ckpt_path", cfg["lpips"]["ckpt_path"], False, "lpips", cfg["lpips"]))
+            paths.append(("lpips", "lpips.ckpt_path", cfg["lpips"]["ckpt_path"], "lpips", cfg["lpips"]))
         if trepa is not None:
-            paths.append(("trepa", "trepa.ckpt_path", cfg["trepa"]["ckpt_path"], False, "videomae",
+            paths.append(("trepa", "trepa.ckpt_path", cfg["trepa"]["ckpt_path"], "videomae",
                           cfg["trepa"]["model"]))
-        for name, field, path, variables, kind, model_config in paths:
+        for name, field, path, kind, model_config in paths:
             if path:
-                out[name] = load_converted(path, field, variables=variables, kind=kind, model_config=model_config)
+                out[name] = load_converted(path, field, kind=kind, model_config=model_config)
             else:
                 log.warning("%s is empty: the frozen %s has RANDOM weights (tests/smoke runs only)", field, name)
         return out
@@ -116,8 +115,8 @@ def build_unet_task(config: Any, data_source: str = "synthetic") -> TrainTask:
     trainer = UNetTrainer(unet=unet, vae=vae, scheduler=scheduler, settings=settings, syncnet=syncnet,
                           lpips=lpips, trepa=trepa, trainable=trainable)
 
-    return TrainTask(name="unet", param_shapes=shapes, logical_specs=unet_logical_axes(unet, init_shape),
-                     init_params=lambda key: init_unet_params(key, unet, init_shape), pretrained=pretrained,
+    return TrainTask(name="unet", param_shapes=shapes, logical_specs=logical_axes(unet, init_shape),
+                     init_params=lambda key: init_unet(key, unet, init_shape), pretrained=pretrained,
                      trainable=trainable, init_frozen=init_frozen, pretrained_frozen=pretrained_frozen,
                      train_step=trainer.train_step, eval_step=trainer.eval_step,
                      make_data=lambda p, n: unet_data_source(cfg, data_source, p, n),

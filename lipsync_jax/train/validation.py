@@ -106,8 +106,8 @@ def _configured_syncnet(config: Mapping[str, Any]):
 class UNetValidator:
     """Callable ``(step, unet_params) -> metrics``; never raises (errors become ``error``).
 
-    ``frozen``: host copies of the training task's frozen networks (``vae``, ``syncnet``:
-    ``{"params": ...}`` variables); ``syncnet``: a ``LoadedSyncNet`` to use instead (tests).
+    ``frozen``: host copies of the training task's frozen networks (``vae``, ``syncnet``: bare
+    params trees); ``syncnet``: a ``LoadedSyncNet`` to use instead (tests).
     """
 
     def __init__(self, config: Any, workdir: str, frozen: Mapping[str, Any] | None = None, syncnet: Any = None,
