@@ -110,6 +110,25 @@ def test_track_faces_gaps_filters_and_interpolation():
     assert [(t.start, t.end) for t in tracks] == [(0, 9)]
 
 
+def test_shot_cuts_split_tracks():
+    from lipsync_jax.eval.lse_tracks import DetectSettings, ShotDetector, track_faces
+
+    rng = np.random.default_rng(2)
+    dark = np.full((64, 512, 3), 20, np.uint8)
+    bright = rng.integers(0, 255, (64, 512, 3), dtype=np.uint8)
+    frames = [dark] * 20 + [bright] * 5 + [dark] * 25  # a cut at 20; the one at 25 is too close to it
+    detector = ShotDetector()
+    assert sum(1 for _ in detector.watch(iter(frames))) == 50
+    assert detector.cuts == [20] and detector.shots() == [(0, 20), (20, 50)]
+    assert detector.scores[20] >= 27 and detector.scores[1] == 0
+    face = np.array([[100, 100, 250, 250, 0.99]])
+    settings = DetectSettings(min_track=8)
+    tracks = track_faces([face] * 50, settings, detector.shots())
+    assert [(t.start, t.end) for t in tracks] == [(0, 19), (20, 49)]
+    assert [(t.start, t.end) for t in track_faces([face] * 50, DetectSettings(min_track=25), detector.shots())] \
+        == [(20, 49)]  # the first shot is shorter than min_track
+
+
 def test_crop_matches_pad_and_slice():
     from lipsync_jax.eval.lse_tracks import DetectSettings, FaceTrackLSE, crop_face, crop_windows
 

@@ -12,7 +12,7 @@ syncnet_python's classic SyncNet (``syncnet_v2.model``) on face tracks found by 
     track.score.window_conf          # per 5-frame window confidence (framewise plot)
 
 Pipeline (details in ``lse_tracks`` and ``lse_score``): the video read at 25 fps, S3FD at scale
-0.25 on every frame, IoU face tracks (more than ``min_track`` = 50 detections), median-smoothed
+0.25 on every frame, scene cuts, IoU face tracks per shot (more than ``min_track`` = 50 detections), median-smoothed
 crops resized to 224, the 16 kHz audio of each track's time span at int16 scale, MFCC, every
 5-frame window, mean distances for offsets -15..15: LSE-D = the minimum, LSE-C = median - min,
 AV offset = the best shift. Several faces give several tracks, each scored; the video's values
@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from lipsync_jax.eval.lse_score import DEFAULT_VSHIFT, SAMPLES_PER_FRAME, LSEInputError, LSEScore, lse_score
-from lipsync_jax.eval.lse_tracks import DetectSettings, FaceTrackLSE, crop_tracks, detect_frames, track_faces
+from lipsync_jax.eval.lse_tracks import (DetectSettings, FaceTrackLSE, ShotDetector, crop_tracks, detect_frames,
+                                         track_faces)
 from lipsync_jax.models.lse_syncnet import LSESyncNet, LSESyncNetConfig
 from lipsync_jax.models.s3fd import S3FDConfig, S3FDNet
 
@@ -178,6 +179,7 @@ class LSEResult:
     num_frames: int  # frames read at 25 fps
     frames_with_face: int  # frames where S3FD found at least one face
     skipped_tracks: tuple[str, ...]  # tracks that could not be scored (too short), with the reason
+    shots: tuple[tuple[int, int], ...]  # scene shots (start, end exclusive) the tracks were searched in
     syncnet: str
     detector: str
     random_init: bool
@@ -198,6 +200,7 @@ class LSEResult:
         return {"video": self.video, "audio": self.audio, "lse_c": self.lse_c, "lse_d": self.lse_d,
                 "av_offset": self.av_offset, "num_tracks": len(self.tracks), "num_frames": self.num_frames,
                 "frames_with_face": self.frames_with_face, "skipped_tracks": list(self.skipped_tracks),
+                "shots": [list(shot) for shot in self.shots],
                 "syncnet": self.syncnet, "detector": self.detector, "random_init": self.random_init,
                 "tracks": [t.to_dict(per_window) for t in self.tracks]}
 
@@ -234,15 +237,18 @@ def evaluate_lse(video_path: str, audio_path: str | None = None, *, syncnet: Loa
         raise LSEInputError(f"{audio_source}: audio too short ({audio.shape[0] / 16000:.3f} s); LSE needs more "
                             "than 5 frames (0.24 s)")
     total = info.frame_count_at(LSE_FPS) if max_frames is None else min(max_frames, info.frame_count_at(LSE_FPS))
+    shot_detector = ShotDetector(settings.scene_threshold, settings.min_scene_len)
     with _progress(total, f"S3FD {os.path.basename(video_path)}", progress) as bar:
-        detections = detect_frames(detector.model, detector.params,
-                                   read_frames(video_path, LSE_FPS, max_frames=max_frames, info=info), settings, bar)
-    tracks = track_faces(detections, settings)
+        frames = shot_detector.watch(read_frames(video_path, LSE_FPS, max_frames=max_frames, info=info))
+        detections = detect_frames(detector.model, detector.params, frames, settings, bar)
+    shots = shot_detector.shots()
+    tracks = track_faces(detections, settings, shots)
     frames_with_face = sum(1 for d in detections if len(d))
     if not tracks:
         raise LSEEvalError(f"{video_path}: no face track (S3FD found a face in {frames_with_face} of "
-                           f"{len(detections)} frames; a track needs more than {settings.min_track} detections "
-                           f"of a face larger than {settings.min_face_size:g} px)")
+                           f"{len(detections)} frames, {len(shots)} shot(s); a track needs more than "
+                           f"{settings.min_track} detections of a face larger than {settings.min_face_size:g} px "
+                           "within one shot)")
     crops = crop_tracks(read_frames(video_path, LSE_FPS, max_frames=max_frames, info=info), tracks, settings)
     results, skipped = [], []
     for index, (track, faces) in enumerate(zip(tracks, crops)):
@@ -258,7 +264,8 @@ def evaluate_lse(video_path: str, audio_path: str | None = None, *, syncnet: Loa
     if not results:
         raise LSEInputError(f"{video_path}: no face track could be scored: {'; '.join(skipped)}")
     return LSEResult(video=video_path, audio=audio_source, tracks=tuple(results), num_frames=len(detections),
-                     frames_with_face=frames_with_face, skipped_tracks=tuple(skipped), syncnet=syncnet.source,
+                     frames_with_face=frames_with_face, skipped_tracks=tuple(skipped), shots=tuple(shots),
+                     syncnet=syncnet.source,
                      detector=detector.source, random_init=syncnet.random_init or detector.random_init)
 
 

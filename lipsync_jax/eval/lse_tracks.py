@@ -10,7 +10,10 @@ builds them: S3FD on every frame, IoU tracking, median-smoothed boxes, 224x224 c
    ``num_failed_det`` (25) frames; faces used are removed. A track is kept when it has more
    than ``min_track`` (50) detections; its boxes are linearly interpolated over the missing
    frames and it must have a mean width or height above ``min_face_size`` (100 px).
-   The whole video is one shot (no scene-cut detection).
+   Tracking runs per shot: ``ShotDetector`` cuts where PySceneDetect's ContentDetector would with
+   its defaults (mean absolute HSV difference of consecutive frames >= 27, frames subsampled to
+   about 256 px wide, at least 15 frames between cuts; our re-implementation), and shots shorter
+   than ``min_track`` frames are skipped, as LatentSync's ``scene_detect``.
 3. Cropping (``crop_track``): per frame the half-size ``s = max(w, h) / 2`` and the centre,
    each median-filtered over 13 frames (``scipy.signal.medfilt``, zero padded); the frame is
    padded by ``int(s * 1.8)`` with the value 110 and the crop is rows ``[cy - s, cy + 1.8 s)``,
@@ -48,6 +51,8 @@ class DetectSettings:
     iou_threshold: float = 0.5
     crop_scale: float = 0.4
     smoothing: int = 13  # median filter taps over the box size and centre
+    scene_threshold: float = 27.0  # ContentDetector's default; <= 0 disables shot detection
+    min_scene_len: int = 15
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +116,42 @@ def detect_frames(model: s3fd.S3FDNet, params: Any, frames: Iterable[np.ndarray]
     return results
 
 
+class ShotDetector:
+    """Scene cuts from the frames as they stream past (``watch``), see the module docstring."""
+
+    def __init__(self, threshold: float = 27.0, min_scene_len: int = 15):
+        self.threshold, self.min_scene_len = float(threshold), int(min_scene_len)
+        self.cuts: list[int] = []
+        self.scores: list[float] = []  # per frame (0 for the first)
+        self._last_hsv: np.ndarray | None = None
+        self._count = 0
+
+    def update(self, frame_rgb: np.ndarray) -> None:
+        import cv2
+
+        step = max(1, frame_rgb.shape[1] // 256)
+        hsv = cv2.cvtColor(np.ascontiguousarray(frame_rgb[::step, ::step]), cv2.COLOR_RGB2HSV).astype(np.int32)
+        score = 0.0
+        if self._last_hsv is not None:
+            score = float(np.mean(np.abs(hsv - self._last_hsv), axis=(0, 1)).mean())
+            last_cut = self.cuts[-1] if self.cuts else 0
+            if self.threshold > 0 and score >= self.threshold and self._count - last_cut >= self.min_scene_len:
+                self.cuts.append(self._count)
+        self.scores.append(score)
+        self._last_hsv = hsv
+        self._count += 1
+
+    def watch(self, frames: Iterable[np.ndarray]) -> Iterable[np.ndarray]:
+        for frame in frames:
+            self.update(frame)
+            yield frame
+
+    def shots(self) -> list[tuple[int, int]]:
+        """``[(start, end_exclusive), ...]`` covering every frame seen."""
+        bounds = [0, *self.cuts, self._count]
+        return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     """IoU of two (x1, y1, x2, y2) boxes (no +1 on the sizes)."""
     w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
@@ -120,13 +161,25 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
-def track_faces(detections: Sequence[np.ndarray], settings: DetectSettings) -> list[FaceTrackLSE]:
-    """Face tracks from per-frame detections (see the module docstring, step 2)."""
+def track_faces(detections: Sequence[np.ndarray], settings: DetectSettings,
+                shots: Sequence[tuple[int, int]] | None = None) -> list[FaceTrackLSE]:
+    """Face tracks from per-frame detections (see the module docstring, step 2), shot by shot
+    (``shots``: ``[(start, end_exclusive)]``; None: one shot; shots shorter than
+    ``min_track`` frames are skipped)."""
+    tracks: list[FaceTrackLSE] = []
+    for start, end in shots if shots is not None else [(0, len(detections))]:
+        if end - start >= settings.min_track:
+            tracks.extend(_track_shot(detections[start:end], start, settings))
+    return tracks
+
+
+def _track_shot(detections: Sequence[np.ndarray], first_frame: int, settings: DetectSettings) -> list[FaceTrackLSE]:
     remaining = [[np.asarray(face[:4], np.float64) for face in faces] for faces in detections]
     tracks: list[FaceTrackLSE] = []
     while True:
         frames, boxes = [], []
-        for index, faces in enumerate(remaining):
+        for offset, faces in enumerate(remaining):
+            index = first_frame + offset
             if frames and index - frames[-1] > settings.num_failed_det:
                 break  # every later frame is further away still
             for k, box in enumerate(faces):
