@@ -1,6 +1,8 @@
 """The jitted DDIM sampling loop, with toy stand-in UNets (the real-UNet parity is the
 sampling_loop golden check)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -140,3 +142,30 @@ def test_low_precision_unet_output_keeps_float32_latents(scheduler):
                         num_steps=4, guidance_scale=1.5)
     assert low.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(low)))
     assert float(jnp.linalg.norm(low - full) / jnp.linalg.norm(full)) < 0.05
+
+
+@functools.partial(jax.jit, static_argnames=("unet_apply", "num_steps", "guidance_scale"))
+def _legacy_sample_chunk(unet_apply, params, init_latents, mask, masked_latents, ref_latents, audio_embeds, *,
+                         scheduler, num_steps=20, guidance_scale=1.5):
+    """sample_chunk as it was before the sampler options (DeepCache, DPM-Solver++, overlap)."""
+    conditioning = jnp.concatenate([mask, masked_latents, ref_latents], axis=-1).astype(init_latents.dtype)
+    timesteps = jnp.asarray(scheduler.timesteps(num_steps))
+
+    def denoise(latents, t):
+        model_input = jnp.concatenate([scheduler.scale_model_input(latents, t), conditioning], axis=-1)
+        noise = guided_noise_pred(unet_apply, params, model_input, t, audio_embeds, guidance_scale)
+        latents = scheduler.step(noise, t, latents, num_inference_steps=num_steps).prev_sample
+        return latents.astype(init_latents.dtype), None
+
+    return jax.lax.scan(denoise, init_latents, timesteps)[0]
+
+
+@pytest.mark.parametrize("guidance", [1.5, 1.0])
+def test_default_options_are_bit_for_bit_the_previous_loop(scheduler, guidance):
+    params, mask, masked, ref, audio = _inputs()
+    init = initial_latents(jax.random.PRNGKey(1), SHAPE)
+    kw = dict(scheduler=scheduler, num_steps=5, guidance_scale=guidance)
+    legacy = _legacy_sample_chunk(toy_unet, params, init, mask, masked, ref, audio, **kw)
+    np.testing.assert_array_equal(sample_chunk(toy_unet, params, init, mask, masked, ref, audio, **kw), legacy)
+    np.testing.assert_array_equal(sample_chunk(toy_unet, params, init, mask, masked, ref, audio, solver="ddim",
+                                               deepcache_interval=1, **kw), legacy)

@@ -232,8 +232,6 @@ def conditioning_channels(mask: jax.Array, masked_latents: jax.Array, ref_latent
     return jnp.concatenate([mask, masked_latents, ref_latents], axis=-1).astype(dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("unet_apply", "num_steps", "guidance_scale", "solver",
-                                             "deepcache_interval"))
 def sample_chunk(unet_apply: UNetApply, params: Any, init_latents: jax.Array, mask: jax.Array,
                  masked_latents: jax.Array, ref_latents: jax.Array, audio_embeds: jax.Array, *,
                  scheduler: DDIMScheduler, num_steps: int = 20, guidance_scale: float = 1.5,
@@ -246,7 +244,18 @@ def sample_chunk(unet_apply: UNetApply, params: Any, init_latents: jax.Array, ma
     (config.run.scheduler), ``deepcache_interval`` (config.run.deepcache_interval; 0/1 = off).
     ``unet_apply`` must be a stable (hashable) function: a new closure per call recompiles.
     The defaults run LatentSync's DDIM loop, bit for bit as before these options existed.
+    Options are checked here (``SamplerOptionError``) before anything is traced.
     """
+    validate_sampler_options(solver, deepcache_interval, 0, init_latents.shape[1], num_steps)
+    return _sample_chunk(unet_apply, params, init_latents, mask, masked_latents, ref_latents, audio_embeds,
+                         scheduler=scheduler, num_steps=int(num_steps), guidance_scale=float(guidance_scale),
+                         solver=solver, deepcache_interval=int(deepcache_interval) if deepcache_interval > 1 else 0)
+
+
+@functools.partial(jax.jit, static_argnames=("unet_apply", "num_steps", "guidance_scale", "solver",
+                                             "deepcache_interval"))
+def _sample_chunk(unet_apply, params, init_latents, mask, masked_latents, ref_latents, audio_embeds, *,
+                  scheduler, num_steps, guidance_scale, solver, deepcache_interval):
     conditioning = conditioning_channels(mask, masked_latents, ref_latents, init_latents.dtype)
     return denoise_loop(unet_apply, params, init_latents, conditioning, audio_embeds, scheduler=scheduler,
                         num_steps=num_steps, guidance_scale=guidance_scale, solver=solver,
