@@ -53,9 +53,9 @@ def convert_file(src: str, config: Mapping[str, Any] | None = None,
                  dtype: Any = None) -> tuple[dict[str, Any], ConversionReport]:
     """``src``: ``koniq_pretrained.pkl`` (read without executing pickled code). Raises
     ``ConversionError`` when it does not fit the HyperNet config."""
-    from lipsync_jax.convert.checkpoint_io import read_state_dict
+    from lipsync_jax.convert.torch_legacy import read_any_state_dict
 
-    state_dict, _ = read_state_dict(src)
+    state_dict = read_any_state_dict(src)  # zip or legacy (pre-1.6) torch.save, no code execution
     params, report = convert_state_dict(state_dict, config, dtype=dtype)
     report.raise_if_problems(f"HyperIQA checkpoint {src}")
     return params, report

@@ -52,3 +52,27 @@ def count_weights(params: Mapping[str, Any]) -> int:
             size *= int(dim)
         total += size
     return total
+
+
+def random_inference_params(abstract: Mapping[str, Any], rng: jax.Array) -> dict[str, Any]:
+    """Random weights for an inference-only network from its abstract tree, without tracing it
+    (no compilation): kernels LeCun-normal (fan-in = all axes but the last), biases 0, BatchNorm
+    at identity (scale 1, bias 0, mean 0, var 1). For smoke tests: the outputs mean nothing."""
+    import numpy as np
+
+    from lipsync_jax.tree_utils import unflatten_tree
+
+    seed = int(jax.random.randint(rng, (), 0, 2**31 - 1))
+    generator = np.random.default_rng(seed)
+    flat = {}
+    for path, leaf in sorted(flatten_tree(abstract).items()):
+        shape, name = tuple(leaf.shape), path[-1]
+        if name == "kernel":
+            fan_in = int(np.prod(shape[:-1]))
+            value = generator.standard_normal(shape) / np.sqrt(max(fan_in, 1))
+        elif name in ("scale", "var"):
+            value = np.ones(shape)
+        else:  # bias, mean
+            value = np.zeros(shape)
+        flat[path] = jnp.asarray(value, leaf.dtype)
+    return unflatten_tree(flat)

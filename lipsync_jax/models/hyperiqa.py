@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lipsync_jax.models.frozen_norm import FrozenBatchNorm, count_weights  # noqa: F401 (re-exported)
+from lipsync_jax.models.frozen_norm import FrozenBatchNorm, count_weights, random_inference_params  # noqa: F401
 
 RESNET50_BLOCKS = (3, 4, 6, 3)
 RESNET_PLANES = (64, 128, 256, 512)
@@ -187,7 +187,7 @@ def abstract_params(config: Mapping[str, Any] | HyperIQAConfig | None = None) ->
     return jax.eval_shape(lambda: _init(model, jax.random.key(0)))
 
 
-def init_params(rng: jax.Array, config: Mapping[str, Any] | HyperIQAConfig | None = None) -> dict[str, Any]:
-    """Random bare parameters (BatchNorm statistics at identity: mean 0, var 1)."""
-    model = build(config)
-    return jax.jit(lambda key: _init(model, key))(rng)
+def init_params(rng: jax.Array, config: Mapping[str, Any] | Any = None) -> dict[str, Any]:
+    """Random bare parameters (LeCun-normal kernels, zero biases, BatchNorm at identity), made
+    from the abstract tree without compiling the network."""
+    return random_inference_params(abstract_params(config), rng)

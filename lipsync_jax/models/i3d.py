@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lipsync_jax.models.frozen_norm import FrozenBatchNorm, count_weights  # noqa: F401 (re-exported)
+from lipsync_jax.models.frozen_norm import FrozenBatchNorm, count_weights, random_inference_params  # noqa: F401
 
 # the layers in order: ("conv", name, width, kernel, stride) | ("pool", name, kernel, stride) |
 # ("mixed", name, (b0, b1a, b1b, b2a, b2b, b3b) widths)
@@ -159,8 +159,7 @@ def abstract_params(config: Mapping[str, Any] | I3DConfig | None = None) -> dict
     return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(_example().shape))["params"])
 
 
-def init_params(rng: jax.Array, config: Mapping[str, Any] | I3DConfig | None = None) -> dict[str, Any]:
-    """Random bare parameters (BatchNorm statistics at identity: mean 0, var 1)."""
-    model = build(config)
-    # under jit, XLA drops the forward pass whose outputs init does not return
-    return jax.jit(lambda key: model.init(key, jnp.zeros(_example().shape))["params"])(rng)
+def init_params(rng: jax.Array, config: Mapping[str, Any] | Any = None) -> dict[str, Any]:
+    """Random bare parameters (LeCun-normal kernels, zero biases, BatchNorm at identity), made
+    from the abstract tree without compiling the network."""
+    return random_inference_params(abstract_params(config), rng)
