@@ -12,7 +12,7 @@ from conftest import DATA_DIR
 from lipsync_jax.convert.checkpoint_io import read_state_dict
 from lipsync_jax.convert.errors import CheckpointFormatError, CheckpointNotFoundError
 from lipsync_jax.convert.safetensors_io import save_safetensors
-from lipsync_jax.convert.torch_pickle import save_torch_checkpoint
+from torch_pt_writer import save_torch_checkpoint
 
 
 def _tensors(seed=0):

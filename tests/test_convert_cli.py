@@ -16,7 +16,7 @@ from lipsync_jax.checkpoints import read_metadata, restore_params
 from lipsync_jax.convert import __main__ as cli
 from lipsync_jax.convert.rules import ConversionError, ConversionReport
 from lipsync_jax.convert.safetensors_io import save_safetensors
-from lipsync_jax.convert.torch_pickle import save_torch_checkpoint
+from torch_pt_writer import save_torch_checkpoint
 from lipsync_jax.golden.core import load_fixture
 
 

@@ -13,7 +13,7 @@ from lipsync_jax.audio.whisper_encoder import WhisperEncoderConfig, sinusoids
 from lipsync_jax.convert.rules import ConversionError
 from lipsync_jax.tree_utils import flatten_tree
 from lipsync_jax.convert.safetensors_io import save_safetensors
-from lipsync_jax.convert.torch_pickle import save_torch_checkpoint
+from torch_pt_writer import save_torch_checkpoint
 from lipsync_jax.convert.whisper import convert_file, convert_state_dict, infer_config
 from lipsync_jax.golden.core import load_fixture, rel_l2
 

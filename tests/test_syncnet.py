@@ -9,7 +9,7 @@ from random_params_util import random_params
 
 from lipsync_jax.convert.rules import ConversionError
 from lipsync_jax.convert.syncnet import convert_file
-from lipsync_jax.convert.torch_pickle import save_torch_checkpoint
+from torch_pt_writer import save_torch_checkpoint
 from lipsync_jax.eval.sync_score import (SyncScoreError, audio_window_embeddings, audio_window_starts,
                                          score_from_embeddings, sync_score, sync_score_with,
                                          visual_window_embeddings, SyncNetTower)

@@ -11,12 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import DATA_DIR
-from lipsync_jax.convert.torch_pickle import (
-    CheckpointFormatError,
-    UnsafeCheckpointError,
-    load_torch_checkpoint,
-    save_torch_checkpoint,
-)
+from lipsync_jax.convert.torch_pickle import CheckpointFormatError, UnsafeCheckpointError, load_torch_checkpoint
+from torch_pt_writer import save_torch_checkpoint
 from lipsync_jax.convert.errors import CheckpointNotFoundError
 
 TORCH_PT = os.path.join(DATA_DIR, "torch_pt")

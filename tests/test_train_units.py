@@ -181,7 +181,7 @@ def test_original_checkpoints_are_converted_on_the_fly(tmp_path):
     from conftest import golden_path
 
     from lipsync_jax.convert.syncnet import convert_file
-    from lipsync_jax.convert.torch_pickle import save_torch_checkpoint
+    from torch_pt_writer import save_torch_checkpoint
     from lipsync_jax.golden.core import load_fixture
     from lipsync_jax.train.task import load_converted
 

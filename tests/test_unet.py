@@ -208,7 +208,7 @@ def test_cli_convert_restore_reproduces_golden(stage2, tmp_path, fmt):
     weights = dict(stage2.fixture.weights)
     src = tmp_path / f"latentsync_unet.{fmt}"
     if fmt == "pt":
-        from lipsync_jax.convert.torch_pickle import save_torch_checkpoint
+        from torch_pt_writer import save_torch_checkpoint
 
         save_torch_checkpoint({"global_step": 123, "state_dict": weights}, src)
     else:
