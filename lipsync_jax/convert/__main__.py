@@ -26,8 +26,8 @@ from lipsync_jax.convert.rules import ConversionError
 
 # subcommand -> module providing convert_file(src, config) -> (params, ConversionReport)
 CONVERTERS = {name: f"lipsync_jax.convert.{name}" for name in ("unet", "whisper", "vae", "syncnet", "lpips", "videomae",
-                                                                   "lse_syncnet", "s3fd")}
-CONFIG_OPTIONAL = {"whisper", "vae", "lpips", "videomae", "lse_syncnet", "s3fd"}
+                                                                   "lse_syncnet", "s3fd", "i3d", "hyperiqa")}
+CONFIG_OPTIONAL = {"whisper", "vae", "lpips", "videomae", "lse_syncnet", "s3fd", "i3d", "hyperiqa"}
 DTYPES = ("float32", "bfloat16", "float16")
 
 

@@ -23,6 +23,8 @@ CHECK_MODULES: dict[str, str] = {
     "trepa": "lipsync_jax.golden.check_losses",
     "lse_syncnet": "lipsync_jax.golden.check_eval_nets",
     "s3fd": "lipsync_jax.golden.check_eval_nets",
+    "i3d": "lipsync_jax.golden.check_eval_models",
+    "hyperiqa": "lipsync_jax.golden.check_eval_models",
 }
 
 # manifest name prefix (file stem without "manifest_") -> fixture kind
@@ -35,6 +37,8 @@ MANIFEST_KINDS: tuple[tuple[str, str], ...] = (
     ("videomaev2_", "trepa"),
     ("lse_syncnet", "lse_syncnet"),
     ("s3fd", "s3fd"),
+    ("i3d_", "i3d"),
+    ("hyperiqa_", "hyperiqa"),
 )
 
 
