@@ -172,7 +172,14 @@ def add_components(config: ml_collections.ConfigDict, *, vae: str = "vae/sd_vae_
     config.scheduler = component("scheduler.py")
     config.vae = component(vae)
     config.whisper = component(whisper)
+    if "run" in config:  # our sampler options (lipsync_jax.diffusion); the defaults are LatentSync's loop
+        config.run.update(SAMPLER_RUN_FIELDS)
     return config
+
+
+# scheduler: "ddim" | "dpmsolver++"; deepcache_interval: 0/1 off (LatentSync's --enable_deepcache
+# is 3); overlap: frames shared by consecutive 16-frame windows (0 = LatentSync's disjoint chunks).
+SAMPLER_RUN_FIELDS = dict(scheduler="ddim", deepcache_interval=0, overlap=0)
 
 
 def _update_known(target: dict, changes: dict, section: str) -> None:
