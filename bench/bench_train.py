@@ -47,8 +47,8 @@ def abstract_state(task, config):
     tx, _ = make_optimizer(config.optimizer, int(config.run.max_train_steps), 1, task.trainable)
 
     def build():
-        params = task.init_params(jax.random.PRNGKey(0))
-        return TrainState.create(params, tx, jax.random.PRNGKey(1)), task.init_frozen(jax.random.PRNGKey(2))
+        params = task.init_params(jax.random.key(0))
+        return TrainState.create(params, tx, jax.random.PRNGKey(1)), task.init_frozen(jax.random.key(2))
     return jax.eval_shape(build)
 
 

@@ -35,7 +35,7 @@ def measure(config: VideoMAEConfig, batch: int, frame_size: int, dtype, param_dt
     loss = TREPALoss(model)
     clip = jax.ShapeDtypeStruct((batch, config.all_frames, frame_size, frame_size, 3), jnp.float32)
     model_input = jax.ShapeDtypeStruct((1, config.all_frames, config.img_size, config.img_size, 3), jnp.float32)
-    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), model_input)["params"]
+    params = jax.eval_shape(model.init, jax.random.key(0), model_input)["params"]
     vjp_fn = jax.eval_shape(lambda p, fake, real: jax.vjp(lambda x: loss(p, x, real), fake)[1], params, clip, clip)
     residual_bytes = sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree.leaves(vjp_fn))
     weight_bytes = sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree.leaves(params))

@@ -8,7 +8,7 @@ from lipsync_jax.models.attention import dot_product_attention
 
 @pytest.mark.parametrize("backend", ["auto", "xla"])
 def test_backends_match_naive(backend):
-    kq, kk, kv = jax.random.split(jax.random.PRNGKey(0), 3)
+    kq, kk, kv = jax.random.split(jax.random.key(0), 3)
     q = jax.random.normal(kq, (2, 7, 3, 16))
     k = jax.random.normal(kk, (2, 5, 3, 16))
     v = jax.random.normal(kv, (2, 5, 3, 16))
@@ -18,7 +18,7 @@ def test_backends_match_naive(backend):
 
 
 def test_bfloat16_close_to_float32():
-    kq, kk, kv = jax.random.split(jax.random.PRNGKey(1), 3)
+    kq, kk, kv = jax.random.split(jax.random.key(1), 3)
     q, k, v = (jax.random.normal(key, (1, 9, 2, 32)) for key in (kq, kk, kv))
     ref = dot_product_attention(q, k, v, backend="naive")
     out = dot_product_attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)))

@@ -19,7 +19,7 @@ SR = 16000
 @pytest.fixture(scope="module")
 def tiny_params():
     mel = jnp.zeros((1, TINY.n_frames, TINY.n_mels))
-    return jax.jit(WhisperEncoder(TINY).init)(jax.random.PRNGKey(0), mel)["params"]
+    return jax.jit(WhisperEncoder(TINY).init)(jax.random.key(0), mel)["params"]
 
 
 @pytest.fixture(scope="module")

@@ -61,7 +61,7 @@ def test_add_noise_and_one_step_x0(fixture, scheduler):
 
 
 def test_one_step_x0_inverts_add_noise(scheduler):
-    key_x, key_n = jax.random.split(jax.random.PRNGKey(0))
+    key_x, key_n = jax.random.split(jax.random.key(0))
     x0 = jax.random.normal(key_x, (2, 3, 4, 4, 4))
     noise = jax.random.normal(key_n, x0.shape)
     t = jnp.array([10, 500])

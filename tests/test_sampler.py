@@ -29,7 +29,7 @@ def toy_unet(params, sample, timesteps, audio_embeds):
 
 
 def _inputs(key=0):
-    keys = jax.random.split(jax.random.PRNGKey(key), 5)
+    keys = jax.random.split(jax.random.key(key), 5)
     b, f, h, w, _ = SHAPE
     params = {"w": 0.3 * jax.random.normal(keys[0], (13, 4))}
     mask = (jax.random.uniform(keys[1], (b, f, h, w, 1)) > 0.5).astype(jnp.float32)
@@ -61,7 +61,7 @@ def _python_loop(unet, params, latents, mask, masked, ref, audio, scheduler, num
 @pytest.mark.parametrize("guidance", [1.5, 1.0])
 def test_scan_equals_python_loop(scheduler, guidance):
     params, mask, masked, ref, audio = _inputs()
-    init = initial_latents(jax.random.PRNGKey(1), SHAPE)
+    init = initial_latents(jax.random.key(1), SHAPE)
     ours = sample_chunk(toy_unet, params, init, mask, masked, ref, audio, scheduler=scheduler,
                         num_steps=5, guidance_scale=guidance)
     expected = _python_loop(toy_unet, params, init, mask, masked, ref, audio, scheduler, 5, guidance)
@@ -71,7 +71,7 @@ def test_scan_equals_python_loop(scheduler, guidance):
 
 def test_guidance_changes_the_result(scheduler):
     params, mask, masked, ref, audio = _inputs()
-    init = initial_latents(jax.random.PRNGKey(1), SHAPE)
+    init = initial_latents(jax.random.key(1), SHAPE)
     run = lambda g: sample_chunk(toy_unet, params, init, mask, masked, ref, audio,
                                  scheduler=scheduler, num_steps=3, guidance_scale=g)
     assert float(jnp.abs(run(1.0) - run(2.0)).max()) > 1e-3
@@ -85,7 +85,7 @@ def test_one_unet_call_per_step_and_batching(scheduler):
         return toy_unet(params, sample, timesteps, audio_embeds)
 
     params, mask, masked, ref, audio = _inputs()
-    init = initial_latents(jax.random.PRNGKey(1), SHAPE)
+    init = initial_latents(jax.random.key(1), SHAPE)
     for guidance, batch in ((1.0, 1), (1.5, 2)):
         calls.clear()
         sample_chunk(counting_unet, params, init, mask, masked, ref, audio, scheduler=scheduler,
@@ -114,7 +114,7 @@ def test_unconditional_branch_is_zero_audio_first():
 
 
 def test_initial_latents_repeat_one_frame():
-    latents = initial_latents(jax.random.PRNGKey(3), (2, 5, 3, 3, 4))
+    latents = initial_latents(jax.random.key(3), (2, 5, 3, 3, 4))
     assert latents.shape == (2, 5, 3, 3, 4)
     np.testing.assert_array_equal(latents, jnp.repeat(latents[:, :1], 5, axis=1))
     assert float(jnp.abs(latents[0, 0] - latents[1, 0]).max()) > 0  # samples differ
@@ -135,7 +135,7 @@ def test_low_precision_unet_output_keeps_float32_latents(scheduler):
         return toy_unet(params, sample, timesteps, audio_embeds).astype(jnp.bfloat16)
 
     params, mask, masked, ref, audio = _inputs()
-    init = initial_latents(jax.random.PRNGKey(1), SHAPE)
+    init = initial_latents(jax.random.key(1), SHAPE)
     low = sample_chunk(bf16_unet, params, init, mask, masked, ref, audio, scheduler=scheduler,
                        num_steps=4, guidance_scale=1.5)
     full = sample_chunk(toy_unet, params, init, mask, masked, ref, audio, scheduler=scheduler,
@@ -163,7 +163,7 @@ def _legacy_sample_chunk(unet_apply, params, init_latents, mask, masked_latents,
 @pytest.mark.parametrize("guidance", [1.5, 1.0])
 def test_default_options_are_bit_for_bit_the_previous_loop(scheduler, guidance):
     params, mask, masked, ref, audio = _inputs()
-    init = initial_latents(jax.random.PRNGKey(1), SHAPE)
+    init = initial_latents(jax.random.key(1), SHAPE)
     kw = dict(scheduler=scheduler, num_steps=5, guidance_scale=guidance)
     legacy = _legacy_sample_chunk(toy_unet, params, init, mask, masked, ref, audio, **kw)
     np.testing.assert_array_equal(sample_chunk(toy_unet, params, init, mask, masked, ref, audio, **kw), legacy)

@@ -100,15 +100,15 @@ def test_unet_sync_loss_in_latent_space_without_pixel_supervision():
                  "data.syncnet_config_path=configs/syncnet/tiny_latent.py"]
     config = load_config(resolve_path("configs/unet/tiny.py"), overrides)
     task = build_task(config, "synthetic")
-    params = jax.jit(task.init_params)(jax.random.PRNGKey(0))
-    frozen = jax.jit(task.init_frozen)(jax.random.PRNGKey(1))
+    params = jax.jit(task.init_params)(jax.random.key(0))
+    frozen = jax.jit(task.init_frozen)(jax.random.key(1))
     assert set(frozen) == {"vae", "syncnet"}
     batch = next(task.make_data(0, 1))
     evaluate = jax.jit(task.eval_step)
-    terms = evaluate(params, frozen, batch, jax.random.PRNGKey(2))
+    terms = evaluate(params, frozen, batch, jax.random.key(2))
     assert float(terms["sync"]) > 0 and float(terms["lpips"]) == 0 and float(terms["trepa"]) == 0
     np.testing.assert_allclose(float(terms["loss"]), float(terms["recon"]) + 0.05 * float(terms["sync"]), rtol=1e-6)
-    other = evaluate(params, frozen, dict(batch, mel=batch["mel"][::-1] * -1.0), jax.random.PRNGKey(2))
+    other = evaluate(params, frozen, dict(batch, mel=batch["mel"][::-1] * -1.0), jax.random.key(2))
     assert float(other["sync"]) != float(terms["sync"])  # the SyncNet sees the audio
     np.testing.assert_allclose(float(other["recon"]), float(terms["recon"]), rtol=1e-6)
     # a pixel SyncNet config without pixel supervision is refused with the field names

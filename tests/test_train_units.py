@@ -44,12 +44,12 @@ def test_logical_rules_shard_large_kernels_over_fsdp_only_when_divisible():
 
 
 def test_mixed_noise_has_the_shared_and_independent_variances():
-    noise = mixed_noise(jax.random.PRNGKey(0), (64, 8, 8, 8, 4), True, 1.0)
+    noise = mixed_noise(jax.random.key(0), (64, 8, 8, 8, 4), True, 1.0)
     assert abs(float(jnp.var(noise)) - 1.0) < 0.03
     # correlation between frames = shared variance = a^2 / (1 + a^2) = 0.5
     a, b = np.asarray(noise[:, 0]).ravel(), np.asarray(noise[:, 5]).ravel()
     assert abs(np.corrcoef(a, b)[0, 1] - 0.5) < 0.05
-    same = mixed_noise(jax.random.PRNGKey(0), (2, 4, 8, 8, 4), False, 1.0)
+    same = mixed_noise(jax.random.key(0), (2, 4, 8, 8, 4), False, 1.0)
     np.testing.assert_array_equal(same[:, 0], same[:, 3])
 
 

@@ -16,11 +16,9 @@ from lipsync_jax.config_utils import import_sibling
 common = import_sibling(__file__, "../common.py")
 
 
-def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.data = common.unet_data(resolution=256)  # LatentSync comments: batch_size 1 (# 24)
-    config.ckpt = common.unet_ckpt()
-    config.run = ml_collections.ConfigDict(dict(
+def run_section(**changes) -> ml_collections.ConfigDict:
+    """Stage 1's ``run`` section; ``changes`` set other values (stage 2 derives its own from it)."""
+    run = dict(
         pixel_space_supervise=False,
         use_syncnet=False,
         sync_loss_weight=0.05,
@@ -38,7 +36,16 @@ def get_config() -> ml_collections.ConfigDict:
         max_train_epochs=-1,
         val_inference=True,  # inference + SyncNet score at each checkpoint (lipsync_jax.train.validation)
         val_max_seconds=10.0,
-    ))
+    )
+    run.update(changes)
+    return ml_collections.ConfigDict(run)
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.data = common.unet_data(resolution=256)  # LatentSync comments: batch_size 1 (# 24)
+    config.ckpt = common.unet_ckpt()
+    config.run = run_section()
     config.optimizer = common.unet_optimizer()
     config.model = common.unet_model(use_motion_module=False)
     common.add_components(config)

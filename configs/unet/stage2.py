@@ -16,32 +16,15 @@ import ml_collections
 from lipsync_jax.config_utils import import_sibling
 
 common = import_sibling(__file__, "../common.py")
+stage1 = import_sibling(__file__, "stage1.py")
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.data = common.unet_data(resolution=256)  # LatentSync comments: batch_size 1 (# 4)
     config.ckpt = common.unet_ckpt()
-    config.run = ml_collections.ConfigDict(dict(
-        pixel_space_supervise=True,
-        use_syncnet=True,
-        sync_loss_weight=0.05,
-        perceptual_loss_weight=0.1,
-        recon_loss_weight=1.0,
-        guidance_scale=1.5,
-        trepa_loss_weight=10.0,
-        inference_steps=20,
-        trainable_modules=("motion_modules.", "attentions."),
-        seed=1247,
-        use_mixed_noise=True,
-        mixed_noise_alpha=1.0,
-        mixed_precision_training=True,
-        enable_gradient_checkpointing=True,
-        max_train_steps=10000000,
-        max_train_epochs=-1,
-        val_inference=True,  # inference + SyncNet score at each checkpoint (lipsync_jax.train.validation)
-        val_max_seconds=10.0,
-    ))
+    config.run = stage1.run_section(pixel_space_supervise=True, use_syncnet=True,
+                                    trainable_modules=("motion_modules.", "attentions."))
     config.optimizer = common.unet_optimizer()
     config.model = common.unet_model(use_motion_module=True)
     common.add_components(config)
