@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from lipsync_jax.tree_utils import Path, unflatten_tree
+from lipsync_jax.tree_utils import Path, param_shapes, unflatten_tree
 
 TRANSFORMS: dict[str, Callable[[Any], Any]] = {
     "none": lambda x: x,
@@ -91,15 +91,17 @@ def _compile(rules: Iterable[Rule]) -> list[tuple[re.Pattern, Rule]]:
 def convert_state_dict(
     state_dict: Mapping[str, Any],
     rules: Iterable[Rule],
-    template: Mapping[Path, tuple[int, ...]] | None = None,
+    template: Mapping[Any, Any] | None = None,
     dtype: Any = None,
 ) -> tuple[dict[str, Any], ConversionReport]:
     """Apply ``rules`` to every key of ``state_dict``; the first fully matching rule wins.
 
-    ``template`` (``tree_utils.param_shapes`` of the model module's ``abstract_params``) is what the
-    model expects: shapes are checked and unfilled paths reported as missing. ``dtype`` casts
-    converted arrays (``None`` keeps them). Returns the nested params and the report.
+    ``template`` is what the model expects: the model module's ``abstract_params`` tree, or its
+    flat ``tree_utils.param_shapes``; shapes are checked and unfilled paths reported as missing.
+    ``dtype`` casts converted arrays (``None`` keeps them). Returns the nested params and the report.
     """
+    if template is not None and any(isinstance(v, Mapping) or hasattr(v, "shape") for v in template.values()):
+        template = param_shapes(template)
     compiled = _compile(rules)
     report = ConversionReport()
     flat: dict[Path, Any] = {}

@@ -7,7 +7,6 @@ from typing import Any, Mapping
 
 from lipsync_jax.convert.rules import ConversionError, ConversionReport, Rule
 from lipsync_jax.convert.rules import convert_state_dict as apply_rules
-from lipsync_jax.tree_utils import param_shapes
 
 _TOWER = r"(audio_encoder|visual_encoder)"
 _BLOCK = rf"{_TOWER}\.down_blocks\.(\d+)"
@@ -37,12 +36,11 @@ def syncnet_rules() -> list[Rule]:
 
 def convert_state_dict(state_dict: Mapping[str, Any], config: Mapping[str, Any],
                        dtype: Any = None) -> tuple[dict[str, Any], ConversionReport]:
-    """Convert an in-memory StableSyncNet state dict for the model ``config`` describes ->
-    (bare params, report)."""
+    """An in-memory StableSyncNet state dict -> (bare params, report) for the ``config`` model."""
     from lipsync_jax.models.syncnet import StableSyncNet, abstract_params
 
-    template = param_shapes(abstract_params(StableSyncNet.from_config(config)))
-    return apply_rules(state_dict, syncnet_rules(), template=template, dtype=dtype)
+    model = StableSyncNet.from_config(config)
+    return apply_rules(state_dict, syncnet_rules(), template=abstract_params(model), dtype=dtype)
 
 
 def convert_file(src: str, config: Mapping[str, Any] | None = None,

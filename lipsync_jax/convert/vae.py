@@ -13,7 +13,6 @@ from typing import Any, Mapping
 
 from lipsync_jax.convert.rules import ConversionError, ConversionReport, Rule
 from lipsync_jax.convert.rules import convert_state_dict as apply_rules
-from lipsync_jax.tree_utils import param_shapes
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
                 "diffusion_pytorch_model.fp16.safetensors")
@@ -54,12 +53,11 @@ def vae_rules() -> list[Rule]:
 
 def convert_state_dict(state_dict: Mapping[str, Any], config: Mapping[str, Any],
                        dtype: Any = None) -> tuple[dict[str, Any], ConversionReport]:
-    """Convert an in-memory diffusers VAE state dict against the model ``config`` builds ->
-    (bare params, report)."""
+    """An in-memory diffusers VAE state dict -> (bare params, report) for the ``config`` model."""
     from lipsync_jax.models.vae import AutoencoderKL, abstract_params
 
-    template = param_shapes(abstract_params(AutoencoderKL.from_config(config)))
-    return apply_rules(state_dict, vae_rules(), template=template, dtype=dtype)
+    return apply_rules(state_dict, vae_rules(), template=abstract_params(AutoencoderKL.from_config(config)),
+                       dtype=dtype)
 
 
 def find_weights(folder: str) -> str:
