@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
 from lipsync_jax import config_utils
+from lipsync_jax.models import syncnet
+from lipsync_jax.models import vae as vae_model
 from lipsync_jax.models.syncnet import StableSyncNet
 from lipsync_jax.models.vae import AutoencoderKL
 from lipsync_jax.train.data_sources import syncnet_data_source
@@ -23,16 +24,6 @@ from lipsync_jax.train.task import TrainConfigError, TrainTask, load_converted
 
 log = logging.getLogger(__name__)
 LATENT_CHANNELS = 4
-
-
-def _init_syncnet(model: StableSyncNet, key: jax.Array, image_hw: tuple[int, int]) -> Any:
-    images = jnp.zeros((1, *image_hw, model.config.visual_encoder.in_channels), jnp.float32)
-    audio = jnp.zeros((1, 80, 52, model.config.audio_encoder.in_channels), jnp.float32)
-    return model.init(key, images, audio)["params"]
-
-
-def _init_vae(vae: AutoencoderKL, key: jax.Array, size: int) -> Any:
-    return vae.init(key, jnp.zeros((1, size, size, vae.config.in_channels), jnp.float32))["params"]
 
 
 def build_syncnet_task(config: Any, data_source: str = "synthetic") -> TrainTask:
@@ -59,7 +50,7 @@ def build_syncnet_task(config: Any, data_source: str = "synthetic") -> TrainTask
     else:
         side = res
     image_hw = (side // 2, side) if lower_half else (side, side)
-    shapes = jax.eval_shape(lambda k: _init_syncnet(model, k, image_hw), jax.random.key(0))
+    shapes = syncnet.abstract_params(model)
     trainer = SyncNetTrainer(model, lower_half=lower_half, vae=vae)
 
     def pretrained():
@@ -68,7 +59,7 @@ def build_syncnet_task(config: Any, data_source: str = "synthetic") -> TrainTask
                               model_config=cfg["model"]) if path else None
 
     def init_frozen(key):
-        return {"vae": _init_vae(vae, key, 8 * vae.downsample_factor)} if vae is not None else {}
+        return {"vae": vae_model.init_params(key, vae, 8 * vae.downsample_factor)} if vae is not None else {}
 
     def pretrained_frozen():
         if vae is None:
@@ -81,7 +72,7 @@ def build_syncnet_task(config: Any, data_source: str = "synthetic") -> TrainTask
 
     return TrainTask(
         name="syncnet", param_shapes=shapes, logical_specs=None,
-        init_params=lambda key: _init_syncnet(model, key, image_hw),
+        init_params=lambda key: syncnet.init_params(key, model, image_hw=image_hw),
         pretrained=pretrained, trainable=None, init_frozen=init_frozen, pretrained_frozen=pretrained_frozen,
         train_step=trainer.train_step, eval_step=trainer.eval_step,
         make_data=lambda p, n: syncnet_data_source(cfg, data_source, p, n),
