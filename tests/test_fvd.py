@@ -112,3 +112,19 @@ def test_fvd_script_bad_input_is_one_line(tmp_path, capsys):
                         "--random_init", "--narrow_by", "8"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err[-1].startswith("error: ") and "missing" in err[-1]
+
+
+def test_convert_cli_then_load_i3d_matches_fixture(tmp_path):
+    """weights file -> `python -m lipsync_jax.convert i3d` -> load_i3d(folder) -> the fixture's logits."""
+    from lipsync_jax.convert.__main__ import main as convert_main
+    from lipsync_jax.convert.safetensors_io import save_safetensors
+    from lipsync_jax.golden.core import rel_l2
+
+    fixture = load_fixture(golden_path("i3d_tiny.npz"))
+    save_safetensors(fixture.weights_f32(), tmp_path / "i3d.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({k: fixture.meta[k] for k in ("narrow_by", "num_classes")}))
+    assert convert_main(["i3d", "--src", str(tmp_path / "i3d.safetensors"), "--config", str(tmp_path / "config.json"),
+                         "--dst", str(tmp_path / "converted")]) == 0
+    i3d = load_i3d(str(tmp_path / "converted"), batch_size=2)
+    logits = i3d.logits(fixture.inputs["clips"])
+    assert rel_l2(logits, fixture.outputs["logits"][:, :, 0]) < 1e-4

@@ -76,3 +76,17 @@ def test_video_quality_reads_first_middle_last(scorer, tmp_path):
     assert np.isfinite(score) and score == pytest.approx(float(scorer.frame_scores(frames).mean()), rel=1e-6)
     with pytest.raises(QualityError, match="no such video"):
         video_quality(scorer, str(tmp_path / "missing.mp4"))
+
+
+def test_load_hyperiqa_from_weights_file_matches_fixture(tmp_path):
+    """An original-style weights file is converted on the fly by load_hyperiqa."""
+    from lipsync_jax.convert.safetensors_io import save_safetensors
+
+    fixture = load_fixture(golden_path("hyperiqa_tiny.npz"))
+    save_safetensors(fixture.weights_f32(), tmp_path / "koniq.safetensors")
+    scorer = load_hyperiqa(str(tmp_path / "koniq.safetensors"), config={"narrow_by": fixture.meta["narrow_by"]})
+    frames = fixture.inputs["frames"]
+    np.testing.assert_allclose(scorer.frame_scores(frames), fixture.outputs["scores"], rtol=1e-4, atol=1e-4)
+    assert clip_quality(scorer, frames) == pytest.approx(float(fixture.outputs["score"]), rel=1e-4)
+    assert passes_quality(clip_quality(scorer, frames), fixture.meta["threshold"]) == (
+        float(fixture.outputs["score"]) >= fixture.meta["threshold"])
