@@ -6,7 +6,9 @@ Notebook entry points (imported lazily, so ``import lipsync_jax.eval`` stays lig
 ``evaluate_sync``, ``score_faces``, ``pair_videos_with_audio`` (lipsync_jax.eval.sync_eval),
 ``read_face_track`` (lipsync_jax.eval.faces), ``sync_score`` and ``SyncScore``
 (lipsync_jax.eval.sync_score), ``evaluate_lse``, ``load_lse_syncnet``, ``load_s3fd``,
-``LSEResult`` (LSE-C / LSE-D: lipsync_jax.eval.lse).
+``LSEResult`` (LSE-C / LSE-D: lipsync_jax.eval.lse), ``load_i3d``, ``fvd_of_folders``, ``fvd_of_videos``,
+``frechet_distance`` (FVD: lipsync_jax.eval.fvd), ``load_hyperiqa``, ``clip_quality``, ``video_quality``,
+``passes_quality`` (HyperIQA: lipsync_jax.eval.quality).
 """
 
 import importlib
@@ -18,6 +20,8 @@ _EXPORTS = {
     "pair_videos_with_audio": "sync_eval", "SyncEvalError": "sync_eval", "SyncEvalResult": "sync_eval",
     "read_face_track": "faces", "FaceTrack": "faces", "sync_score": "sync_score", "SyncScore": "sync_score",
     "evaluate_lse": "lse", "load_lse_syncnet": "lse", "load_s3fd": "lse", "LSEResult": "lse", "LSEEvalError": "lse",
+    "load_i3d": "fvd", "fvd_of_folders": "fvd", "fvd_of_videos": "fvd", "frechet_distance": "fvd", "FVDError": "fvd",
+    "load_hyperiqa": "quality", "clip_quality": "quality", "video_quality": "quality", "passes_quality": "quality",
 }
 __all__ = sorted(_EXPORTS)
 
