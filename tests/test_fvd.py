@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 
-import jax
 import numpy as np
 import pytest
 

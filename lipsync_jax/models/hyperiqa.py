@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lipsync_jax.models.frozen_norm import FrozenBatchNorm, count_weights, random_inference_params  # noqa: F401
+from lipsync_jax.models.frozen_norm import FrozenBatchNorm, random_inference_params
 
 RESNET50_BLOCKS = (3, 4, 6, 3)
 RESNET_PLANES = (64, 128, 256, 512)
@@ -118,8 +118,8 @@ class LDABackbone(nn.Module):
             planes //= cfg.narrow_by
             for index in range(blocks):
                 stride = 2 if (stage > 0 and index == 0) else 1
-                x = Bottleneck(planes, stride, downsample=index == 0 and (stride != 1 or in_width != planes * EXPANSION),
-                               name=f"layer{stage + 1}_{index}", **kw)(x)
+                downsample = index == 0 and (stride != 1 or in_width != planes * EXPANSION)
+                x = Bottleneck(planes, stride, downsample, name=f"layer{stage + 1}_{index}", **kw)(x)
                 in_width = planes * EXPANSION
             if stage < 3:
                 pooled = _conv(LDA_CONV_WIDTHS[stage], 1, name=f"lda{stage + 1}_pool_0", **kw)(x)
@@ -158,7 +158,8 @@ class HyperIQA(nn.Module):
             w = _conv(channels, 3, 1, 1, bias=True, name=f"fc{layer}w_conv", **kw)(h)
             out[f"target_fc{layer}w"] = _torch_flatten(w).reshape(-1, fan_out, fan_in)
             out[f"target_fc{layer}b"] = nn.Dense(fan_out, name=f"fc{layer}b_fc", **kw)(pooled)
-        out["target_fc5w"] = nn.Dense(cfg.target_fc4_size, name="fc5w_fc", **kw)(pooled).reshape(-1, 1, cfg.target_fc4_size)
+        fc5w = nn.Dense(cfg.target_fc4_size, name="fc5w_fc", **kw)(pooled)
+        out["target_fc5w"] = fc5w.reshape(-1, 1, cfg.target_fc4_size)
         out["target_fc5b"] = nn.Dense(1, name="fc5b_fc", **kw)(pooled)
         return out
 

@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lipsync_jax.models.frozen_norm import FrozenBatchNorm, count_weights, random_inference_params  # noqa: F401
+from lipsync_jax.models.frozen_norm import FrozenBatchNorm, random_inference_params
 
 # the layers in order: ("conv", name, width, kernel, stride) | ("pool", name, kernel, stride) |
 # ("mixed", name, (b0, b1a, b1b, b2a, b2b, b3b) widths)
@@ -139,7 +139,7 @@ class I3D(nn.Module):
         features = nn.avg_pool(x, HEAD_POOL, strides=(1, 1, 1), padding="VALID")
         logits = nn.Conv(cfg.num_classes, (1, 1, 1), use_bias=True, dtype=self.dtype,
                          param_dtype=self.param_dtype, name="logits")(features)  # dropout: eval no-op
-        # pytorch-i3d squeezes the two spatial axes (1 x 1 at 224 px)
+        # pytorch-i3d squeezes the two spatial axes (1 x 1 at 224 px); larger inputs: their mean
         logits = jnp.mean(logits, axis=(2, 3)) if logits.shape[2:4] != (1, 1) else logits[:, :, 0, 0]
         return logits, features
 
