@@ -86,3 +86,22 @@ def test_readme_finetune_block_runs_on_the_demo_videos(tmp_path):
                zip(jax.tree.leaves(exported), jax.tree.leaves(base)))
     assert (work / "lipsync.mp4").stat().st_size > 0
     assert "wrote" in proc.stdout
+
+
+def test_split_holds_out_whole_videos_reproducibly(tmp_path):
+    from data_prep.split import main as split_main
+
+    videos = tmp_path / "videos"
+    (videos / "sub").mkdir(parents=True)
+    for name in ("a.mp4", "b.mov", "sub/c.mp4", "notes.txt"):
+        (videos / name).write_bytes(b"x")
+    lists = tmp_path / "lists"
+    assert split_main(["--input_dir", str(videos), "--output_dir", str(lists), "--val_count", "1"]) == 0
+    train = (lists / "train_files.txt").read_text().splitlines()
+    val = (lists / "val_files.txt").read_text().splitlines()
+    assert len(train) == 2 and len(val) == 1 and not set(train) & set(val)
+    assert sorted(os.path.basename(p) for p in train + val) == ["a.mp4", "b.mov", "c.mp4"]
+    assert split_main(["--input_dir", str(videos), "--output_dir", str(lists), "--val_count", "1"]) == 0
+    assert (lists / "val_files.txt").read_text().splitlines() == val  # same split on a rerun
+    assert split_main(["--input_dir", str(videos), "--output_dir", str(lists), "--val_count", "3"]) == 2
+    assert split_main(["--input_dir", str(tmp_path / "missing"), "--output_dir", str(lists)]) == 2

@@ -74,3 +74,32 @@ def test_two_processes_match_single_process(reference_run, tmp_path, cache):
     ref, multi = losses(reference_run), losses(tmp_path)
     assert sorted(multi) == [1, 2]
     np.testing.assert_allclose([multi[1], multi[2]], [ref[1], ref[2]], rtol=2e-5)
+
+
+def test_sigterm_to_one_of_two_processes_saves_both_then_resume_matches(reference_run, tmp_path, cache):
+    """SIGTERM to process 0 only (after step 3): the processes agree at the next log step (4) through
+    a collective, both save step 4 and exit; rerunning both resumes there, and the losses follow
+    the uninterrupted single-device run."""
+    args = TINY_FAST + ["--config.run.max_train_steps=6", "--config.data.batch_size=2",
+                        "--config.run.log_every_steps=2"]
+
+    def run_pair(extra_for_first):
+        port = free_port()
+        pair = args + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+        procs = [start_train(tmp_path, pair + [f"--process_id={i}"] + (extra_for_first if i == 0 else []), cache)
+                 for i in range(2)]
+        outs = [p.communicate(timeout=900) for p in procs]
+        for p, (_out, err) in zip(procs, outs):
+            assert p.returncode == 0, err[-4000:]
+        return outs
+
+    outs = run_pair(["--stop_after_steps=3"])
+    assert sorted(losses(tmp_path)) == [1, 2, 3, 4]
+    saved = sorted(int(d.name) for d in (tmp_path / "checkpoints").iterdir() if d.name.isdigit())
+    assert saved == [4]  # one agreed step, written by both processes
+    assert all((tmp_path / "checkpoints" / "data_state" / f"4.p{i}.json").is_file() for i in range(2))
+    assert "SIGTERM" in outs[1][1]  # process 1 was not signalled but stopped too
+    run_pair([])
+    assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2, 3, 4, 5, 6]
+    ref, multi = losses(reference_run), losses(tmp_path)
+    np.testing.assert_allclose([multi[s] for s in range(1, 7)], [ref[s] for s in range(1, 7)], rtol=2e-5)

@@ -29,7 +29,7 @@ def train_env(cache_dir, devices=None):
     return env
 
 
-def run_train(workdir, args, cache_dir, devices=None, timeout=900, check=True):
+def run_train(workdir, args, cache_dir, devices=None, timeout=1800, check=True):
     cmd = [sys.executable, TRAIN, f"--workdir={workdir}", *args]
     proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=train_env(cache_dir, devices), capture_output=True,
                           text=True, timeout=timeout)
