@@ -59,7 +59,15 @@ flags.DEFINE_string("compile_cache", None, "Persistent XLA compilation cache fol
 flags.DEFINE_bool("nocompile_cache", False, "Do not use the persistent compilation cache.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.DEFINE_bool("traceback", False, "On an error, print the full traceback (for bug reports).")
-flags.mark_flags_as_required(["video", "audio", "output"])
+flags.DEFINE_string("batch", None, "Run the jobs of a CSV file (columns video, audio, output; optional seed, "
+                    "guidance, steps, face) with the models compiled once; see lipsync_jax/batch.py.")
+flags.DEFINE_string("avatar_cache", None, "Folder of cached face tracks: a video's alignment is stored on the "
+                    "first run and replayed by later runs on the same video (lipsync_jax/pipeline/avatar_cache.py).")
+flags.DEFINE_bool("force", False, "With --batch: redo jobs whose output exists (default: skip them, i.e. resume).")
+flags.DEFINE_string("summary_csv", None, "With --batch: also write the summary table as CSV here.")
+flags.register_multi_flags_validator(
+    ["video", "audio", "output", "batch"], lambda v: bool(v["batch"]) or all(v[k] for k in ("video", "audio", "output")),
+    message="--video, --audio and --output are required (or --batch JOBS.csv)")
 cli_flags.define_config_flags(default_config=DEFAULT_CONFIG)
 
 FLAGS = flags.FLAGS
@@ -91,6 +99,12 @@ def run() -> None:
                                       enable_compile_cache, run_inference)
     from lipsync_jax.pipeline.compile_cache import compile_cache_stats
 
+    if FLAGS.batch:  # many jobs, models compiled once (lipsync_jax/batch.py)
+        from lipsync_jax.batch import main_with_flags
+        sys.exit(main_with_flags(FLAGS.batch, FLAGS))
+    if FLAGS.avatar_cache:  # one job through the service, face track from/to the avatar cache
+        from lipsync_jax.batch import run_one_with_flags
+        return run_one_with_flags(FLAGS)
     config = cli_flags.resolved_config(FLAGS)
     checked = check_inputs(FLAGS.video, FLAGS.audio, FLAGS.output)  # before any heavy work
     if not FLAGS.nocompile_cache:  # before the first compilation

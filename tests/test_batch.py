@@ -1,0 +1,137 @@
+"""Batch jobs (lipsync_jax/batch.py): the CSV format, the command lines (``python -m
+lipsync_jax.batch`` and ``infer.py --batch``) and a batch on one service: a failed row is recorded
+and the others go on, finished outputs are skipped on rerun, the models are compiled once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import asset_path
+from lipsync_jax.batch import BatchFileError, read_jobs, run_jobs, summary_table
+from lipsync_jax.media import ffmpeg_exe, probe_video
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "unet", "tiny.py")
+
+
+def write_csv(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+# ---------------------------------------------------------------- the CSV format
+
+def test_read_jobs_resolves_paths_and_optional_columns(tmp_path):
+    jobs = write_csv(tmp_path / "jobs.csv", "video,audio,output,seed,guidance,face\n"
+                                            "a.mp4,a.wav,out/a.mp4,3,2.0,left\n"
+                                            "\n"
+                                            f"{tmp_path}/b.mp4,b.wav,out/b.mp4,,,\n")
+    rows = read_jobs(jobs)
+    assert [r.line for r in rows] == [2, 4]
+    assert rows[0].video == str(tmp_path / "a.mp4") and rows[0].output == str(tmp_path / "out" / "a.mp4")
+    assert (rows[0].seed, rows[0].guidance, rows[0].steps, rows[0].face) == (3, 2.0, None, "left")
+    assert (rows[1].seed, rows[1].guidance, rows[1].face) == (None, None, None)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("video,audio\nx.mp4,y.wav\n", "missing column(s) output"),
+    ("video,audio,output,speed\na,b,c.mp4,1\n", "unknown column(s) speed"),
+    ("video,audio,output,seed\na,b,c.mp4,abc\n", "line 2: seed 'abc'"),
+    ("video,audio,output\na,,c.mp4\n", "line 2: empty audio"),
+    ("video,audio,output\na,b,c.mp4\nd,e,c.mp4\n", "line 3: output"),
+    ("video,audio,output\n", "no jobs"),
+])
+def test_bad_jobs_files_are_refused_with_the_line(tmp_path, text, needle):
+    with pytest.raises(BatchFileError) as caught:
+        read_jobs(write_csv(tmp_path / "jobs.csv", text))
+    assert needle in str(caught.value) and "jobs.csv" in str(caught.value)
+
+
+# ---------------------------------------------------------------- the command lines (no model needed)
+
+@pytest.mark.parametrize("entry", ["module", "infer"])
+def test_command_line_skips_done_records_failed_and_exits_1(tmp_path, entry):
+    done = tmp_path / "done.mp4"
+    done.write_bytes(b"finished earlier")
+    jobs = write_csv(tmp_path / "jobs.csv", "video,audio,output\n"
+                                            f"{asset_path('demo1_video.mp4')},{asset_path('demo1_audio.wav')},done.mp4\n"
+                                            f"missing.mp4,{asset_path('demo1_audio.wav')},new.mp4\n")
+    command = ([sys.executable, "-m", "lipsync_jax.batch", jobs] if entry == "module"
+               else [sys.executable, os.path.join(ROOT, "infer.py"), f"--batch={jobs}"])
+    proc = subprocess.run(command + [f"--config={TINY}", "--random_init", "--nocompile_cache"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert "skip" in proc.stdout and "missing.mp4: no such file" in proc.stdout
+    assert "0 done, 1 skipped, 1 failed" in proc.stdout
+    assert done.read_bytes() == b"finished earlier" and not (tmp_path / "new.mp4").exists()
+
+
+def test_command_line_refuses_a_bad_jobs_file(tmp_path):
+    jobs = write_csv(tmp_path / "jobs.csv", "video,output\na.mp4,b.mp4\n")
+    proc = subprocess.run([sys.executable, "-m", "lipsync_jax.batch", jobs, f"--config={TINY}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: jobs file") and "audio" in proc.stderr
+
+
+# ---------------------------------------------------------------- a batch on one service
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("clips") / "clip.mp4")
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-i", asset_path("demo1_video.mp4"), "-t", "0.8",
+                    "-vf", "scale=270:480", "-an", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "12", path],
+                   check=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    from lipsync_jax.serving import LipsyncService
+
+    return LipsyncService.from_config(TINY, random_init=True,
+                                      avatar_cache=str(tmp_path_factory.mktemp("avatars")))
+
+
+@pytest.mark.slow
+def test_batch_goes_on_after_a_failure_and_resumes(tmp_path, clip, service):
+    from lipsync_jax.serving import compile_count
+
+    jobs = write_csv(tmp_path / "jobs.csv", "video,audio,output,seed,steps\n"
+                                            f"{clip},{asset_path('demo1_audio.wav')},out/one.mp4,1,1\n"
+                                            f"{clip},{tmp_path}/nope.wav,out/two.mp4,2,1\n"
+                                            f"{clip},{asset_path('demo2_audio.wav')},out/three.mp4,3,1\n")
+    rows = read_jobs(jobs)
+    lines = []
+    compiles = []
+    original = service.run
+
+    def run_and_count(job):
+        before = compile_count()
+        result = original(job)
+        compiles.append(compile_count() - before)
+        return result
+
+    service.run = run_and_count
+    try:
+        outcomes = run_jobs(service, rows, max_seconds=0.6, log=lines.append)
+    finally:
+        service.run = original
+    assert [o.status for o in outcomes] == ["done", "failed", "done"]
+    assert "nope.wav: no such file" in outcomes[1].message
+    assert "avatar cache stored" in outcomes[0].message and "avatar cache hit" in outcomes[2].message
+    assert compiles[0] > 0 and compiles[1] == 0  # the second job reuses the compiled programs
+    for name in ("one", "three"):
+        info = probe_video(str(tmp_path / "out" / f"{name}.mp4"))
+        assert info.num_frames == 15 and (info.width, info.height) == (270, 480) and info.audio_codec == "aac"
+    table = summary_table(outcomes)
+    assert "2 done, 0 skipped, 1 failed" in table
+
+    again = run_jobs(lambda: pytest.fail("no job to run: the models must not be loaded"), rows, max_seconds=0.6,
+                     log=lines.append)
+    assert [o.status for o in again] == ["skipped", "failed", "skipped"]
