@@ -194,11 +194,12 @@ class I3DFeatures:
 
 
 def load_i3d(checkpoint: str | None = None, *, random_init: bool = False, seed: int = 0, batch_size: int = 8,
-             config: dict | None = None) -> I3DFeatures:
+             config: dict | None = None, dtype: Any = "float32") -> I3DFeatures:
     """The FVD network: ``checkpoint`` is a folder from ``python -m lipsync_jax.convert i3d`` or
     pytorch-i3d's ``rgb_imagenet.pt`` itself (converted on the fly); ``random_init`` gives random
     weights (smoke tests: the FVD is then meaningless). ``config``: I3DConfig fields (default
-    Kinetics-400: 400 classes)."""
+    Kinetics-400: 400 classes). ``dtype``: compute dtype (float32 reproduces the reference;
+    bfloat16 is faster on GPU/TPU but changes the FVD slightly)."""
     import jax
 
     from lipsync_jax.checkpoints import is_converted, restore_params
@@ -220,7 +221,8 @@ def load_i3d(checkpoint: str | None = None, *, random_init: bool = False, seed: 
     else:
         raise FVDError(f"{checkpoint}: I3D checkpoint not found (a folder from `python -m lipsync_jax.convert i3d` "
                        "or pytorch-i3d's rgb_imagenet.pt)")
-    return I3DFeatures(build(config), params, batch_size=batch_size, source=source, random_init=random_init)
+    return I3DFeatures(build(config, dtype=dtype), params, batch_size=batch_size, source=source,
+                       random_init=random_init)
 
 
 # ---------------------------------------------------------------- folders -> FVD

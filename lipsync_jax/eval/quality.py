@@ -95,10 +95,11 @@ class HyperIQAScorer:
 
 
 def load_hyperiqa(checkpoint: str | None = None, *, random_init: bool = False, seed: int = 0,
-                  batch_size: int = 3, config: dict | None = None) -> HyperIQAScorer:
+                  batch_size: int = 3, config: dict | None = None, dtype: Any = "float32") -> HyperIQAScorer:
     """``checkpoint``: a folder from ``python -m lipsync_jax.convert hyperiqa`` or
     ``koniq_pretrained.pkl`` itself (converted on the fly); ``random_init``: random weights (smoke
-    tests: the scores are meaningless). ``config``: HyperIQAConfig fields (default LatentSync's)."""
+    tests: the scores are meaningless). ``config``: HyperIQAConfig fields (default LatentSync's).
+    ``dtype``: compute dtype (float32 reproduces the reference)."""
     import jax
 
     from lipsync_jax.checkpoints import is_converted, restore_params
@@ -121,7 +122,8 @@ def load_hyperiqa(checkpoint: str | None = None, *, random_init: bool = False, s
     else:
         raise QualityError(f"{checkpoint}: HyperIQA checkpoint not found (a folder from "
                            "`python -m lipsync_jax.convert hyperiqa` or koniq_pretrained.pkl)")
-    return HyperIQAScorer(build(config), params, batch_size=batch_size, source=source, random_init=random_init)
+    return HyperIQAScorer(build(config, dtype=dtype), params, batch_size=batch_size, source=source,
+                          random_init=random_init)
 
 
 def clip_quality(scorer: HyperIQAScorer, frames: Sequence[np.ndarray] | np.ndarray) -> float:
