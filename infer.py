@@ -156,8 +156,9 @@ def main(argv) -> None:
             traceback.print_exc()
         known = error.__class__.__module__.startswith("lipsync_jax") or isinstance(error, (OSError, ValueError))
         message = str(error) if known else f"{type(error).__name__}: {error} (rerun with --traceback for details)"
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(1)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)  # a background compilation may still run in XLA: exiting the interpreter under it aborts
 
 
 if __name__ == "__main__":
