@@ -140,7 +140,7 @@ class SourceResult:
     stats: list[ClipStat]
     num_frames: int
     num_shots: int
-    seconds_by_step: dict[str, float] = dataclasses.field(default_factory=dict)
+    seconds_by_step: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # step: wall, cpu
 
     @property
     def drops(self) -> list[ClipStat]:
@@ -155,13 +155,32 @@ def source_key(path: str) -> str:
 
 
 class _Timer:
+    """Wall and CPU seconds per step (CPU: this process's threads; ``decode`` adds ffmpeg's)."""
+
     def __init__(self):
         self.seconds: dict[str, float] = collections.defaultdict(float)
+        self.cpu_seconds: dict[str, float] = collections.defaultdict(float)
 
-    def add(self, step: str, since: float) -> float:
-        now = time.perf_counter()
-        self.seconds[step] += now - since
+    @staticmethod
+    def now() -> tuple[float, float]:
+        return time.perf_counter(), time.process_time()
+
+    def add(self, step: str, since: tuple[float, float]) -> tuple[float, float]:
+        now = self.now()
+        self.seconds[step] += now[0] - since[0]
+        self.cpu_seconds[step] += now[1] - since[1]
         return now
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return {step: {"wall": round(self.seconds[step], 3), "cpu": round(self.cpu_seconds[step], 3)}
+                for step in self.seconds}
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 class _Shot:
@@ -184,7 +203,7 @@ def process_source(path: str, options: PrepOptions, landmarker: Any = None, scor
         finally:
             detector.close()
     timer = _Timer()
-    tick = time.perf_counter()
+    tick, children_before = timer.now(), _children_cpu()
     try:
         info = probe_video(path, count=False)
     except MediaError as e:
@@ -201,6 +220,8 @@ def process_source(path: str, options: PrepOptions, landmarker: Any = None, scor
     shots: list[_Shot] = []
     count = 0
     tick = timer.add("probe_audio", tick)
+    timer.cpu_seconds["probe_audio"] += _children_cpu() - children_before  # ffprobe / ffmpeg audio decode
+    children_before = _children_cpu()
     try:
         for index, frame in enumerate(read_frames(path, fps=options.fps, max_frames=max_frames, info=info)):
             tick = timer.add("decode", tick)
@@ -216,6 +237,7 @@ def process_source(path: str, options: PrepOptions, landmarker: Any = None, scor
             if tools.face_detector is not None:
                 shots[-1].boxes.append(np.asarray(tools.face_detector(frame), np.float64).reshape(-1, 5))
                 tick = timer.add("detect_faces", tick)
+        timer.cpu_seconds["decode"] += _children_cpu() - children_before  # ffmpeg (exited by now)
         tracker.check_found()
     except MediaError as e:
         raise SourceError("unreadable_video", str(e)) from None
@@ -237,7 +259,7 @@ def process_source(path: str, options: PrepOptions, landmarker: Any = None, scor
             context.segment(start, shot.faces[offset:offset + length],
                             shot.boxes[offset:offset + length] if shot.boxes else None)
     return SourceResult(clips=context.clips, stats=context.stats, num_frames=count, num_shots=len(shots),
-                        seconds_by_step={k: round(v, 3) for k, v in timer.seconds.items()})
+                        seconds_by_step=timer.summary())
 
 
 class _Context:
@@ -267,7 +289,7 @@ class _Context:
                 self.stats.append(row.drop("single_face", "face_track",
                                            f"no face track covers all {n} frames ({len(tracks)} tracks)"))
                 return
-            tick = time.perf_counter()
+            tick = self.timer.now()
             track_faces = _align_tracks(self.path, self.info, options, self.tools.landmarker, start, n,
                                         [t.boxes_in(0, n) for t in full])
             self.timer.add("align_tracks", tick)
@@ -302,7 +324,7 @@ class _Context:
         spf, start = options.samples_per_frame, row.start_frame
         offset = 0
         if tools.sync_scorer is not None:
-            tick = time.perf_counter()
+            tick = self.timer.now()
             try:
                 result = tools.sync_scorer.score(faces, self.audio[start * spf:(start + len(faces)) * spf], options.fps)
             except ValueError as e:  # too short to score
@@ -323,7 +345,7 @@ class _Context:
             return
         faces = faces[first:last]
         if tools.quality_scorer is not None:
-            tick = time.perf_counter()
+            tick = self.timer.now()
             picked = decode_frames(faces, filters.quality_frame_indices(len(faces)))
             row.quality = float(tools.quality_scorer(picked))
             self.timer.add("quality", tick)

@@ -7,8 +7,8 @@ Order per candidate clip (a 5-10 s segment of one shot, its aligned faces, its a
                    frame. Here the faces are detected on the source frames (a second person
                    beside the speaker is not in the aligned crop) and the clip is kept only if
                    one face covers all its frames and no other face competes with it (another
-                   box at least ``competing_face_ratio`` as tall as the main one; 0 = any other
-                   face). With a ``TrackFinder`` (``lipsync_jax.face.tracks``) the same check is
+                   box at least ``competing_face_ratio`` as tall as the main one, 0 = any other
+                   face, in at least 3 frames of the clip). With a ``TrackFinder`` (``lipsync_jax.face.tracks``) the same check is
                    made on associated tracks; ``--multi_face split`` makes one clip per track
                    that covers every frame of the segment,
 2. ``face_size``   LatentSync's high-resolution prefilter: the main face's box (median height
@@ -44,6 +44,7 @@ import numpy as np
 STAGES = ("segment", "single_face", "face_size", "face", "sync", "quality")  # in filter order
 MULTI_FACE_MODES = ("drop", "split", "keep")
 SYNC_SCORERS = ("lse", "stable")
+MIN_COMPETING_FRAMES = 3  # a second face must be seen in this many frames of a clip to compete
 LSE_CONF_THRESHOLD = 3.0  # LatentSync's sync_av default (LSE-C)
 STABLE_CONF_THRESHOLD = 0.0  # StableSyncNet's confidence is a cosine-similarity margin, not LSE-C
 
@@ -122,10 +123,14 @@ def _competing(boxes: np.ndarray, ratio: float) -> int:
 
 
 def single_face_verdict(boxes_per_frame: Sequence[np.ndarray], competing_face_ratio: float = 0.0,
-                        tracks: list[FaceTrackSpan] | None = None) -> FaceVerdict:
+                        tracks: list[FaceTrackSpan] | None = None,
+                        min_competing_frames: int = MIN_COMPETING_FRAMES) -> FaceVerdict:
     """LatentSync's one-face check over one clip's source frames (boxes relative to the clip).
 
-    Without ``tracks``: every frame must have a face and no competing second face. With
+    Without ``tracks``: every frame must have a face and no second face may compete in
+    ``min_competing_frames`` (3) or more frames (a lone false detection, e.g. a hand in one
+    frame of the demo, does not drop a clip; ``lipsync_jax.face.tracks`` likewise drops tracks
+    of fewer than 3 detections). With
     ``tracks`` (associated over the clip's frames): exactly one track covers all frames and no
     other track has a competing box in any frame."""
     n = len(boxes_per_frame)
@@ -138,7 +143,7 @@ def single_face_verdict(boxes_per_frame: Sequence[np.ndarray], competing_face_ra
         competing = sum(_competing(np.asarray(b), competing_face_ratio) > 0 for b in boxes_per_frame)
         main = [float(np.max(box_heights(np.asarray(b)))) for b in boxes_per_frame]
         size = float(np.median(main))
-        if competing:
+        if competing >= max(1, min_competing_frames):
             return FaceVerdict(False, "multi_face", f"another face in {competing} of {n} frames", size, max_faces)
         return FaceVerdict(True, face_size=size, max_faces=max_faces)
     full = [t for t in tracks if t.covers(0, n)]

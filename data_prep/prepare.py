@@ -257,11 +257,13 @@ def finish_run(output_dir: str, sources: Sequence[str], markers: dict[str, dict[
     done = [markers[p] for p in sources if markers.get(p) is not None]
     summary = summarize(done, processed, dataset, num_records)
     rows = [row for m in sorted(done, key=lambda m: m["key"]) if m["status"] == "done" for row in m["stats"]]
-    steps: dict[str, float] = collections.defaultdict(float)
+    steps: dict[str, dict[str, float]] = collections.defaultdict(lambda: {"wall": 0.0, "cpu": 0.0})
     for m in done:
         for step, seconds in m.get("seconds_by_step", {}).items():
-            steps[step] += seconds
-    summary["seconds_by_step"] = {k: round(v, 2) for k, v in sorted(steps.items())}
+            for kind in ("wall", "cpu"):
+                steps[step][kind] = round(steps[step][kind] + seconds[kind], 3)
+    summary["seconds_by_step"] = dict(sorted(steps.items()))  # this run's and reused sources'
+
     summary["source_frames"] = sum(m.get("num_frames", 0) for m in done if m["status"] == "done")
     summary["statistics"] = stats.write_statistics(output_dir, rows, thresholds(options))
     _write_json(os.path.join(output_dir, "summary.json"), summary)

@@ -1,20 +1,21 @@
-"""Optional SyncNet scoring of a clip and audio-offset correction (``--syncnet_ckpt``).
+"""StableSyncNet sync scoring of a clip (``--sync_scorer stable``) and the audio-offset re-cut.
 
 A clip's aligned faces (resized to the SyncNet's face resolution, [-1, 1], lower half) and the
 SyncNet mel of the source audio around it are scored with ``lipsync_jax.eval.sync_score``: the
 mean cosine similarity of 16-frame windows against audio windows shifted by -max..+max
-frames. With best offset d (the matching sound comes d frames after the picture), the clip's
-audio is re-cut from the source starting d frames later, so frame i gets the audio that
-matches it; frames whose corrected audio would fall outside the source are trimmed. A clip is
-dropped when |d| exceeds ``max_offset`` (no clear alignment) or its confidence (best
-similarity minus the median over offsets) is below ``min_confidence``.
+frames. Its confidence (best similarity minus the median over offsets) is a cosine margin, not
+LSE-C: the default threshold for this scorer is 0 (``filters.default_sync_threshold``).
+
+Whatever the scorer, with best offset d (the matching sound comes d frames after the picture)
+the clip's audio is re-cut from the source starting d frames later, so frame i gets the audio
+that matches it (LatentSync's ``-itsoffset`` remux; the frames are never re-encoded); frames
+whose corrected audio would fall outside the source are trimmed (``corrected_span``). The keep
+rule (LatentSync's sync_av: confidence >= threshold and |d| <= 6) is ``filters.sync_verdict``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
-
 import numpy as np
 
 from lipsync_jax.audio.syncnet_mel import syncnet_mel
@@ -67,7 +68,3 @@ def corrected_span(start_frame: int, num_frames: int, offset: int, total_samples
     first = max(0, -(start_frame + offset))
     last = min(num_frames, total_samples // samples_per_frame - start_frame - offset)
     return first, max(first, last)
-
-
-def scorer_or_none(ckpt_dir: str | None, **kwargs: Any) -> SyncScorer | None:
-    return SyncScorer(ckpt_dir, **kwargs) if ckpt_dir else None

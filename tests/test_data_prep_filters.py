@@ -195,8 +195,9 @@ def test_single_face_verdict_rules():
     two = np.array([[10, 10, 50, 60, 0.9], [100, 10, 120, 30, 0.8]])  # second face 20 px tall vs 50
     assert filters.single_face_verdict([one] * 5).ok
     assert filters.single_face_verdict([one] * 5).face_size == 50.0
-    assert filters.single_face_verdict([one, two, one]).reason == "multi_face"
-    assert filters.single_face_verdict([one, two, one], competing_face_ratio=0.5).ok  # small face ignored
+    assert filters.single_face_verdict([one, two, two, one, two]).reason == "multi_face"
+    assert filters.single_face_verdict([one, two, two, one, two], competing_face_ratio=0.5).ok  # small face
+    assert filters.single_face_verdict([one, two, one, two, one]).ok  # a second face in < 3 frames: noise
     assert filters.single_face_verdict([one, np.zeros((0, 5)), one]).reason == "face_track"
     assert filters.face_size_verdict(50.0, 64).reason == "face_small"
     assert filters.face_size_verdict(50.0, 0).ok and filters.face_size_verdict(80.0, 64).ok
