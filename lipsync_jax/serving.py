@@ -133,6 +133,7 @@ class LipsyncService:
         self._lock = threading.Lock()
         self._job_face_pass: Callable | None = None  # the running job's face pass factory
         self.jobs_done = 0
+        self._vae_fingerprint: str | None = None
 
     @classmethod
     def from_config(cls, config_path: str, *, overrides=(), unet_checkpoint: str = "", vae_checkpoint: str = "",
@@ -164,12 +165,32 @@ class LipsyncService:
     # ------------------------------------------------------------------ engine and face pass
     def engine(self, sampler_options: Mapping[str, Any]):
         from lipsync_jax.pipeline import LipsyncEngine
+        from lipsync_jax.pipeline.avatar_program import AvatarEngine
 
         key = tuple(sorted(sampler_options.items()))
         if key not in self._engines:
             options = self._engine_options(chunk_batch=self.chunk_batch, sampler_options=dict(sampler_options))
-            self._engines[key] = LipsyncEngine(self.models, options, face_pass_factory=self._face_pass)
+            kind = AvatarEngine if self.avatar_cache is not None else LipsyncEngine
+            self._engines[key] = kind(self.models, options, face_pass_factory=self._face_pass)
         return self._engines[key]
+
+    def vae_fingerprint(self) -> str:
+        """Which VAE (weights, dtype, resolution) made an avatar entry's moments."""
+        from lipsync_jax.pipeline.avatar_cache import tree_fingerprint
+
+        if self._vae_fingerprint is None:
+            self._vae_fingerprint = (f"{tree_fingerprint(self.models.vae_params)}-{self.models.dtype}-"
+                                     f"{self.models.resolution}")
+        return self._vae_fingerprint
+
+    def add_moments(self, track):
+        """The VAE moments of a track's faces (what later jobs reuse instead of encoding)."""
+        import dataclasses as _dc
+
+        from lipsync_jax.pipeline.avatar_program import encode_moments
+
+        return _dc.replace(track, latents=encode_moments(self.models, track.faces),
+                           vae_fingerprint=self.vae_fingerprint())
 
     def _face_pass(self, resolution: int, backend: str, source: str):
         from lipsync_jax.pipeline import default_face_pass
@@ -260,16 +281,23 @@ class LipsyncService:
                 needed = min(total, int(round(audio_seconds * self.fps)))  # a short guess raises AvatarCacheMiss
                 if track is not None and track.covers(needed):
                     self._job_face_pass = lambda resolution, backend, source: CachedFacePass(track, source)
+                    fresh = track.latents is not None and track.vae_fingerprint == self.vae_fingerprint()
+                    if fresh:
+                        engine.use_moments(track.faces, track.latents)
                     try:
                         result = engine.run(inference, checked=checked)
                         avatar = "hit"
                     except AvatarCacheMiss:
                         track = None
+                    finally:
+                        engine.clear_moments()
+                    if avatar == "hit" and not fresh:  # entry made by another VAE: add this one's moments
+                        self.avatar_cache.store(key, self.add_moments(track))
                 if avatar != "hit":
                     def recording(resolution: int, backend: str, source: str):
                         nonlocal recorder
                         recorder = RecordingFacePass(base(resolution, backend, source), self.avatar_cache, key,
-                                                     expected_frames=total)
+                                                     expected_frames=total, on_store=self.add_moments)
                         return recorder
                     self._job_face_pass = recording
                     result = engine.run(inference, checked=checked)

@@ -1,0 +1,227 @@
+"""Reusing an avatar's VAE encodes: the engine program fed with cached posterior moments.
+
+The device program (program.py) VAE-encodes, for every chunk, the masked and the reference
+(unmasked) face of each frame, then samples the latents with the job's keys. The encoder's
+output, the posterior mean and log-variance, depends only on the aligned face, so an avatar
+cache (avatar_cache.py) stores it once per face: ``encode_moments`` -> (n, r, r, 16) float32 =
+[masked mean | masked logvar | reference mean | reference logvar].
+
+``AvatarEngine`` is a ``LipsyncEngine`` whose ``program()`` is a ``LatentReuseProgram``: while
+``engine.use_moments(faces, moments)`` is set (the service does it for a job whose avatar entry
+has moments), each chunk batch whose faces are all known (looked up by a digest of the face's
+bytes, so stand-ins and padding need no bookkeeping) runs ``MomentsChunkProgram``, which samples
+the latents from the moments with exactly the keys the encoding program uses
+(``split(fold_in(vae_key, chunk), 2f)``: masked frames first, then reference frames) and
+skips the encoder; any other batch runs the usual program. Same results, no encoder FLOPs.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import threading
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from lipsync_jax.models.vae import AutoencoderKL, sample_posterior
+from lipsync_jax.pipeline.chunk import decode_and_paste
+from lipsync_jax.pipeline.engine import LipsyncEngine
+from lipsync_jax.pipeline.program import DATA_AXIS, mask_arrays, sample_latents
+
+MOMENT_CHANNELS = 16  # 4 latent channels x (masked mean, masked logvar, ref mean, ref logvar)
+
+
+def face_digest(face: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(face).tobytes(), digest_size=16).digest()
+
+
+@functools.partial(jax.jit, static_argnames=("vae",))
+def _encode_moments(vae: AutoencoderKL, vae_params: Any, faces: jax.Array, pixel_mask: jax.Array) -> jax.Array:
+    pixel_values = faces.astype(jnp.float32) / 127.5 - 1.0
+    images = jnp.concatenate([pixel_values * pixel_mask, pixel_values])
+    mean, logvar = vae.apply({"params": vae_params}, images, method=AutoencoderKL.encode)
+    n = faces.shape[0]
+    parts = (mean[:n], logvar[:n], mean[n:], logvar[n:])
+    return jnp.concatenate([p.astype(jnp.float32) for p in parts], axis=-1)
+
+
+def encode_moments(models, faces: np.ndarray, batch: int | None = None) -> np.ndarray:
+    """(n, R, R, 3) uint8 aligned faces -> (n, r, r, 16) float32 posterior moments (see module doc),
+    ``batch`` faces per call (default: the chunk length, as the engine encodes them)."""
+    batch = int(batch or models.num_frames)
+    pixel_mask = jnp.asarray(mask_arrays(models)[0])
+    out = []
+    for start in range(0, len(faces), batch):
+        part = np.asarray(faces[start:start + batch], np.uint8)
+        real = len(part)
+        if real < batch:  # one compiled shape: pad with the last face
+            part = np.concatenate([part, np.repeat(part[-1:], batch - real, axis=0)])
+        out.append(np.asarray(_encode_moments(models.vae, models.vae_params, jnp.asarray(part), pixel_mask))[:real])
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def _scaled_sample(vae: AutoencoderKL, mean: jax.Array, logvar: jax.Array, keys: jax.Array) -> jax.Array:
+    """As ``encode_frames``: one posterior sample per frame from its own key, then the scaling."""
+    z = jax.vmap(lambda m, lv, k: sample_posterior(m[None], lv[None], k)[0])(mean, logvar, keys)
+    return (z - vae.config.shift_factor) * vae.config.scaling_factor
+
+
+def generate_from_moments(models, unet_params, vae_params, faces, moments, audio, chunk_indices, noise,
+                          vae_key_data, keep_mask, latent_mask, *, num_steps, guidance_scale, sampler_options):
+    """The per-device body: like program.generate_chunks with the encoder replaced by sampling
+    from ``moments`` (b, f, r, r, 16)."""
+    b, f = faces.shape[:2]
+    vae_key = jax.random.wrap_key_data(vae_key_data)
+    dtype = models.vae.dtype
+
+    def sample(args):
+        m, index = args
+        keys = jax.random.split(jax.random.fold_in(vae_key, index), 2 * f)
+        m = m.astype(dtype)
+        return (_scaled_sample(models.vae, m[..., 0:4], m[..., 4:8], keys[:f]),
+                _scaled_sample(models.vae, m[..., 8:12], m[..., 12:16], keys[f:]))
+
+    masked, ref = jax.lax.map(sample, (moments, chunk_indices))
+    pixel_values = faces.astype(jnp.float32) / 127.5 - 1.0
+    init = jnp.broadcast_to(noise, (b,) + noise.shape[1:])
+    mask = jnp.broadcast_to(latent_mask, (b, f) + latent_mask.shape)
+    latents = sample_latents(models, unet_params, init, mask, masked, ref, audio, num_steps=num_steps,
+                             guidance_scale=guidance_scale, sampler_options=sampler_options)
+    decode = lambda args: decode_and_paste(models.vae, vae_params, args[0], args[1], keep_mask)  # noqa: E731
+    return jax.lax.map(decode, (latents, pixel_values))
+
+
+class MomentsChunkProgram:
+    """``ChunkProgram``'s twin taking (B, f, r, r, 16) moments next to the faces (jit, compiled on
+    first use; same mesh, shardings and batch)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        models, mesh = inner.models, inner.mesh
+        self.batch = inner.batch
+        self.sharded = NamedSharding(mesh, P(DATA_AXIS))
+        _pixel, keep, latent = mask_arrays(models)
+        self.masks = tuple(jax.device_put(m, inner.replicated) for m in (keep, latent))
+        body = functools.partial(generate_from_moments, models, num_steps=inner.num_steps,
+                                 guidance_scale=inner.guidance_scale, sampler_options=inner.sampler_options)
+        rep, dat = P(), P(DATA_AXIS)
+        mapped = jax.shard_map(body, mesh=mesh, in_specs=(rep, rep, dat, dat, dat, dat, rep, rep, rep, rep),
+                               out_specs=dat, check_vma=False)
+        self._jitted = jax.jit(mapped)
+        self._compiled = None
+        self._compile_lock = threading.Lock()
+
+    def compile(self, unet_params, vae_params):
+        """Compiles once (ahead of time, as ``ChunkProgram``); later calls return the same executable."""
+        with self._compile_lock:
+            if self._compiled is None:
+                self._compiled = self._lower(unet_params, vae_params).compile()
+            return self._compiled
+
+    def _lower(self, unet_params, vae_params):
+        m, f = self.inner.models, self.inner.models.num_frames
+        shapes = self.inner.input_shapes()
+        r = m.latent_size
+        spec = lambda shape, dtype, sharding: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)  # noqa: E731
+        abstract = lambda tree: jax.tree.map(  # noqa: E731
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.inner.replicated), tree)
+        return self._jitted.lower(abstract(unet_params), abstract(vae_params), spec(*shapes["faces"], self.sharded),
+                           spec((self.batch, f, r, r, MOMENT_CHANNELS), np.float32, self.sharded),
+                           spec(*shapes["audio"], self.sharded), spec(*shapes["chunk_indices"], self.sharded),
+                           spec(*shapes["noise"], self.inner.replicated),
+                           spec(*shapes["vae_key_data"], self.inner.replicated),
+                           *(jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.inner.replicated)
+                             for x in self.masks))
+
+    def __call__(self, unet_params, vae_params, faces, moments, audio, chunk_indices, noise, vae_key_data):
+        compiled = self.compile(unet_params, vae_params)
+        faces, audio, chunk_indices = self.inner.put_batch(faces, audio, chunk_indices)
+        moments = jax.device_put(np.ascontiguousarray(moments, np.float32), self.sharded)
+        if not isinstance(noise, jax.Array):
+            noise, vae_key_data = self.inner.put_job(noise, vae_key_data)
+        return compiled(unet_params, vae_params, faces, moments, audio, chunk_indices, noise, vae_key_data,
+                        *self.masks)
+
+
+class LatentReuseProgram:
+    """What ``AvatarEngine.program()`` returns: the usual program, or the moments program for chunk
+    batches whose faces all have cached moments (see the module docstring)."""
+
+    def __init__(self, engine: AvatarEngine, inner):
+        self.engine, self.inner = engine, inner
+        self.batch = inner.batch
+        self._moments_program: MomentsChunkProgram | None = None
+        self._lock = threading.Lock()
+        self.calls = {"moments": 0, "encode": 0}
+
+    def __getattr__(self, name):  # num_steps, guidance_scale, input_shapes, flops, ...
+        return getattr(self.inner, name)
+
+    @property
+    def moments_program(self) -> MomentsChunkProgram:
+        with self._lock:
+            if self._moments_program is None:
+                self._moments_program = MomentsChunkProgram(self.inner)
+            return self._moments_program
+
+    def compile(self, unet_params, vae_params):
+        """Compile what this job will use: the moments program while moments are set, else the usual one."""
+        if self.engine.moments_active:
+            return self.moments_program.compile(unet_params, vae_params)
+        return self.inner.compile(unet_params, vae_params)
+
+    def put_job(self, noise, vae_key_data):
+        return self.inner.put_job(noise, vae_key_data)
+
+    def __call__(self, unet_params, vae_params, faces, audio, chunk_indices, noise, vae_key_data):
+        moments = self.engine.lookup_moments(faces)
+        if moments is None:
+            self.calls["encode"] += 1
+            return self.inner(unet_params, vae_params, faces, audio, chunk_indices, noise, vae_key_data)
+        self.calls["moments"] += 1
+        return self.moments_program(unet_params, vae_params, faces, moments, audio, chunk_indices, noise,
+                                    vae_key_data)
+
+
+class AvatarEngine(LipsyncEngine):
+    """A ``LipsyncEngine`` that skips the VAE encodes of faces whose moments were given with
+    ``use_moments`` (until ``clear_moments``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._moments: dict[bytes, np.ndarray] = {}
+        self._reuse: dict[tuple, LatentReuseProgram] = {}
+
+    @property
+    def moments_active(self) -> bool:
+        return bool(self._moments)
+
+    def use_moments(self, faces: np.ndarray, moments: np.ndarray) -> None:
+        if len(faces) != len(moments):
+            raise ValueError(f"{len(faces)} faces but {len(moments)} moments")
+        self._moments = {face_digest(face): m for face, m in zip(faces, moments)}
+
+    def clear_moments(self) -> None:
+        self._moments = {}
+
+    def lookup_moments(self, faces: np.ndarray) -> np.ndarray | None:
+        """(B, f, r, r, 16) moments of a (B, f, R, R, 3) face batch, or None if any face is unknown."""
+        if not self._moments or not isinstance(faces, np.ndarray):
+            return None
+        flat = faces.reshape((-1,) + faces.shape[2:])
+        found = [self._moments.get(face_digest(face)) for face in flat]
+        if any(m is None for m in found):
+            return None
+        return np.stack(found).reshape(faces.shape[:2] + found[0].shape)
+
+    def program(self, num_steps: int, guidance_scale: float):
+        inner = super().program(num_steps, guidance_scale)
+        key = (int(num_steps), float(guidance_scale))
+        with self._lock:
+            if key not in self._reuse or self._reuse[key].inner is not inner:
+                self._reuse[key] = LatentReuseProgram(self, inner)
+            return self._reuse[key]
