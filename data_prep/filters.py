@@ -8,9 +8,9 @@ Order per candidate clip (a 5-10 s segment of one shot, its aligned faces, its a
                    beside the speaker is not in the aligned crop) and the clip is kept only if
                    one face covers all its frames and no other face competes with it (another
                    box at least ``competing_face_ratio`` as tall as the main one, 0 = any other
-                   face, in at least 3 frames of the clip). With a ``TrackFinder`` (``lipsync_jax.face.tracks``) the same check is
-                   made on associated tracks; ``--multi_face split`` makes one clip per track
-                   that covers every frame of the segment,
+                   face, in at least 3 frames of the clip). ``--multi_face split`` joins the
+                   boxes into tracks (``TrackFinder``: ``lipsync_jax.face.tracks``) and makes
+                   one clip per track that covers the whole segment,
 2. ``face_size``   LatentSync's high-resolution prefilter: the main face's box (median height
                    over the clip, source pixels) must be at least ``--min_face_size``,
 3. ``face``        a frame where the aligner lost the face drops the clip (``face_lost``),
