@@ -77,7 +77,8 @@ class _Job:
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
         depth = max(1, engine.options.queue_batches)
-        self.sources: queue.Queue = queue.Queue(maxsize=depth * engine.batch * self.f + self.f)
+        # the reader runs one chunk batch (+ the stand-in lookahead) ahead of the dispatcher
+        self.sources: queue.Queue = queue.Queue(maxsize=engine.batch * self.f + self.f)
         self.groups: queue.Queue = queue.Queue(maxsize=depth)
         self.first_frame_at: float | None = None
         self.kept = 0
