@@ -95,6 +95,7 @@ def test_syncnet_acc_script(clip_dataset, tmp_path, capsys):
     assert "MEANINGLESS" in captured.err and "SyncNet accuracy:" in captured.out
     result = json.loads(out.read_text())
     assert result["num_pairs"] == 8 and 0.0 <= result["accuracy"] <= 1.0 and result["threshold"] == 0.5
-    code = script.main(["--data_dir", str(tmp_path / "missing"), "--random_init", "--config", "configs/syncnet/tiny.py"])
+    code = script.main(["--data_dir", str(tmp_path / "missing"), "--random_init", "--config",
+                        "configs/syncnet/tiny.py"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err[-1].startswith("error: ") and "missing" in err[-1]

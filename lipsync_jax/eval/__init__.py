@@ -8,7 +8,9 @@ Notebook entry points (imported lazily, so ``import lipsync_jax.eval`` stays lig
 (lipsync_jax.eval.sync_score), ``evaluate_lse``, ``load_lse_syncnet``, ``load_s3fd``,
 ``LSEResult`` (LSE-C / LSE-D: lipsync_jax.eval.lse), ``load_i3d``, ``fvd_of_folders``, ``fvd_of_videos``,
 ``frechet_distance`` (FVD: lipsync_jax.eval.fvd), ``load_hyperiqa``, ``clip_quality``, ``video_quality``,
-``passes_quality`` (HyperIQA: lipsync_jax.eval.quality).
+``passes_quality`` (HyperIQA: lipsync_jax.eval.quality), ``load_report_nets``, ``evaluate_folders``,
+``write_report`` (the report: lipsync_jax.eval.report), ``mouth_strip`` (lipsync_jax.eval.report_plots),
+``syncnet_accuracy`` (lipsync_jax.eval.syncnet_acc).
 """
 
 import importlib
@@ -22,6 +24,8 @@ _EXPORTS = {
     "evaluate_lse": "lse", "load_lse_syncnet": "lse", "load_s3fd": "lse", "LSEResult": "lse", "LSEEvalError": "lse",
     "load_i3d": "fvd", "fvd_of_folders": "fvd", "fvd_of_videos": "fvd", "frechet_distance": "fvd", "FVDError": "fvd",
     "load_hyperiqa": "quality", "clip_quality": "quality", "video_quality": "quality", "passes_quality": "quality",
+    "load_report_nets": "report", "evaluate_folders": "report", "write_report": "report",
+    "mouth_strip": "report_plots", "syncnet_accuracy": "syncnet_acc",
 }
 __all__ = sorted(_EXPORTS)
 

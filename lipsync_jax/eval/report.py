@@ -253,7 +253,7 @@ def evaluate_folders(generated_dir: str, reference_dir: str, nets: ReportNets, *
     folders; a video that fails keeps its row with the reasons."""
     from tqdm import tqdm
 
-    from lipsync_jax.eval.fvd import FVDError, fvd_of_videos, list_videos
+    from lipsync_jax.eval.fvd import fvd_of_videos, list_videos
 
     pairs = pair_by_name(generated_dir, reference_dir, audio_dir)
     videos = [evaluate_video(*pair, nets, options, progress)

@@ -72,7 +72,8 @@ def syncnet_accuracy(syncnet: LoadedSyncNet, data_dir: str, *, num_samples: int 
                      progress: bool = True) -> SyncNetAccuracy:
     """Accuracy of ``syncnet`` on ``num_samples`` pairs drawn from the clip dataset ``data_dir``
     (fewer if the dataset runs out: each clip is sampled at most ``4 * ceil(num_samples / clips) + 1``
-    times, clips too short for a pair never). Raises SyncEvalError / DatasetFormatError naming the folder on unusable input."""
+    times, clips too short for a pair never). Raises SyncEvalError / DatasetFormatError naming the
+    folder on unusable input."""
     from tqdm import tqdm
 
     from lipsync_jax.data.loader import syncnet_loader
