@@ -48,6 +48,15 @@ flags.DEFINE_enum("dtype", None, ["bfloat16", "float32"],
                   "Compute dtype of the UNet and VAE (default: bfloat16 on GPU/TPU, float32 on CPU).")
 flags.DEFINE_enum("face_backend", "mediapipe", ["mediapipe", "insightface"],
                   "Face landmarks: MediaPipe FaceMesh (bundled) or insightface (LatentSync's, needs its models).")
+flags.DEFINE_string("face", None, "Who to lip-sync in a video with several people: largest (default: the largest mean "
+                    "face over the clip), left, right or a track id printed by --list_faces.")
+flags.DEFINE_string("faces", None, "all: lip-sync every face track to the audio (or ID,ID,...: those tracks).")
+flags.DEFINE_string("face_audio", None, "ID=path[,ID=path...]: each listed face (track id, left, right or largest) "
+                    "gets its own audio (dialogue dubbing); --audio is the output's soundtrack and sets its length.")
+flags.DEFINE_bool("list_faces", False, "Print the video's face tracks (id, frames, mean box, thumbnail path) and "
+                  "exit without generating (needs only --video).")
+flags.DEFINE_string("thumbs", None, "With --list_faces: folder for one thumbnail per face track (default: "
+                    "<video name>_faces beside --output, or in the current folder).")
 flags.DEFINE_bool("random_init", False, "Random weights for every network (smoke tests/benchmarks; meaningless output).")
 flags.DEFINE_float("max_seconds", None, "Only lip-sync the first this many seconds of the audio.", lower_bound=0.04)
 flags.DEFINE_integer("crf", 18, "H.264 quality (x264 CRF; lower is better, 18 as LatentSync).", lower_bound=0, upper_bound=51)
@@ -66,8 +75,9 @@ flags.DEFINE_string("avatar_cache", None, "Folder of cached face tracks: a video
 flags.DEFINE_bool("force", False, "With --batch: redo jobs whose output exists (default: skip them, i.e. resume).")
 flags.DEFINE_string("summary_csv", None, "With --batch: also write the summary table as CSV here.")
 flags.register_multi_flags_validator(
-    ["video", "audio", "output", "batch"], lambda v: bool(v["batch"]) or all(v[k] for k in ("video", "audio", "output")),
-    message="--video, --audio and --output are required (or --batch JOBS.csv)")
+    ["video", "audio", "output", "batch", "list_faces"],
+    lambda v: bool(v["batch"]) or (v["list_faces"] and bool(v["video"])) or all(v[k] for k in ("video", "audio", "output")),
+    message="--video, --audio and --output are required (or --batch JOBS.csv, or --list_faces --video V)")
 cli_flags.define_config_flags(default_config=DEFAULT_CONFIG)
 
 FLAGS = flags.FLAGS
@@ -102,6 +112,9 @@ def run() -> None:
     if FLAGS.batch:  # many jobs, models compiled once (lipsync_jax/batch.py)
         from lipsync_jax.batch import main_with_flags
         sys.exit(main_with_flags(FLAGS.batch, FLAGS))
+    if FLAGS.list_faces:  # the face tracks only, nothing generated
+        return list_faces()
+    face, face_audio = face_options()
     if FLAGS.avatar_cache:  # one job through the service, face track from/to the avatar cache
         from lipsync_jax.batch import run_one_with_flags
         return run_one_with_flags(FLAGS)
@@ -121,13 +134,16 @@ def run() -> None:
         num_steps=int(config.run.inference_steps if FLAGS.steps is None else FLAGS.steps),
         guidance_scale=float(config.run.guidance_scale if FLAGS.guidance is None else FLAGS.guidance),
         seed=seed, face_backend=FLAGS.face_backend, fps=float(config.data.video_fps),
-        max_seconds=FLAGS.max_seconds, crf=FLAGS.crf, preset=FLAGS.preset, progress=FLAGS.progress)
+        max_seconds=FLAGS.max_seconds, crf=FLAGS.crf, preset=FLAGS.preset, progress=FLAGS.progress,
+        face=face, face_audio=face_audio)
     result = run_inference(models, options, checked=checked, engine_options=EngineOptions(chunk_batch=FLAGS.chunk_batch))
     notes = []
     if result.looped:
         notes.append(f"video looped ping-pong ({result.num_source_frames} source frames)")
     if result.frames_kept:
         notes.append(f"{result.frames_kept} frames without a face kept unchanged")
+    if result.face_tracks:
+        notes.append(f"face track{'s' * (len(result.face_tracks) > 1)} {', '.join(map(str, result.face_tracks))}")
     print(f"wrote {result.output_path}: {result.num_frames} frames at {options.fps:g} fps, "
           f"{result.duration:.2f} s, {dtype.name}" + (f" ({'; '.join(notes)})" if notes else ""))
     stats = compile_cache_stats()
@@ -138,6 +154,39 @@ def run() -> None:
           f"({result.num_frames / result.seconds:.2f} frames/s in the engine); {cache}")
     if FLAGS.random_init:
         print(RANDOM_INIT_WARNING, file=sys.stderr)
+
+
+def face_options() -> tuple[str, dict[str, str] | None]:
+    """(job.face, job.face_audio) from --face / --faces / --face_audio (one clear error if mixed)."""
+    from lipsync_jax.pipeline.face_choice import parse_face_audio
+
+    given = [name for name in ("face", "faces", "face_audio") if getattr(FLAGS, name)]
+    if len(given) > 1:
+        raise ValueError(f"use one of --face, --faces, --face_audio (got {', '.join('--' + n for n in given)})")
+    if FLAGS.faces and FLAGS.faces.strip().lower() != "all" and not all(
+            part.strip().isdigit() for part in FLAGS.faces.split(",")):
+        raise ValueError(f"--faces {FLAGS.faces}: use all or track ids such as 0,1 (see --list_faces)")
+    return (FLAGS.faces or FLAGS.face or "largest"), (parse_face_audio(FLAGS.face_audio) or None)
+
+
+def list_faces() -> None:
+    """``--list_faces``: the detection pre-pass the run would use; one line per face track."""
+    from lipsync_jax.face.list_faces import list_faces as find_and_list
+    from lipsync_jax.face.tracks import CHOICES
+    from lipsync_jax.pipeline.inputs import check_video
+
+    if not FLAGS.video:
+        raise ValueError("--list_faces needs --video")
+    check_video(FLAGS.video)
+    config = cli_flags.resolved_config(FLAGS)
+    fps = float(config.data.video_fps)
+    stem = os.path.splitext(os.path.basename(FLAGS.video))[0]
+    thumbs = FLAGS.thumbs or os.path.join(os.path.dirname(FLAGS.output) if FLAGS.output else ".", f"{stem}_faces")
+    max_frames = None if FLAGS.max_seconds is None else max(1, int(round(FLAGS.max_seconds * fps)))
+    listing = find_and_list(FLAGS.video, thumbs, fps=fps, backend=FLAGS.face_backend, max_frames=max_frames,
+                            progress=FLAGS.progress)
+    print("\n".join(listing.lines()))
+    print(f"choose with --face {'|'.join(CHOICES)}|ID, --faces all, or --face_audio ID=audio,ID=audio")
 
 
 def main(argv) -> None:

@@ -16,7 +16,8 @@ inference engine (``lipsync_jax.pipeline.LipsyncEngine``):
 - ``avatar_cache=DIR``: the face track of each video is stored (pipeline/avatar_cache.py) and
   replayed by later jobs on the same video and settings, which skip landmarks and alignment.
 - ``face``: which person to lip-sync in a video with several ("largest", "left", "right" or a
-  track id): a detection pre-pass finds the tracks, then the engine follows the chosen one.
+  track id, "all" without the avatar cache): a detection pre-pass finds the tracks, then the
+  engine follows the chosen one(s) (pipeline/face_choice.py).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class ServiceJob:
     seed: int | None = None  # None: the config's run.seed
     guidance: float | None = None  # None: run.guidance_scale
     steps: int | None = None  # None: run.inference_steps
-    face: str | None = None  # None/"": the single-face tracker; else a face choice (multi-person)
+    face: str | None = None  # None/"": the largest face; "left", "right", a track id, "all" (all: not with avatar_cache)
     max_seconds: float | None = None
     solver: str | None = None  # sampler options (config.run.scheduler / deepcache_interval) when supported
     deepcache_interval: int | None = None
@@ -164,14 +165,12 @@ class LipsyncService:
 
     # ------------------------------------------------------------------ engine and face pass
     def engine(self, sampler_options: Mapping[str, Any]):
-        from lipsync_jax.pipeline import LipsyncEngine
-        from lipsync_jax.pipeline.avatar_program import AvatarEngine
+        from lipsync_jax.pipeline.avatar_program import AvatarEngine  # a LipsyncEngine until moments are set
 
         key = tuple(sorted(sampler_options.items()))
         if key not in self._engines:
             options = self._engine_options(chunk_batch=self.chunk_batch, sampler_options=dict(sampler_options))
-            kind = AvatarEngine if self.avatar_cache is not None else LipsyncEngine
-            self._engines[key] = kind(self.models, options, face_pass_factory=self._face_pass)
+            self._engines[key] = AvatarEngine(self.models, options, face_pass_factory=self._face_pass)
         return self._engines[key]
 
     def vae_fingerprint(self) -> str:
@@ -193,23 +192,23 @@ class LipsyncService:
                            vae_fingerprint=self.vae_fingerprint())
 
     def _face_pass(self, resolution: int, backend: str, source: str):
-        from lipsync_jax.pipeline import default_face_pass
-
         if self._job_face_pass is not None:
             return self._job_face_pass(resolution, backend, source)
-        return default_face_pass(resolution, backend, source)
+        return None  # the engine's own per-job face pass (InferenceJob.face: "largest", "all", an id, ...)
 
     def _base_face_pass(self, face: str | None) -> Callable:
-        from lipsync_jax.pipeline import default_face_pass
-
-        if not face:
-            return default_face_pass
+        face = face or "largest"  # as the engine: one person, the largest (today's tracker for one face)
 
         def chosen(resolution: int, backend: str, source: str):
-            from lipsync_jax.face import face_pass_for_tracks, find_face_tracks
+            from lipsync_jax.face import choose_track, face_pass_for_tracks, find_face_tracks
+            from lipsync_jax.pipeline import default_face_pass
 
-            tracks = find_face_tracks(source, fps=self.fps, backend=backend, progress=False)
-            return face_pass_for_tracks(resolution, backend, source, list(tracks.tracks), face)
+            tracks = find_face_tracks(source, fps=self.fps, backend=backend, progress=False).tracks
+            if len(tracks) <= 1:  # one person (or none found): the single-face tracker, as before
+                if tracks:
+                    choose_track(tracks, face)  # an id that is not there still fails
+                return default_face_pass(resolution, backend, source)
+            return face_pass_for_tracks(resolution, backend, source, list(tracks), face)
         return chosen
 
     def sampler_options(self, job: ServiceJob) -> dict[str, Any]:
@@ -265,7 +264,8 @@ class LipsyncService:
             raise ValueError("overlapping chunks are not available in this build")
         inference = InferenceJob(job.video, job.audio, job.output, num_steps=steps, guidance_scale=guidance,
                                  seed=seed, face_backend=self.face_backend, fps=self.fps, max_seconds=job.max_seconds,
-                                 crf=job.crf, preset=job.preset, progress=job.progress, on_chunk=job.on_chunk, **extra)
+                                 crf=job.crf, preset=job.preset, progress=job.progress, on_chunk=job.on_chunk,
+                                 face=job.face or "largest", **extra)
         base = self._base_face_pass(job.face)
         avatar, recorder = "off", None
         before = compile_count()
@@ -303,7 +303,7 @@ class LipsyncService:
                     result = engine.run(inference, checked=checked)
                     avatar = "stored" if recorder is not None and recorder.store() else "not stored"
             else:
-                self._job_face_pass = base if job.face else None
+                self._job_face_pass = None  # the engine follows inference.face
                 result = engine.run(inference, checked=checked)
         finally:
             self._job_face_pass = None

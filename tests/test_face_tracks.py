@@ -1,12 +1,10 @@
 """Face tracks for multi-person videos: association rules on synthetic boxes, the detection
 pre-pass and track choice on a two-person clip built from the demos, single-face parity."""
 
-import subprocess
-
 import cv2
 import numpy as np
 import pytest
-from conftest import asset_path, golden_path
+from conftest import TWO_PEOPLE_HALF_WIDTH, TWO_PEOPLE_HEIGHT, TWO_PEOPLE_SECONDS, golden_path
 
 from lipsync_jax.face import (FaceAligner, FaceDetection, FaceSelectionError, FaceTracker, InsightFaceLandmarker,
                               MediaPipeLandmarker, MultiTrackAligner, NoFaceError, TrackAnchorSelector, TrackFacePass,
@@ -16,10 +14,10 @@ from lipsync_jax.face.landmarks import box_from_anchors
 from lipsync_jax.golden.core import load_fixture
 from lipsync_jax.face.list_faces import list_faces, main as list_faces_main
 from lipsync_jax.face.tracks import TrackBuilder, iou
-from lipsync_jax.media import ffmpeg_exe, read_frames
+from lipsync_jax.media import read_frames
 
-CLIP_SECONDS = 2
-HALF_WIDTH, HEIGHT = 240, 426  # each demo scaled from 1080x1920
+CLIP_SECONDS = TWO_PEOPLE_SECONDS  # the session fixture demo_clips (conftest.py)
+HALF_WIDTH, HEIGHT = TWO_PEOPLE_HALF_WIDTH, TWO_PEOPLE_HEIGHT
 
 
 def face(cx, cy, size=80.0, score=1.0):
@@ -243,24 +241,6 @@ def test_insightface_detect_keeps_latentsync_filter_and_order():
 
 
 # ---------------------------------------------------------------- real clips from the demos
-
-def _encode(args, path):
-    subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", *args, "-an", "-c:v", "libx264", "-preset",
-                    "ultrafast", "-crf", "18", "-pix_fmt", "yuv420p", str(path)], check=True)
-
-
-@pytest.fixture(scope="session")
-def demo_clips(tmp_path_factory):
-    """Two 2 s clips: demo1 alone (240x426) and demo1 | demo2 side by side (480x426)."""
-    folder = tmp_path_factory.mktemp("face_tracks")
-    one, two = folder / "one_person.mp4", folder / "two_people.mp4"
-    demo1, demo2 = asset_path("demo1_video.mp4"), asset_path("demo2_video.mp4")
-    scale = f"scale={HALF_WIDTH}:{HEIGHT}"
-    _encode(["-t", str(CLIP_SECONDS), "-i", demo1, "-vf", scale], one)
-    _encode(["-t", str(CLIP_SECONDS), "-i", demo1, "-t", str(CLIP_SECONDS), "-i", demo2, "-filter_complex",
-             f"[0:v]{scale}[l];[1:v]{scale}[r];[l][r]hstack=inputs=2[v]", "-map", "[v]"], two)
-    return {"one": str(one), "two": str(two), "folder": folder}
-
 
 @pytest.fixture(scope="module")
 def multi_landmarker():

@@ -3,7 +3,7 @@
     engine = LipsyncEngine(models, EngineOptions(chunk_batch=2))
     result = engine.run(InferenceJob(video_path, audio_path, output_path, seed=1, num_steps=20))
 
-- ``LipsyncEngine(models, options=EngineOptions(), face_pass_factory=default_face_pass)``:
+- ``LipsyncEngine(models, options=EngineOptions(), face_pass_factory=None)``:
   replicates the weights over a ``data`` mesh of the local devices (``options.devices``) and
   keeps one compiled ``ChunkProgram`` per (num_steps, guidance_scale): jobs with the same
   settings reuse it (per-job seed: the start noise and VAE keys are program inputs).
@@ -14,8 +14,11 @@
   device program for callers that bring their own faces (streaming, batch services).
 - The face pass is one replaceable step: ``face_pass_factory(resolution, backend, source)``
   returns an object with ``__call__(frame) -> AlignedFace | None`` (per frame, in order),
-  ``check_found()`` (raise ``NoFaceError`` if no frame had a face) and ``close()``; the default
-  is ``FaceTracker``.
+  ``check_found()`` (raise ``NoFaceError`` if no frame had a face) and ``close()``. By default
+  (None) each job's ``face`` / ``face_audio`` choose it (``pipeline/face_choice.py``): a
+  detection pre-pass finds the face tracks, then the chosen person is followed (today's
+  ``FaceTracker`` when the video has one face), or several people are generated as lanes of
+  the same chunk batches. A custom factory gives one face per frame and ignores ``face``.
 """
 
 from __future__ import annotations
@@ -67,7 +70,8 @@ class EngineOptions:
 @dataclasses.dataclass(frozen=True)
 class InferenceJob:
     """One lip-sync job. ``on_chunk(chunk_index, first_output_frame, faces)`` (optional) sees each
-    generated chunk's faces ((k, R, R, 3) float32 in [-1, 1], k real frames) before restore."""
+    generated chunk's faces ((k, R, R, 3) float32 in [-1, 1], k real frames) before restore
+    (with several faces: once per face, in lane order)."""
 
     video_path: str
     audio_path: str
@@ -82,6 +86,11 @@ class InferenceJob:
     preset: str = "medium"
     progress: bool = True
     on_chunk: Callable[[int, int, np.ndarray], None] | None = None
+    # who to lip-sync (pipeline/face_choice.py): "largest" | "left" | "right" | track id (one person),
+    # "all" | "ID,ID" (several, all to audio_path), None (no pre-pass: the plain single-face tracker)
+    face: str | int | None = "largest"
+    # {face choice: audio path}: each listed person their own audio (audio_path = the soundtrack)
+    face_audio: Mapping[str, str] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,14 +105,15 @@ class InferenceResult:
     seconds: float | None = None  # wall time of run()
     chunk_batches: int = 0  # device-program calls
     store_bytes: int = 0  # bytes of the compressed frame store (ping-pong loops)
+    face_tracks: tuple[int, ...] = ()  # face track ids lip-synced, in lane order (empty: no pre-pass ran)
 
 
 class LipsyncEngine:
     def __init__(self, models: LipsyncModels, options: EngineOptions | None = None, *,
-                 face_pass_factory: FacePassFactory = default_face_pass):
+                 face_pass_factory: FacePassFactory | None = None):
         self.models = models
         self.options = options or EngineOptions()
-        self.face_pass_factory = face_pass_factory
+        self.face_pass_factory = face_pass_factory  # None: chosen per job (job.face, job.face_audio)
         self.mesh = data_mesh(self.options.devices)
         self.chunk_batch = int(self.options.chunk_batch or default_chunk_batch())
         if self.chunk_batch < 1:

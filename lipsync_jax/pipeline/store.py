@@ -33,7 +33,7 @@ PNG_LEVEL = 1  # zlib level: fast, still ~3x smaller than raw for camera frames
 class SourceRecord:
     index: int  # source frame number (at the job's fps)
     frame: np.ndarray  # (H, W, 3) uint8
-    aligned: AlignedFace | None  # None: no face in this frame
+    aligned: AlignedFace | None  # None: no face in this frame (several faces: a tuple, one per lane)
 
 
 def _write_png(path: str, image: np.ndarray) -> None:
@@ -49,6 +49,10 @@ def _read_png(path: str) -> np.ndarray:
     if image is None:
         raise InferenceError(f"{path}: cannot read a stored frame back")
     return np.ascontiguousarray(image[..., ::-1])
+
+
+def _face_name(lane: int) -> str:
+    return "face" if lane == 0 else f"face{lane}"
 
 
 class FrameStore:
@@ -70,21 +74,23 @@ class FrameStore:
     def _file(self, index: int, what: str) -> str:
         return os.path.join(self.path, f"{index:08d}_{what}.png")
 
-    def _write(self, index: int, frame: np.ndarray, face: np.ndarray | None) -> None:
+    def _write(self, index: int, frame: np.ndarray, faces: list[np.ndarray | None]) -> None:
         _write_png(self._file(index, "frame"), frame)
         size = os.path.getsize(self._file(index, "frame"))
-        if face is not None:
-            _write_png(self._file(index, "face"), face)
-            size += os.path.getsize(self._file(index, "face"))
+        for lane, face in enumerate(faces):
+            if face is not None:
+                _write_png(self._file(index, _face_name(lane)), face)
+                size += os.path.getsize(self._file(index, _face_name(lane)))
         with self._lock:
             self.bytes_written += size
 
     def put(self, record: SourceRecord) -> None:
         """Store a record (asynchronously; at most ``max_pending`` writes in flight)."""
-        aligned = record.aligned
-        self._meta[record.index] = None if aligned is None else dataclasses.replace(aligned, face=None)
-        face = None if aligned is None else aligned.face
-        self._pending.append(self._pool.submit(self._write, record.index, record.frame, face))
+        lanes = record.aligned if isinstance(record.aligned, tuple) else (record.aligned,)
+        meta = tuple(None if a is None else dataclasses.replace(a, face=None) for a in lanes)
+        self._meta[record.index] = meta if isinstance(record.aligned, tuple) else meta[0]
+        faces = [None if a is None else a.face for a in lanes]
+        self._pending.append(self._pool.submit(self._write, record.index, record.frame, faces))
         while len(self._pending) > self._max_pending:
             self._pending.pop(0).result()
 
@@ -92,18 +98,21 @@ class FrameStore:
         while self._pending:
             self._pending.pop(0).result()
 
-    def has_face(self) -> np.ndarray:
-        return np.array([self._meta[i] is not None for i in range(len(self._meta))], bool)
+    def has_face(self, lane: int = 0) -> np.ndarray:
+        return np.array([self.has_face_at(i, lane) for i in range(len(self._meta))], bool)
 
-    def has_face_at(self, index: int) -> bool:
-        return self._meta[index] is not None
+    def has_face_at(self, index: int, lane: int = 0) -> bool:
+        meta = self._meta[index]
+        return (meta[lane] if isinstance(meta, tuple) else meta) is not None
 
     def get(self, index: int) -> SourceRecord:
         if index not in self._meta:
             raise IndexError(f"frame {index} not in the frame store ({len(self._meta)} frames)")
         self.flush()
         meta = self._meta[index]
-        aligned = None if meta is None else dataclasses.replace(meta, face=_read_png(self._file(index, "face")))
+        lanes = tuple(None if m is None else dataclasses.replace(m, face=_read_png(self._file(index, _face_name(k))))
+                      for k, m in enumerate(meta if isinstance(meta, tuple) else (meta,)))
+        aligned = lanes if isinstance(meta, tuple) else lanes[0]
         return SourceRecord(index, _read_png(self._file(index, "frame")), aligned)
 
     def close(self) -> None:

@@ -14,6 +14,12 @@ with one; in a chunk that has a face the nearest is always within ``f - 1`` fram
 dispatcher keeps only a window of ``f - 1`` frames behind and ahead (the result equals the
 whole-video rule of ``nearest_face_indices``).
 
+Several faces (``job.face="all"`` / ``face_audio``, pipeline/face_choice.py): the face pass gives
+a tuple per frame (one face or None per chosen person, a *lane*); the dispatcher makes one
+``ChunkWork`` per chunk and lane (each lane its own stand-ins and audio), stacks them all on the
+batch axis of the same program calls, and the writer pastes a chunk's lanes into each frame in
+lane order (a lane whose person is absent from a frame leaves that frame alone).
+
 Stopping: the calling thread waits on the workers; an exception there (Ctrl-C, SIGTERM turned
 into an exception by infer.py) or in a worker sets the stop event, every worker leaves its loop
 (ffmpeg processes are killed), and the work folder beside the output is deleted.
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import itertools
 import os
 import queue
 import shutil
@@ -35,8 +42,9 @@ from tqdm import tqdm
 
 from lipsync_jax.audio.load import TARGET_RATE
 from lipsync_jax.media import VideoWriter, mux_audio, read_frames
+from lipsync_jax.pipeline.face_choice import face_choices, lane_audio_plans, lane_faces, parse_face_audio, plan_faces
 from lipsync_jax.pipeline.faces import nearest_face_indices
-from lipsync_jax.pipeline.inputs import check_inputs
+from lipsync_jax.pipeline.inputs import check_audio, check_inputs
 from lipsync_jax.pipeline.program import start_noise
 from lipsync_jax.pipeline.restore import paste_generated_face
 from lipsync_jax.pipeline.store import FrameStore, SourceRecord
@@ -60,12 +68,13 @@ class ChunkWork:
     faces: np.ndarray | None = None  # (f, R, R, 3) uint8 UNet input faces; None: no face, no generation
     audio: np.ndarray | None = None  # (f, T, D) audio windows
     generated: np.ndarray | None = None  # (f, R, R, 3) float32 after the device program
+    lane: int = 0  # which chosen face (several faces: one ChunkWork per chunk and lane)
 
 
 @dataclasses.dataclass
 class ChunkGroup:
-    chunks: list[ChunkWork]  # consecutive chunks, in output order
-    output: object = None  # device array of the generated faces of the chunks with faces
+    chunks: list[ChunkWork]  # consecutive chunks (a chunk's lanes together), in output order
+    output: object = None  # device array(s) of the generated faces of the chunks with faces
 
 
 class _Job:
@@ -85,6 +94,8 @@ class _Job:
         self.batches = 0
         self.num_source: int | None = None
         self.store: FrameStore | None = None
+        self.face_plan = None  # pipeline/face_choice.FacePlan (None: a custom face pass factory)
+        self.lanes = 1
 
     # ------------------------------------------------------------------ queue helpers
     def put(self, q: queue.Queue, item) -> None:
@@ -150,7 +161,7 @@ class _Job:
         """The rare case: the video has fewer frames than its container said, and the loop needs
         random access that was not planned: decode and align it again (deterministic) into a store."""
         self.store = FrameStore(self.work_dir)
-        face_pass = self.engine.face_pass_factory(self.models.resolution, self.job.face_backend, self.job.video_path)
+        face_pass = self.new_face_pass()
         try:
             for index, frame in enumerate(read_frames(self.checked.video.path, float(self.job.fps), max_frames=count,
                                                       info=self.checked.video)):
@@ -159,6 +170,23 @@ class _Job:
                 self.store.put(SourceRecord(index, frame, face_pass(frame)))
         finally:
             face_pass.close()
+
+    def new_face_pass(self):
+        """The engine's custom face pass, or the job's (pre-pass and face choice on the first call)."""
+        job = self.job
+        if self.engine.face_pass_factory is not None:
+            choices = face_choices(job.face, parse_face_audio(job.face_audio))
+            if job.face_audio or (choices is not None and (len(choices) > 1 or choices == ["all"])):
+                raise ValueError("several faces (face='all' / face_audio) need the engine's own face pass "
+                                 "(an engine built without face_pass_factory)")
+            return self.engine.face_pass_factory(self.models.resolution, job.face_backend, job.video_path)
+        if self.face_plan is None:
+            self.face_plan = plan_faces(self.models.resolution, job, max_frames=self.n_out)
+        return self.face_plan.new_face_pass()
+
+    def face_tracks(self) -> tuple[int, ...]:
+        plan = self.face_plan
+        return () if plan is None or plan.track_ids is None else tuple(plan.track_ids)
 
     # ------------------------------------------------------------------ dispatcher
     def dispatch(self, program, noise, key_data) -> None:
@@ -182,10 +210,10 @@ class _Job:
         def record_of(source: int) -> SourceRecord:
             return window[source] if source in window else self.store.get(source)
 
-        def has_face(source: int) -> bool:
+        def has_face(source: int, lane: int) -> bool:
             if source in window:
-                return window[source].aligned is not None
-            return self.store.has_face_at(source)
+                return lane_faces(window[source].aligned)[lane] is not None
+            return self.store.has_face_at(source, lane)
 
         pending: list[ChunkWork] = []
         with_faces = 0
@@ -198,19 +226,22 @@ class _Job:
                 mapping = pingpong_indices(self.num_source, n_out)
             sources = np.arange(start, stop) if mapping is None else mapping[start:stop]
             with self.timer.stage("batch_assembly", stop - start):
-                work = ChunkWork(index, start, [record_of(int(s)) for s in sources])
-                if any(r.aligned is not None for r in work.records):
-                    known = read if not eof else self.num_source
-                    lo, hi = max(0, int(sources.min()) - (f - 1)), min(known, int(sources.max()) + f)
-                    near = lo + nearest_face_indices(np.array([has_face(s) for s in range(lo, hi)]))
-                    padded = pad_to_chunk(sources, f)
-                    work.faces = np.stack([record_of(int(near[s - lo])).aligned.face for s in padded])
-                    work.audio = self.audio.windows(pad_to_chunk(np.arange(start, stop), f))
-                    with_faces += 1
-            pending.append(work)
+                records = [record_of(int(s)) for s in sources]
+                for lane in range(self.lanes):
+                    work = ChunkWork(index, start, records, lane=lane)
+                    if any(lane_faces(r.aligned)[lane] is not None for r in records):
+                        known = read if not eof else self.num_source
+                        lo, hi = max(0, int(sources.min()) - (f - 1)), min(known, int(sources.max()) + f)
+                        near = lo + nearest_face_indices(np.array([has_face(s, lane) for s in range(lo, hi)]))
+                        padded = pad_to_chunk(sources, f)
+                        work.faces = np.stack([lane_faces(record_of(int(near[s - lo])).aligned)[lane].face
+                                               for s in padded])
+                        work.audio = self.lane_audio[lane].windows(pad_to_chunk(np.arange(start, stop), f))
+                        with_faces += 1
+                    pending.append(work)
             for old in [k for k in window if k < stop - (f - 1)]:
                 del window[old]
-            if with_faces == batch or len(pending) >= 2 * batch + 2:
+            if with_faces >= batch or len(pending) >= (2 * batch + 2) * self.lanes:
                 self.launch(program, pending, noise, key_data)
                 pending, with_faces = [], 0
         if pending:
@@ -222,14 +253,17 @@ class _Job:
     def launch(self, program, chunks: list[ChunkWork], noise, key_data) -> None:
         work = [c for c in chunks if c.faces is not None]
         group = ChunkGroup(chunks)
-        if work:
-            batch = self.engine.batch
-            padded = work + [work[-1]] * (batch - len(work))
-            with self.timer.stage("dispatch", sum(len(c.records) for c in work)):
-                group.output = program(self.engine.unet_params, self.engine.vae_params,
+        batch, outputs = self.engine.batch, []
+        for first in range(0, len(work), batch):  # several faces: a chunk's lanes may overflow one call
+            part = work[first:first + batch]
+            padded = part + [part[-1]] * (batch - len(part))
+            with self.timer.stage("dispatch", sum(len(c.records) for c in part)):
+                outputs.append(program(self.engine.unet_params, self.engine.vae_params,
                                        np.stack([c.faces for c in padded]), np.stack([c.audio for c in padded]),
-                                       np.array([c.index for c in padded], np.int32), noise, key_data)
+                                       np.array([c.index for c in padded], np.int32), noise, key_data))
             self.batches += 1
+        if outputs:
+            group.output = outputs[0] if len(outputs) == 1 else outputs
         self.put(self.groups, group)
 
     # ------------------------------------------------------------------ writer
@@ -243,16 +277,21 @@ class _Job:
                     return
                 if group.output is not None:
                     with self.timer.stage("device_wait"):
-                        generated = np.asarray(group.output)
+                        outputs = group.output if isinstance(group.output, list) else [group.output]
+                        generated = np.concatenate([np.asarray(o) for o in outputs])
                     for j, chunk in enumerate(c for c in group.chunks if c.faces is not None):
                         chunk.generated = generated[j]
                         if self.job.on_chunk is not None:
                             self.job.on_chunk(chunk.index, chunk.start, chunk.generated[:len(chunk.records)])
-                for chunk in group.chunks:
+                for _, same_chunk in itertools.groupby(group.chunks, key=lambda c: c.index):
+                    same_chunk = list(same_chunk)
+                    lanes = [c for c in same_chunk if c.generated is not None]
                     jobs = []
-                    for j, record in enumerate(chunk.records):
-                        if chunk.generated is not None and record.aligned is not None:
-                            jobs.append(pool.submit(self.restore, record, chunk.generated[j]))
+                    for j, record in enumerate(same_chunk[0].records):
+                        faces = lane_faces(record.aligned)
+                        pastes = [(faces[c.lane], c.generated[j]) for c in lanes if faces[c.lane] is not None]
+                        if pastes:
+                            jobs.append(pool.submit(self.restore, record.frame, pastes))
                         else:
                             self.kept += 1
                             jobs.append(record.frame)
@@ -268,9 +307,12 @@ class _Job:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def restore(self, record: SourceRecord, face: np.ndarray) -> np.ndarray:
+    def restore(self, frame: np.ndarray, pastes) -> np.ndarray:
+        """Paste each (aligned face, generated face) into the frame, in lane order."""
         with self.timer.stage("restore", 1):
-            return paste_generated_face(record.frame, face, record.aligned)
+            for aligned, face in pastes:
+                frame = paste_generated_face(frame, face, aligned)
+            return frame
 
     # ------------------------------------------------------------------ the whole job
     def run(self):
@@ -282,8 +324,7 @@ class _Job:
         program = self.engine.program(job.num_steps, job.guidance_scale)
         compile_thread = self.worker("compile", lambda: program.compile(self.engine.unet_params,
                                                                         self.engine.vae_params))
-        with timer.stage("setup"):
-            face_pass = self.engine.face_pass_factory(models.resolution, job.face_backend, job.video_path)
+        face_pass = None
         self.work_dir = tempfile.mkdtemp(prefix=".lipsync_", dir=os.path.dirname(os.path.abspath(job.output_path)))
         threads = [compile_thread]
         try:
@@ -291,6 +332,14 @@ class _Job:
                 self.audio = prepare_audio(models, job.audio_path, float(job.fps), job.max_seconds)
             self.n_out = n_out = self.audio.num_frames
             timer.count("audio", n_out)
+            with timer.stage("setup"):  # the face pre-pass (several faces) runs while the program compiles
+                face_pass = self.new_face_pass()
+            self.lane_audio = [self.audio]
+            if self.face_plan is not None and self.face_plan.num_lanes > 1:
+                self.lanes = self.face_plan.num_lanes
+                with timer.stage("audio"):
+                    self.lane_audio = lane_audio_plans(models, self.face_plan, self.audio, float(job.fps),
+                                                       job.max_seconds)
             if self.checked.video.frame_count_at(float(job.fps)) < n_out + int(job.fps):
                 self.store = FrameStore(self.work_dir)  # probably a ping-pong loop: keep every frame
             noise, key_data = program.put_job(*start_noise(models, job.seed))
@@ -323,7 +372,8 @@ class _Job:
             for thread in threads:
                 if thread is not compile_thread:
                     thread.join(max(0.0, deadline - time.perf_counter()))
-            face_pass.close()
+            if face_pass is not None:
+                face_pass.close()
             store_bytes = self.store.bytes_written if self.store is not None else 0
             if self.store is not None:
                 self.store.close()
@@ -336,10 +386,13 @@ class _Job:
             output_path=job.output_path, num_frames=n_out, num_source_frames=num_source, looped=num_source < n_out,
             frames_kept=self.kept, duration=duration,
             time_to_first_frame=None if self.first_frame_at is None else self.first_frame_at - begin,
-            seconds=time.perf_counter() - begin, chunk_batches=self.batches, store_bytes=store_bytes)
+            seconds=time.perf_counter() - begin, chunk_batches=self.batches, store_bytes=store_bytes,
+            face_tracks=self.face_tracks())
 
 
 def run_job(engine, job, *, checked=None, timer: StageTimer | None = None):
     """``LipsyncEngine.run``: the checks, then the streamed job (see the module docstring)."""
     checked = checked or check_inputs(job.video_path, job.audio_path, job.output_path)
+    for path in parse_face_audio(job.face_audio).values():  # each face's own audio, before heavy work
+        check_audio(path)
     return _Job(engine, job, checked, timer or StageTimer()).run()

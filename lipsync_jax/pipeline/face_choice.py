@@ -1,0 +1,206 @@
+"""Which faces a job lip-syncs (multi-person videos) and the face pass that follows them.
+
+``InferenceJob`` options (infer.py: ``--face``, ``--faces all``, ``--face_audio``):
+
+- ``face="largest"`` (default), ``"left"``, ``"right"`` or a track id (as printed by
+  ``--list_faces``): one person, the same one for the whole video;
+- ``face="all"`` or ``"ID,ID,..."``: several people, every one synced to the job's audio;
+- ``face_audio={choice: audio path, ...}``: each listed person gets their own audio (dialogue
+  dubbing); the job's ``audio_path`` is the output's soundtrack and sets its length (each
+  person's audio is cut to it or padded with silence);
+- ``face=None``: no pre-pass, the plain single-face tracker (the pre-track behaviour).
+
+A detection pre-pass (``face.tracks.find_face_tracks``, at the job's fps over the frames the job
+uses) finds the face tracks. With at most one track and one person asked for, the face pass is
+today's ``FaceTracker`` (the output is exactly the single-face pipeline's); a chosen person in a
+multi-person video is followed by ``TrackFacePass``; several people by ``LaneFacePass`` (one
+``MultiTrackAligner`` pass: each person its own smoothing). Each chosen person is a *lane*: the
+engine generates every lane's chunks in the same device-program batches (lanes stacked on the
+batch axis) and pastes them back in lane order, each with its own mask; a frame where a lane's
+person is absent is left unchanged for that person.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import numpy as np
+
+from lipsync_jax.face import AlignedFace, FaceTracker, NoFaceError
+from lipsync_jax.face.track_align import MultiTrackAligner, face_pass_for_tracks
+from lipsync_jax.face.tracks import FaceSelectionError, VideoFaceTracks, choose_track, find_face_tracks
+
+ALL = "all"
+
+
+def parse_face_audio(text: str | Mapping[str, str] | None) -> dict[str, str]:
+    """``"0=a.wav,1=b.wav"`` (or a mapping) -> {"0": "a.wav", "1": "b.wav"}; ``ValueError`` on a
+    malformed entry."""
+    if not text:
+        return {}
+    if isinstance(text, Mapping):
+        return {str(k).strip(): str(v) for k, v in text.items()}
+    result: dict[str, str] = {}
+    for item in str(text).split(","):
+        key, sep, path = item.partition("=")
+        if not sep or not key.strip() or not path.strip():
+            raise ValueError(f"--face_audio: {item!r} is not ID=path (e.g. 0=alice.wav,1=bob.wav)")
+        if key.strip() in result:
+            raise ValueError(f"--face_audio: face {key.strip()} is given twice")
+        result[key.strip()] = path.strip()
+    return result
+
+
+def face_choices(face: str | int | None, face_audio: Mapping[str, str] | None) -> list[str] | None:
+    """The people a job asks for, as choice strings in lane order; None = no pre-pass."""
+    if face_audio:
+        return list(face_audio)
+    if face is None:
+        return None
+    text = str(face).strip().lower()
+    if text == ALL:
+        return [ALL]
+    return [c.strip() for c in text.split(",") if c.strip()] or ["largest"]
+
+
+class LaneFacePass:
+    """The engine's face pass for several people: per frame a tuple (one ``AlignedFace`` or None
+    per lane, in lane order). ``check_found`` raises ``NoFaceError`` only when no lane found a face."""
+
+    def __init__(self, aligner: MultiTrackAligner, source: str):
+        self.aligner, self.source = aligner, source
+        self.track_ids = list(aligner.track_ids)
+
+    @property
+    def resolution(self) -> int:
+        return next(iter(self.aligner.trackers.values())).resolution
+
+    def __call__(self, frame: np.ndarray) -> tuple[AlignedFace | None, ...]:
+        found = self.aligner(frame)
+        return tuple(found[tid] for tid in self.track_ids)
+
+    def check_found(self) -> None:
+        trackers = list(self.aligner.trackers.values())
+        if trackers[0].frames_seen == 0:
+            trackers[0].check_found()  # no frames at all
+        if not any(t.faces_found for t in trackers):
+            raise NoFaceError(f"{self.source}: none of the chosen faces ({', '.join(map(str, self.track_ids))}) "
+                              f"was found in any of its {trackers[0].frames_seen} frames")
+
+    def close(self) -> None:
+        self.aligner.close()
+
+
+@dataclasses.dataclass
+class FacePlan:
+    """A job's resolved face choice: ``track_ids`` (one per lane; None: the plain tracker or a
+    one-track video), ``lane_audio`` (per lane: an audio path, None = the job's audio) and the
+    pre-pass result (None when it did not run)."""
+
+    resolution: int
+    backend: str
+    source: str
+    choices: list[str] | None
+    faces: VideoFaceTracks | None = None
+    track_ids: list[int] | None = None
+    lane_audio: list[str | None] = dataclasses.field(default_factory=lambda: [None])
+
+    @property
+    def num_lanes(self) -> int:
+        return len(self.lane_audio)
+
+    def new_face_pass(self):
+        """A fresh face pass (deterministic: a second one gives the same faces)."""
+        tracks = self.faces.tracks if self.faces is not None else []
+        if self.num_lanes > 1:
+            aligner = MultiTrackAligner(self.resolution, tracks, track_ids=self.track_ids, backend=self.backend,
+                                        source=self.source)
+            return LaneFacePass(aligner, self.source)
+        if self.choices is None or len(tracks) <= 1:
+            return FaceTracker(self.resolution, backend=self.backend, source=self.source)
+        return face_pass_for_tracks(self.resolution, self.backend, self.source, tracks, self.track_ids[0])
+
+
+def plan_faces(resolution: int, job, *, max_frames: int | None = None, faces: VideoFaceTracks | None = None) -> FacePlan:
+    """Run the pre-pass when the job needs it (or use ``faces``) and resolve its face options.
+    ``FaceSelectionError`` for a choice naming no track or two choices naming the same one."""
+    face_audio = parse_face_audio(getattr(job, "face_audio", None))
+    choices = face_choices(getattr(job, "face", "largest"), face_audio)
+    plan = FacePlan(resolution, job.face_backend, job.video_path, choices)
+    if choices is None:
+        return plan
+    if faces is None:
+        faces = find_face_tracks(job.video_path, fps=float(job.fps), max_frames=max_frames, backend=job.face_backend,
+                                 progress=job.progress)
+    plan.faces = faces
+    tracks = faces.tracks
+    if not tracks:  # nobody found by the pre-pass: the plain tracker decides (NoFaceError as today)
+        if face_audio and len(face_audio) > 1:
+            raise NoFaceError(f"{job.video_path}: no face found, cannot give {len(face_audio)} faces their audio")
+        plan.lane_audio = [next(iter(face_audio.values()), None)]
+        return plan
+    if choices == [ALL]:
+        ids = [t.track_id for t in tracks]
+    else:
+        ids = []
+        for choice in choices:
+            track_id = choose_track(tracks, choice).track_id
+            if track_id in ids:
+                raise FaceSelectionError(f"face {choice!r} names track {track_id}, which is already chosen")
+            ids.append(track_id)
+    plan.track_ids = ids
+    plan.lane_audio = [face_audio[c] for c in choices] if face_audio else [None] * len(ids)
+    return plan
+
+
+def check_lane_audio(plan: FacePlan) -> None:
+    """Each lane's own audio must be a readable audio file (``InputError`` naming it)."""
+    from lipsync_jax.pipeline.inputs import check_audio
+
+    for path in plan.lane_audio:
+        if path is not None:
+            check_audio(path)
+
+
+def lane_audio_plans(models, plan: FacePlan, main, fps: float, max_seconds: float | None) -> list:
+    """One ``AudioPlan`` per lane: the job's (``main``) or the lane's own audio, cut to / padded
+    with silence to the job audio's length, so every lane has a window for every output frame."""
+    from lipsync_jax.audio import frame_chunk_indices, load_audio
+    from lipsync_jax.pipeline.run import AudioPlan
+
+    plans = []
+    for path in plan.lane_audio:
+        if path is None:
+            plans.append(main)
+            continue
+        samples = load_audio(path)
+        if max_seconds is not None:
+            samples = samples[:len(main.samples)]
+        samples = np.pad(samples[:len(main.samples)], (0, max(0, len(main.samples) - len(samples))))
+        embeddings = models.audio.clip_embeddings(samples)
+        rows = frame_chunk_indices(len(embeddings), fps, models.audio_feat_length)
+        if len(rows) < main.num_frames:
+            raise ValueError(f"audio {path}: gives {len(rows)} windows for {main.num_frames} frames")
+        plans.append(AudioPlan(samples, embeddings, rows, main.num_frames))
+    return plans
+
+
+def lane_faces(aligned) -> tuple:
+    """A record's faces per lane: a lane face pass gives a tuple, a single-face pass one face."""
+    return aligned if isinstance(aligned, tuple) else (aligned,)
+
+
+def chosen_summary(plan: FacePlan) -> str:
+    """One line for logs: which track each lane follows."""
+    if plan.track_ids is None or plan.faces is None:
+        return "face: the only face" if plan.choices is not None else "face: single-face tracker"
+    parts = []
+    for tid, path in zip(plan.track_ids, plan.lane_audio):
+        box = plan.faces.tracks[tid].mean_box
+        parts.append(f"face {tid} at x={0.5 * (box[0] + box[2]):.0f}" + (f" <- {path}" if path else ""))
+    return "; ".join(parts)
+
+
+__all__ = ["ALL", "FacePlan", "LaneFacePass", "check_lane_audio", "chosen_summary", "face_choices", "lane_audio_plans",
+           "lane_faces", "parse_face_audio", "plan_faces"]
