@@ -15,6 +15,14 @@ longer, cut when it is shorter; frames where no face is found are kept as they a
 is an H.264 mp4 with the audio as AAC, as long as the audio. Errors print one line and exit 1;
 Ctrl-C / SIGTERM stop the run, delete its temp files, write no output and exit 130 / 143.
 
+Several people in the video: a detection pre-pass finds the face tracks (ids as printed by
+``--list_faces``, which prints each track's id, frames, mean box and a thumbnail path and
+generates nothing); ``--face largest|left|right|ID`` lip-syncs one person for the whole video
+(default: the largest mean face; a one-face video gives exactly the single-face output),
+``--faces all`` every person to the audio, ``--face_audio ID=a.wav,ID=b.wav`` each listed person
+their own audio (``--audio`` is then the soundtrack). Several faces are generated in the same
+device-program calls and pasted back one after the other (lipsync_jax/pipeline/face_choice.py).
+
 Speed: ``--chunk_batch N`` chunks of 16 frames per device per device-program call (default 1 on
 CPU, 2 on GPU/TPU), all local devices used; compiled programs are kept in a persistent cache
 (``--compile_cache DIR``, default ~/.cache/lipsync_jax/xla or $JAX_COMPILATION_CACHE_DIR;

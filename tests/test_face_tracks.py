@@ -436,3 +436,28 @@ def test_full_resolution_single_face_path_is_unchanged(multi_landmarker):
             np.testing.assert_array_equal(got.face, want.face)
     finally:
         today.close()
+
+
+def test_other_detectors_tracks_match_our_track_ids():
+    """LSE's S3FD tracks (larger boxes, their own numbering) name the face track they follow."""
+    from lipsync_jax.eval.lse import TrackResult, _face_track_of
+    from lipsync_jax.eval.lse_tracks import FaceTrackLSE
+    from lipsync_jax.face.tracks import match_face_track
+
+    frames = [[face(100, 200), face(400 + t, 210)] if t != 4 else [face(100, 200)] for t in range(30)]
+    tracks = build_tracks(frames)
+    left, right = (choose_track(tracks, side) for side in ("left", "right"))
+    ids = np.arange(5, 25)
+
+    def bigger(track, factor=1.4):  # S3FD's box: the whole head, wider than the landmark box
+        boxes = np.stack([track.box_at(int(i)) for i in ids])
+        centre, half = (boxes[:, :2] + boxes[:, 2:]) / 2, (boxes[:, 2:] - boxes[:, :2]) / 2 * factor
+        return np.concatenate([centre - half, centre + half], axis=1)
+
+    assert match_face_track(tracks, ids, bigger(right)) == right.track_id
+    assert match_face_track(tracks, ids, bigger(left)) == left.track_id
+    assert match_face_track(tracks, ids, bigger(right) + 250) is None  # nobody there
+    assert match_face_track(tracks, ids + 40, bigger(right)) is None  # no shared frames
+    lse_track = FaceTrackLSE(frames=ids, boxes=bigger(right), num_detections=len(ids))
+    assert _face_track_of(lse_track, tracks) == right.track_id and _face_track_of(lse_track, None) is None
+    assert TrackResult.__dataclass_fields__["face_track"].default is None

@@ -157,12 +157,13 @@ class TrackResult:
     index: int
     track: FaceTrackLSE
     score: LSEScore
+    face_track: int | None = None  # the inference face track (face.tracks ids) this one follows, when given
 
     def to_dict(self, per_window: bool = True) -> dict[str, Any]:
         s = self.score
         out = {"track": self.index, "start_frame": self.track.start, "end_frame": self.track.end,
                "num_detections": self.track.num_detections, "lse_c": s.conf, "lse_d": s.min_dist,
-               "av_offset": s.av_offset, "num_windows": s.num_windows}
+               "av_offset": s.av_offset, "num_windows": s.num_windows, "face_track": self.face_track}
         if per_window:
             offsets, dists = s.dists_by_offset()
             out.update({"offsets": offsets.tolist(), "mean_dists": [float(d) for d in dists],
@@ -222,8 +223,13 @@ def _progress(total: int | None, desc: str, enabled: bool, unit: str = "frame"):
 
 def evaluate_lse(video_path: str, audio_path: str | None = None, *, syncnet: LoadedNet, detector: LoadedNet,
                  settings: DetectSettings = DetectSettings(), vshift: int = DEFAULT_VSHIFT, batch_size: int = 16,
-                 max_frames: int | None = None, progress: bool = True) -> LSEResult:
+                 max_frames: int | None = None, progress: bool = True, face_tracks=None) -> LSEResult:
     """LSE of one video against ``audio_path`` (default: its own audio track).
+
+    ``face_tracks`` (optional: the ``PersonTrack`` list or ``VideoFaceTracks`` that inference used,
+    ``face.find_face_tracks(input video)``; frame i of a non-looped output is input frame i): each
+    scored track gets the id of the face track it follows (``face.tracks.match_face_track``: best
+    mean IoU over shared frames) as ``face_track``, so per-track LSE lines up with ``--face ID``.
 
     Raises ``LSEEvalError`` (no face track), ``LSEInputError`` (audio shorter than 6 frames, no
     track long enough), ``AudioLoadError`` / ``MediaError`` (unreadable files), each naming the file.
@@ -260,13 +266,21 @@ def evaluate_lse(video_path: str, audio_path: str | None = None, *, syncnet: Loa
         except LSEInputError as error:
             skipped.append(str(error))
             continue
-        results.append(TrackResult(index, track, score))
+        results.append(TrackResult(index, track, score, _face_track_of(track, face_tracks)))
     if not results:
         raise LSEInputError(f"{video_path}: no face track could be scored: {'; '.join(skipped)}")
     return LSEResult(video=video_path, audio=audio_source, tracks=tuple(results), num_frames=len(detections),
                      frames_with_face=frames_with_face, skipped_tracks=tuple(skipped), shots=tuple(shots),
                      syncnet=syncnet.source,
                      detector=detector.source, random_init=syncnet.random_init or detector.random_init)
+
+
+def _face_track_of(track: FaceTrackLSE, face_tracks) -> int | None:
+    if face_tracks is None:
+        return None
+    from lipsync_jax.face.tracks import match_face_track
+
+    return match_face_track(getattr(face_tracks, "tracks", face_tracks), track.frames, track.boxes)
 
 
 def lse_input_errors() -> tuple[type[BaseException], ...]:

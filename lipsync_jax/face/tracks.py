@@ -361,6 +361,26 @@ def choose_track(tracks: Sequence[PersonTrack], choice: str | int = "largest") -
     raise FaceSelectionError(f"unknown face choice {choice!r}; use largest, left, right or a track id ({ids})")
 
 
+def match_face_track(tracks: Sequence[PersonTrack], frames: np.ndarray, boxes: np.ndarray, *,
+                     min_iou: float = 0.2, min_shared: float = 0.5) -> int | None:
+    """The id of the face track that a track from another detector (frame indices ``frames`` (k,),
+    boxes (k, 4) x1 y1 x2 y2, same frame numbering and pixels) follows, or None: the track with
+    the highest mean IoU over the shared frames (its boxes interpolated in its gaps), when that
+    mean is at least ``min_iou`` and the frames shared are at least ``min_shared`` of ``frames``.
+    (E.g. the LSE evaluation's S3FD tracks: S3FD boxes are larger than the landmark boxes, so
+    the IoU threshold is low; two people side by side never overlap.)"""
+    frames = np.asarray(frames, np.int64)
+    best, best_iou = None, min_iou
+    for track in tracks:
+        overlaps = [iou(track.box_at(int(f)), b) for f, b in zip(frames, boxes) if track.covers(int(f))]
+        if len(overlaps) < max(1, min_shared * len(frames)):
+            continue
+        mean = float(np.mean(overlaps))
+        if mean >= best_iou:
+            best, best_iou = track.track_id, mean
+    return best
+
+
 class TrackAnchorSelector:
     """Per frame: full-resolution detections -> each track's anchors (or None); see the module
     docstring. ``tracks`` are the pre-pass tracks in source pixels; matching uses the same gates

@@ -18,7 +18,8 @@
   (None) each job's ``face`` / ``face_audio`` choose it (``pipeline/face_choice.py``): a
   detection pre-pass finds the face tracks, then the chosen person is followed (today's
   ``FaceTracker`` when the video has one face), or several people are generated as lanes of
-  the same chunk batches. A custom factory gives one face per frame and ignores ``face``.
+  the same chunk batches. A custom factory gives one face per frame and ignores ``face`` (or
+  returns None for the job's own).
 """
 
 from __future__ import annotations

@@ -172,14 +172,18 @@ class _Job:
             face_pass.close()
 
     def new_face_pass(self):
-        """The engine's custom face pass, or the job's (pre-pass and face choice on the first call)."""
+        """The engine's custom face pass (when its factory gives one), or the job's own (pre-pass
+        and face choice on the first call)."""
         job = self.job
         if self.engine.face_pass_factory is not None:
-            choices = face_choices(job.face, parse_face_audio(job.face_audio))
-            if job.face_audio or (choices is not None and (len(choices) > 1 or choices == ["all"])):
-                raise ValueError("several faces (face='all' / face_audio) need the engine's own face pass "
-                                 "(an engine built without face_pass_factory)")
-            return self.engine.face_pass_factory(self.models.resolution, job.face_backend, job.video_path)
+            face_pass = self.engine.face_pass_factory(self.models.resolution, job.face_backend, job.video_path)
+            if face_pass is not None:
+                choices = face_choices(job.face, parse_face_audio(job.face_audio))
+                if job.face_audio or (choices is not None and (len(choices) > 1 or choices == ["all"])):
+                    face_pass.close()
+                    raise ValueError("several faces (face='all' / face_audio) need the engine's own face pass "
+                                     "(the face pass factory gave a single-face pass)")
+                return face_pass
         if self.face_plan is None:
             self.face_plan = plan_faces(self.models.resolution, job, max_frames=self.n_out)
         return self.face_plan.new_face_pass()
