@@ -146,9 +146,9 @@ def test_task_dispatch_and_clear_config_errors(tmp_path):
     assert syncnet.name == "syncnet" and syncnet.logical_specs is None
     unet = build_task(load_config(resolve_path("configs/unet/tiny_stage2_losses.py")))
     assert unet.name == "unet" and unet.trainable is not None
-    latent = load_config(resolve_path("configs/syncnet/syncnet_16_latent.py"))
-    with pytest.raises(TrainConfigError, match="latent"):
-        build_task(latent)
+    latent = build_task(load_config(resolve_path("configs/syncnet/syncnet_16_latent.py")))
+    assert latent.name == "syncnet"  # latent space trains now (tests/test_train_syncnet.py): a frozen VAE
+    assert set(jax.eval_shape(latent.init_frozen, jax.random.PRNGKey(0))) == {"vae"}
 
 
 def test_converted_weights_are_checked_against_the_model(tmp_path):
