@@ -25,8 +25,8 @@ from lipsync_jax.media import probe_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "unet", "tiny.py")
-MAX_SECONDS = 1.0  # the server's per-request limit: 25 frames, two 16-frame chunks
-STEPS = 2
+MAX_SECONDS = 0.64  # the server's per-request limit: 16 frames, one chunk
+STEPS = 1
 START_TIMEOUT = 600
 
 
@@ -97,16 +97,16 @@ def test_api_lipsyncs_the_demo_and_second_request_compiles_nothing(client, serve
     out = video_path(answer)
     info, source = probe_video(out), probe_video(video)
     assert (info.width, info.height) == (source.width, source.height)  # frame size of the input
-    assert info.fps == 25.0 and info.num_frames == 25  # --max_seconds=1.0 at 25 fps
+    assert info.fps == 25.0 and info.num_frames == 16  # --max_seconds=0.64 at 25 fps
     assert info.audio_codec == "aac"
     assert abs(len(load_audio(out)) / 16000 - MAX_SECONDS) < 0.06
-    assert "25 frames" in status and "RANDOM" in status
+    assert "16 frames" in status and "RANDOM" in status
     first = stats(client)
     assert first["jobs_done"] == 1 and first["compiles"] > 0
 
     answer2, status2 = client.predict(handle_file(video), handle_file(asset_path("demo2_audio.wav")), 1.5, STEPS,
                                       8, "", 0, api_name="/lipsync")
-    assert probe_video(video_path(answer2)).num_frames == 25
+    assert probe_video(video_path(answer2)).num_frames == 16
     second = stats(client)
     assert second["jobs_done"] == 2
     assert second["compiles"] == first["compiles"], (first, second)  # nothing compiled for the second request
@@ -152,3 +152,66 @@ def test_page_renders_in_headless_chromium(server, tmp_path):
     assert proc.returncode == 0 and shot.exists() and shot.stat().st_size > 20_000, proc.stderr[-2000:]
     if os.environ.get("LIPSYNC_APP_SCREENSHOT"):  # refresh docs/app.png: LIPSYNC_APP_SCREENSHOT=docs/app.png
         shutil.copy(shot, os.environ["LIPSYNC_APP_SCREENSHOT"])
+
+
+class SlowFakeService:
+    """Stands in for LipsyncService in the queue test: each job holds the device for a while."""
+
+    support = {"solver": False, "deepcache_interval": False, "overlap": False}
+    defaults = {"seed": 1, "guidance": 1.5, "steps": 1, "solver": "ddim", "deepcache_interval": 0, "overlap": 0}
+    avatar_cache = None
+    jobs_done = 0
+
+    class models:  # noqa: N801 - attribute bag
+        random_init = True
+
+    def __init__(self):
+        import threading
+
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+
+    @property
+    def busy(self):
+        return self.lock.locked()
+
+    def run(self, job):
+        with self.lock:
+            self.release.wait(60)
+            raise ValueError(f"video {job.video}: fake service")
+
+
+def test_full_queue_answers_busy_at_once(tmp_path):
+    """One job runs, --max_queue=1 waits, the next request is refused at once (no model needed)."""
+    sys.path.insert(0, ROOT)
+    try:
+        import app
+    finally:
+        sys.path.remove(ROOT)
+    from gradio_client import Client, handle_file
+
+    fake = SlowFakeService()
+    demo = app.build_blocks(app.LipsyncApp(fake, work_dir=str(tmp_path)), max_queue=1)
+    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        small_video, small_audio = tmp_path.parent / "v.mp4", tmp_path.parent / "a.wav"  # never read
+        small_video.write_bytes(b"v" * 100)
+        small_audio.write_bytes(b"a" * 100)
+        args = (handle_file(str(small_video)), handle_file(str(small_audio)), 1.5, 1, 1, "", 0)
+        running = client.submit(*args, api_name="/lipsync")
+        deadline = time.time() + 60
+        while not fake.busy and time.time() < deadline:
+            time.sleep(0.2)
+        waiting = client.submit(*args, api_name="/lipsync")
+        time.sleep(2.0)
+        with pytest.raises(Exception, match="[Qq]ueue is full"):
+            client.predict(*args, api_name="/lipsync")
+        fake.release.set()
+        for job in (running, waiting):
+            with pytest.raises(Exception, match="fake service"):
+                job.result(timeout=60)
+    finally:
+        fake.release.set()
+        demo.close()
+    assert os.listdir(tmp_path) == []  # every request's temp folder removed

@@ -287,6 +287,8 @@ class RecordingFacePass:
     def track(self) -> AvatarTrack | None:
         if not self.found or not any(a is not None for a in self.aligned):
             return None
+        if any(a is not None and not isinstance(a, AlignedFace) for a in self.aligned):
+            return None  # a face pass with several faces per frame (lanes): not cached (yet)
         return AvatarTrack.from_aligned(self.aligned, complete=len(self.aligned) >= self.expected_frames)
 
     def close(self) -> None:
