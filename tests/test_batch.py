@@ -135,3 +135,23 @@ def test_batch_goes_on_after_a_failure_and_resumes(tmp_path, clip, service):
     again = run_jobs(lambda: pytest.fail("no job to run: the models must not be loaded"), rows, max_seconds=0.6,
                      log=lines.append)
     assert [o.status for o in again] == ["skipped", "failed", "skipped"]
+
+
+def test_face_column_builds_a_face_pass_for_the_chosen_person(clip):
+    """The ``face`` hook (batch column, app field): a detection pre-pass, then the chosen track."""
+    from types import SimpleNamespace
+
+    from lipsync_jax.face import FaceSelectionError
+    from lipsync_jax.media import read_frames
+    from lipsync_jax.serving import LipsyncService
+
+    make = LipsyncService._base_face_pass(SimpleNamespace(fps=25.0), "largest")
+    face_pass = make(64, "mediapipe", clip)
+    try:
+        aligned = [face_pass(frame) for frame in read_frames(clip, 25.0, max_frames=4)]
+        face_pass.check_found()
+    finally:
+        face_pass.close()
+    assert all(a is not None and a.face.shape == (64, 64, 3) for a in aligned)
+    with pytest.raises(FaceSelectionError, match="7"):
+        LipsyncService._base_face_pass(SimpleNamespace(fps=25.0), "7")(64, "mediapipe", clip)
