@@ -1,0 +1,394 @@
+"""Live lip sync: audio is pushed as it arrives, frames come out chunk by chunk.
+
+    session = open_session(models, "avatar.mp4", num_steps=20, seed=1)   # or an engine + LiveAvatar
+    session.push(samples)              # any chunk size, 16 kHz mono, float32 or int16 (any thread)
+    frame = session.next_frame()       # LiveFrame: index, timestamp, RGB uint8 image (paced)
+    session.finish()                   # end of audio: the last (short) chunk is flushed
+    session.close()                    # stop now, free everything (also on a client disconnect)
+
+One worker thread per session: when the online audio features (audio_online.py) have the
+windows of the next 16 frames, it builds the chunk exactly as the offline engine does (ping-pong
+source frames, the nearest face as a stand-in, chunk index -> VAE keys, the last chunk padded)
+and launches the engine's device program (asynchronous); while the device computes, it pastes
+the previous chunk's faces back into the frames and queues them. So the output equals the offline
+engine's wherever the audio windows are equal (tests/test_stream.py forces them equal).
+
+Pacing and back-pressure: ``next_frame`` hands frames out at the video rate (frame i is due
+``i / fps`` after the first frame); a frame that is late re-bases the clock (never dropped) and
+``status()`` says ``behind`` with the achieved rate. The output queue holds ``queue_frames``
+frames (the worker waits when it is full); audio pushed but not yet turned into frames is bounded
+by ``max_pending_seconds`` (``push`` raises ``StreamOverflow`` past it), so a burst is accepted
+and worked off, and nothing grows without bound.
+
+Latency (``metrics()``): for frame i, the audio sample at its timestamp i / fps arrived at some
+wall time (push times are recorded); latency = time the frame was handed out - that arrival.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import concurrent.futures
+import dataclasses
+import queue
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+from lipsync_jax.audio.whisper_mel import SAMPLE_RATE
+from lipsync_jax.pipeline.program import start_noise
+from lipsync_jax.pipeline.restore import paste_generated_face
+from lipsync_jax.pipeline.timeline import pad_to_chunk
+from lipsync_jax.stream.audio_online import OnlineAudioFeatures, to_float_audio
+
+POLL_SECONDS = 0.05
+_END = object()
+
+
+class StreamOverflow(Exception):
+    """More audio is waiting than ``max_pending_seconds``: the producer cannot keep up with a burst."""
+
+
+class StreamClosed(Exception):
+    """The session was closed (or failed); no more frames."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamOptions:
+    num_steps: int = 20
+    guidance_scale: float = 1.5
+    seed: int = 1247
+    pace: bool = True  # hand frames out at the video rate (False: as soon as they are ready)
+    queue_frames: int = 48  # frames held between the worker and the consumer
+    max_pending_seconds: float = 60.0  # audio accepted but not yet turned into frames
+    # test/bench hook: the windows of output frames from elsewhere (e.g. the offline AudioPlan.windows)
+    frame_windows: Callable[[np.ndarray], np.ndarray] | None = None
+    # sees each generated chunk's faces ((k, R, R, 3) float32) like InferenceJob.on_chunk
+    on_chunk: Callable[[int, int, np.ndarray], None] | None = None
+    # sees each chunk's audio windows (chunk index, (k, rows * layers, d)) as the session computed them
+    on_windows: Callable[[int, np.ndarray], None] | None = None
+
+
+@dataclasses.dataclass
+class LiveFrame:
+    index: int  # output frame number
+    timestamp: float  # seconds into the stream (index / fps)
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    chunk: int
+    generated: bool  # the face was lip-synced (False: no face here, the source frame as is)
+    ready_at: float = 0.0  # perf_counter when the worker queued it
+    emitted_at: float = 0.0  # perf_counter when next_frame handed it out
+    audio_arrived_at: float = 0.0  # perf_counter when the audio sample at ``timestamp`` was pushed
+
+    @property
+    def latency(self) -> float:
+        return self.emitted_at - self.audio_arrived_at
+
+
+class StreamSession:
+    def __init__(self, engine, avatar, options: StreamOptions | None = None, *, fps: float = 25.0,
+                 owns_avatar: bool = False):
+        self.engine, self.avatar = engine, avatar
+        self.options = options or StreamOptions()
+        self.fps = float(fps)
+        self.owns_avatar = owns_avatar
+        models = engine.models
+        self.f = models.num_frames
+        self.audio = OnlineAudioFeatures(models.audio, self.fps, models.audio_feat_length)
+        self.program = engine.program(self.options.num_steps, self.options.guidance_scale)
+        self.noise, self.key_data = self.program.put_job(*start_noise(models, self.options.seed))
+        self.out: queue.Queue = queue.Queue(maxsize=max(self.f, int(self.options.queue_frames)))
+        self.stop = threading.Event()
+        self.cond = threading.Condition()
+        self.error: BaseException | None = None
+        self.closed = False
+        self.ended_output = False
+        self._arrivals: collections.deque = collections.deque()  # (cumulative samples, perf_counter)
+        self.frames_done = 0  # frames queued by the worker
+        self.frames_emitted = 0
+        self.chunks_done = 0
+        self.chunk_seconds: list[float] = []  # per chunk: launch -> frames queued
+        self._emitted: list[LiveFrame] = []  # metadata of emitted frames (images dropped)
+        self._clock: tuple[float, int] | None = None  # (perf_counter, frame index) of the pacing clock
+        self.late_frames = 0
+        self.opened_at = time.perf_counter()
+        self._pool = concurrent.futures.ThreadPoolExecutor(max(1, min(4, engine.restore_threads)),
+                                                           thread_name_prefix="live-restore")
+        self.worker = threading.Thread(target=self._run, name=f"live-session-{id(self):x}", daemon=True)
+        self.worker.start()
+
+    # ------------------------------------------------------------------ input side
+    def push(self, samples, dtype: str | None = None) -> None:
+        """Append audio (16 kHz mono; float32 / int16 array, or raw bytes of ``dtype``)."""
+        self._check_open()
+        samples = to_float_audio(samples, dtype)
+        pending = (self.audio.received + len(samples) - self.frames_done * SAMPLE_RATE / self.fps) / SAMPLE_RATE
+        if pending > self.options.max_pending_seconds:
+            raise StreamOverflow(f"{pending:.1f} s of audio waiting (limit {self.options.max_pending_seconds:g} s): "
+                                 f"frames are produced slower than audio arrives")
+        if len(samples) == 0:
+            return
+        self.audio.push(samples)
+        with self.cond:
+            self._arrivals.append((self.audio.received, time.perf_counter()))
+            self.cond.notify_all()
+
+    def finish(self) -> None:
+        """No more audio: the remaining frames are produced, then ``next_frame`` raises StopIteration."""
+        self._check_open()
+        self.audio.finish()
+        with self.cond:
+            self.cond.notify_all()
+
+    def _check_open(self) -> None:
+        if self.closed or self.stop.is_set():
+            raise StreamClosed("the live session is closed" + (f" ({self.error})" if self.error else ""))
+
+    def _arrival_of(self, sample: int) -> float:
+        with self.cond:
+            counts = [c for c, _ in self._arrivals]
+            k = bisect.bisect_right(counts, sample)
+            if k >= len(self._arrivals):
+                return self._arrivals[-1][1] if self._arrivals else self.opened_at
+            return self._arrivals[k][1]
+
+    def _forget_arrivals(self, sample: int) -> None:
+        with self.cond:
+            while len(self._arrivals) > 1 and self._arrivals[1][0] <= sample:
+                self._arrivals.popleft()
+
+    # ------------------------------------------------------------------ worker
+    def _wait_chunk(self, start: int) -> tuple[int, int] | None:
+        """Wait (bounded polls) until frames start.. are ready: (start, stop), or None to poll again."""
+        with self.cond:
+            if self.audio.ended:
+                total = int(self.audio.num_frames)
+                return (start, min(start + self.f, total)) if start < total else (start, start)
+            if self.audio.ready_frames() >= start + self.f:
+                return start, start + self.f
+            self.cond.wait(POLL_SECONDS)
+        return None
+
+    def _build(self, index: int, start: int, stop: int) -> dict:
+        frames = np.arange(start, stop)
+        sources = [self.avatar.source_of(i) for i in frames]
+        windows = (self.options.frame_windows(pad_to_chunk(frames, self.f)) if self.options.frame_windows is not None
+                   else self.audio.windows(pad_to_chunk(frames, self.f)))
+        self.audio.release_before(stop)
+        if self.options.on_windows is not None:
+            self.options.on_windows(index, windows[:stop - start])
+        work = dict(index=index, start=start, sources=sources, output=None, began=time.perf_counter())
+        if any(self.avatar.has_face[s] for s in sources):
+            padded = pad_to_chunk(np.asarray(sources), self.f)
+            faces = np.stack([self.avatar.record(self.avatar.stand_in(int(s))).aligned.face for s in padded])
+            batch = self.engine.batch
+            work["output"] = self.program(self.engine.unet_params, self.engine.vae_params,
+                                          np.stack([faces] * batch), np.stack([windows] * batch),
+                                          np.full((batch,), index, np.int32), self.noise, self.key_data)
+        return work
+
+    def _restore(self, source: int, face) -> tuple[np.ndarray, bool]:
+        record = self.avatar.record(source)
+        if face is None or record.aligned is None:
+            return record.frame, False
+        return paste_generated_face(record.frame, face, record.aligned), True
+
+    def _complete(self, work: dict) -> None:
+        generated = None
+        if work["output"] is not None:
+            generated = np.asarray(work["output"])[0][:len(work["sources"])]
+            if self.options.on_chunk is not None:
+                self.options.on_chunk(work["index"], work["start"], generated)
+        jobs = [self._pool.submit(self._restore, s, None if generated is None else generated[j])
+                for j, s in enumerate(work["sources"])]
+        for j, job in enumerate(jobs):
+            image, made = job.result()
+            i = work["start"] + j
+            frame = LiveFrame(i, i / self.fps, image, work["index"], made, ready_at=time.perf_counter(),
+                              audio_arrived_at=self._arrival_of(int(i * SAMPLE_RATE / self.fps)))
+            self._put(frame)
+            self.frames_done += 1
+        self.chunk_seconds.append(time.perf_counter() - work["began"])
+        self.chunks_done += 1
+        self._forget_arrivals(int(self.frames_done * SAMPLE_RATE / self.fps))
+
+    def _put(self, item) -> None:
+        while not self.stop.is_set():
+            try:
+                self.out.put(item, timeout=POLL_SECONDS)
+                return
+            except queue.Full:
+                pass
+        raise StreamClosed("closed")
+
+    def _run(self) -> None:
+        pending, index, start = None, 0, 0
+        try:
+            while not self.stop.is_set():
+                bounds = self._wait_chunk(start)
+                if bounds is None:
+                    if pending is not None:  # no new audio yet: finish what the device has
+                        self._complete(pending)
+                        pending = None
+                    continue
+                if bounds[1] <= bounds[0]:
+                    break
+                work = self._build(index, *bounds)  # launched: the device works while we restore
+                if pending is not None:
+                    self._complete(pending)
+                pending, index, start = work, index + 1, bounds[1]
+            if pending is not None and not self.stop.is_set():
+                self._complete(pending)
+            self._put(_END)
+        except StreamClosed:
+            pass
+        except BaseException as error:  # noqa: BLE001 - reported to the consumer
+            self.error = error
+            self.stop.set()
+
+    # ------------------------------------------------------------------ output side
+    def next_frame(self, timeout: float | None = None) -> LiveFrame | None:
+        """The next frame (paced at the video rate when ``options.pace``); None when ``timeout``
+        passes first; raises StopIteration after the last frame, StreamClosed if closed or failed."""
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        while True:
+            if self.error is not None:
+                raise StreamClosed(f"live session failed: {type(self.error).__name__}: {self.error}")
+            if self.ended_output:
+                raise StopIteration
+            if self.closed or (self.stop.is_set() and self.out.empty()):
+                raise StreamClosed("the live session is closed")
+            wait = POLL_SECONDS if deadline is None else min(POLL_SECONDS, max(0.0, deadline - time.perf_counter()))
+            try:
+                item = self.out.get(timeout=wait)
+                break
+            except queue.Empty:
+                if deadline is not None and time.perf_counter() >= deadline:
+                    return None
+        if item is _END:
+            self.ended_output = True
+            raise StopIteration
+        self._pace(item)
+        item.emitted_at = time.perf_counter()
+        self.frames_emitted += 1
+        self._emitted.append(dataclasses.replace(item, image=np.zeros((0,), np.uint8)))
+        return item
+
+    def _pace(self, frame: LiveFrame) -> None:
+        if not self.options.pace:
+            return
+        now = time.perf_counter()
+        if self._clock is None:
+            self._clock = (now, frame.index)
+            return
+        due = self._clock[0] + (frame.index - self._clock[1]) / self.fps
+        if now < due:
+            while not self.stop.is_set() and time.perf_counter() < due:
+                time.sleep(min(POLL_SECONDS, due - time.perf_counter()))
+        elif now - due > 1.0 / self.fps:  # late: show it now and re-base the clock (no frame dropped)
+            self.late_frames += 1
+            self._clock = (now, frame.index)
+
+    def frames(self):
+        """Iterate frames until the end of the stream."""
+        while True:
+            try:
+                frame = self.next_frame()
+            except StopIteration:
+                return
+            if frame is not None:
+                yield frame
+
+    # ------------------------------------------------------------------ status and metrics
+    def status(self) -> dict:
+        recent = self._emitted[-2 * self.f:]
+        achieved = None
+        if len(recent) >= 2 and recent[-1].emitted_at > recent[0].emitted_at:
+            achieved = (len(recent) - 1) / (recent[-1].emitted_at - recent[0].emitted_at)
+        gen = [s for s in self.chunk_seconds[-4:]]
+        generation_fps = self.f / float(np.mean(gen)) if gen else None
+        behind = generation_fps is not None and generation_fps < self.fps * 0.98
+        state = ("failed" if self.error is not None else "closed" if self.closed else
+                 "ended" if self.ended_output else "behind" if behind else "realtime")
+        return dict(state=state, target_fps=self.fps, achieved_fps=achieved, generation_fps=generation_fps,
+                    frames_emitted=self.frames_emitted, frames_ready=self.frames_done, chunks=self.chunks_done,
+                    late_frames=self.late_frames, queued_frames=self.out.qsize(),
+                    audio_received_s=self.audio.received / SAMPLE_RATE,
+                    audio_pending_s=max(0.0, self.audio.received / SAMPLE_RATE - self.frames_done / self.fps),
+                    error=None if self.error is None else f"{type(self.error).__name__}: {self.error}")
+
+    def metrics(self) -> dict:
+        """Latency accounting over the frames handed out so far (seconds)."""
+        return latency_metrics(self._emitted, self.fps, self.f)
+
+    # ------------------------------------------------------------------ closing
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the worker, drop queued frames, free the pool (and the avatar if the session owns it)."""
+        if self.closed:
+            return
+        self.stop.set()
+        with self.cond:
+            self.cond.notify_all()
+        self.worker.join(timeout)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        while True:
+            try:
+                self.out.get_nowait()
+            except queue.Empty:
+                break
+        self.closed = True
+        if self.owns_avatar:
+            self.avatar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def latency_metrics(frames: list[LiveFrame], fps: float, chunk: int = 16) -> dict:
+    if not frames:
+        return dict(frames=0)
+    latency = np.array([f.latency for f in frames])
+    emitted = np.array([f.emitted_at for f in frames])
+    steady = latency[chunk:] if len(latency) > chunk else latency
+    intervals = np.diff(emitted)
+    return dict(frames=len(frames), first_frame_latency=float(latency[0]),
+                steady_latency_median=float(np.median(steady)), steady_latency_p95=float(np.percentile(steady, 95)),
+                latency_max=float(latency.max()),
+                jitter=float(np.std(intervals - 1.0 / fps)) if len(intervals) else 0.0,
+                achieved_fps=float((len(frames) - 1) / (emitted[-1] - emitted[0])) if len(frames) > 1 and
+                emitted[-1] > emitted[0] else None)
+
+
+def open_session(models_or_engine, avatar, *, fps: float = 25.0, face_backend: str = "mediapipe",
+                 avatar_cache: str | None = None, sampler_options=None, chunk_batch: int = 1,
+                 compile: bool = True, **options) -> StreamSession:
+    """A session on ``avatar`` (a video path, or a prepared ``LiveAvatar`` shared by sessions).
+    ``models_or_engine``: ``LipsyncModels`` (an engine is made or reused) or a ``LipsyncEngine``."""
+    from lipsync_jax.pipeline import EngineOptions, LipsyncEngine, engine_for
+    from lipsync_jax.stream.avatar import LiveAvatar
+
+    if isinstance(models_or_engine, LipsyncEngine):
+        engine = models_or_engine
+    else:
+        engine = engine_for(models_or_engine, EngineOptions(chunk_batch=chunk_batch,
+                                                             sampler_options=dict(sampler_options or {})))
+    stream_options = StreamOptions(**options)
+    if compile:
+        engine.compile(stream_options.num_steps, stream_options.guidance_scale)
+        warm_audio_encoder(engine.models)
+    owns = not isinstance(avatar, LiveAvatar)
+    if owns:
+        avatar = LiveAvatar.prepare(engine.models, avatar, fps=fps, face_backend=face_backend,
+                                    avatar_cache=avatar_cache)
+    return StreamSession(engine, avatar, stream_options, fps=fps, owns_avatar=owns)
+
+
+def warm_audio_encoder(models) -> None:
+    """Compile the Whisper encoder's one-window shape now (the first chunk should not pay it)."""
+    config = models.audio.config
+    models.audio.encode_windows(np.zeros((1, config.n_frames, config.n_mels), np.float32))
