@@ -212,6 +212,10 @@ def make_service(args):
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--live" in argv:  # live mode: the WebSocket server and its page, with lipsync_jax.stream.serve's flags
+        from lipsync_jax.stream.serve import main as live_main
+        sys.exit(live_main([a for a in argv if a != "--live"]))
     args = parse_args(argv)
     try:
         service = make_service(args)
