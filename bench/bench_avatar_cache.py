@@ -9,7 +9,8 @@ Rows: "no cache" (decode + landmarks + alignment + VAE encodes in the device pro
 run, cache on" (the same, plus storing the track and encoding its VAE moments), "cached" (the
 face track replayed, latents sampled from the stored moments: no landmarks, no warps, no VAE
 encoder). Times are wall seconds of ``service.run`` (best of ``--repeats``), compiles excluded
-by a warm-up on a short clip of the same video.
+by a warm-up on a short clip of the same video; the stage columns are the engine's per-stage
+seconds (its threads overlap, so they do not add up to the total).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def main() -> None:
     import jax
 
     from lipsync_jax.media import ffmpeg_exe, probe_video
+    from lipsync_jax.pipeline import StageTimer
     from lipsync_jax.serving import LipsyncService, ServiceJob, compile_count
 
     work = tempfile.mkdtemp(prefix="bench_avatar_")
@@ -53,10 +55,11 @@ def main() -> None:
 
         def run(video, name, max_seconds, use_cache=True):
             service.avatar_cache = cache if use_cache else None
+            timer = StageTimer()
             begin = time.perf_counter()
             result = service.run(ServiceJob(video, args.audio, os.path.join(work, name), steps=args.steps,
-                                            max_seconds=max_seconds))
-            return time.perf_counter() - begin, result
+                                            max_seconds=max_seconds), timer=timer)
+            return time.perf_counter() - begin, result, timer
 
         for i, use in enumerate((False, True, True)):  # compile the encoding program, the moments one, the encoder
             run(warm, f"warm{i}.mp4", 0.64, use)
@@ -73,12 +76,15 @@ def main() -> None:
               f"({service.models.resolution} px faces, {service.models.dtype}); video {info.width}x{info.height}; "
               f"{args.seconds:g} s of audio ({rows['cached'][0][1].num_frames} frames); {args.steps} steps; "
               f"compiles during the timed runs: {compile_count() - compiles}")
-        base = min(t for t, _ in rows["no cache"])
-        print("| run | avatar cache | seconds (best) | frames/s | vs no cache |")
-        print("|---|---|---|---|---|")
+        base = min(r[0] for r in rows["no cache"])
+        stages = ("face_alignment", "video_decode", "dispatch", "device_wait", "restore", "video_encode")
+        print("| run | avatar cache | seconds (best) | frames/s | vs no cache | " + " | ".join(stages) + " |")
+        print("|---|---|---|---|---|" + "---|" * len(stages))
         for name, results in rows.items():
-            best, result = min(results, key=lambda x: x[0])
-            print(f"| {name} | {result.avatar} | {best:.2f} | {result.num_frames / best:.2f} | {base / best:.2f}x |")
+            best, result, timer = min(results, key=lambda x: x[0])
+            cells = " | ".join(f"{timer.seconds.get(s, 0.0):.1f}" for s in stages)
+            print(f"| {name} | {result.avatar} | {best:.2f} | {result.num_frames / best:.2f} | {base / best:.2f}x | "
+                  f"{cells} |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -237,17 +237,18 @@ class LipsyncService:
         self.engine(self.sampler_options(job)).compile(int(steps or self.defaults["steps"]),
                                                       float(self.defaults["guidance"] if guidance is None else guidance))
 
-    def run(self, job: ServiceJob) -> ServiceResult:
-        """Check, then lip-sync one job (waits for the device lock). Raises ``InputError`` and friends."""
+    def run(self, job: ServiceJob, *, timer=None) -> ServiceResult:
+        """Check, then lip-sync one job (waits for the device lock). Raises ``InputError`` and friends.
+        ``timer``: a ``StageTimer`` to collect the engine's per-stage times (benchmarks)."""
         checked = self.check(job)  # outside the lock: cheap, and bad files fail at once
         with self._lock:
-            return self._run_locked(job, checked)
+            return self._run_locked(job, checked, timer)
 
     @property
     def busy(self) -> bool:
         return self._lock.locked()
 
-    def _run_locked(self, job: ServiceJob, checked) -> ServiceResult:
+    def _run_locked(self, job: ServiceJob, checked, timer=None) -> ServiceResult:
         from lipsync_jax.pipeline import InferenceJob
         from lipsync_jax.pipeline.avatar_cache import AvatarCacheMiss, CachedFacePass, RecordingFacePass
 
@@ -285,7 +286,7 @@ class LipsyncService:
                     if fresh:
                         engine.use_moments(track.faces, track.latents)
                     try:
-                        result = engine.run(inference, checked=checked)
+                        result = engine.run(inference, checked=checked, timer=timer)
                         avatar = "hit"
                     except AvatarCacheMiss:
                         track = None
@@ -300,11 +301,11 @@ class LipsyncService:
                                                      expected_frames=total, on_store=self.add_moments)
                         return recorder
                     self._job_face_pass = recording
-                    result = engine.run(inference, checked=checked)
+                    result = engine.run(inference, checked=checked, timer=timer)
                     avatar = "stored" if recorder is not None and recorder.store() else "not stored"
             else:
                 self._job_face_pass = None  # the engine follows inference.face
-                result = engine.run(inference, checked=checked)
+                result = engine.run(inference, checked=checked, timer=timer)
         finally:
             self._job_face_pass = None
         self.jobs_done += 1
