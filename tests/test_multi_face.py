@@ -39,7 +39,9 @@ def engine():
     from lipsync_jax.pipeline import EngineOptions, LipsyncEngine, build_models
 
     models = build_models(load_config(TINY), random_init=True, seed=0)
-    return LipsyncEngine(models, EngineOptions(chunk_batch=2))
+    engine = LipsyncEngine(models, EngineOptions(chunk_batch=2))
+    engine.compile(STEPS, 1.5)  # the one program every test's jobs share
+    return engine
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +158,6 @@ def test_bad_face_choices_fail_with_one_clear_error(engine, demo_clips, tmp_path
         return InferenceJob(demo_clips["two"], asset_path("demo2_audio.wav"), str(tmp_path / "o.mp4"),
                             num_steps=STEPS, max_seconds=SECONDS, progress=False, **options)
 
-    engine.compile(STEPS, 1.5)  # (no compile thread left running when a job fails)
     with pytest.raises(InputError, match="missing.wav: no such file"):  # before any heavy work
         engine.run(job(face_audio={"0": str(tmp_path / "missing.wav")}))
     with pytest.raises(ValueError, match="is not ID=path"):
@@ -165,6 +166,20 @@ def test_bad_face_choices_fail_with_one_clear_error(engine, demo_clips, tmp_path
         engine.run(job(face="7"))
     with pytest.raises(FaceSelectionError, match="already chosen"):
         engine.run(job(face_audio={"left": asset_path("demo1_audio.wav"), "0": asset_path("demo2_audio.wav")}))
+
+    class SingleFacePass:  # e.g. the service's avatar-cache replay: one face per frame
+        closed = False
+
+        def close(self):
+            SingleFacePass.closed = True
+
+    engine.face_pass_factory = lambda resolution, backend, source: SingleFacePass()
+    try:
+        with pytest.raises(ValueError, match="several faces .* need the engine's own face pass"):
+            engine.run(job(face="all"))
+        assert SingleFacePass.closed
+    finally:
+        engine.face_pass_factory = None
     assert not os.listdir(tmp_path)  # no output, no temp folder left
 
 

@@ -163,7 +163,7 @@ def check_lane_audio(plan: FacePlan) -> None:
             check_audio(path)
 
 
-def lane_audio_plans(models, plan: FacePlan, main, fps: float, max_seconds: float | None) -> list:
+def lane_audio_plans(models, plan: FacePlan, main, fps: float) -> list:
     """One ``AudioPlan`` per lane: the job's (``main``) or the lane's own audio, cut to / padded
     with silence to the job audio's length, so every lane has a window for every output frame."""
     from lipsync_jax.audio import frame_chunk_indices, load_audio
@@ -174,9 +174,7 @@ def lane_audio_plans(models, plan: FacePlan, main, fps: float, max_seconds: floa
         if path is None:
             plans.append(main)
             continue
-        samples = load_audio(path)
-        if max_seconds is not None:
-            samples = samples[:len(main.samples)]
+        samples = load_audio(path)  # cut to the soundtrack (which max_seconds already cut) or padded with silence
         samples = np.pad(samples[:len(main.samples)], (0, max(0, len(main.samples) - len(samples))))
         embeddings = models.audio.clip_embeddings(samples)
         rows = frame_chunk_indices(len(embeddings), fps, models.audio_feat_length)

@@ -342,8 +342,7 @@ class _Job:
             if self.face_plan is not None and self.face_plan.num_lanes > 1:
                 self.lanes = self.face_plan.num_lanes
                 with timer.stage("audio"):
-                    self.lane_audio = lane_audio_plans(models, self.face_plan, self.audio, float(job.fps),
-                                                       job.max_seconds)
+                    self.lane_audio = lane_audio_plans(models, self.face_plan, self.audio, float(job.fps))
             if self.checked.video.frame_count_at(float(job.fps)) < n_out + int(job.fps):
                 self.store = FrameStore(self.work_dir)  # probably a ping-pong loop: keep every frame
             noise, key_data = program.put_job(*start_noise(models, job.seed))
