@@ -168,7 +168,7 @@ def build_blocks(handler: LipsyncApp, *, max_queue: int = 8):
                     steps = gr.Slider(1, 50, value=d["steps"], step=1, label="Steps")
                     seed = gr.Number(value=d["seed"], precision=0, label="Seed")
                 with gr.Accordion("More options", open=False):
-                    face = gr.Textbox(value="", label="Face (several people: largest, left, right or a track id)")
+                    face = gr.Textbox(value="", label="Face (several people: largest, left, right, a track id, or all)")
                     max_seconds = gr.Number(value=0, label="Only the first seconds of the audio (0 = all)")
                     extra = []
                     if support["solver"]:

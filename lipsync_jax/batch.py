@@ -6,8 +6,9 @@
 
 jobs.csv has a header row. Columns ``video``, ``audio``, ``output`` are required; ``seed``,
 ``guidance``, ``steps`` and ``face`` are optional per row (empty = the command-line or config
-default). Relative paths are relative to the CSV file's folder. Jobs run one after another on
-one engine (jobs with the same steps/guidance share one compiled program). A failed job is
+default; ``face``: largest (default), left, right, a track id from ``infer.py --list_faces``, or
+all without ``--avatar_cache``). Relative paths are relative to the CSV file's folder. Jobs run
+one after another on one engine (jobs with the same steps/guidance share one compiled program). A failed job is
 recorded (one line naming the file and the problem) and the others go on. A job whose output
 already exists is skipped (rerun the same command to resume; ``--force`` redoes them). At the
 end a summary table; the exit status is 1 if any job failed, else 0. ``--summary_csv`` also
