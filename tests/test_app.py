@@ -3,7 +3,9 @@ config, called through its API with gradio_client on the demo media, and (slow) 
 in headless Chromium.
 
 One server per module (its first request compiles the device program; the second must compile
-nothing, checked with the server's XLA compile counter, not with wall-clock time).
+nothing, checked with the server's XLA compile counter, not with wall-clock time). The server
+tests are marked slow (start + first compile take minutes on 2 shared cores; CI runs them); the
+queue test needs no model and runs by default.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ def stats(client) -> dict:
     return answer if isinstance(answer, dict) else json.loads(answer)
 
 
+@pytest.mark.slow  # the server's start and first compile: 1-4 min on 2 shared cores
 def test_api_lipsyncs_the_demo_and_second_request_compiles_nothing(client, server):
     from gradio_client import handle_file
 
@@ -114,6 +117,7 @@ def test_api_lipsyncs_the_demo_and_second_request_compiles_nothing(client, serve
     assert os.listdir(server["work"] / "requests") == []  # per-request temp folders are gone
 
 
+@pytest.mark.slow  # the server's start and first compile: 1-4 min on 2 shared cores
 def test_bad_file_gets_a_message_not_a_traceback(client, server, tmp_path):
     from gradio_client import handle_file
 
