@@ -23,6 +23,10 @@ generates nothing); ``--face largest|left|right|ID`` lip-syncs one person for th
 their own audio (``--audio`` is then the soundtrack). Several faces are generated in the same
 device-program calls and pasted back one after the other (lipsync_jax/pipeline/face_choice.py).
 
+Memory: on a GPU JAX grows its memory on demand (``XLA_PYTHON_CLIENT_PREALLOCATE=false`` set at
+startup unless you set an ``XLA_PYTHON_CLIENT_*`` variable; lipsync_jax/device_memory.py);
+``--max_vram GB`` fits the program into a budget (lipsync_jax/pipeline/memory.py).
+
 Speed: ``--chunk_batch N`` chunks of 16 frames per device per device-program call (default 1 on
 CPU, 2 on GPU/TPU), all local devices used; compiled programs are kept in a persistent cache
 (``--compile_cache DIR``, default ~/.cache/lipsync_jax/xla or $JAX_COMPILATION_CACHE_DIR;
@@ -39,7 +43,11 @@ import traceback
 
 from absl import app, flags
 
-from lipsync_jax import cli_flags
+from lipsync_jax.device_memory import configure_gpu_memory
+
+configure_gpu_memory()  # before jax starts: grow on demand instead of preallocating 75% of the GPU
+
+from lipsync_jax import cli_flags  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "unet", "stage2.py")
 
@@ -50,6 +58,12 @@ flags.DEFINE_string("checkpoint", "checkpoints/jax/unet", "Converted UNet folder
 flags.DEFINE_string("vae_checkpoint", "checkpoints/jax/vae", "Converted VAE folder (or the sd-vae-ft-mse folder).")
 flags.DEFINE_string("whisper_checkpoint", "checkpoints/jax/whisper", "Converted Whisper folder (or whisper/tiny.pt).")
 flags.DEFINE_integer("steps", None, "DDIM steps (default: the config's run.inference_steps, 20).", lower_bound=1)
+flags.DEFINE_string("scheduler", None, "Sampler: ddim (LatentSync) or dpmsolver++ (DPM-Solver++ 2M, e.g. with "
+                    "--steps 10) (default: the config's run.scheduler).")
+flags.DEFINE_integer("deepcache_interval", None, "DeepCache: full UNet every N steps, the shallow branch between "
+                     "(0/1 = off; LatentSync's --enable_deepcache is 3) (default: run.deepcache_interval).")
+flags.DEFINE_integer("overlap", None, "Frames shared by consecutive 16-frame windows (0..15; 0 = LatentSync's "
+                     "disjoint chunks; K costs 16/(16-K) UNet work; one face, one device) (default: run.overlap).")
 flags.DEFINE_float("guidance", None, "Audio guidance scale; <= 1 disables guidance (default: run.guidance_scale, 1.5).")
 flags.DEFINE_integer("seed", None, "Random seed of the start noise and VAE samples (default: run.seed).")
 flags.DEFINE_enum("dtype", None, ["bfloat16", "float32"],
@@ -71,6 +85,9 @@ flags.DEFINE_integer("crf", 18, "H.264 quality (x264 CRF; lower is better, 18 as
 flags.DEFINE_string("preset", "medium", "x264 preset (ultrafast ... veryslow).")
 flags.DEFINE_integer("chunk_batch", None, "Chunks (16 frames each) per device per device-program call "
                      "(default: 1 on CPU, 2 on GPU/TPU); the output does not depend on it.", lower_bound=1)
+flags.DEFINE_float("max_vram", None, "Device-memory budget in GB (GiB): chunk_batch, VAE slices, the attention backend "
+                   "and Whisper's place are chosen to fit it, or one error names the smallest footprint "
+                   "(default: the config's run.max_vram_gb, 0 = no limit).", lower_bound=0.0)
 flags.DEFINE_string("compile_cache", None, "Persistent XLA compilation cache folder (default: "
                     "$JAX_COMPILATION_CACHE_DIR or ~/.cache/lipsync_jax/xla).")
 flags.DEFINE_bool("nocompile_cache", False, "Do not use the persistent compilation cache.")
@@ -127,7 +144,8 @@ def run() -> None:
         from lipsync_jax.batch import run_one_with_flags
         return run_one_with_flags(FLAGS)
     config = cli_flags.resolved_config(FLAGS)
-    checked = check_inputs(FLAGS.video, FLAGS.audio, FLAGS.output)  # before any heavy work
+    sampler = sampler_flags(config)  # before any heavy work, as the input checks
+    checked = check_inputs(FLAGS.video, FLAGS.audio, FLAGS.output)
     if not FLAGS.nocompile_cache:  # before the first compilation
         enable_compile_cache(FLAGS.compile_cache)
     if FLAGS.random_init:
@@ -143,8 +161,12 @@ def run() -> None:
         guidance_scale=float(config.run.guidance_scale if FLAGS.guidance is None else FLAGS.guidance),
         seed=seed, face_backend=FLAGS.face_backend, fps=float(config.data.video_fps),
         max_seconds=FLAGS.max_seconds, crf=FLAGS.crf, preset=FLAGS.preset, progress=FLAGS.progress,
-        face=face, face_audio=face_audio)
-    result = run_inference(models, options, checked=checked, engine_options=EngineOptions(chunk_batch=FLAGS.chunk_batch))
+        face=face, face_audio=face_audio, overlap=sampler["overlap"])
+    max_vram = FLAGS.max_vram if FLAGS.max_vram is not None else float(config.run.get("max_vram_gb", 0.0) or 0.0)
+    engine_options = EngineOptions(chunk_batch=FLAGS.chunk_batch, max_vram_gb=max_vram or None,
+                                   sampler_options=sampler["sampler_options"],
+                                   devices=jax_devices()[:1] if sampler["overlap"] else None)
+    result = run_inference(models, options, checked=checked, engine_options=engine_options)
     notes = []
     if result.looped:
         notes.append(f"video looped ping-pong ({result.num_source_frames} source frames)")
@@ -162,6 +184,38 @@ def run() -> None:
           f"({result.num_frames / result.seconds:.2f} frames/s in the engine); {cache}")
     if FLAGS.random_init:
         print(RANDOM_INIT_WARNING, file=sys.stderr)
+
+
+def sampler_flags(config) -> dict:
+    """--scheduler / --deepcache_interval / --overlap (defaults: config.run), checked (one line):
+    {"sampler_options": the engine's sample_chunk options (empty for LatentSync's loop),
+    "overlap": K}."""
+    from lipsync_jax.diffusion import SamplerOptionError, validate_sampler_options
+
+    pick = lambda flag, field, default: (getattr(FLAGS, flag) if getattr(FLAGS, flag) is not None  # noqa: E731
+                                         else config.run.get(field, default))
+    solver = str(pick("scheduler", "scheduler", "ddim")).strip().lower()
+    interval, overlap = int(pick("deepcache_interval", "deepcache_interval", 0)), int(pick("overlap", "overlap", 0))
+    steps = int(config.run.inference_steps if FLAGS.steps is None else FLAGS.steps)
+    try:
+        validate_sampler_options(solver, interval, overlap, num_frames=int(config.data.get("num_frames", 16)),
+                                 num_steps=steps)
+    except SamplerOptionError as error:
+        raise ValueError(f"sampler options: {error}") from None
+    if overlap and (FLAGS.faces or FLAGS.face_audio):
+        raise ValueError("--overlap lip-syncs one face: not with --faces / --face_audio")
+    options = {}
+    if solver != "ddim":
+        options["solver"] = solver
+    if interval > 1:  # 0 and 1 are the same (off): the very same compiled program
+        options["deepcache_interval"] = interval
+    return {"sampler_options": options, "overlap": overlap}
+
+
+def jax_devices() -> list:
+    import jax
+
+    return list(jax.local_devices())
 
 
 def face_options() -> tuple[str, dict[str, str] | None]:

@@ -174,6 +174,7 @@ def add_components(config: ml_collections.ConfigDict, *, vae: str = "vae/sd_vae_
     config.whisper = component(whisper)
     if "run" in config:  # our sampler options (lipsync_jax.diffusion); the defaults are LatentSync's loop
         config.run.update(SAMPLER_RUN_FIELDS)
+        config.run.max_vram_gb = 0.0  # inference device-memory budget, GiB (infer.py --max_vram; 0: no limit)
     return config
 
 

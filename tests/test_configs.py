@@ -196,7 +196,8 @@ STAGE1_RUN = {k: v for k, v in dict(STAGE2_RUN, pixel_space_supervise=False, use
               if k != "trainable_modules"}
 # Ours, not LatentSync's: validation by inference + SyncNet score (lipsync_jax.train.validation).
 OUR_RUN_FIELDS = dict(val_inference=True, val_max_seconds=10.0, log_every_steps=10, prefetch_batches=2,
-                      skip_nonfinite_updates=False, scheduler="ddim", deepcache_interval=0, overlap=0)
+                      skip_nonfinite_updates=False, scheduler="ddim", deepcache_interval=0, overlap=0,
+                      max_vram_gb=0.0)
 # What each LatentSync YAML changes relative to stage2.yaml: (data, run).
 UNET_YAML_DIFFS = {
     "stage2": ({}, STAGE2_RUN),

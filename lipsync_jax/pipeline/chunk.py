@@ -30,24 +30,26 @@ from lipsync_jax.pipeline.models import LipsyncModels
 from lipsync_jax.pipeline.timing import StageTimer
 
 
-@functools.partial(jax.jit, static_argnames=("vae",))
+@functools.partial(jax.jit, static_argnames=("vae", "vae_frames"))
 def encode_faces(vae: AutoencoderKL, vae_params: Any, faces: jax.Array, pixel_mask: jax.Array,
-                 key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+                 key: jax.Array, vae_frames: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """faces (f, R, R, 3) uint8, pixel_mask (R, R, 3) -> pixel values (f, R, R, 3) float32 in
-    [-1, 1], masked latents and reference latents (f, R/8, R/8, 4)."""
+    [-1, 1], masked latents and reference latents (f, R/8, R/8, 4). ``vae_frames``: frames per
+    encoder step (default f; smaller needs less memory, same result)."""
     pixel_values = faces.astype(jnp.float32) / 127.5 - 1.0
     masked = pixel_values * pixel_mask
     f = faces.shape[0]
-    latents = encode_frames(vae, vae_params, jnp.concatenate([masked, pixel_values]), key, chunk_size=f)
+    latents = encode_frames(vae, vae_params, jnp.concatenate([masked, pixel_values]), key,
+                            chunk_size=vae_frames or f)
     return pixel_values, latents[:f], latents[f:]
 
 
-@functools.partial(jax.jit, static_argnames=("vae",))
+@functools.partial(jax.jit, static_argnames=("vae", "vae_frames"))
 def decode_and_paste(vae: AutoencoderKL, vae_params: Any, latents: jax.Array, pixel_values: jax.Array,
-                     keep_mask: jax.Array) -> jax.Array:
+                     keep_mask: jax.Array, vae_frames: int | None = None) -> jax.Array:
     """latents (f, r, r, 4) -> faces (f, R, R, 3) float32: decoded where ``keep_mask``
-    (R, R, 1) is 0, the input pixels where it is 1."""
-    decoded = decode_frames(vae, vae_params, latents, chunk_size=latents.shape[0]).astype(jnp.float32)
+    (R, R, 1) is 0, the input pixels where it is 1 (``vae_frames`` frames per decoder step)."""
+    decoded = decode_frames(vae, vae_params, latents, chunk_size=vae_frames or latents.shape[0]).astype(jnp.float32)
     return decoded * (1.0 - keep_mask) + pixel_values * keep_mask
 
 

@@ -66,6 +66,10 @@ class EngineOptions:
     sampler_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # extra sample_chunk kwargs
     restore_threads: int = 2  # threads pasting generated faces into frames
     queue_batches: int = 2  # chunk batches queued between host stages (memory bound)
+    # device-memory budget in GiB (--max_vram): chunk_batch (at most the one above), VAE slices,
+    # attention backend and Whisper's place are chosen to fit it (pipeline/memory.py); None: no limit
+    max_vram_gb: float | None = None
+    vae_frames: int | None = None  # frames per VAE encode/decode step (None: the chunk's 16, or the plan's)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +123,10 @@ class LipsyncEngine:
         self.chunk_batch = int(self.options.chunk_batch or default_chunk_batch())
         if self.chunk_batch < 1:
             raise ValueError(f"chunk_batch must be >= 1, got {self.chunk_batch}")
+        self.vae_frames = self.options.vae_frames
+        self.memory_plan = None
+        if self.options.max_vram_gb is not None:  # before any weights are placed (pipeline/memory.py)
+            self.models = models = self._fit_memory(models)
         self.unet_params = replicate(models.unet_params, self.mesh)
         self.vae_params = replicate(models.vae_params, self.mesh)
         self._programs: dict[tuple[int, float], ChunkProgram] = {}
@@ -127,6 +135,17 @@ class LipsyncEngine:
     @property
     def num_devices(self) -> int:
         return self.mesh.size
+
+    def _fit_memory(self, models: LipsyncModels) -> LipsyncModels:
+        from lipsync_jax.pipeline import memory
+
+        plan = memory.plan_memory(models, self.options.max_vram_gb, chunk_batch=self.chunk_batch,
+                                  sampler_options=self.options.sampler_options, device=self.mesh.devices.flat[0],
+                                  queue_batches=self.options.queue_batches)
+        self.memory_plan, self.chunk_batch, self.vae_frames = plan, plan.chunk_batch, plan.vae_frames
+        if plan.whisper_on_host:
+            memory.move_whisper_to_host(models)
+        return memory.with_attention_backend(models, plan.attention_backend)
 
     @property
     def batch(self) -> int:
@@ -140,7 +159,8 @@ class LipsyncEngine:
             if key not in self._programs:
                 self._programs[key] = ChunkProgram(
                     self.models, self.mesh, num_steps=key[0], guidance_scale=key[1],
-                    chunks_per_device=self.chunk_batch, sampler_options=self.options.sampler_options)
+                    chunks_per_device=self.chunk_batch, sampler_options=self.options.sampler_options,
+                    vae_frames=self.vae_frames)
             return self._programs[key]
 
     def compile(self, num_steps: int, guidance_scale: float) -> ChunkProgram:

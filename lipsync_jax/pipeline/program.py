@@ -82,21 +82,25 @@ def start_noise(models: LipsyncModels, seed: int) -> tuple[np.ndarray, np.ndarra
 def generate_chunks(models: LipsyncModels, unet_params: Any, vae_params: Any, faces: jax.Array,
                     audio: jax.Array, chunk_indices: jax.Array, noise: jax.Array, vae_key_data: jax.Array,
                     pixel_mask: jax.Array, keep_mask: jax.Array, latent_mask: jax.Array, *, num_steps: int,
-                    guidance_scale: float, sampler_options: Mapping[str, Any]) -> jax.Array:
-    """The per-device body: (b, f, R, R, 3) uint8 faces -> (b, f, R, R, 3) float32 generated faces."""
+                    guidance_scale: float, sampler_options: Mapping[str, Any],
+                    vae_frames: int | None = None) -> jax.Array:
+    """The per-device body: (b, f, R, R, 3) uint8 faces -> (b, f, R, R, 3) float32 generated faces
+    (``vae_frames``: frames per VAE encode/decode step, default f; memory, not the result)."""
     b, f = faces.shape[:2]
     vae_key = jax.random.wrap_key_data(vae_key_data)
 
     def encode(args):
         chunk_faces, index = args
-        return encode_faces(models.vae, vae_params, chunk_faces, pixel_mask, jax.random.fold_in(vae_key, index))
+        return encode_faces(models.vae, vae_params, chunk_faces, pixel_mask, jax.random.fold_in(vae_key, index),
+                            vae_frames)
 
     pixel_values, masked, ref = jax.lax.map(encode, (faces, chunk_indices))  # one chunk at a time
     init = jnp.broadcast_to(noise, (b,) + noise.shape[1:])
     mask = jnp.broadcast_to(latent_mask, (b, f) + latent_mask.shape)
     latents = sample_latents(models, unet_params, init, mask, masked, ref, audio, num_steps=num_steps,
                              guidance_scale=guidance_scale, sampler_options=sampler_options)
-    decode = lambda args: decode_and_paste(models.vae, vae_params, args[0], args[1], keep_mask)  # noqa: E731
+    decode = lambda args: decode_and_paste(models.vae, vae_params, args[0], args[1], keep_mask,  # noqa: E731
+                                           vae_frames)
     return jax.lax.map(decode, (latents, pixel_values))
 
 
@@ -119,7 +123,8 @@ class ChunkProgram:
     """
 
     def __init__(self, models: LipsyncModels, mesh: Mesh, *, num_steps: int, guidance_scale: float,
-                 chunks_per_device: int = 1, sampler_options: Mapping[str, Any] | None = None):
+                 chunks_per_device: int = 1, sampler_options: Mapping[str, Any] | None = None,
+                 vae_frames: int | None = None):
         if chunks_per_device < 1:
             raise ValueError(f"chunks_per_device must be >= 1, got {chunks_per_device}")
         self.models, self.mesh = models, mesh
@@ -127,12 +132,14 @@ class ChunkProgram:
         self.chunks_per_device = int(chunks_per_device)
         self.batch = self.chunks_per_device * mesh.size
         self.sampler_options = dict(sampler_options or {})
+        self.vae_frames = int(vae_frames or models.num_frames)  # frames per VAE step (pipeline/memory.py)
         self.replicated = NamedSharding(mesh, P())
         self.sharded = NamedSharding(mesh, P(DATA_AXIS))
         pixel, keep, latent = mask_arrays(models)
         self.masks = tuple(jax.device_put(m, self.replicated) for m in (pixel, keep, latent))
         body = functools.partial(generate_chunks, models, num_steps=self.num_steps,
-                                 guidance_scale=self.guidance_scale, sampler_options=self.sampler_options)
+                                 guidance_scale=self.guidance_scale, sampler_options=self.sampler_options,
+                                 vae_frames=self.vae_frames)
         rep, dat = P(), P(DATA_AXIS)
         mapped = jax.shard_map(body, mesh=mesh, in_specs=(rep, rep, dat, dat, dat, rep, rep, rep, rep, rep),
                                out_specs=dat, check_vma=False)
@@ -167,7 +174,7 @@ class ChunkProgram:
         signature = lambda tree: (jax.tree.structure(tree),  # noqa: E731
                                   tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(tree)))
         return (m.unet_apply, m.vae, id(m.scheduler), m.num_frames, m.resolution, m.audio_feat_length,
-                m.audio.config, self.mesh, self.num_steps, self.guidance_scale, self.chunks_per_device,
+                m.audio.config, self.mesh, self.num_steps, self.guidance_scale, self.chunks_per_device, self.vae_frames,
                 tuple(sorted(self.sampler_options.items())), signature(unet_params), signature(vae_params))
 
     def _compile(self, unet_params: Any, vae_params: Any):

@@ -1,0 +1,110 @@
+"""Device-memory footprint of the stage-2 chunk program (issue 18).
+
+For each config (default: configs/unet/stage2.py at 256 px, stage2_512.py at 512 px) and chunk
+batch (default 1 and 2, the GPU default), in ``--dtype`` (bf16): XLA's compiled memory analysis
+of the actual chunk program (VAE encode, 20-step DDIM scan with CFG, VAE decode, paste-back),
+compiled from ABSTRACT shapes on the default device (runs on CPU, no weights), with the
+compile time; with ``--measure`` (a GPU) also a real call with random weights and the device's
+``peak_bytes_in_use``.
+
+    python bench/bench_memory.py [--configs configs/unet/stage2.py,...] [--chunk_batches 1,2]
+        [--vae_frames 16] [--measure] [--json out.jsonl]
+
+Estimates are cached in the compile cache folder's memory_estimates.json (``--cache_dir``);
+``--fresh`` recompiles (to time the compile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+GB = 1024 ** 3
+
+
+def measure_peak(config, dtype, chunk_batch: int, vae_frames: int | None, steps: int, guidance: float) -> dict:
+    """One real call of the chunk program with random weights on the default device: peak bytes."""
+    import jax
+    import numpy as np
+
+    from lipsync_jax.pipeline import EngineOptions, LipsyncEngine, build_models
+
+    device = jax.local_devices()[0]
+    models = build_models(config, dtype=dtype, random_init=True, seed=0)
+    engine = LipsyncEngine(models, EngineOptions(chunk_batch=chunk_batch, devices=[device], vae_frames=vae_frames))
+    program = engine.program(steps, guidance)
+    shapes = program.input_shapes()
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, shapes["faces"][0], dtype=np.uint8)
+    audio = rng.standard_normal(shapes["audio"][0]).astype(np.float32)
+    indices = np.arange(program.batch, dtype=np.int32)
+    out = engine.generate(faces, audio, indices, seed=1, num_steps=steps, guidance_scale=guidance)
+    out.block_until_ready()
+    stats = device.memory_stats() or {}
+    result = {"peak_bytes": stats.get("peak_bytes_in_use"), "bytes_limit": stats.get("bytes_limit")}
+    del out, engine, models
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", default="configs/unet/stage2.py,configs/unet/stage2_512.py")
+    parser.add_argument("--chunk_batches", default="1,2")
+    parser.add_argument("--vae_frames", type=int, default=None, help="frames per VAE step (default: 16, the chunk)")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance", type=float, default=1.5)
+    parser.add_argument("--attention", default="auto")
+    parser.add_argument("--measure", action="store_true", help="also run it (random weights) and read the peak")
+    parser.add_argument("--cache_dir", default=None, help="memory_estimates.json folder (default: compile cache)")
+    parser.add_argument("--fresh", action="store_true", help="ignore cached estimates (time the compile)")
+    parser.add_argument("--json", default=None, help="append one JSON line per row here")
+    args = parser.parse_args()
+    if args.measure:  # the measured peak must not be the preallocated pool
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    import jax
+    import jax.numpy as jnp
+
+    from lipsync_jax.config_utils import load_config
+    from lipsync_jax.pipeline.memory import abstract_models, program_footprint, queued_bytes, tree_bytes
+
+    device = jax.local_devices()[0]
+    kind = f"{device.platform}:{getattr(device, 'device_kind', '')}"
+    dtype = jnp.dtype(args.dtype)
+    print(f"device {kind}, dtype {dtype.name}, {args.steps} steps, CFG {args.guidance}", flush=True)
+    print("| config | res | chunk_batch | VAE frames | arguments GB | outputs GB | temporaries GB | program total GB | "
+          "+ Whisper + queue GB | compile s | measured peak GB | device |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    for path in args.configs.split(","):
+        config = load_config(path)
+        models = abstract_models(config, dtype)
+        whisper = tree_bytes(models.audio.params)
+        for cb in (int(x) for x in args.chunk_batches.split(",")):
+            fp = program_footprint(models, chunk_batch=cb, vae_frames=args.vae_frames, attention_backend=args.attention,
+                                   num_steps=args.steps, guidance_scale=args.guidance, device=device,
+                                   cache_dir=args.cache_dir, use_cache=not args.fresh)
+            whole = fp.total_bytes + whisper + queued_bytes(models, cb, 2)
+            peak = measure_peak(config, dtype, cb, args.vae_frames, args.steps, args.guidance) if args.measure else {}
+            peak_gb = f"{peak['peak_bytes'] / GB:.2f}" if peak.get("peak_bytes") else "-"
+            compile_s = f"{fp.compile_seconds:.0f}" if fp.compile_seconds is not None else "cached"
+            row = {"config": os.path.basename(path), "resolution": models.resolution, "chunk_batch": cb,
+                   "vae_frames": args.vae_frames or models.num_frames, "dtype": dtype.name, "device": kind,
+                   **fp.as_dict(), "total_bytes": fp.total_bytes, "engine_estimate_bytes": whole,
+                   "compile_seconds": fp.compile_seconds, **peak}
+            print(f"| {row['config']} | {models.resolution} | {cb} | {row['vae_frames']} | {fp.argument_bytes / GB:.2f} | "
+                  f"{fp.output_bytes / GB:.3f} | {fp.temp_bytes / GB:.2f} | {fp.total_bytes / GB:.2f} | "
+                  f"{whole / GB:.2f} | {compile_s} | {peak_gb} | {kind} |", flush=True)
+            if args.json:
+                with open(args.json, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    main()
+    print(f"done in {time.perf_counter() - t0:.0f} s")

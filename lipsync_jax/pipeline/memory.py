@@ -1,0 +1,313 @@
+"""Device-memory footprint of the inference program, and fitting it into a budget (``--max_vram``).
+
+Where the numbers come from: XLA's COMPILED memory analysis of the actual chunk program
+(``ChunkProgram``: VAE encode, the whole DDIM scan, VAE decode, paste-back), compiled from
+abstract shapes (``jax.ShapeDtypeStruct``: no weights, no device memory) for the device the
+engine will run on. ``Footprint`` holds its parts (arguments = weights + one call's inputs,
+outputs, temporaries, generated code); it is not a calibrated formula. Compiling the full UNet
+costs minutes on a CPU and tens of seconds on a GPU, so each estimate is cached in
+``memory_estimates.json`` in the compile cache folder (``default_compile_cache_dir()``), keyed by
+everything the program depends on (model configs, dtypes, parameter shapes, resolution, chunk
+batch, VAE slice, attention backend, sampler settings, jax version and device kind).
+
+The engine's whole-device estimate (``MemoryPlan.device_bytes``) adds to the program's total what
+lives beside it: the Whisper weights (unless moved to the host) and the chunk batches queued
+between the host stages (``queue_batches`` x one call's inputs + outputs).
+
+``plan_memory(models, budget_gb, ...)`` picks, before any work, the fastest setting that fits:
+the largest ``chunk_batch`` (from the default down to 1), then the largest VAE encode/decode
+slice (frames per ``lax.map`` step, from the chunk's 16 down to 1), the attention backends in
+order of preference (on GPU "auto" = cuDNN flash attention, whose memory is linear in the
+tokens, then "xla"; on CPU "auto" = "xla"), and, only when that is what makes it fit, Whisper's
+weights on the host (Whisper runs once per job, before sampling). If nothing fits:
+``MemoryBudgetError`` naming the budget and the smallest footprint.
+
+Estimates on CPU are the CPU compiler's buffer assignment (an upper bound for the GPU, where
+cuDNN attention needs no logits buffer); a GPU run compiles and caches its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import threading
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lipsync_jax.pipeline.errors import InferenceError
+
+GB = 1024 ** 3
+ESTIMATES_FILE = "memory_estimates.json"
+_file_lock = threading.Lock()
+_MEMO: dict[str, dict] = {}  # this process's estimates (also when the cache folder is read-only)
+
+
+class MemoryBudgetError(InferenceError, ValueError):
+    """No setting of the program fits the memory budget."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Footprint:
+    """XLA's compiled memory analysis of one program (bytes, one device)."""
+
+    argument_bytes: int
+    output_bytes: int
+    temp_bytes: int
+    code_bytes: int = 0
+    alias_bytes: int = 0
+    compile_seconds: float | None = None  # None: read from the estimate cache
+
+    @property
+    def total_bytes(self) -> int:
+        return self.argument_bytes + self.output_bytes + self.temp_bytes + self.code_bytes - self.alias_bytes
+
+    def as_dict(self) -> dict:
+        return {"argument_bytes": self.argument_bytes, "output_bytes": self.output_bytes,
+                "temp_bytes": self.temp_bytes, "code_bytes": self.code_bytes, "alias_bytes": self.alias_bytes}
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryPlan:
+    chunk_batch: int  # chunks per device per program call
+    vae_frames: int  # frames per VAE encode/decode step
+    attention_backend: str  # the UNet's attention backend
+    whisper_on_host: bool  # Whisper's weights moved off the device (it runs before sampling)
+    footprint: Footprint  # the chosen program's compiled analysis
+    device_bytes: int  # the whole estimate: program + Whisper (if on device) + queued batches
+    budget_bytes: int | None = None
+
+    def describe(self) -> str:
+        parts = [f"chunk_batch {self.chunk_batch}", f"VAE slices of {self.vae_frames} frames",
+                 f"attention {self.attention_backend}"]
+        if self.whisper_on_host:
+            parts.append("Whisper on the host")
+        budget = f" of {self.budget_bytes / GB:.2f} GB" if self.budget_bytes else ""
+        return f"memory plan: {', '.join(parts)}: {self.device_bytes / GB:.2f} GB estimated{budget}"
+
+
+# ---------------------------------------------------------------------------------------- models
+def _abstract_cast(tree: Any, dtype: Any) -> Any:
+    def cast(x):
+        kind = dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype
+        return jax.ShapeDtypeStruct(x.shape, kind)
+    return jax.tree.map(cast, tree)
+
+
+def tree_bytes(tree: Any) -> int:
+    return int(sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
+def abstract_models(config, dtype: Any = jnp.bfloat16):
+    """``LipsyncModels`` for ``config`` whose UNet/VAE/Whisper parameters are ``ShapeDtypeStruct``s
+    (nothing allocated): enough to compile the chunk program and read its memory analysis."""
+    from lipsync_jax.audio import AudioFeatureExtractor, WhisperEncoderConfig
+    from lipsync_jax.audio.whisper_encoder import init_params as init_whisper
+    from lipsync_jax.config_utils import config_to_dict, resolve_path
+    from lipsync_jax.diffusion import DDIMScheduler, ModuleApply
+    from lipsync_jax.models import unet3d
+    from lipsync_jax.models import vae as vae_model
+    from lipsync_jax.models.unet3d import UNet3DConditionModel
+    from lipsync_jax.models.unet_config import UNet3DConfig
+    from lipsync_jax.pipeline.models import LipsyncModels
+
+    unet = UNet3DConditionModel(UNet3DConfig.from_dict(config_to_dict(config.model)), dtype=dtype)
+    vae_cfg = config_to_dict(config.vae)
+    settings = dict(vae_cfg["model"], scaling_factor=vae_cfg["scaling_factor"], shift_factor=vae_cfg["shift_factor"])
+    vae = vae_model.AutoencoderKL.from_config(vae_model.VAEConfig.from_dict(settings), dtype=dtype)
+    dims = WhisperEncoderConfig.from_config(config_to_dict(config.whisper)["dims"])
+    whisper = jax.eval_shape(lambda key: init_whisper(key, dims), jax.random.key(0))
+    return LipsyncModels(
+        unet_apply=ModuleApply(unet), unet_params=_abstract_cast(unet3d.abstract_params(unet), dtype), vae=vae,
+        vae_params=_abstract_cast(vae_model.abstract_params(vae), dtype),
+        audio=AudioFeatureExtractor(whisper, dims, dtype=jnp.float32),
+        scheduler=DDIMScheduler.from_config(config_to_dict(config.scheduler)),
+        resolution=int(config.data.resolution), num_frames=int(config.data.num_frames),
+        audio_feat_length=tuple(int(x) for x in config.data.audio_feat_length),
+        mask_path=resolve_path(str(config.data.mask_image_path)), dtype=jnp.dtype(dtype), random_init=True)
+
+
+def with_attention_backend(models, backend: str):
+    """``models`` with the UNet's attention backend set to ``backend`` (same parameters)."""
+    from lipsync_jax.diffusion import ModuleApply
+
+    module = models.unet_apply.module
+    if getattr(module, "attention_backend", backend) == backend:
+        return models
+    return dataclasses.replace(models, unet_apply=ModuleApply(module.clone(attention_backend=backend)))
+
+
+# ------------------------------------------------------------------------------------ footprints
+def _estimate_key(models, device, **settings) -> str:
+    signature = lambda tree: [(tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(tree)]  # noqa: E731
+    module = models.unet_apply.module
+    parts = {
+        "unet": repr(getattr(module, "config", module)), "unet_dtype": str(jnp.dtype(getattr(module, "dtype", "float32"))),
+        "vae": repr(models.vae.config), "vae_dtype": str(jnp.dtype(models.vae.dtype)),
+        "audio": repr(models.audio.config), "resolution": models.resolution, "frames": models.num_frames,
+        "feat": list(models.audio_feat_length), "unet_params": signature(models.unet_params),
+        "vae_params": signature(models.vae_params), "jax": jax.__version__, "platform": device.platform,
+        "device_kind": getattr(device, "device_kind", ""),
+        **{k: (sorted((str(a), str(b)) for a, b in v.items()) if isinstance(v, Mapping) else v)
+           for k, v in settings.items()}}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _read_estimates(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_estimate(path: str, key: str, value: dict) -> None:
+    with _file_lock:
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            table = _read_estimates(path)
+            table[key] = value
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(table, f, indent=0, sort_keys=True)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only cache folder: estimate again next time
+
+
+def estimates_path(cache_dir: str | None = None) -> str:
+    from lipsync_jax.pipeline.compile_cache import default_compile_cache_dir
+
+    return os.path.join(os.path.expanduser(cache_dir or default_compile_cache_dir()), ESTIMATES_FILE)
+
+
+def program_footprint(models, *, chunk_batch: int, vae_frames: int | None = None, attention_backend: str = "auto",
+                      num_steps: int = 20, guidance_scale: float = 1.5,
+                      sampler_options: Mapping[str, Any] | None = None, device=None,
+                      cache_dir: str | None = None, use_cache: bool = True) -> Footprint:
+    """XLA's compiled memory analysis of the chunk program for ONE device (``device``, default the
+    first local one) with these settings. ``models``' parameters may be arrays or
+    ``ShapeDtypeStruct``s (``abstract_models``); cached in ``estimates_path(cache_dir)``."""
+    import time
+
+    from lipsync_jax.pipeline.program import ChunkProgram, data_mesh
+
+    device = device or jax.local_devices()[0]
+    vae_frames = int(vae_frames or models.num_frames)
+    models = with_attention_backend(models, attention_backend)
+    sampler_options = dict(sampler_options or {})
+    key = _estimate_key(models, device, chunk_batch=int(chunk_batch), vae_frames=vae_frames,
+                        attention=attention_backend, num_steps=int(num_steps), cfg=float(guidance_scale) > 1.0,
+                        sampler=sampler_options)
+    path = estimates_path(cache_dir)
+    if use_cache:
+        cached = _MEMO.get(key) or _read_estimates(path).get(key)
+        if cached:
+            return Footprint(**cached)
+    program = ChunkProgram(models, data_mesh([device]), num_steps=num_steps, guidance_scale=guidance_scale,
+                           chunks_per_device=chunk_batch, sampler_options=sampler_options, vae_frames=vae_frames)
+    begin = time.perf_counter()
+    stats = program.compile(models.unet_params, models.vae_params).memory_analysis()
+    seconds = time.perf_counter() - begin
+    footprint = Footprint(argument_bytes=int(stats.argument_size_in_bytes), output_bytes=int(stats.output_size_in_bytes),
+                          temp_bytes=int(stats.temp_size_in_bytes),
+                          code_bytes=int(getattr(stats, "generated_code_size_in_bytes", 0) or 0),
+                          alias_bytes=int(getattr(stats, "alias_size_in_bytes", 0) or 0), compile_seconds=seconds)
+    if use_cache:
+        _MEMO[key] = footprint.as_dict()
+        _write_estimate(path, key, footprint.as_dict())
+    return footprint
+
+
+def queued_bytes(models, chunk_batch: int, queue_batches: int) -> int:
+    """Device bytes of the batches queued beside the running one: inputs (uint8 faces, float32
+    audio windows) and float32 outputs of ``queue_batches`` program calls."""
+    f, res = models.num_frames, models.resolution
+    rows = 2 * (models.audio_feat_length[0] + models.audio_feat_length[1] + 1)
+    audio = f * rows * (models.audio.config.n_audio_layer + 1) * models.audio.config.n_audio_state * 4
+    per_chunk = f * res * res * 3 * (1 + 4) + audio
+    return int(queue_batches * chunk_batch * per_chunk)
+
+
+def vae_slice_candidates(num_frames: int) -> list[int]:
+    """Frames per VAE step, largest first: num_frames, then halving down to 1."""
+    sizes, n = [], int(num_frames)
+    while n >= 1:
+        sizes.append(n)
+        n //= 2
+    return sizes
+
+
+def attention_candidates(platform: str, dtype: Any) -> list[str]:
+    """UNet attention backends in order of preference on this platform."""
+    if platform == "gpu" and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        return ["auto", "xla"]  # auto = cuDNN flash attention (linear memory) where it applies
+    return ["auto"]
+
+
+def plan_memory(models, budget_gb: float | None, *, chunk_batch: int | None = None, num_steps: int = 20,
+                guidance_scale: float = 1.5, sampler_options: Mapping[str, Any] | None = None, device=None,
+                queue_batches: int = 2, cache_dir: str | None = None,
+                chunk_batches: Sequence[int] | None = None, log=None) -> MemoryPlan:
+    """The fastest setting whose estimated device memory fits ``budget_gb`` (GiB; None: no limit, the
+    default setting). ``chunk_batch``: the largest to try (default ``default_chunk_batch()``)."""
+    from lipsync_jax.pipeline.engine import default_chunk_batch
+
+    device = device or jax.local_devices()[0]
+    largest = int(chunk_batch or default_chunk_batch(device.platform))
+    batches = list(chunk_batches or range(largest, 0, -1))
+    whisper = tree_bytes(models.audio.params) if models.audio.params is not None else 0
+    slices = vae_slice_candidates(models.num_frames)
+    backends = attention_candidates(device.platform, models.dtype)
+    budget = None if budget_gb is None else int(float(budget_gb) * GB)
+    kw = dict(num_steps=num_steps, guidance_scale=guidance_scale, sampler_options=sampler_options, device=device,
+              cache_dir=cache_dir)
+    smallest: tuple[int, MemoryPlan] | None = None
+
+    def candidate(cb: int, frames: int, backend: str) -> MemoryPlan | None:
+        nonlocal smallest
+        fp = program_footprint(models, chunk_batch=cb, vae_frames=frames, attention_backend=backend, **kw)
+        base = fp.total_bytes + queued_bytes(models, cb, queue_batches)
+        if log:
+            log(f"estimate: chunk_batch {cb}, VAE slices of {frames}, attention {backend}: "
+                f"{(base + whisper) / GB:.2f} GB")
+        for on_host in (False, True):
+            total = base + (0 if on_host else whisper)
+            plan = MemoryPlan(cb, frames, backend, on_host, fp, total, budget)
+            if smallest is None or total < smallest[0]:
+                smallest = (total, plan)
+            if budget is None or total <= budget:
+                return plan
+        return None
+
+    for cb in batches:
+        for backend in backends:
+            plan = candidate(cb, slices[0], backend)
+            if plan is not None:
+                return plan
+            if len(slices) == 1 or candidate(cb, slices[-1], backend) is None:
+                continue  # not even the smallest VAE slice fits this chunk batch
+            lo, hi = 0, len(slices) - 1  # slices[hi] fits, slices[lo] does not: bisect
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if candidate(cb, slices[mid], backend) is not None:
+                    hi = mid
+                else:
+                    lo = mid
+            return candidate(cb, slices[hi], backend)
+    assert smallest is not None
+    least = smallest[1]
+    raise MemoryBudgetError(
+        f"--max_vram {budget_gb:g} GB is too small: the smallest footprint of this model at {models.resolution} px "
+        f"is {smallest[0] / GB:.2f} GB (chunk_batch {least.chunk_batch}, VAE slices of {least.vae_frames} frames, "
+        f"attention {least.attention_backend}, Whisper on the host; weights {least.footprint.argument_bytes / GB:.2f} GB)")
+
+
+def move_whisper_to_host(models) -> None:
+    """Whisper's weights to the host CPU (it then runs there: once per job, before sampling)."""
+    cpu = jax.local_devices(backend="cpu")[0]
+    models.audio.params = jax.device_put(models.audio.params, cpu)

@@ -1,0 +1,188 @@
+"""Issue 18: the chunk program's compiled memory footprint, fitting a --max_vram budget, and the GPU
+allocator settings of infer.py (all on CPU with the tiny config; full-size numbers: bench/bench_memory.py)."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lipsync_jax.config_utils import load_config
+from lipsync_jax.pipeline import EngineOptions, LipsyncEngine, build_models, encode_faces, decode_and_paste
+from lipsync_jax.pipeline import memory
+from lipsync_jax.pipeline.memory import (GB, Footprint, MemoryBudgetError, abstract_models, plan_memory,
+                                         program_footprint, queued_bytes, tree_bytes, vae_slice_candidates)
+from lipsync_jax.pipeline.program import mask_arrays
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS, GUIDANCE = 20, 1.5  # the engine plans with these (the memory does not depend on the step count)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_models(load_config(os.path.join(ROOT, "configs/unet/tiny.py")), random_init=True, seed=0)
+
+
+# ---------------------------------------------------------------- the search (fast: a stand-in footprint)
+MB = 1024 ** 2
+
+
+def fake_footprint(models, *, chunk_batch, vae_frames=None, attention_backend="auto", **_):
+    """100 MB weights, 40 MB per chunk of UNet activations, 2 MB per VAE frame per chunk."""
+    return Footprint(argument_bytes=100 * MB, output_bytes=MB * chunk_batch,
+                     temp_bytes=MB * chunk_batch * (40 + 2 * (vae_frames or 16)))
+
+
+@pytest.fixture(scope="module")
+def tiny_abstract():
+    """The tiny config's models with ShapeDtypeStruct weights (no init; the planner needs shapes only)."""
+    return abstract_models(load_config(os.path.join(ROOT, "configs/unet/tiny.py")), jnp.float32)
+
+
+@pytest.fixture
+def stand_in(monkeypatch, tiny_abstract):
+    tiny = tiny_abstract
+    calls = []
+
+    def record(models, **kw):
+        calls.append((kw["chunk_batch"], kw["vae_frames"], kw["attention_backend"]))
+        return fake_footprint(models, **kw)
+
+    monkeypatch.setattr(memory, "program_footprint", record)
+    extra = lambda cb: tree_bytes(tiny.audio.params) + queued_bytes(tiny, cb, 2)  # noqa: E731
+    return calls, extra
+
+
+def test_plan_prefers_the_fastest_setting_that_fits(tiny_abstract, stand_in):
+    tiny = tiny_abstract
+    calls, extra = stand_in
+    roomy = plan_memory(tiny, 10.0, chunk_batch=2)
+    assert (roomy.chunk_batch, roomy.vae_frames, roomy.whisper_on_host) == (2, 16, False)
+    assert len(calls) == 1  # one estimate when the default fits
+
+    need = lambda cb, frames: fake_footprint(tiny, chunk_batch=cb, vae_frames=frames).total_bytes + extra(cb)  # noqa: E731
+    whisper = tree_bytes(tiny.audio.params)  # Whisper off the device comes first (it runs once, before sampling)
+    budget = (need(2, 4) + need(2, 8)) / 2 - whisper  # chunk_batch 2 fits with slices of 4 frames, not 8
+    plan = plan_memory(tiny, budget / GB, chunk_batch=2)
+    assert (plan.chunk_batch, plan.vae_frames) == (2, 4) and plan.device_bytes <= budget
+
+    budget = (need(1, 16) + need(2, 1)) / 2 - whisper  # not even 1-frame slices fit 2 chunks: one chunk, whole VAE
+    assert need(1, 16) < need(2, 1)
+    plan = plan_memory(tiny, budget / GB, chunk_batch=2)
+    assert (plan.chunk_batch, plan.vae_frames) == (1, 16)
+    assert plan.describe().startswith("memory plan: chunk_batch 1, VAE slices of 16 frames")
+
+
+def test_plan_moves_whisper_off_the_device_only_when_needed(tiny_abstract, stand_in):
+    tiny = tiny_abstract
+    _, extra = stand_in
+    whisper = tree_bytes(tiny.audio.params)
+    need = fake_footprint(tiny, chunk_batch=1, vae_frames=16).total_bytes + extra(1)
+    plan = plan_memory(tiny, (need - whisper / 2) / GB, chunk_batch=1)
+    assert plan.whisper_on_host and plan.vae_frames == 16 and plan.device_bytes == need - whisper
+
+
+def test_impossible_budget_fails_in_the_engine_before_any_work(tiny_abstract, stand_in):
+    tiny = tiny_abstract
+    _, extra = stand_in
+    smallest = fake_footprint(tiny, chunk_batch=1, vae_frames=1).total_bytes + extra(1) - tree_bytes(tiny.audio.params)
+    with pytest.raises(MemoryBudgetError) as error:
+        LipsyncEngine(tiny, EngineOptions(chunk_batch=2, max_vram_gb=0.05))
+    message = str(error.value)
+    assert "--max_vram 0.05 GB is too small" in message
+    assert f"smallest footprint of this model at {tiny.resolution} px is {smallest / GB:.2f} GB" in message
+    assert "chunk_batch 1, VAE slices of 1 frames" in message
+
+
+@pytest.mark.slow  # compiles the tiny program twice (1-3 min on 2 shared cores)
+def test_infer_fails_on_an_impossible_budget_before_reading_the_video(tmp_path):
+    video = os.path.join(ROOT, "tests/data/assets/demo1_video.mp4")
+    audio = os.path.join(ROOT, "tests/data/assets/demo1_audio.wav")
+    cmd = [sys.executable, "infer.py", "--config", "configs/unet/tiny.py", "--random_init", "--video", video,
+           "--audio", audio, "--output", str(tmp_path / "out.mp4"), "--max_vram", "0.001", "--max_seconds", "0.64",
+           "--compile_cache", str(tmp_path / "cache"), "--noprogress"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200, env=env)
+    assert out.returncode == 1
+    assert "error: --max_vram 0.001 GB is too small" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert (tmp_path / "cache" / "memory_estimates.json").exists()  # estimates cached beside the compiled programs
+    assert not (tmp_path / "out.mp4").exists()
+
+
+# ---------------------------------------------------------------- real compiled estimates (slow on 2 cores)
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("estimates"))
+
+
+@pytest.fixture(scope="module")
+def footprints(tiny, cache_dir):
+    """(whole chunk at once, one frame at a time) VAE slices, chunk_batch 1."""
+    kw = dict(chunk_batch=1, num_steps=STEPS, guidance_scale=GUIDANCE, cache_dir=cache_dir)
+    return (program_footprint(tiny, vae_frames=tiny.num_frames, **kw), program_footprint(tiny, vae_frames=1, **kw))
+
+
+@pytest.mark.slow
+def test_compiled_footprint_parts_and_vae_slices(tiny, footprints, cache_dir):
+    full, sliced = footprints
+    assert full.argument_bytes >= tree_bytes(tiny.unet_params) + tree_bytes(tiny.vae_params)
+    assert full.output_bytes == tiny.num_frames * tiny.resolution ** 2 * 3 * 4  # one chunk of float32 faces
+    assert sliced.temp_bytes < full.temp_bytes  # one frame per VAE step needs less
+    assert os.path.exists(os.path.join(cache_dir, "memory_estimates.json"))
+    again = program_footprint(tiny, chunk_batch=1, vae_frames=1, num_steps=STEPS, guidance_scale=GUIDANCE,
+                              cache_dir=cache_dir)
+    assert again.compile_seconds is None and again.total_bytes == sliced.total_bytes  # from the cache
+
+
+@pytest.mark.slow
+def test_compiled_budget_picks_smaller_vae_slices(tiny, footprints, cache_dir):
+    full, sliced = footprints
+    whisper = tree_bytes(tiny.audio.params)
+    budget = (whole(tiny, full) + whole(tiny, sliced)) / 2 - whisper  # Whisper off the device is not enough
+    plan = plan_memory(tiny, budget / GB, chunk_batch=1, num_steps=STEPS, guidance_scale=GUIDANCE, cache_dir=cache_dir)
+    assert plan.chunk_batch == 1 and plan.vae_frames < tiny.num_frames
+    assert plan.vae_frames in vae_slice_candidates(tiny.num_frames)
+    assert plan.device_bytes <= budget
+
+
+def whole(models, fp, chunk_batch=1):
+    return fp.total_bytes + tree_bytes(models.audio.params) + queued_bytes(models, chunk_batch, 2)
+
+
+@pytest.mark.slow
+def test_vae_slices_do_not_change_the_result(tiny):
+    faces = np.random.default_rng(0).integers(0, 256, (tiny.num_frames, tiny.resolution, tiny.resolution, 3), np.uint8)
+    pixel, keep, _ = mask_arrays(tiny)
+    key = jax.random.key(3)
+    whole_chunk = encode_faces(tiny.vae, tiny.vae_params, faces, pixel, key)
+    sliced = encode_faces(tiny.vae, tiny.vae_params, faces, pixel, key, 4)
+    for a, b in zip(whole_chunk, sliced):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    out_a = decode_and_paste(tiny.vae, tiny.vae_params, whole_chunk[1], whole_chunk[0], keep)
+    out_b = decode_and_paste(tiny.vae, tiny.vae_params, whole_chunk[1], whole_chunk[0], keep, 4)
+    np.testing.assert_allclose(np.asarray(out_a), np.asarray(out_b), rtol=1e-5, atol=1e-5)
+
+
+def test_abstract_models_need_no_weights():
+    models = abstract_models(load_config(os.path.join(ROOT, "configs/unet/stage2.py")), jnp.bfloat16)
+    leaves = jax.tree.leaves(models.unet_params)
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
+    assert {x.dtype for x in leaves} == {jnp.dtype(jnp.bfloat16)}  # bf16 weights: ~2.5 GB for the v1.5 UNet
+    assert 2.0 * GB < tree_bytes(models.unet_params) < 3.0 * GB
+
+
+def test_infer_startup_turns_preallocation_off():
+    code = ("import os, sys; sys.argv=['infer.py']; [os.environ.pop(k, None) for k in list(os.environ) "
+            "if k.startswith('XLA_PYTHON_CLIENT_')]; import infer; "
+            "print(os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE'), 'jax' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-2:] == ["false", "False"]  # set before jax is imported
+    user = subprocess.run([sys.executable, "-c", code.replace("import infer;", "os.environ["
+                           "'XLA_PYTHON_CLIENT_MEM_FRACTION']='.5'; import infer;")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert user.stdout.split()[-2] == "None"  # the user's own allocator setting is left alone
