@@ -37,6 +37,10 @@ import tempfile
 import threading
 import traceback
 
+from lipsync_jax.device_memory import configure_gpu_memory
+
+configure_gpu_memory()  # before jax starts: grow on demand instead of preallocating 75% of the GPU
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "unet", "stage2.py")
 EXAMPLES = [(os.path.join(ROOT, "tests", "data", "assets", f"demo{i}_video.mp4"),

@@ -4,7 +4,9 @@
 #   2. the stage-2 inference engine at 256 px (configs/unet/stage2.py) and 512 px (stage2_512.py),
 #      bf16, 20 DDIM steps, CFG 1.5, chunk_batch 1, 2 and 4: end-to-end frames/s, device-busy
 #      fraction, time to first frame, achieved TFLOP/s against XLA's cost analysis;
-#   3. time to first frame of a fresh process with a cold and a warm compile cache (256 px).
+#   3. time to first frame of a fresh process with a cold and a warm compile cache (256 px);
+#   4. device memory (issue 18): XLA's compiled estimate and the measured peak_bytes_in_use of the
+#      stage-2 chunk program at 256 and 512 px, chunk_batch 1 and 2 (bench/bench_memory.py --measure).
 # Results: one JSON line per bench run in $OUT.jsonl and a markdown table in $OUT.md.
 #
 #   bash bench/gpu_suite.sh [--out bench/gpu_suite_results] [--dry_run]
@@ -71,4 +73,18 @@ att = next((r["attention"] for r in rows if "attention" in r), None)
 if att:
     print("\nattention check:", json.dumps(att))
 EOF
-echo "results: $OUT.md, $OUT.jsonl"
+# 4. issue 18: device memory of the chunk program, compiled estimate vs measured peak (random weights)
+echo "== memory: compiled estimate and measured peak (bench/bench_memory.py)" | tee -a "$OUT.md"
+rm -f "$OUT.memory.jsonl"
+if [[ $DRY == 1 ]]; then
+  MEM_CONFIGS=(configs/unet/tiny.py); MEM_BATCHES=(1); MEM=(--steps 2 --dtype float32)
+else
+  MEM_CONFIGS=(configs/unet/stage2.py configs/unet/stage2_512.py); MEM_BATCHES=(1 2); MEM=(--steps 20 --dtype bfloat16)
+fi
+for config in "${MEM_CONFIGS[@]}"; do
+  for batch in "${MEM_BATCHES[@]}"; do  # one process per row: peak_bytes_in_use never goes down
+    "$PY" bench/bench_memory.py --configs "$config" --chunk_batches "$batch" "${MEM[@]}" --measure \
+      --cache_dir "$CACHE" --json "$OUT.memory.jsonl" 2>&1 | grep -v '^W0000\|^I0000\|^INFO' | tee -a "$OUT.md"
+  done
+done
+echo "results: $OUT.md, $OUT.jsonl, $OUT.memory.jsonl"

@@ -175,14 +175,23 @@ def test_abstract_models_need_no_weights():
     assert 2.0 * GB < tree_bytes(models.unet_params) < 3.0 * GB
 
 
-def test_infer_startup_turns_preallocation_off():
-    code = ("import os, sys; sys.argv=['infer.py']; [os.environ.pop(k, None) for k in list(os.environ) "
-            "if k.startswith('XLA_PYTHON_CLIENT_')]; import infer; "
+@pytest.mark.parametrize("module", ["infer", "app"])
+def test_startup_turns_preallocation_off(module):
+    code = ("import os, sys; sys.argv=['x.py']; [os.environ.pop(k, None) for k in list(os.environ) "
+            f"if k.startswith('XLA_PYTHON_CLIENT_')]; import {module}; "
             "print(os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE'), 'jax' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-2:] == ["false", "False"]  # set before jax is imported
-    user = subprocess.run([sys.executable, "-c", code.replace("import infer;", "os.environ["
-                           "'XLA_PYTHON_CLIENT_MEM_FRACTION']='.5'; import infer;")],
+    user = subprocess.run([sys.executable, "-c", code.replace(f"import {module};", "os.environ["
+                           f"'XLA_PYTHON_CLIENT_MEM_FRACTION']='.5'; import {module};")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert user.stdout.split()[-2] == "None"  # the user's own allocator setting is left alone
+
+
+def test_chunked_attention_equals_xla():
+    from lipsync_jax.models.attention import _chunked, dot_product_attention
+
+    q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 64, 2, 8))
+    np.testing.assert_allclose(np.asarray(_chunked(q, k, v, None, 8 ** -0.5, block=16)),
+                               np.asarray(dot_product_attention(q, k, v, backend="xla")), rtol=1e-5, atol=1e-5)

@@ -17,8 +17,9 @@ between the host stages (``queue_batches`` x one call's inputs + outputs).
 ``plan_memory(models, budget_gb, ...)`` picks, before any work, the fastest setting that fits:
 the largest ``chunk_batch`` (from the default down to 1), then the largest VAE encode/decode
 slice (frames per ``lax.map`` step, from the chunk's 16 down to 1), the attention backends in
-order of preference (on GPU "auto" = cuDNN flash attention, whose memory is linear in the
-tokens, then "xla"; on CPU "auto" = "xla"), and, only when that is what makes it fit, Whisper's
+order of preference ("auto": on GPU in bf16 cuDNN flash attention, whose memory is linear in the
+tokens, else XLA; then "chunked": XLA over blocks of 1024 queries, the logits of one block at a
+time), and, only when that is what makes it fit, Whisper's
 weights on the host (Whisper runs once per job, before sampling). If nothing fits:
 ``MemoryBudgetError`` naming the budget and the smallest footprint.
 
@@ -244,9 +245,9 @@ def vae_slice_candidates(num_frames: int) -> list[int]:
 
 def attention_candidates(platform: str, dtype: Any) -> list[str]:
     """UNet attention backends in order of preference on this platform."""
-    if platform == "gpu" and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
-        return ["auto", "xla"]  # auto = cuDNN flash attention (linear memory) where it applies
-    return ["auto"]
+    # auto = cuDNN flash attention on GPU in half precision (memory linear in the tokens), else XLA;
+    # chunked = XLA over blocks of 1024 queries (models/attention.py): less memory at 512 px, a bit slower
+    return ["auto", "chunked"]
 
 
 def plan_memory(models, budget_gb: float | None, *, chunk_batch: int | None = None, num_steps: int = 20,
