@@ -134,6 +134,8 @@ def run() -> None:
     if FLAGS.list_faces:  # the face tracks only, nothing generated
         return list_faces()
     face, face_audio = face_options()
+    if FLAGS.avatar_cache and (FLAGS.faces or FLAGS.face_audio):
+        raise ValueError("--faces / --face_audio do not work with --avatar_cache (it caches one face per video)")
     if FLAGS.avatar_cache:  # one job through the service, face track from/to the avatar cache
         from lipsync_jax.batch import run_one_with_flags
         return run_one_with_flags(FLAGS)
