@@ -34,6 +34,8 @@ import threading
 
 import cv2
 import numpy as np
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect  # module level: the endpoint's annotations resolve here
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
@@ -70,9 +72,6 @@ def _next(session, timeout: float):
 def create_app(engine, avatar, *, options=None, max_sessions: int = 2, sample_audio: str | None = None,
                jpeg_quality: int = 80, max_side: int | None = 720):
     """The FastAPI app serving live sessions of ``engine`` on ``avatar`` (a shared ``LiveAvatar``)."""
-    from fastapi import FastAPI, WebSocket, WebSocketDisconnect
-    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-
     from lipsync_jax.stream.session import StreamClosed, StreamOptions, StreamOverflow, StreamSession
 
     base = options or StreamOptions()
@@ -134,8 +133,9 @@ def create_app(engine, avatar, *, options=None, max_sessions: int = 2, sample_au
                 receiver.cancel()
         except StreamOverflow as error:
             await _try_send(ws, json.dumps(dict(type="error", message=str(error))))
-        except (WebSocketDisconnect, StreamClosed, Exception):  # noqa: BLE001
-            pass  # the client went away (or the session was closed): free it below
+        except (WebSocketDisconnect, StreamClosed, Exception):  # noqa: BLE001 - the client went away or it failed
+            if session is not None and session.error is not None:
+                await _try_send(ws, json.dumps(dict(type="error", message=f"live session failed: {session.error}")))
         finally:
             if session is not None:
                 await asyncio.to_thread(session.close)
@@ -214,7 +214,7 @@ def prepare(args):
     """Models (via LipsyncService), the engine with the sampler options, the avatar and the options."""
     from lipsync_jax.serving import LipsyncService, ServiceJob
     from lipsync_jax.stream.avatar import LiveAvatar
-    from lipsync_jax.stream.session import StreamOptions, warm_audio_encoder
+    from lipsync_jax.stream.session import StreamOptions, warm_up
 
     service = LipsyncService.from_config(args.config, unet_checkpoint=args.unet_checkpoint,
                                          vae_checkpoint=args.vae_checkpoint,
@@ -227,8 +227,7 @@ def prepare(args):
                             guidance_scale=float(d["guidance"] if args.guidance is None else args.guidance),
                             seed=int(d["seed"] if args.seed is None else args.seed))
     print(f"compiling the device program ({options.num_steps} steps) ...", flush=True)
-    engine.compile(options.num_steps, options.guidance_scale)
-    warm_audio_encoder(engine.models)
+    warm_up(engine, options)
     print(f"preparing the avatar {args.avatar} ...", flush=True)
     avatar = LiveAvatar.prepare(engine.models, args.avatar, fps=service.fps, face_backend=args.face_backend,
                                 avatar_cache=args.avatar_cache or None, progress=True)

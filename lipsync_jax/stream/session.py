@@ -14,7 +14,8 @@ the previous chunk's faces back into the frames and queues them. So the output e
 engine's wherever the audio windows are equal (tests/test_stream.py forces them equal).
 
 Pacing and back-pressure: ``next_frame`` hands frames out at the video rate (frame i is due
-``i / fps`` after the first frame); a frame that is late re-bases the clock (never dropped) and
+``i / fps`` after the first frame); a frame that is late re-bases the clock (never dropped, and
+no two frames closer than 1 / fps) and
 ``status()`` says ``behind`` with the achieved rate. The output queue holds ``queue_frames``
 frames (the worker waits when it is full); audio pushed but not yet turned into frames is bounded
 by ``max_pending_seconds`` (``push`` raises ``StreamOverflow`` past it), so a burst is accepted
@@ -44,6 +45,7 @@ from lipsync_jax.pipeline.timeline import pad_to_chunk
 from lipsync_jax.stream.audio_online import OnlineAudioFeatures, to_float_audio
 
 POLL_SECONDS = 0.05
+PACE_SLACK = 0.002  # seconds a paced frame may come after its due time without re-basing the clock
 _END = object()
 
 
@@ -109,7 +111,7 @@ class StreamSession:
         self.frames_done = 0  # frames queued by the worker
         self.frames_emitted = 0
         self.chunks_done = 0
-        self.chunk_seconds: list[float] = []  # per chunk: launch -> frames queued
+        self.chunk_seconds: list[float] = []  # per chunk: compute seconds (windows, device, restore)
         self._emitted: list[LiveFrame] = []  # metadata of emitted frames (images dropped)
         self._clock: tuple[float, int] | None = None  # (perf_counter, frame index) of the pacing clock
         self.late_frames = 0
@@ -172,6 +174,7 @@ class StreamSession:
         return None
 
     def _build(self, index: int, start: int, stop: int) -> dict:
+        began = time.perf_counter()
         frames = np.arange(start, stop)
         sources = [self.avatar.source_of(i) for i in frames]
         windows = (self.options.frame_windows(pad_to_chunk(frames, self.f)) if self.options.frame_windows is not None
@@ -179,7 +182,7 @@ class StreamSession:
         self.audio.release_before(stop)
         if self.options.on_windows is not None:
             self.options.on_windows(index, windows[:stop - start])
-        work = dict(index=index, start=start, sources=sources, output=None, began=time.perf_counter())
+        work = dict(index=index, start=start, sources=sources, output=None, began=began)
         if any(self.avatar.has_face[s] for s in sources):
             padded = pad_to_chunk(np.asarray(sources), self.f)
             faces = np.stack([self.avatar.record(self.avatar.stand_in(int(s))).aligned.face for s in padded])
@@ -187,6 +190,7 @@ class StreamSession:
             work["output"] = self.program(self.engine.unet_params, self.engine.vae_params,
                                           np.stack([faces] * batch), np.stack([windows] * batch),
                                           np.full((batch,), index, np.int32), self.noise, self.key_data)
+        work["build_seconds"] = time.perf_counter() - began
         return work
 
     def _restore(self, source: int, face) -> tuple[np.ndarray, bool]:
@@ -196,6 +200,7 @@ class StreamSession:
         return paste_generated_face(record.frame, face, record.aligned), True
 
     def _complete(self, work: dict) -> None:
+        began = time.perf_counter()
         generated = None
         if work["output"] is not None:
             generated = np.asarray(work["output"])[0][:len(work["sources"])]
@@ -203,14 +208,15 @@ class StreamSession:
                 self.options.on_chunk(work["index"], work["start"], generated)
         jobs = [self._pool.submit(self._restore, s, None if generated is None else generated[j])
                 for j, s in enumerate(work["sources"])]
-        for j, job in enumerate(jobs):
-            image, made = job.result()
+        images = [job.result() for job in jobs]
+        # compute time of the chunk (windows + launch, device wait, restore), not the waits for audio or space
+        self.chunk_seconds.append(work["build_seconds"] + time.perf_counter() - began)
+        for j, (image, made) in enumerate(images):
             i = work["start"] + j
             frame = LiveFrame(i, i / self.fps, image, work["index"], made, ready_at=time.perf_counter(),
                               audio_arrived_at=self._arrival_of(int(i * SAMPLE_RATE / self.fps)))
             self._put(frame)
             self.frames_done += 1
-        self.chunk_seconds.append(time.perf_counter() - work["began"])
         self.chunks_done += 1
         self._forget_arrivals(int(self.frames_done * SAMPLE_RATE / self.fps))
 
@@ -270,26 +276,26 @@ class StreamSession:
         if item is _END:
             self.ended_output = True
             raise StopIteration
-        self._pace(item)
-        item.emitted_at = time.perf_counter()
+        item.emitted_at = self._pace(item)
         self.frames_emitted += 1
         self._emitted.append(dataclasses.replace(item, image=np.zeros((0,), np.uint8)))
         return item
 
-    def _pace(self, frame: LiveFrame) -> None:
+    def _pace(self, frame: LiveFrame) -> float:
+        """Wait until the frame is due; returns the time it is handed out."""
         if not self.options.pace:
-            return
-        now = time.perf_counter()
-        if self._clock is None:
-            self._clock = (now, frame.index)
-            return
-        due = self._clock[0] + (frame.index - self._clock[1]) / self.fps
-        if now < due:
+            return time.perf_counter()
+        due = None
+        if self._clock is not None:
+            due = self._clock[0] + (frame.index - self._clock[1]) / self.fps
             while not self.stop.is_set() and time.perf_counter() < due:
-                time.sleep(min(POLL_SECONDS, due - time.perf_counter()))
-        elif now - due > 1.0 / self.fps:  # late: show it now and re-base the clock (no frame dropped)
-            self.late_frames += 1
+                time.sleep(min(POLL_SECONDS, max(0.0, due - time.perf_counter())))
+        now = time.perf_counter()
+        if due is None or now > due + PACE_SLACK:  # late: show it now and re-base the clock (no frame dropped,
+            if due is not None and now - due > 1.0 / self.fps:  # no two frames closer than 1 / fps - slack)
+                self.late_frames += 1
             self._clock = (now, frame.index)
+        return now
 
     def frames(self):
         """Iterate frames until the end of the stream."""
@@ -307,7 +313,7 @@ class StreamSession:
         achieved = None
         if len(recent) >= 2 and recent[-1].emitted_at > recent[0].emitted_at:
             achieved = (len(recent) - 1) / (recent[-1].emitted_at - recent[0].emitted_at)
-        gen = [s for s in self.chunk_seconds[-4:]]
+        gen = self.chunk_seconds[-4:]  # recent chunks (the last one may be short)
         generation_fps = self.f / float(np.mean(gen)) if gen else None
         behind = generation_fps is not None and generation_fps < self.fps * 0.98
         state = ("failed" if self.error is not None else "closed" if self.closed else
@@ -379,8 +385,7 @@ def open_session(models_or_engine, avatar, *, fps: float = 25.0, face_backend: s
                                                              sampler_options=dict(sampler_options or {})))
     stream_options = StreamOptions(**options)
     if compile:
-        engine.compile(stream_options.num_steps, stream_options.guidance_scale)
-        warm_audio_encoder(engine.models)
+        warm_up(engine, stream_options)
     owns = not isinstance(avatar, LiveAvatar)
     if owns:
         avatar = LiveAvatar.prepare(engine.models, avatar, fps=fps, face_backend=face_backend,
@@ -392,3 +397,19 @@ def warm_audio_encoder(models) -> None:
     """Compile the Whisper encoder's one-window shape now (the first chunk should not pay it)."""
     config = models.audio.config
     models.audio.encode_windows(np.zeros((1, config.n_frames, config.n_mels), np.float32))
+
+
+def warm_up(engine, options: StreamOptions) -> None:
+    """Compile and run the device program once on blank inputs, and the audio encoder, so that a
+    session's first chunk pays for neither (time to first frame = audio + compute only)."""
+    models = engine.models
+    warm_audio_encoder(models)
+    program = engine.program(options.num_steps, options.guidance_scale)
+    f, r, b = models.num_frames, models.resolution, engine.batch
+    layers = models.audio.config.n_audio_layer + 1
+    rows = sum(models.audio_feat_length) * 2 + 2
+    noise, key_data = program.put_job(*start_noise(models, options.seed))
+    out = program(engine.unet_params, engine.vae_params, np.zeros((b, f, r, r, 3), np.uint8),
+                  np.zeros((b, f, rows * layers, models.audio.config.n_audio_state), np.float32),
+                  np.zeros((b,), np.int32), noise, key_data)
+    np.asarray(out)
