@@ -77,7 +77,7 @@ def main() -> None:
               f"{args.seconds:g} s of audio ({rows['cached'][0][1].num_frames} frames); {args.steps} steps; "
               f"compiles during the timed runs: {compile_count() - compiles}")
         base = min(r[0] for r in rows["no cache"])
-        stages = ("face_alignment", "video_decode", "dispatch", "device_wait", "restore", "video_encode")
+        stages = ("setup", "face_alignment", "video_decode", "device_wait", "restore", "video_encode")
         print("| run | avatar cache | seconds (best) | frames/s | vs no cache | " + " | ".join(stages) + " |")
         print("|---|---|---|---|---|" + "---|" * len(stages))
         for name, results in rows.items():
