@@ -147,7 +147,9 @@ def run_jobs(service, rows: Sequence[BatchRow], *, force: bool = False, max_seco
                          guidance=row.guidance if row.guidance is not None else defaults.get("guidance"),
                          steps=row.steps if row.steps is not None else defaults.get("steps"),
                          face=row.face or defaults.get("face"), max_seconds=max_seconds, progress=progress,
-                         crf=defaults.get("crf", 18), preset=defaults.get("preset", "medium"))
+                         crf=defaults.get("crf", 18), preset=defaults.get("preset", "medium"),
+                         solver=defaults.get("solver"), deepcache_interval=defaults.get("deepcache_interval"),
+                         overlap=defaults.get("overlap"))
         try:
             result = service.run(job)
         except KeyboardInterrupt:
@@ -185,6 +187,13 @@ def write_summary_csv(path: str, outcomes: Sequence[BatchOutcome]) -> None:
                              o.message])
 
 
+def sampler_defaults(flags_values) -> dict:
+    """infer.py's sampler flags (--scheduler, --deepcache_interval, --overlap) where they exist."""
+    return dict(solver=getattr(flags_values, "scheduler", None),
+                deepcache_interval=getattr(flags_values, "deepcache_interval", None),
+                overlap=getattr(flags_values, "overlap", None))
+
+
 def main_with_flags(jobs_path: str, flags_values) -> int:
     """Shared by ``python -m lipsync_jax.batch`` and ``infer.py --batch``: ``flags_values`` is absl's
     FLAGS (model flags as infer.py defines them). Returns the exit status."""
@@ -204,7 +213,8 @@ def main_with_flags(jobs_path: str, flags_values) -> int:
         dtype=flags_values.dtype, seed=flags_values.seed, chunk_batch=flags_values.chunk_batch,
         avatar_cache=getattr(flags_values, "avatar_cache", None), face_backend=flags_values.face_backend)
     defaults = dict(seed=flags_values.seed, guidance=flags_values.guidance, steps=flags_values.steps,
-                    face=getattr(flags_values, "face", None), crf=flags_values.crf, preset=flags_values.preset)
+                    face=getattr(flags_values, "face", None), crf=flags_values.crf, preset=flags_values.preset,
+                    **sampler_defaults(flags_values))
     outcomes = run_jobs(service, rows, force=getattr(flags_values, "force", False),
                         max_seconds=flags_values.max_seconds, progress=flags_values.progress, defaults=defaults)
     print(summary_table(outcomes))
@@ -279,7 +289,7 @@ def run_one_with_flags(flags_values) -> None:
     job = ServiceJob(flags_values.video, flags_values.audio, flags_values.output, seed=flags_values.seed,
                      guidance=flags_values.guidance, steps=flags_values.steps, face=getattr(flags_values, "face", None),
                      max_seconds=flags_values.max_seconds, crf=flags_values.crf, preset=flags_values.preset,
-                     progress=flags_values.progress)
+                     progress=flags_values.progress, **sampler_defaults(flags_values))
     from lipsync_jax.pipeline import check_inputs
 
     check_inputs(job.video, job.audio, job.output)  # before any heavy work
