@@ -93,7 +93,8 @@ def main() -> None:
             peak_gb = f"{peak['peak_bytes'] / GB:.2f}" if peak.get("peak_bytes") else "-"
             compile_s = f"{fp.compile_seconds:.0f}" if fp.compile_seconds is not None else "cached"
             row = {"config": os.path.basename(path), "resolution": models.resolution, "chunk_batch": cb,
-                   "vae_frames": args.vae_frames or models.num_frames, "dtype": dtype.name, "device": kind,
+                   "vae_frames": args.vae_frames or models.num_frames, "attention": args.attention, "dtype": dtype.name,
+                   "device": kind,
                    **fp.as_dict(), "total_bytes": fp.total_bytes, "engine_estimate_bytes": whole,
                    "compile_seconds": fp.compile_seconds, **peak}
             print(f"| {row['config']} | {models.resolution} | {cb} | {row['vae_frames']} | {fp.argument_bytes / GB:.2f} | "
