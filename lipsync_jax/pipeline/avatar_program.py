@@ -218,7 +218,9 @@ class AvatarEngine(LipsyncEngine):
             return None
         return np.stack(found).reshape(faces.shape[:2] + found[0].shape)
 
-    def program(self, num_steps: int, guidance_scale: float):
+    def program(self, num_steps: int, guidance_scale: float, overlap: int = 0):
+        if overlap:  # overlapping windows (issue 14): the plain program, faces encoded as usual
+            return super().program(num_steps, guidance_scale, overlap)
         inner = super().program(num_steps, guidance_scale)
         key = (int(num_steps), float(guidance_scale))
         with self._lock:

@@ -96,6 +96,9 @@ class InferenceJob:
     face: str | int | None = "largest"
     # {face choice: audio path}: each listed person their own audio (audio_path = the soundtrack)
     face_audio: Mapping[str, str] | None = None
+    # frames shared by consecutive 16-frame windows (stride 16 - overlap; 0 = LatentSync's disjoint
+    # chunks): one face only, on a one-device engine (program.py, stream.py)
+    overlap: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +132,7 @@ class LipsyncEngine:
             self.models = models = self._fit_memory(models)
         self.unet_params = replicate(models.unet_params, self.mesh)
         self.vae_params = replicate(models.vae_params, self.mesh)
-        self._programs: dict[tuple[int, float], ChunkProgram] = {}
+        self._programs: dict[tuple[int, float, int], ChunkProgram] = {}
         self._lock = threading.Lock()
 
     @property
@@ -152,20 +155,21 @@ class LipsyncEngine:
         """Chunks per device-program call (all devices)."""
         return self.chunk_batch * self.mesh.size
 
-    def program(self, num_steps: int, guidance_scale: float) -> ChunkProgram:
-        """The (lazily compiled) device program for these sampler settings, shared by all jobs."""
-        key = (int(num_steps), float(guidance_scale))
+    def program(self, num_steps: int, guidance_scale: float, overlap: int = 0) -> ChunkProgram:
+        """The (lazily compiled) device program for these sampler settings, shared by all jobs
+        (``overlap`` > 0: consecutive windows, one device; see program.py)."""
+        key = (int(num_steps), float(guidance_scale), int(overlap))
         with self._lock:
             if key not in self._programs:
                 self._programs[key] = ChunkProgram(
                     self.models, self.mesh, num_steps=key[0], guidance_scale=key[1],
                     chunks_per_device=self.chunk_batch, sampler_options=self.options.sampler_options,
-                    vae_frames=self.vae_frames)
+                    vae_frames=self.vae_frames, **({"overlap": key[2]} if key[2] else {}))
             return self._programs[key]
 
-    def compile(self, num_steps: int, guidance_scale: float) -> ChunkProgram:
+    def compile(self, num_steps: int, guidance_scale: float, overlap: int = 0) -> ChunkProgram:
         """Compile (or load from the persistent cache) the program now, e.g. at server start."""
-        program = self.program(num_steps, guidance_scale)
+        program = self.program(num_steps, guidance_scale, overlap)
         program.compile(self.unet_params, self.vae_params)
         return program
 

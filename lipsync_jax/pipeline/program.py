@@ -19,6 +19,13 @@ Devices: the batch axis is sharded over the ``data`` axis of ``mesh`` (``data_me
 devices); ``B = chunks_per_device * mesh.size``. Weights are replicated (``replicate``). The body
 runs per device under ``shard_map`` (each device encodes/decodes its own chunks; no collectives).
 A streaming mode calls ``ChunkProgram.__call__`` directly on its own chunk batches.
+
+Overlapping windows (``overlap`` K > 0, issue 14): the batch holds CONSECUTIVE 16-frame windows
+of one video in order (stride 16 - K, ``diffusion.window_starts``) denoised by
+``diffusion.sample_windows``; the call takes the previous batch's tail trajectory ``prev_tail``
+(num_steps + 1, K, r, r, 4) and ``use_prev_tail`` (bool scalar) and returns ``(faces, tail)``,
+the tail staying on the device for the next call (no host sync). Windows are linked inside one
+device, so the mesh must have one device. K = 0 is the program above, unchanged.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from lipsync_jax.diffusion import initial_latents, sample_chunk
+from lipsync_jax.diffusion import empty_tail, initial_latents, sample_chunk, sample_windows
 from lipsync_jax.face import load_fixed_mask
 from lipsync_jax.pipeline.chunk import decode_and_paste, encode_faces
 from lipsync_jax.pipeline.models import LipsyncModels
@@ -83,7 +90,8 @@ def generate_chunks(models: LipsyncModels, unet_params: Any, vae_params: Any, fa
                     audio: jax.Array, chunk_indices: jax.Array, noise: jax.Array, vae_key_data: jax.Array,
                     pixel_mask: jax.Array, keep_mask: jax.Array, latent_mask: jax.Array, *, num_steps: int,
                     guidance_scale: float, sampler_options: Mapping[str, Any],
-                    vae_frames: int | None = None) -> jax.Array:
+                    vae_frames: int | None = None, overlap: int = 0, prev_tail: jax.Array | None = None,
+                    use_prev_tail: jax.Array | None = None):
     """The per-device body: (b, f, R, R, 3) uint8 faces -> (b, f, R, R, 3) float32 generated faces
     (``vae_frames``: frames per VAE encode/decode step, default f; memory, not the result)."""
     b, f = faces.shape[:2]
@@ -97,11 +105,18 @@ def generate_chunks(models: LipsyncModels, unet_params: Any, vae_params: Any, fa
     pixel_values, masked, ref = jax.lax.map(encode, (faces, chunk_indices))  # one chunk at a time
     init = jnp.broadcast_to(noise, (b,) + noise.shape[1:])
     mask = jnp.broadcast_to(latent_mask, (b, f) + latent_mask.shape)
-    latents = sample_latents(models, unet_params, init, mask, masked, ref, audio, num_steps=num_steps,
-                             guidance_scale=guidance_scale, sampler_options=sampler_options)
+    if overlap:  # consecutive windows sharing ``overlap`` frames (module doc)
+        latents, tail = sample_windows(
+            models.unet_apply, unet_params, init, mask, masked, ref, audio.astype(jnp.float32),
+            scheduler=models.scheduler, num_steps=num_steps, guidance_scale=guidance_scale, overlap=overlap,
+            prev_tail=prev_tail, use_prev_tail=use_prev_tail, **dict(sampler_options))
+    else:
+        latents, tail = sample_latents(models, unet_params, init, mask, masked, ref, audio, num_steps=num_steps,
+                                       guidance_scale=guidance_scale, sampler_options=sampler_options), None
     decode = lambda args: decode_and_paste(models.vae, vae_params, args[0], args[1], keep_mask,  # noqa: E731
                                            vae_frames)
-    return jax.lax.map(decode, (latents, pixel_values))
+    faces = jax.lax.map(decode, (latents, pixel_values))
+    return faces if tail is None else (faces, tail)
 
 
 def sample_latents(models: LipsyncModels, unet_params: Any, init: jax.Array, mask: jax.Array, masked: jax.Array,
@@ -124,7 +139,7 @@ class ChunkProgram:
 
     def __init__(self, models: LipsyncModels, mesh: Mesh, *, num_steps: int, guidance_scale: float,
                  chunks_per_device: int = 1, sampler_options: Mapping[str, Any] | None = None,
-                 vae_frames: int | None = None):
+                 vae_frames: int | None = None, overlap: int = 0):
         if chunks_per_device < 1:
             raise ValueError(f"chunks_per_device must be >= 1, got {chunks_per_device}")
         self.models, self.mesh = models, mesh
@@ -133,6 +148,10 @@ class ChunkProgram:
         self.batch = self.chunks_per_device * mesh.size
         self.sampler_options = dict(sampler_options or {})
         self.vae_frames = int(vae_frames or models.num_frames)  # frames per VAE step (pipeline/memory.py)
+        self.overlap = int(overlap)  # frames shared by consecutive windows (module doc; 0: disjoint chunks)
+        if self.overlap and mesh.size != 1:
+            raise ValueError(f"overlapping windows (overlap {self.overlap}) run on one device; "
+                             f"the mesh has {mesh.size}")
         self.replicated = NamedSharding(mesh, P())
         self.sharded = NamedSharding(mesh, P(DATA_AXIS))
         pixel, keep, latent = mask_arrays(models)
@@ -141,8 +160,15 @@ class ChunkProgram:
                                  guidance_scale=self.guidance_scale, sampler_options=self.sampler_options,
                                  vae_frames=self.vae_frames)
         rep, dat = P(), P(DATA_AXIS)
-        mapped = jax.shard_map(body, mesh=mesh, in_specs=(rep, rep, dat, dat, dat, rep, rep, rep, rep, rep),
-                               out_specs=dat, check_vma=False)
+        if self.overlap:
+            body = functools.partial(_windows_body, body, self.overlap)
+            mapped = jax.shard_map(body, mesh=mesh, in_specs=(rep, rep, dat, dat, dat, rep, rep, rep, rep, rep, rep, rep),
+                                   out_specs=(dat, rep), check_vma=False)
+            self.empty_tail = jax.device_put(empty_tail(self.num_steps, self.overlap, (models.latent_size,) * 2
+                                                        + (models.vae.config.latent_channels,)), self.replicated)
+        else:
+            mapped = jax.shard_map(body, mesh=mesh, in_specs=(rep, rep, dat, dat, dat, rep, rep, rep, rep, rep),
+                                   out_specs=dat, check_vma=False)
         self._jitted = jax.jit(mapped)
         self._compiled = None
         self._compile_lock = threading.Lock()
@@ -175,7 +201,7 @@ class ChunkProgram:
                                   tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(tree)))
         return (m.unet_apply, m.vae, id(m.scheduler), m.num_frames, m.resolution, m.audio_feat_length,
                 m.audio.config, self.mesh, self.num_steps, self.guidance_scale, self.chunks_per_device, self.vae_frames,
-                tuple(sorted(self.sampler_options.items())), signature(unet_params), signature(vae_params))
+                self.overlap, tuple(sorted(self.sampler_options.items())), signature(unet_params), signature(vae_params))
 
     def _compile(self, unet_params: Any, vae_params: Any):
         if self._compiled is None:
@@ -191,6 +217,9 @@ class ChunkProgram:
                     spec("audio", self.sharded), spec("chunk_indices", self.sharded),
                     spec("noise", self.replicated), spec("vae_key_data", self.replicated),
                     *(jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=self.replicated) for m in self.masks))
+            if self.overlap:
+                args += (jax.ShapeDtypeStruct(self.empty_tail.shape, self.empty_tail.dtype, sharding=self.replicated),
+                         jax.ShapeDtypeStruct((), np.bool_, sharding=self.replicated))
             self._compiled = self._jitted.lower(*args).compile()
             self.compile_seconds = time.perf_counter() - begin
             _COMPILED[key] = (self.models.scheduler, self._compiled)
@@ -222,10 +251,25 @@ class ChunkProgram:
         return (jax.device_put(np.asarray(noise, np.float32), self.replicated),
                 jax.device_put(np.asarray(vae_key_data, np.uint32), self.replicated))
 
-    def __call__(self, unet_params: Any, vae_params: Any, faces, audio, chunk_indices, noise, vae_key_data) -> jax.Array:
+    def __call__(self, unet_params: Any, vae_params: Any, faces, audio, chunk_indices, noise, vae_key_data,
+                 prev_tail=None, use_prev_tail: bool = False):
+        """The generated faces; with ``overlap`` > 0 ``(faces, tail)``: pass ``tail`` as the next
+        call's ``prev_tail`` with ``use_prev_tail=True`` when its first window follows this call's
+        last one (None / False: the first window is not linked)."""
         compiled = self.compile(unet_params, vae_params)
         if not isinstance(faces, jax.Array):
             faces, audio, chunk_indices = self.put_batch(faces, audio, chunk_indices)
         if not isinstance(noise, jax.Array):
             noise, vae_key_data = self.put_job(noise, vae_key_data)
-        return compiled(unet_params, vae_params, faces, audio, chunk_indices, noise, vae_key_data, *self.masks)
+        if not self.overlap:
+            return compiled(unet_params, vae_params, faces, audio, chunk_indices, noise, vae_key_data, *self.masks)
+        use = bool(use_prev_tail) and prev_tail is not None
+        tail = prev_tail if use else self.empty_tail
+        return compiled(unet_params, vae_params, faces, audio, chunk_indices, noise, vae_key_data, *self.masks,
+                        tail, jax.device_put(np.bool_(use), self.replicated))
+
+
+def _windows_body(body, overlap, unet_params, vae_params, faces, audio, chunk_indices, noise, vae_key_data,
+                  pixel_mask, keep_mask, latent_mask, prev_tail, use_prev_tail):
+    return body(unet_params, vae_params, faces, audio, chunk_indices, noise, vae_key_data, pixel_mask, keep_mask,
+                latent_mask, overlap=overlap, prev_tail=prev_tail, use_prev_tail=use_prev_tail)

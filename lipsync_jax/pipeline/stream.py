@@ -20,6 +20,13 @@ a tuple per frame (one face or None per chosen person, a *lane*); the dispatcher
 batch axis of the same program calls, and the writer pastes a chunk's lanes into each frame in
 lane order (a lane whose person is absent from a frame leaves that frame alone).
 
+Overlapping windows (``job.overlap`` K > 0, one face, one device): the output is cut into
+16-frame windows with stride 16 - K (``diffusion.window_starts``); each window's faces and audio
+cover all its 16 frames, but only its new frames (all of the first window, frames K.. of the
+others) are written. The windows of a call are consecutive; the tail trajectory the program
+returns stays on the device and links the next call's first window when it follows (a window
+without any face, or a partial batch, breaks the chain: the next window starts unlinked).
+
 Stopping: the calling thread waits on the workers; an exception there (Ctrl-C, SIGTERM turned
 into an exception by infer.py) or in a worker sets the stop event, every worker leaves its loop
 (ffmpeg processes are killed), and the work folder beside the output is deleted.
@@ -48,7 +55,7 @@ from lipsync_jax.pipeline.inputs import check_audio, check_inputs
 from lipsync_jax.pipeline.program import start_noise
 from lipsync_jax.pipeline.restore import paste_generated_face
 from lipsync_jax.pipeline.store import FrameStore, SourceRecord
-from lipsync_jax.pipeline.timeline import chunk_bounds, pad_to_chunk, pingpong_indices
+from lipsync_jax.pipeline.timeline import chunk_bounds, pad_to_chunk, pingpong_indices, window_bounds
 from lipsync_jax.pipeline.timing import StageTimer
 
 _END = object()
@@ -69,6 +76,7 @@ class ChunkWork:
     audio: np.ndarray | None = None  # (f, T, D) audio windows
     generated: np.ndarray | None = None  # (f, R, R, 3) float32 after the device program
     lane: int = 0  # which chosen face (several faces: one ChunkWork per chunk and lane)
+    offset: int = 0  # overlapping windows: the first written frame's place in the window (0 or K)
 
 
 @dataclasses.dataclass
@@ -96,6 +104,8 @@ class _Job:
         self.store: FrameStore | None = None
         self.face_plan = None  # pipeline/face_choice.FacePlan (None: a custom face pass factory)
         self.lanes = 1
+        self.overlap = int(getattr(job, "overlap", 0) or 0)  # frames shared by consecutive windows
+        self.tail, self.tail_window = None, None  # overlap: the last full call's tail (device) and window
 
     # ------------------------------------------------------------------ queue helpers
     def put(self, q: queue.Queue, item) -> None:
@@ -221,31 +231,41 @@ class _Job:
 
         pending: list[ChunkWork] = []
         with_faces = 0
-        for index, (start, stop) in enumerate(chunk_bounds(n_out, f)):
+        overlap, previous_had_face = self.overlap, False
+        bounds = window_bounds(n_out, f, overlap) if overlap else [(a, a, b) for a, b in chunk_bounds(n_out, f)]
+        for index, (first, start, stop) in enumerate(bounds):  # window frames first..stop, written start..stop
             pull_until(stop - 1 + f - 1)
             if mapping is None and eof and self.num_source < n_out:
                 if self.store is None:
                     self.refill_store(self.num_source)
                 self.store.flush()
                 mapping = pingpong_indices(self.num_source, n_out)
-            sources = np.arange(start, stop) if mapping is None else mapping[start:stop]
+            sources = np.arange(first, stop) if mapping is None else mapping[first:stop]
             with self.timer.stage("batch_assembly", stop - start):
-                records = [record_of(int(s)) for s in sources]
+                window_records = [record_of(int(s)) for s in sources]
+                records = window_records[start - first:]  # the frames this window writes
+                lane_has_face = [any(lane_faces(r.aligned)[lane] is not None for r in records)
+                                 for lane in range(self.lanes)]
+                if overlap and lane_has_face[0] and not previous_had_face and with_faces:
+                    self.launch(program, pending, noise, key_data)  # the chain of windows breaks here
+                    pending, with_faces = [], 0
+                previous_had_face = lane_has_face[0]
                 for lane in range(self.lanes):
-                    work = ChunkWork(index, start, records, lane=lane)
-                    if any(lane_faces(r.aligned)[lane] is not None for r in records):
+                    work = ChunkWork(index, start, records, lane=lane, offset=start - first)
+                    if lane_has_face[lane]:
                         known = read if not eof else self.num_source
                         lo, hi = max(0, int(sources.min()) - (f - 1)), min(known, int(sources.max()) + f)
                         near = lo + nearest_face_indices(np.array([has_face(s, lane) for s in range(lo, hi)]))
                         padded = pad_to_chunk(sources, f)
                         work.faces = np.stack([lane_faces(record_of(int(near[s - lo])).aligned)[lane].face
                                                for s in padded])
-                        work.audio = self.lane_audio[lane].windows(pad_to_chunk(np.arange(start, stop), f))
+                        work.audio = self.lane_audio[lane].windows(pad_to_chunk(np.arange(first, stop), f))
                         with_faces += 1
                     pending.append(work)
-            for old in [k for k in window if k < stop - (f - 1)]:
+            for old in [k for k in window if k < stop - overlap - (f - 1)]:  # the next window's stand-ins
                 del window[old]
-            if with_faces >= batch or len(pending) >= (2 * batch + 2) * self.lanes:
+            flush = len(pending) >= (2 * batch + 2) * self.lanes and not (overlap and previous_had_face)
+            if with_faces >= batch or flush:
                 self.launch(program, pending, noise, key_data)
                 pending, with_faces = [], 0
         if pending:
@@ -262,9 +282,17 @@ class _Job:
             part = work[first:first + batch]
             padded = part + [part[-1]] * (batch - len(part))
             with self.timer.stage("dispatch", sum(len(c.records) for c in part)):
-                outputs.append(program(self.engine.unet_params, self.engine.vae_params,
-                                       np.stack([c.faces for c in padded]), np.stack([c.audio for c in padded]),
-                                       np.array([c.index for c in padded], np.int32), noise, key_data))
+                args = (self.engine.unet_params, self.engine.vae_params, np.stack([c.faces for c in padded]),
+                        np.stack([c.audio for c in padded]), np.array([c.index for c in padded], np.int32),
+                        noise, key_data)
+                if self.overlap:  # link the first window to the previous call's last one when it follows it
+                    linked = self.tail is not None and self.tail_window == part[0].index - 1
+                    output, tail = program(*args, self.tail if linked else None, linked)
+                    full = len(part) == batch  # padding windows would hand on the wrong tail
+                    self.tail, self.tail_window = (tail, part[-1].index) if full else (None, None)
+                    outputs.append(output)
+                else:
+                    outputs.append(program(*args))
             self.batches += 1
         if outputs:
             group.output = outputs[0] if len(outputs) == 1 else outputs
@@ -284,7 +312,7 @@ class _Job:
                         outputs = group.output if isinstance(group.output, list) else [group.output]
                         generated = np.concatenate([np.asarray(o) for o in outputs])
                     for j, chunk in enumerate(c for c in group.chunks if c.faces is not None):
-                        chunk.generated = generated[j]
+                        chunk.generated = generated[j][chunk.offset:] if chunk.offset else generated[j]
                         if self.job.on_chunk is not None:
                             self.job.on_chunk(chunk.index, chunk.start, chunk.generated[:len(chunk.records)])
                 for _, same_chunk in itertools.groupby(group.chunks, key=lambda c: c.index):
@@ -325,7 +353,8 @@ class _Job:
 
         job, timer, models = self.job, self.timer, self.models
         begin = time.perf_counter()
-        program = self.engine.program(job.num_steps, job.guidance_scale)
+        overlap = (self.overlap,) if self.overlap else ()
+        program = self.engine.program(job.num_steps, job.guidance_scale, *overlap)
         compile_thread = self.worker("compile", lambda: program.compile(self.engine.unet_params,
                                                                         self.engine.vae_params))
         face_pass = None
@@ -341,6 +370,9 @@ class _Job:
             self.lane_audio = [self.audio]
             if self.face_plan is not None and self.face_plan.num_lanes > 1:
                 self.lanes = self.face_plan.num_lanes
+                if self.overlap:
+                    raise ValueError(f"overlapping windows (overlap {self.overlap}) lip-sync one face; "
+                                     f"{self.lanes} faces were chosen")
                 with timer.stage("audio"):
                     self.lane_audio = lane_audio_plans(models, self.face_plan, self.audio, float(job.fps))
             if self.checked.video.frame_count_at(float(job.fps)) < n_out + int(job.fps):
