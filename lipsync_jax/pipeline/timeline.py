@@ -65,16 +65,3 @@ def window_bounds(num_output: int, chunk_size: int = 16, overlap: int = 0) -> li
     starts = window_starts(num_output, chunk_size, overlap)
     return [(s, s if j == 0 else s + overlap, min(s + chunk_size, num_output)) for j, s in enumerate(starts)]
 
-
-def window_bounds(num_output: int, chunk_size: int = 16, overlap: int = 0) -> list[tuple[int, int, int]]:
-    """[(first, start, stop), ...] of overlapping windows (stride ``chunk_size - overlap``,
-    ``diffusion.window_starts``): the window covers output frames first..stop (the last may be
-    short, padded like a chunk) and writes start..stop (all of the first window, frames
-    ``overlap``.. of the others), so the written ranges tile 0..num_output. ``overlap`` 0 gives
-    ``chunk_bounds``."""
-    from lipsync_jax.diffusion.overlap import window_starts
-
-    if num_output < 1:
-        return []
-    starts = window_starts(num_output, chunk_size, overlap)
-    return [(s, s if j == 0 else s + overlap, min(s + chunk_size, num_output)) for j, s in enumerate(starts)]
