@@ -365,3 +365,22 @@ def test_page_plays_a_file_in_headless_chromium(server, tmp_path):
     if os.environ.get("LIPSYNC_UPDATE_DOCS"):
         shutil.copy(shot, os.path.join(ROOT, "docs", "live.png"))
     assert wait_for_no_sessions(server)
+
+
+def test_avatar_from_its_cache_entry_skips_the_face_pass(tiny_models, clip, avatar, tmp_path):
+    from lipsync_jax.stream import LiveAvatar
+
+    def no_face_pass(*args):
+        raise AssertionError("the cached avatar ran the face pass")
+
+    cache = str(tmp_path / "avatars")
+    with LiveAvatar.prepare(tiny_models, clip, avatar_cache=cache) as first:
+        assert first.cache_status == "stored" and len(os.listdir(cache)) == 1
+    with LiveAvatar.prepare(tiny_models, clip, avatar_cache=cache, face_pass_factory=no_face_pass) as second:
+        assert second.cache_status == "hit"
+        np.testing.assert_array_equal(second.has_face, avatar.has_face)
+        for source in (0, 11, 29):
+            a, b = second.record(source), avatar.record(source)
+            np.testing.assert_array_equal(a.frame, b.frame)
+            np.testing.assert_array_equal(a.aligned.face, b.aligned.face)
+            np.testing.assert_allclose(a.aligned.affine, b.aligned.affine, rtol=1e-6)
