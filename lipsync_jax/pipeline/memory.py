@@ -181,9 +181,11 @@ def _write_estimate(path: str, key: str, value: dict) -> None:
 
 
 def estimates_path(cache_dir: str | None = None) -> str:
+    """``cache_dir``, else JAX's persistent compile cache folder (``enable_compile_cache``), else the default one."""
     from lipsync_jax.pipeline.compile_cache import default_compile_cache_dir
 
-    return os.path.join(os.path.expanduser(cache_dir or default_compile_cache_dir()), ESTIMATES_FILE)
+    folder = cache_dir or jax.config.jax_compilation_cache_dir or default_compile_cache_dir()
+    return os.path.join(os.path.expanduser(folder), ESTIMATES_FILE)
 
 
 def program_footprint(models, *, chunk_batch: int, vae_frames: int | None = None, attention_backend: str = "auto",
@@ -243,8 +245,13 @@ def vae_slice_candidates(num_frames: int) -> list[int]:
     return sizes
 
 
-def attention_candidates(platform: str, dtype: Any) -> list[str]:
-    """UNet attention backends in order of preference on this platform."""
+def attention_candidates(platform: str, dtype: Any, tokens: int | None = None) -> list[str]:
+    """UNet attention backends in order of preference; "chunked" only when the longest attention
+    (``tokens`` = latent positions per frame) is longer than one block (else it is plain XLA)."""
+    from lipsync_jax.models.attention import CHUNK_QUERIES
+
+    if tokens is not None and tokens <= CHUNK_QUERIES:
+        return ["auto"]
     # auto = cuDNN flash attention on GPU in half precision (memory linear in the tokens), else XLA;
     # chunked = XLA over blocks of 1024 queries (models/attention.py): less memory at 512 px, a bit slower
     return ["auto", "chunked"]
@@ -263,7 +270,7 @@ def plan_memory(models, budget_gb: float | None, *, chunk_batch: int | None = No
     batches = list(chunk_batches or range(largest, 0, -1))
     whisper = tree_bytes(models.audio.params) if models.audio.params is not None else 0
     slices = vae_slice_candidates(models.num_frames)
-    backends = attention_candidates(device.platform, models.dtype)
+    backends = attention_candidates(device.platform, models.dtype, models.latent_size ** 2)
     budget = None if budget_gb is None else int(float(budget_gb) * GB)
     kw = dict(num_steps=num_steps, guidance_scale=guidance_scale, sampler_options=sampler_options, device=device,
               cache_dir=cache_dir)
