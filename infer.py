@@ -58,6 +58,12 @@ flags.DEFINE_string("checkpoint", "checkpoints/jax/unet", "Converted UNet folder
 flags.DEFINE_string("vae_checkpoint", "checkpoints/jax/vae", "Converted VAE folder (or the sd-vae-ft-mse folder).")
 flags.DEFINE_string("whisper_checkpoint", "checkpoints/jax/whisper", "Converted Whisper folder (or whisper/tiny.pt).")
 flags.DEFINE_integer("steps", None, "DDIM steps (default: the config's run.inference_steps, 20).", lower_bound=1)
+flags.DEFINE_string("scheduler", None, "Sampler: ddim (LatentSync) or dpmsolver++ (DPM-Solver++ 2M, e.g. with "
+                    "--steps 10) (default: the config's run.scheduler).")
+flags.DEFINE_integer("deepcache_interval", None, "DeepCache: full UNet every N steps, the shallow branch between "
+                     "(0/1 = off; LatentSync's --enable_deepcache is 3) (default: run.deepcache_interval).")
+flags.DEFINE_integer("overlap", None, "Frames shared by consecutive 16-frame windows (0..15; 0 = LatentSync's "
+                     "disjoint chunks; K costs 16/(16-K) UNet work; one face, one device) (default: run.overlap).")
 flags.DEFINE_float("guidance", None, "Audio guidance scale; <= 1 disables guidance (default: run.guidance_scale, 1.5).")
 flags.DEFINE_integer("seed", None, "Random seed of the start noise and VAE samples (default: run.seed).")
 flags.DEFINE_enum("dtype", None, ["bfloat16", "float32"],
@@ -140,7 +146,8 @@ def run() -> None:
         from lipsync_jax.batch import run_one_with_flags
         return run_one_with_flags(FLAGS)
     config = cli_flags.resolved_config(FLAGS)
-    checked = check_inputs(FLAGS.video, FLAGS.audio, FLAGS.output)  # before any heavy work
+    sampler = sampler_flags(config)  # before any heavy work, as the input checks
+    checked = check_inputs(FLAGS.video, FLAGS.audio, FLAGS.output)
     if not FLAGS.nocompile_cache:  # before the first compilation
         enable_compile_cache(FLAGS.compile_cache)
     if FLAGS.random_init:
@@ -156,9 +163,11 @@ def run() -> None:
         guidance_scale=float(config.run.guidance_scale if FLAGS.guidance is None else FLAGS.guidance),
         seed=seed, face_backend=FLAGS.face_backend, fps=float(config.data.video_fps),
         max_seconds=FLAGS.max_seconds, crf=FLAGS.crf, preset=FLAGS.preset, progress=FLAGS.progress,
-        face=face, face_audio=face_audio)
+        face=face, face_audio=face_audio, overlap=sampler["overlap"])
     max_vram = FLAGS.max_vram if FLAGS.max_vram is not None else float(config.run.get("max_vram_gb", 0.0) or 0.0)
-    engine_options = EngineOptions(chunk_batch=FLAGS.chunk_batch, max_vram_gb=max_vram or None)
+    engine_options = EngineOptions(chunk_batch=FLAGS.chunk_batch, max_vram_gb=max_vram or None,
+                                   sampler_options=sampler["sampler_options"],
+                                   devices=jax_devices()[:1] if sampler["overlap"] else None)
     result = run_inference(models, options, checked=checked, engine_options=engine_options)
     notes = []
     if result.looped:
@@ -177,6 +186,38 @@ def run() -> None:
           f"({result.num_frames / result.seconds:.2f} frames/s in the engine); {cache}")
     if FLAGS.random_init:
         print(RANDOM_INIT_WARNING, file=sys.stderr)
+
+
+def sampler_flags(config) -> dict:
+    """--scheduler / --deepcache_interval / --overlap (defaults: config.run), checked (one line):
+    {"sampler_options": the engine's sample_chunk options (empty for LatentSync's loop),
+    "overlap": K}."""
+    from lipsync_jax.diffusion import SamplerOptionError, validate_sampler_options
+
+    pick = lambda flag, field, default: (getattr(FLAGS, flag) if getattr(FLAGS, flag) is not None  # noqa: E731
+                                         else config.run.get(field, default))
+    solver = str(pick("scheduler", "scheduler", "ddim")).strip().lower()
+    interval, overlap = int(pick("deepcache_interval", "deepcache_interval", 0)), int(pick("overlap", "overlap", 0))
+    steps = int(config.run.inference_steps if FLAGS.steps is None else FLAGS.steps)
+    try:
+        validate_sampler_options(solver, interval, overlap, num_frames=int(config.data.get("num_frames", 16)),
+                                 num_steps=steps)
+    except SamplerOptionError as error:
+        raise ValueError(f"sampler options: {error}") from None
+    if overlap and (FLAGS.faces or FLAGS.face_audio):
+        raise ValueError("--overlap lip-syncs one face: not with --faces / --face_audio")
+    options = {}
+    if solver != "ddim":
+        options["solver"] = solver
+    if interval > 1:  # 0 and 1 are the same (off): the very same compiled program
+        options["deepcache_interval"] = interval
+    return {"sampler_options": options, "overlap": overlap}
+
+
+def jax_devices() -> list:
+    import jax
+
+    return list(jax.local_devices())
 
 
 def face_options() -> tuple[str, dict[str, str] | None]:

@@ -15,6 +15,10 @@ parallel threads, so they overlap and do not add up to the wall time).
 ``--ttff``: time to first frame of a fresh process (``infer.py``-like child: model build +
 engine), with an empty compile cache (cold) and again with it filled (warm).
 ``--rss``: peak RSS of a child process for ``--seconds`` and 4x as much audio (looped video).
+``--seams``: overlapping windows through the engine (issue 14): for overlap K = 0, 2, 4 (one
+job each, ``--seconds`` of audio), the mean absolute change (0..255) between consecutive
+generated faces (aligned crops before paste-back, in output order) where the writing window
+changes vs inside a window, and the UNet cost 16 / (16 - K) per output frame.
 ``--json FILE`` appends one JSON line with every number (bench/gpu_suite.sh collects them).
 """
 
@@ -52,6 +56,7 @@ def parse_args(argv=None):
     parser.add_argument("--ttff", action="store_true", help="time to first frame, cold and warm compile cache")
     parser.add_argument("--rss", action="store_true", help="peak RSS for --seconds and 4x --seconds of audio")
     parser.add_argument("--attention_check", action="store_true", help="cuDNN vs XLA attention at UNet shapes")
+    parser.add_argument("--seams", action="store_true", help="seam metric through the engine for overlap 0, 2, 4")
     parser.add_argument("--json", default=None, help="append the results as one JSON line to this file")
     parser.add_argument("--child", default=None, choices=["ttff", "rss"], help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -153,10 +158,53 @@ def device_alone(engine, program, repeats: int = 3) -> float:
     return (time.perf_counter() - begin) / repeats
 
 
+def seams(args, tmp: str, overlaps=(0, 2, 4)) -> list[dict]:
+    """Seam vs inside change of the generated faces through ``LipsyncEngine.run`` (see the doc)."""
+    import numpy as np
+
+    from lipsync_jax.pipeline import InferenceJob
+
+    models, engine, _ = build(args)
+    rows = []
+    for k in overlaps:
+        chunks = {}
+        record = lambda index, start, faces: chunks.__setitem__(start, np.array(faces))  # noqa: E731
+        begin = time.perf_counter()
+        engine.run(InferenceJob(args.video, args.audio, os.path.join(tmp, f"seams{k}.mp4"), num_steps=args.steps,
+                                guidance_scale=args.guidance, max_seconds=args.seconds, preset="ultrafast",
+                                progress=False, overlap=k, on_chunk=record))
+        seconds = time.perf_counter() - begin
+        starts = sorted(chunks)
+        faces = (np.concatenate([chunks[s] for s in starts]) + 1.0) * 127.5  # (n, R, R, 3) in output order
+        change = np.abs(np.diff(faces, axis=0)).mean(axis=(1, 2, 3))  # change[i]: frame i -> i + 1
+        seam_pairs = [s - 1 for s in starts[1:]]
+        inside = np.setdiff1d(np.arange(len(change)), seam_pairs)
+        row = dict(overlap=k, windows=len(starts), frames=len(faces), seam=float(change[seam_pairs].mean()),
+                   inside=float(change[inside].mean()), cost=16 / (16 - k), seconds=seconds)
+        rows.append(row)
+        print(f"| {k} | {row['windows']} | {row['seam']:.3f} | {row['inside']:.3f} | "
+              f"{row['seam'] / row['inside']:.2f} | {row['cost']:.2f} | {seconds:.1f} |", flush=True)
+    return rows
+
+
 def main() -> None:
     args = parse_args()
     if args.child:
         return child(args)
+    if args.seams:
+        print(f"seams through the engine: {args.config}, {args.seconds:g} s of {os.path.basename(args.audio)}, "
+              f"{args.steps} steps, guidance {args.guidance:g}, chunk_batch {args.chunk_batch or 'default'}")
+        print("| overlap K | windows | seam change | inside change | seam / inside | UNet cost per frame | "
+              "job seconds |\n|---|---|---|---|---|---|---|")
+        with tempfile.TemporaryDirectory() as tmp:
+            from lipsync_jax.pipeline import enable_compile_cache
+
+            enable_compile_cache(args.compile_cache or os.path.join(tmp, "xla_cache"))
+            rows = seams(args, tmp)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps({"config": args.config, "seams": rows}) + "\n")
+        return
     import jax
 
     from lipsync_jax.pipeline import StageTimer, enable_compile_cache

@@ -7,7 +7,9 @@
 jobs.csv has a header row. Columns ``video``, ``audio``, ``output`` are required; ``seed``,
 ``guidance``, ``steps`` and ``face`` are optional per row (empty = the command-line or config
 default; ``face``: largest (default), left, right, a track id from ``infer.py --list_faces``, or
-all without ``--avatar_cache``). Relative paths are relative to the CSV file's folder. Jobs run
+all without ``--avatar_cache``); ``scheduler`` (ddim | dpmsolver++), ``deepcache_interval`` and
+``overlap`` are optional too (empty = infer.py's --scheduler / --deepcache_interval / --overlap or
+the config's run fields; a bad value fails the file naming its line). Relative paths are relative to the CSV file's folder. Jobs run
 one after another on one engine (jobs with the same steps/guidance share one compiled program). A failed job is
 recorded (one line naming the file and the problem) and the others go on. A job whose output
 already exists is skipped (rerun the same command to resume; ``--force`` redoes them). At the
@@ -25,7 +27,7 @@ import time
 from typing import Callable, Sequence
 
 REQUIRED = ("video", "audio", "output")
-OPTIONAL = ("seed", "guidance", "steps", "face")
+OPTIONAL = ("seed", "guidance", "steps", "face", "scheduler", "deepcache_interval", "overlap")
 
 
 class BatchFileError(ValueError):
@@ -42,6 +44,9 @@ class BatchRow:
     guidance: float | None = None
     steps: int | None = None
     face: str | None = None
+    scheduler: str | None = None  # sampler options (empty: the command line's / config's)
+    deepcache_interval: int | None = None
+    overlap: int | None = None
 
 
 @dataclasses.dataclass
@@ -60,6 +65,20 @@ def _number(text: str, kind, column: str, line: int, path: str):
         return kind(text)
     except ValueError:
         raise BatchFileError(f"{path} line {line}: {column} {text!r} is not a valid {kind.__name__}") from None
+
+
+def _sampler_columns(values: dict, line: int, path: str) -> dict:
+    """The optional scheduler / deepcache_interval / overlap cells of a row, checked."""
+    from lipsync_jax.diffusion import SamplerOptionError, validate_sampler_options
+
+    cells = dict(scheduler=(values.get("scheduler") or "").lower() or None,
+                 deepcache_interval=_number(values.get("deepcache_interval", ""), int, "deepcache_interval", line, path),
+                 overlap=_number(values.get("overlap", ""), int, "overlap", line, path))
+    try:
+        validate_sampler_options(cells["scheduler"] or "ddim", cells["deepcache_interval"] or 0, cells["overlap"] or 0)
+    except SamplerOptionError as error:
+        raise BatchFileError(f"{path} line {line}: {error}") from None
+    return cells
 
 
 def read_jobs(path: str) -> list[BatchRow]:
@@ -93,7 +112,8 @@ def read_jobs(path: str) -> list[BatchRow]:
                                  seed=_number(values.get("seed", ""), int, "seed", line, path),
                                  guidance=_number(values.get("guidance", ""), float, "guidance", line, path),
                                  steps=_number(values.get("steps", ""), int, "steps", line, path),
-                                 face=values.get("face") or None))
+                                 face=values.get("face") or None,
+                                 **_sampler_columns(values, line, path)))
     if not rows:
         raise BatchFileError(f"jobs file {path}: no jobs")
     outputs = {}
@@ -148,8 +168,10 @@ def run_jobs(service, rows: Sequence[BatchRow], *, force: bool = False, max_seco
                          steps=row.steps if row.steps is not None else defaults.get("steps"),
                          face=row.face or defaults.get("face"), max_seconds=max_seconds, progress=progress,
                          crf=defaults.get("crf", 18), preset=defaults.get("preset", "medium"),
-                         solver=defaults.get("solver"), deepcache_interval=defaults.get("deepcache_interval"),
-                         overlap=defaults.get("overlap"))
+                         solver=row.scheduler or defaults.get("solver"),
+                         deepcache_interval=(row.deepcache_interval if row.deepcache_interval is not None
+                                             else defaults.get("deepcache_interval")),
+                         overlap=row.overlap if row.overlap is not None else defaults.get("overlap"))
         try:
             result = service.run(job)
         except KeyboardInterrupt:

@@ -257,11 +257,18 @@ class LipsyncService:
         steps = self.defaults["steps"] if job.steps is None else int(job.steps)
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        overlap = self.defaults["overlap"] if job.overlap is None else int(job.overlap)
+        if self.support["solver"]:  # one clear line for a bad option, before any work
+            from lipsync_jax.diffusion import validate_sampler_options
+
+            interval = self.defaults["deepcache_interval"] if job.deepcache_interval is None else job.deepcache_interval
+            validate_sampler_options(job.solver or self.defaults["solver"], int(interval), overlap,
+                                     self.models.num_frames, steps)
         engine = self.engine(self.sampler_options(job))
         extra = {}
-        if self.support["overlap"] and job.overlap:
-            extra["overlap"] = int(job.overlap)
-        elif job.overlap:
+        if self.support["overlap"] and overlap:
+            extra["overlap"] = overlap
+        elif overlap:
             raise ValueError("overlapping chunks are not available in this build")
         inference = InferenceJob(job.video, job.audio, job.output, num_steps=steps, guidance_scale=guidance,
                                  seed=seed, face_backend=self.face_backend, fps=self.fps, max_seconds=job.max_seconds,

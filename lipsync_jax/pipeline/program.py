@@ -162,7 +162,7 @@ class ChunkProgram:
         rep, dat = P(), P(DATA_AXIS)
         if self.overlap:
             body = functools.partial(_windows_body, body, self.overlap)
-            mapped = jax.shard_map(body, mesh=mesh, in_specs=(rep, rep, dat, dat, dat, rep, rep, rep, rep, rep, rep, rep),
+            mapped = jax.shard_map(body, mesh=mesh, in_specs=(rep, rep, dat, dat, dat) + (rep,) * 7,
                                    out_specs=(dat, rep), check_vma=False)
             self.empty_tail = jax.device_put(empty_tail(self.num_steps, self.overlap, (models.latent_size,) * 2
                                                         + (models.vae.config.latent_channels,)), self.replicated)
@@ -201,7 +201,8 @@ class ChunkProgram:
                                   tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(tree)))
         return (m.unet_apply, m.vae, id(m.scheduler), m.num_frames, m.resolution, m.audio_feat_length,
                 m.audio.config, self.mesh, self.num_steps, self.guidance_scale, self.chunks_per_device, self.vae_frames,
-                self.overlap, tuple(sorted(self.sampler_options.items())), signature(unet_params), signature(vae_params))
+                self.overlap, tuple(sorted(self.sampler_options.items())), signature(unet_params),
+                signature(vae_params))
 
     def _compile(self, unet_params: Any, vae_params: Any):
         if self._compiled is None:
