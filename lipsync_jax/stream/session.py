@@ -45,6 +45,7 @@ from lipsync_jax.pipeline.timeline import pad_to_chunk
 from lipsync_jax.stream.audio_online import OnlineAudioFeatures, to_float_audio
 
 POLL_SECONDS = 0.05
+RECENT_FRAMES = 4500  # frames whose metadata metrics() keeps besides the first chunk (3 minutes at 25 fps)
 PACE_SLACK = 0.002  # seconds a paced frame may come after its due time without re-basing the clock
 _END = object()
 
@@ -112,7 +113,9 @@ class StreamSession:
         self.frames_emitted = 0
         self.chunks_done = 0
         self.chunk_seconds: list[float] = []  # per chunk: compute seconds (windows, device, restore)
-        self._emitted: list[LiveFrame] = []  # metadata of emitted frames (images dropped)
+        # metadata of emitted frames (images dropped): the first chunk's and the last RECENT_FRAMES
+        self._first_emitted: list[LiveFrame] = []
+        self._recent_emitted: collections.deque = collections.deque(maxlen=RECENT_FRAMES)
         self._clock: tuple[float, int] | None = None  # (perf_counter, frame index) of the pacing clock
         self.late_frames = 0
         self.opened_at = time.perf_counter()
@@ -278,7 +281,8 @@ class StreamSession:
             raise StopIteration
         item.emitted_at = self._pace(item)
         self.frames_emitted += 1
-        self._emitted.append(dataclasses.replace(item, image=np.zeros((0,), np.uint8)))
+        meta = dataclasses.replace(item, image=np.zeros((0,), np.uint8))
+        (self._first_emitted if len(self._first_emitted) < self.f else self._recent_emitted).append(meta)
         return item
 
     def _pace(self, frame: LiveFrame) -> float:
@@ -309,7 +313,7 @@ class StreamSession:
 
     # ------------------------------------------------------------------ status and metrics
     def status(self) -> dict:
-        recent = self._emitted[-2 * self.f:]
+        recent = (self._first_emitted + list(self._recent_emitted))[-2 * self.f:]
         achieved = None
         if len(recent) >= 2 and recent[-1].emitted_at > recent[0].emitted_at:
             achieved = (len(recent) - 1) / (recent[-1].emitted_at - recent[0].emitted_at)
@@ -327,7 +331,7 @@ class StreamSession:
 
     def metrics(self) -> dict:
         """Latency accounting over the frames handed out so far (seconds)."""
-        return latency_metrics(self._emitted, self.fps, self.f)
+        return latency_metrics(self._first_emitted + list(self._recent_emitted), self.fps, self.f)
 
     # ------------------------------------------------------------------ closing
     def close(self, timeout: float = 30.0) -> None:
