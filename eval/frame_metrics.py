@@ -50,15 +50,10 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from lipsync_jax.eval.cli import run_main
     from lipsync_jax.eval.report import INPUT_ERRORS
 
-    try:
-        return run(args)
-    except INPUT_ERRORS as error:
-        if args.debug:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    return run_main(run, args, INPUT_ERRORS)
 
 
 if __name__ == "__main__":

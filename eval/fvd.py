@@ -69,16 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.narrow_by != 1 and not args.random_init:
         _parser().error("--narrow_by only goes with --random_init (checkpoints fix the widths)")
     from lipsync_jax.convert.rules import ConversionError
+    from lipsync_jax.eval.cli import run_main
     from lipsync_jax.eval.fvd import FVDError
     from lipsync_jax.eval.report import INPUT_ERRORS
 
-    try:
-        return run(args)
-    except (FVDError, ConversionError, *INPUT_ERRORS) as error:
-        if args.debug:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    return run_main(run, args, (FVDError, ConversionError, *INPUT_ERRORS))
 
 
 if __name__ == "__main__":

@@ -122,16 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give --syncnet_checkpoint and --s3fd_checkpoint (or --random_init for a smoke test)")
     if args.narrow_by != 1 and not args.random_init:
         parser.error("--narrow_by goes with --random_init (checkpoints carry their own widths)")
+    from lipsync_jax.eval.cli import run_main
     from lipsync_jax.eval.lse import lse_input_errors
     from lipsync_jax.eval.sync_eval import SyncEvalError
 
-    try:
-        return run(args)
-    except (*lse_input_errors(), SyncEvalError) as error:
-        if args.debug:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    return run_main(run, args, (*lse_input_errors(), SyncEvalError))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import argparse
 import sys
 from typing import Sequence
 
+from lipsync_jax.eval.cli import add_syncnet_arguments
+
 TABLE_COLUMNS = ("video", "audio", "similarity_at_zero", "best_offset", "best_similarity", "confidence",
                  "num_windows", "num_frames", "frames_without_face", "error")
 RANDOM_WARNING = ("WARNING: --random_init: the SyncNet has RANDOM weights. The scores below are MEANINGLESS "
@@ -33,13 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--video_dir", help="folder of videos to score")
     parser.add_argument("--audio", default=None, help="audio to score --video against (default: its own track)")
     parser.add_argument("--audio_dir", default=None, help="folder with audio named like the videos (default: --video_dir)")
-    weights = parser.add_mutually_exclusive_group(required=True)
-    weights.add_argument("--syncnet_checkpoint", help="folder from `python -m lipsync_jax.convert syncnet`")
-    weights.add_argument("--random_init", action="store_true", help="random SyncNet weights (smoke tests only)")
-    parser.add_argument("--config", default=None, help="SyncNet config (.py/.json); default: the checkpoint's "
-                        "config.json, else configs/syncnet/syncnet_16_pixel_attn.py")
-    parser.add_argument("--resolution", type=int, default=None, help="aligned face size (default: the config's "
-                        "data.resolution, else 256)")
+    add_syncnet_arguments(parser, "aligned face size (default: the config's data.resolution, else 256)")
     parser.add_argument("--max_offset", type=int, default=15, help="search audio offsets in [-N, N] frames")
     parser.add_argument("--batch_size", type=int, default=16, help="SyncNet windows per batch")
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed for --random_init")
@@ -97,15 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--audio goes with --video; use --audio_dir with --video_dir")
     if args.video is not None and (args.audio_dir is not None or args.csv is not None):
         parser.error("--audio_dir and --csv go with --video_dir")
+    from lipsync_jax.eval.cli import run_main
     from lipsync_jax.eval.report import INPUT_ERRORS
 
-    try:
-        return run(args)
-    except INPUT_ERRORS as error:
-        if args.debug:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    return run_main(run, args, INPUT_ERRORS)
 
 
 if __name__ == "__main__":

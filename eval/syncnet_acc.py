@@ -17,6 +17,8 @@ import argparse
 import sys
 from typing import Sequence
 
+from lipsync_jax.eval.cli import add_syncnet_arguments
+
 RANDOM_WARNING = ("WARNING: --random_init: the SyncNet has RANDOM weights. The accuracy below is MEANINGLESS "
                   "(smoke test only); use --syncnet_checkpoint with a converted stable_syncnet.pt.")
 
@@ -24,13 +26,7 @@ RANDOM_WARNING = ("WARNING: --random_init: the SyncNet has RANDOM weights. The a
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data_dir", required=True, help="clip dataset (python -m data_prep output)")
-    weights = parser.add_mutually_exclusive_group(required=True)
-    weights.add_argument("--syncnet_checkpoint", help="folder from `python -m lipsync_jax.convert syncnet`")
-    weights.add_argument("--random_init", action="store_true", help="random SyncNet weights (smoke tests only)")
-    parser.add_argument("--config", default=None, help="SyncNet config (.py/.json); default: the checkpoint's "
-                        "config.json, else configs/syncnet/syncnet_16_pixel_attn.py")
-    parser.add_argument("--resolution", type=int, default=None, help="face size (default: the config's "
-                        "data.resolution, else 256)")
+    add_syncnet_arguments(parser, "face size (default: the config's data.resolution, else 256)")
     parser.add_argument("--num_samples", type=int, default=1024, help="pairs to classify")
     parser.add_argument("--batch_size", type=int, default=16, help="pairs per batch")
     parser.add_argument("--threshold", type=float, default=0.5, help="similarity above which a pair is 'in sync'")
@@ -66,15 +62,10 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from lipsync_jax.data.records import DatasetFormatError
+    from lipsync_jax.eval.cli import run_main
     from lipsync_jax.eval.report import INPUT_ERRORS
 
-    try:
-        return run(args)
-    except (DatasetFormatError, *INPUT_ERRORS) as error:
-        if args.debug:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    return run_main(run, args, (DatasetFormatError, *INPUT_ERRORS))
 
 
 if __name__ == "__main__":
