@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -64,7 +65,7 @@ class EngineOptions:
     chunk_batch: int | None = None  # chunks per device per device-program call (None: default_chunk_batch())
     devices: Sequence[Any] | None = None  # default: all local devices
     sampler_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # extra sample_chunk kwargs
-    restore_threads: int = 2  # threads pasting generated faces into frames
+    restore_threads: int | None = None  # threads pasting faces into frames (None: half the CPUs, 1..8)
     queue_batches: int = 2  # chunk batches queued between host stages (memory bound)
     # device-memory budget in GiB (--max_vram): chunk_batch (at most the one above), VAE slices,
     # attention backend and Whisper's place are chosen to fit it (pipeline/memory.py); None: no limit
@@ -136,8 +137,10 @@ class LipsyncEngine:
         self._lock = threading.Lock()
 
     @property
-    def num_devices(self) -> int:
-        return self.mesh.size
+    def restore_threads(self) -> int:
+        if self.options.restore_threads:
+            return int(self.options.restore_threads)
+        return max(1, min(8, (os.cpu_count() or 2) // 2))
 
     def _fit_memory(self, models: LipsyncModels) -> LipsyncModels:
         from lipsync_jax.pipeline import memory
@@ -149,6 +152,10 @@ class LipsyncEngine:
         if plan.whisper_on_host:
             memory.move_whisper_to_host(models)
         return memory.with_attention_backend(models, plan.attention_backend)
+
+    @property
+    def num_devices(self) -> int:
+        return self.mesh.size
 
     @property
     def batch(self) -> int:

@@ -300,7 +300,7 @@ class _Job:
 
     # ------------------------------------------------------------------ writer
     def write(self, writer: VideoWriter, bar) -> None:
-        pool = concurrent.futures.ThreadPoolExecutor(max(1, self.engine.options.restore_threads),
+        pool = concurrent.futures.ThreadPoolExecutor(self.engine.restore_threads,
                                                      thread_name_prefix="lipsync-restore")
         try:
             while True:
