@@ -30,6 +30,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from lipsync_jax.eval.nets import load_net_params, padded_batches
+
 FVD_START_FRAME = 20  # LatentSync reads vr[20:36]
 FVD_NUM_FRAMES = 16
 FVD_SIZE = 224
@@ -177,13 +179,8 @@ class I3DFeatures:
         clips = np.asarray(clips)
         if clips.ndim != 5 or clips.shape[-1] != 3 or clips.dtype != np.uint8:
             raise FVDError(f"I3D takes uint8 clips (n, frames, h, w, 3), got {clips.dtype} {clips.shape}")
-        out = []
-        for start in range(0, len(clips), self.batch_size):
-            batch = clips[start:start + self.batch_size]
-            pad = self.batch_size - len(batch)
-            if pad:
-                batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)])
-            out.append(np.asarray(self._forward(self.params, batch)[which], np.float64)[:self.batch_size - pad])
+        out = [np.asarray(self._forward(self.params, batch)[which], np.float64)[:valid]
+               for batch, valid in padded_batches(clips, self.batch_size)]
         return np.concatenate(out) if out else np.zeros((0, 0))
 
     def logits(self, clips: np.ndarray) -> np.ndarray:
@@ -200,27 +197,16 @@ def load_i3d(checkpoint: str | None = None, *, random_init: bool = False, seed: 
     weights (smoke tests: the FVD is then meaningless). ``config``: I3DConfig fields (default
     Kinetics-400: 400 classes). ``dtype``: compute dtype (float32 reproduces the reference;
     bfloat16 is faster on GPU/TPU but changes the FVD slightly)."""
-    import jax
-
-    from lipsync_jax.checkpoints import is_converted, restore_params
     from lipsync_jax.models.i3d import build, init_params
 
     if random_init == (checkpoint is not None):
         raise FVDError("give either an I3D checkpoint (converted folder or rgb_imagenet.pt) or random_init=True")
-    if random_init:
-        params, source = init_params(jax.random.key(seed), config), f"random init (seed {seed})"
-    elif is_converted(checkpoint):
-        params, saved = restore_params(checkpoint)
-        config = config or saved
-        source = os.path.abspath(checkpoint)
-    elif os.path.isfile(checkpoint):
-        from lipsync_jax.convert.i3d import convert_file
-
-        params, _ = convert_file(checkpoint, config)
-        source = os.path.abspath(checkpoint)
-    else:
+    loaded = load_net_params(checkpoint, config, random_init=random_init, seed=seed, init_params=init_params,
+                             convert="i3d")
+    if loaded is None:
         raise FVDError(f"{checkpoint}: I3D checkpoint not found (a folder from `python -m lipsync_jax.convert i3d` "
                        "or pytorch-i3d's rgb_imagenet.pt)")
+    params, config, source = loaded
     return I3DFeatures(build(config, dtype=dtype), params, batch_size=batch_size, source=source,
                        random_init=random_init)
 

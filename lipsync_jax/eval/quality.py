@@ -22,6 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lipsync_jax.eval.nets import load_net_params, padded_batches
+
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 CROP_SIZE = 224
@@ -84,13 +86,8 @@ class HyperIQAScorer:
     def frame_scores(self, frames: np.ndarray) -> np.ndarray:
         """(n,) float32 HyperIQA scores of RGB uint8 frames (n, h, w, 3), h, w >= 224."""
         images = preprocess_frames(frames)
-        scores = []
-        for start in range(0, len(images), self.batch_size):
-            batch = images[start:start + self.batch_size]
-            pad = self.batch_size - len(batch)
-            if pad:
-                batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)])
-            scores.append(np.asarray(self._forward(self.params, batch))[:self.batch_size - pad])
+        scores = [np.asarray(self._forward(self.params, batch))[:valid]
+                  for batch, valid in padded_batches(images, self.batch_size)]
         return np.concatenate(scores).astype(np.float32)
 
 
@@ -100,28 +97,17 @@ def load_hyperiqa(checkpoint: str | None = None, *, random_init: bool = False, s
     ``koniq_pretrained.pkl`` itself (converted on the fly); ``random_init``: random weights (smoke
     tests: the scores are meaningless). ``config``: HyperIQAConfig fields (default LatentSync's).
     ``dtype``: compute dtype (float32 reproduces the reference)."""
-    import jax
-
-    from lipsync_jax.checkpoints import is_converted, restore_params
     from lipsync_jax.models.hyperiqa import build, init_params
 
     if random_init == (checkpoint is not None):
         raise QualityError("give either a HyperIQA checkpoint (converted folder or koniq_pretrained.pkl) "
                            "or random_init=True")
-    if random_init:
-        params, source = init_params(jax.random.key(seed), config), f"random init (seed {seed})"
-    elif is_converted(checkpoint):
-        params, saved = restore_params(checkpoint)
-        config = config or saved
-        source = os.path.abspath(checkpoint)
-    elif os.path.isfile(checkpoint):
-        from lipsync_jax.convert.hyperiqa import convert_file
-
-        params, _ = convert_file(checkpoint, config)
-        source = os.path.abspath(checkpoint)
-    else:
+    loaded = load_net_params(checkpoint, config, random_init=random_init, seed=seed, init_params=init_params,
+                             convert="hyperiqa")
+    if loaded is None:
         raise QualityError(f"{checkpoint}: HyperIQA checkpoint not found (a folder from "
                            "`python -m lipsync_jax.convert hyperiqa` or koniq_pretrained.pkl)")
+    params, config, source = loaded
     return HyperIQAScorer(build(config, dtype=dtype), params, batch_size=batch_size, source=source,
                           random_init=random_init)
 
