@@ -112,9 +112,7 @@ def load_lse_syncnet(checkpoint: str | None = None, *, random_init: bool = False
         params = _random_tree(abstract_params(config), seed)
         return LoadedNet(LSESyncNet(config), params, f"random init (seed {seed})", True)
     params = _restore(checkpoint, convert_lse, "SyncNet")
-    config = LSESyncNetConfig.from_config({
-        "narrow_by": max(1, 64 // int(params["netcnnaud"]["conv_0"]["kernel"].shape[-1])),
-        "num_layers_in_fc_layers": int(params["netfcaud"]["dense_3"]["kernel"].shape[-1])})
+    config = LSESyncNetConfig.from_config(convert_lse.saved_config(params))  # widths read off the shapes
     _check_fit(params, abstract_params(config), checkpoint, "classic SyncNet")
     return LoadedNet(LSESyncNet(config), params, os.path.abspath(checkpoint), False)
 
@@ -143,7 +141,7 @@ def load_s3fd(checkpoint: str | None = None, *, random_init: bool = False, seed:
         params = _random_tree(abstract_params(config), seed + 1, _smoke_test_face_bias)
         return LoadedNet(S3FDNet(config), params, f"random init (seed {seed + 1})", True)
     params = _restore(checkpoint, convert_s3fd, "S3FD")
-    config = S3FDConfig(max(1, 64 // int(params["vgg_0"]["kernel"].shape[-1])))
+    config = S3FDConfig.from_config(convert_s3fd.saved_config(params))
     _check_fit(params, abstract_params(config), checkpoint, "S3FD detector")
     return LoadedNet(S3FDNet(config), params, os.path.abspath(checkpoint), False)
 
