@@ -27,6 +27,25 @@ class SchedulerConfigError(ValueError):
     """A scheduler config asks for something this DDIM implementation does not support."""
 
 
+def scheduler_config_from_dict(cls: type, config: Mapping[str, Any]) -> Any:
+    """``cls(**...)`` (DDIMConfig, DPMSolverConfig) from the keys of ``config`` that are its fields
+    (others ignored), ``trained_betas`` as a tuple of floats, validated."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in config.items() if k in names}
+    if kwargs.get("trained_betas") is not None:
+        kwargs["trained_betas"] = tuple(float(b) for b in kwargs["trained_betas"])
+    cfg = cls(**kwargs)
+    cfg.validate()
+    return cfg
+
+
+def check_beta_schedule(cfg: Any) -> None:
+    """The beta schedules ``make_betas`` builds: linear, scaled_linear, or trained_betas."""
+    if cfg.beta_schedule not in ("linear", "scaled_linear") and cfg.trained_betas is None:
+        raise SchedulerConfigError(f"beta_schedule {cfg.beta_schedule!r} is not supported "
+                                   "(linear, scaled_linear, or trained_betas)")
+
+
 @dataclasses.dataclass(frozen=True)
 class DDIMConfig:
     """The DDIMScheduler config fields (diffusers names) that change the arithmetic."""
@@ -49,19 +68,10 @@ class DDIMConfig:
     def from_dict(cls, config: Mapping[str, Any]) -> "DDIMConfig":
         """Reads a diffusers/LatentSync scheduler config; bookkeeping keys (``_class_name``,
         ``skip_prk_steps``...) and fields without effect on DDIM arithmetic are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in config.items() if k in names}
-        if kwargs.get("trained_betas") is not None:
-            kwargs["trained_betas"] = tuple(float(b) for b in kwargs["trained_betas"])
-        cfg = cls(**kwargs)
-        cfg.validate()
-        return cfg
+        return scheduler_config_from_dict(cls, config)
 
     def validate(self) -> None:
-        if self.beta_schedule not in ("linear", "scaled_linear") and self.trained_betas is None:
-            raise SchedulerConfigError(
-                f"beta_schedule {self.beta_schedule!r} is not supported (linear, scaled_linear, "
-                "or trained_betas)")
+        check_beta_schedule(self)
         if self.prediction_type not in ("epsilon", "sample", "v_prediction"):
             raise SchedulerConfigError(f"unknown prediction_type {self.prediction_type!r}")
         if self.timestep_spacing not in ("leading", "trailing", "linspace"):

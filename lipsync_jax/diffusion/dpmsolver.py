@@ -35,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from lipsync_jax.diffusion.ddim import DDIMConfig, SchedulerConfigError, make_alphas_cumprod, make_betas
+from lipsync_jax.diffusion.ddim import (DDIMConfig, SchedulerConfigError, check_beta_schedule, make_alphas_cumprod,
+                                        make_betas, scheduler_config_from_dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,13 +71,7 @@ class DPMSolverConfig:
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> "DPMSolverConfig":
         """A DPM-Solver config dict (diffusers names); unknown keys are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in config.items() if k in names}
-        if kwargs.get("trained_betas") is not None:
-            kwargs["trained_betas"] = tuple(float(b) for b in kwargs["trained_betas"])
-        cfg = cls(**kwargs)
-        cfg.validate()
-        return cfg
+        return scheduler_config_from_dict(cls, config)
 
     @classmethod
     def from_ddim_config(cls, config: Mapping[str, Any] | DDIMConfig, **overrides) -> "DPMSolverConfig":
@@ -93,9 +88,7 @@ class DPMSolverConfig:
         return cls.from_dict(kept)
 
     def validate(self) -> None:
-        if self.beta_schedule not in ("linear", "scaled_linear") and self.trained_betas is None:
-            raise SchedulerConfigError(f"beta_schedule {self.beta_schedule!r} is not supported "
-                                       "(linear, scaled_linear, or trained_betas)")
+        check_beta_schedule(self)
         if self.algorithm_type != "dpmsolver++":
             raise SchedulerConfigError(f"algorithm_type {self.algorithm_type!r} is not supported (dpmsolver++)")
         if self.solver_order not in (1, 2):
