@@ -40,53 +40,54 @@ def _track_label(name: str, track_index: int, num_tracks: int) -> str:
     return name if num_tracks == 1 else f"{name} (face {track_index})"
 
 
-def plot_distance_vs_offset(results: Sequence[tuple[str, Any]], path: str | None = None):
-    """``results``: (label, LSEResult) pairs. One line per face track, the minimum marked."""
+def _per_track_plot(results: Sequence[tuple[str, Any]], draw_track, path: str | None, *, zero_line: str,
+                    xlabel: str, ylabel: str, title: str):
+    """One figure with ``draw_track(ax, track, label)`` for every face track of every (label,
+    LSEResult) pair, a dashed line at 0 (``zero_line``: "x" vertical, "y" horizontal), labels and
+    a legend; "no video could be scored" when there is no track."""
     fig = _figure(7.5, 4.2)
     ax = fig.subplots()
     lines = 0
     for name, result in results:
         for track in result.tracks:
-            offsets, dists = track.score.dists_by_offset()
-            line, = ax.plot(offsets, dists, marker=".", label=_track_label(name, track.index, len(result.tracks)))
-            best = int(np.argmin(dists))
-            ax.plot([offsets[best]], [dists[best]], "o", color=line.get_color(), markersize=8, fillstyle="none")
+            draw_track(ax, track, _track_label(name, track.index, len(result.tracks)))
             lines += 1
     if lines:
-        ax.set_xlabel("audio offset (frames)")
-        ax.set_ylabel("mean SyncNet distance")
-        ax.set_title("Distance vs offset (circle: minimum = LSE-D; offset 0 = in sync)")
-        ax.axvline(0, color="gray", linewidth=0.8, linestyle="--")
+        (ax.axvline if zero_line == "x" else ax.axhline)(0, color="gray", linewidth=0.8, linestyle="--")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
         ax.legend(fontsize="small", loc="best")
     else:
         _no_data(ax, "no video could be scored")
     if path:
         fig.savefig(path)
     return fig
+
+
+def plot_distance_vs_offset(results: Sequence[tuple[str, Any]], path: str | None = None):
+    """``results``: (label, LSEResult) pairs. One line per face track, the minimum marked."""
+    def draw(ax, track, label):
+        offsets, dists = track.score.dists_by_offset()
+        line, = ax.plot(offsets, dists, marker=".", label=label)
+        best = int(np.argmin(dists))
+        ax.plot([offsets[best]], [dists[best]], "o", color=line.get_color(), markersize=8, fillstyle="none")
+
+    return _per_track_plot(results, draw, path, zero_line="x", xlabel="audio offset (frames)",
+                           ylabel="mean SyncNet distance",
+                           title="Distance vs offset (circle: minimum = LSE-D; offset 0 = in sync)")
 
 
 def plot_confidence_over_time(results: Sequence[tuple[str, Any]], path: str | None = None):
     """``results``: (label, LSEResult) pairs. Framewise confidence against seconds (25 fps)."""
-    fig = _figure(7.5, 4.2)
-    ax = fig.subplots()
-    lines = 0
-    for name, result in results:
-        for track in result.tracks:
-            conf = np.asarray(track.score.window_conf_smoothed)
-            seconds = (track.track.start + np.arange(conf.shape[0])) / LSE_FPS
-            ax.plot(seconds, conf, label=_track_label(name, track.index, len(result.tracks)))
-            lines += 1
-    if lines:
-        ax.axhline(0, color="gray", linewidth=0.8, linestyle="--")
-        ax.set_xlabel("time (s, start of the 5-frame window)")
-        ax.set_ylabel("confidence (median - distance)")
-        ax.set_title("Framewise sync confidence (9-tap median filtered)")
-        ax.legend(fontsize="small", loc="best")
-    else:
-        _no_data(ax, "no video could be scored")
-    if path:
-        fig.savefig(path)
-    return fig
+    def draw(ax, track, label):
+        conf = np.asarray(track.score.window_conf_smoothed)
+        seconds = (track.track.start + np.arange(conf.shape[0])) / LSE_FPS
+        ax.plot(seconds, conf, label=label)
+
+    return _per_track_plot(results, draw, path, zero_line="y", xlabel="time (s, start of the 5-frame window)",
+                           ylabel="confidence (median - distance)",
+                           title="Framewise sync confidence (9-tap median filtered)")
 
 
 def plot_metric_distributions(rows: Iterable[Mapping[str, Any]], path: str | None = None):
