@@ -24,31 +24,15 @@ import numpy as np
 import pytest
 
 from conftest import asset_path
-from lipsync_jax.media import ffmpeg_exe, read_frames
+from engine_helpers import GUIDANCE, ROUNDOFF, SEED, STEPS, TINY, build_tiny_models, make_clip
+from lipsync_jax.media import read_frames
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "unet", "tiny.py")
-STEPS, GUIDANCE, SEED = 2, 1.5, 11
-ROUNDOFF = 2e-4  # generated faces in [-1, 1] after 2 random-weight UNet steps + VAE, float32
-
-
-def make_clip(path, *, seconds, black_frames=None):
-    filters = ["scale=540:960"]
-    if black_frames:
-        first, last = black_frames
-        filters.append(f"drawbox=x=0:y=0:w=iw:h=ih:color=black:t=fill:enable='between(n,{first},{last})'")
-    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-i", asset_path("demo1_video.mp4"), "-t", str(seconds),
-                    "-vf", ",".join(filters), "-an", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "12",
-                    str(path)], check=True)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
 def tiny_models():
-    from lipsync_jax.config_utils import load_config
-    from lipsync_jax.pipeline import build_models
-
-    return build_models(load_config(TINY), random_init=True, seed=0)
+    return build_tiny_models()
 
 
 @pytest.fixture(scope="module")
