@@ -169,7 +169,7 @@ def test_sync_offset_recuts_the_audio(sources):
     np.testing.assert_array_equal(clip.audio, expected)
 
 
-@pytest.mark.slow  # StableSyncNet compile + scoring: 170-320 s on the shared 2 cores
+@pytest.mark.heavy  # StableSyncNet compile + scoring: 170-320 s on the shared 2 cores
 def test_tiny_syncnet_checkpoint_scores_clips(sources, tmp_path):
     import jax
 

@@ -97,7 +97,7 @@ def test_engine_equals_chunk_at_a_time_reference(tiny_models, looped_clip, batch
     assert diffs[hidden].max() < 1.0 and diffs[~hidden].min() > diffs[hidden].max()
 
 
-@pytest.mark.parametrize("chunk_batch", [2, pytest.param(4, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("chunk_batch", [2, pytest.param(4, marks=pytest.mark.heavy)])
 def test_chunk_batch_does_not_change_the_frames(chunk_batch, tiny_models, looped_clip, batch1_run, tmp_path):
     _, reference, _ = batch1_run
     result, chunks = run_engine(tiny_models, looped_clip, str(tmp_path / "out.mp4"), chunk_batch)
@@ -126,7 +126,7 @@ print(json.dumps(dict(chunks=sorted(eight_chunks) == sorted(one_chunks), diff=di
 """
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # ~20 min on 2 shared cores (8 fake devices in a subprocess)
 def test_eight_fake_devices_equal_one_device(looped_clip, tmp_path):
     script = EIGHT_DEVICES.format(tests=os.path.dirname(os.path.abspath(__file__)), tiny=TINY, clip=looped_clip,
                                   out1=str(tmp_path / "one.mp4"), out8=str(tmp_path / "eight.mp4"))
@@ -201,7 +201,7 @@ def test_compile_cache_location(monkeypatch, tmp_path):
     assert default_compile_cache_dir() == str(tmp_path / "env")
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # every bench of the GPU suite on the tiny config: ~20 min on 2 shared cores
 def test_gpu_suite_dry_run(tmp_path):
     """bench/gpu_suite.sh --dry_run: the GPU suite's code path with the tiny config on CPU."""
     out = tmp_path / "suite"

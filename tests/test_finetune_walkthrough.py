@@ -34,7 +34,7 @@ def _ffmpeg(*args):
     subprocess.run([ffmpeg_exe(), "-v", "error", "-y", *args], check=True)
 
 
-@pytest.mark.slow  # data_prep on two videos, the tiny UNet step compiled, inference: ~5 min on 2 shared cores
+@pytest.mark.heavy  # data_prep on two videos, the tiny UNet step compiled, inference: over 25 min on 2 loaded cores
 def test_readme_finetune_block_runs_on_the_demo_videos(tmp_path):
     import dataclasses
 

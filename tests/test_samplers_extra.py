@@ -227,7 +227,7 @@ def test_overlap_zero_is_sample_chunk_exactly(tiny, ddim):
 
 
 @pytest.mark.parametrize("solver,interval", [
-    ("ddim", 0), pytest.param("dpmsolver++", 2, marks=pytest.mark.slow)])
+    ("ddim", 0), pytest.param("dpmsolver++", 2, marks=pytest.mark.heavy)])
 def test_overlap_shared_frames_identical_and_streaming(tiny, ddim, solver, interval):
     k, steps = 2, 3
     kw = dict(scheduler=ddim, num_steps=steps, guidance_scale=1.5, solver=solver, deepcache_interval=interval)

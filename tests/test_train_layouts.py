@@ -76,6 +76,7 @@ def test_two_processes_match_single_process(reference_run, tmp_path, cache):
     np.testing.assert_allclose([multi[1], multi[2]], [ref[1], ref[2]], rtol=2e-5)
 
 
+@pytest.mark.heavy  # two processes + a single-process reference: not finished within 30 min on 2 loaded cores
 def test_sigterm_to_one_of_two_processes_saves_both_then_resume_matches(reference_run, tmp_path, cache):
     """SIGTERM to process 0 only (after step 3): the processes agree at the next log step (4) through
     a collective, both save step 4 and exit; rerunning both resumes there, and the losses follow

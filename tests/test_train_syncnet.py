@@ -62,7 +62,7 @@ def test_syncnet_config_trains_on_synthetic_batches(tmp_path, tmp_path_factory):
     assert (tmp_path / "checkpoints" / "2").is_dir()
 
 
-@pytest.mark.slow  # compiles the SyncNet step with the VAE encoder in it: about a minute on 2 shared cores
+@pytest.mark.heavy  # compiles the SyncNet step with the VAE encoder in it: 13 min measured on 2 loaded cores
 def test_latent_syncnet_learns_synthetic_pairs_above_chance(tmp_path):
     """configs/syncnet/tiny_latent.py (faces encoded by the frozen tiny VAE, 16 frames x 4 latent
     channels): the fixed synthetic batch of 16 pairs (half in sync) is learnt, as the pixel
@@ -86,7 +86,7 @@ def test_latent_syncnet_learns_synthetic_pairs_above_chance(tmp_path):
     assert "vae" in shardings  # the frozen VAE is part of the step
 
 
-@pytest.mark.slow  # compiles the tiny UNet forward at 16 frames: about a minute on 2 shared cores
+@pytest.mark.heavy  # compiles the tiny UNet forward at 16 frames: 29 min measured on 2 loaded cores
 def test_unet_sync_loss_in_latent_space_without_pixel_supervision():
     """run.pixel_space_supervise false + use_syncnet: the sync term comes from the latent SyncNet on
     the x0 latents (nothing decoded: lpips/trepa stay 0), and it depends on the audio."""
