@@ -8,7 +8,18 @@ compile time; with ``--measure`` (a GPU) also a real call with random weights an
 ``peak_bytes_in_use``.
 
     python bench/bench_memory.py [--configs configs/unet/stage2.py,...] [--chunk_batches 1,2]
-        [--vae_frames 16] [--measure] [--json out.jsonl]
+        [--vae_frames 16] [--attention auto|chunked|chunked:256] [--estimate native_bf16|raw]
+        [--max_vram 8,12] [--measure] [--json out.jsonl]
+
+``--max_vram GB[,GB...]`` (one per config, or one for all): instead of the listed settings, the
+row of what the engine's budget picker (``plan_memory``, as ``infer.py --max_vram``) chooses, its
+candidates printed as it compiles them.
+
+On CPU the default estimate (``--estimate native_bf16``) MODELS a device with native bfloat16:
+the CPU backend upcasts bf16 dots/convolutions to float32 and by default hoists the float32 copies
+of all the UNet weights out of the sampling loop; the estimate compiles with XLA options that keep
+those copies next to their dots (pipeline/memory.py ``CPU_NATIVE_BF16_OPTIONS``). ``--estimate
+raw`` is the CPU backend's default compile. On a GPU both are the plain compile.
 
 Estimates are cached in the compile cache folder's memory_estimates.json (``--cache_dir``);
 ``--fresh`` recompiles (to time the compile).
@@ -59,7 +70,10 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=1.5)
-    parser.add_argument("--attention", default="auto")
+    parser.add_argument("--attention", default="auto", help="UNet attention backend: auto, xla, chunked, chunked:N")
+    parser.add_argument("--estimate", default="native_bf16", choices=("native_bf16", "raw"),
+                        help="on CPU: model a native-bf16 device (default) or the CPU backend's own compile")
+    parser.add_argument("--max_vram", default=None, help="GB per config (comma list) or one for all: the picker's row")
     parser.add_argument("--measure", action="store_true", help="also run it (random weights) and read the peak")
     parser.add_argument("--cache_dir", default=None, help="memory_estimates.json folder (default: compile cache)")
     parser.add_argument("--fresh", action="store_true", help="ignore cached estimates (time the compile)")
@@ -71,35 +85,61 @@ def main() -> None:
     import jax.numpy as jnp
 
     from lipsync_jax.config_utils import load_config
-    from lipsync_jax.pipeline.memory import abstract_models, program_footprint, queued_bytes, tree_bytes
+    from lipsync_jax.pipeline.memory import (abstract_models, estimate_compiler_options, plan_memory, program_footprint,
+                                             queued_bytes, tree_bytes)
 
     device = jax.local_devices()[0]
     kind = f"{device.platform}:{getattr(device, 'device_kind', '')}"
     dtype = jnp.dtype(args.dtype)
     print(f"device {kind}, dtype {dtype.name}, {args.steps} steps, CFG {args.guidance}", flush=True)
-    print("| config | res | chunk_batch | VAE frames | arguments GB | outputs GB | temporaries GB | program total GB | "
-          "+ Whisper + queue GB | compile s | measured peak GB | device |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
-    for path in args.configs.split(","):
+    if estimate_compiler_options(device.platform, args.estimate):
+        print("estimate: MODELLED native-bf16 device: CPU compile with XLA options "
+              f"{estimate_compiler_options(device.platform, args.estimate)} (the float32 upcasts of the bf16 weights "
+              "stay next to their dots instead of living through the whole sampling loop); --estimate raw: the CPU "
+              "backend's own compile", flush=True)
+    else:
+        print(f"estimate: the {device.platform} backend's own compile (raw)", flush=True)
+    print("| config | res | chunk_batch | VAE frames | attention | Whisper | arguments GB | outputs GB | "
+          "temporaries GB | program total GB | engine estimate GB | estimate | compile s | measured peak GB | device |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    paths = args.configs.split(",")
+    budgets = [None] * len(paths)
+    if args.max_vram:
+        budgets = [float(x) for x in args.max_vram.split(",")]
+        budgets = budgets * len(paths) if len(budgets) == 1 else budgets
+        if len(budgets) != len(paths):
+            parser.error(f"--max_vram: {len(budgets)} budgets for {len(paths)} configs")
+    kw = dict(num_steps=args.steps, guidance_scale=args.guidance, device=device, cache_dir=args.cache_dir,
+              estimate=args.estimate)
+    for path, budget in zip(paths, budgets):
         config = load_config(path)
         models = abstract_models(config, dtype)
         whisper = tree_bytes(models.audio.params)
-        for cb in (int(x) for x in args.chunk_batches.split(",")):
-            fp = program_footprint(models, chunk_batch=cb, vae_frames=args.vae_frames, attention_backend=args.attention,
-                                   num_steps=args.steps, guidance_scale=args.guidance, device=device,
-                                   cache_dir=args.cache_dir, use_cache=not args.fresh)
-            whole = fp.total_bytes + whisper + queued_bytes(models, cb, 2)
-            peak = measure_peak(config, dtype, cb, args.vae_frames, args.steps, args.guidance) if args.measure else {}
+        if budget is not None:  # what infer.py --max_vram picks (largest chunk batch tried: the largest listed)
+            largest = max(int(x) for x in args.chunk_batches.split(","))
+            plan = plan_memory(models, budget, chunk_batch=largest, log=lambda line: print("  " + line, flush=True),
+                               **kw)
+            print(f"  --max_vram {budget:g}: {plan.describe()}", flush=True)
+            settings = [(plan.chunk_batch, plan.vae_frames, plan.attention_backend, plan.whisper_on_host)]
+        else:
+            settings = [(int(cb), args.vae_frames or models.num_frames, args.attention, False)
+                        for cb in args.chunk_batches.split(",")]
+        for cb, frames, backend, on_host in settings:
+            fp = program_footprint(models, chunk_batch=cb, vae_frames=frames, attention_backend=backend,
+                                   use_cache=not args.fresh or budget is not None, **kw)
+            whole = fp.total_bytes + (0 if on_host else whisper) + queued_bytes(models, cb, 2)
+            peak = measure_peak(config, dtype, cb, frames, args.steps, args.guidance) if args.measure else {}
             peak_gb = f"{peak['peak_bytes'] / GB:.2f}" if peak.get("peak_bytes") else "-"
             compile_s = f"{fp.compile_seconds:.0f}" if fp.compile_seconds is not None else "cached"
             row = {"config": os.path.basename(path), "resolution": models.resolution, "chunk_batch": cb,
-                   "vae_frames": args.vae_frames or models.num_frames, "attention": args.attention, "dtype": dtype.name,
-                   "device": kind,
+                   "vae_frames": frames, "attention": backend, "whisper_on_host": on_host, "dtype": dtype.name,
+                   "device": kind, "max_vram_gb": budget,
                    **fp.as_dict(), "total_bytes": fp.total_bytes, "engine_estimate_bytes": whole,
                    "compile_seconds": fp.compile_seconds, **peak}
-            print(f"| {row['config']} | {models.resolution} | {cb} | {row['vae_frames']} | {fp.argument_bytes / GB:.2f} | "
+            print(f"| {row['config']} | {models.resolution} | {cb} | {frames} | {backend} | "
+                  f"{'host' if on_host else 'device'} | {fp.argument_bytes / GB:.2f} | "
                   f"{fp.output_bytes / GB:.3f} | {fp.temp_bytes / GB:.2f} | {fp.total_bytes / GB:.2f} | "
-                  f"{whole / GB:.2f} | {compile_s} | {peak_gb} | {kind} |", flush=True)
+                  f"{whole / GB:.2f} | {fp.estimate} | {compile_s} | {peak_gb} | {kind} |", flush=True)
             if args.json:
                 with open(args.json, "a") as f:
                     f.write(json.dumps(row) + "\n")

@@ -195,3 +195,82 @@ def test_chunked_attention_equals_xla():
     q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 64, 2, 8))
     np.testing.assert_allclose(np.asarray(_chunked(q, k, v, None, 8 ** -0.5, block=16)),
                                np.asarray(dot_product_attention(q, k, v, backend="xla")), rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_attention_block_is_a_backend_parameter():
+    from lipsync_jax.models.attention import chunked_backend, dot_product_attention, parse_backend
+
+    q, k, v = jax.random.normal(jax.random.key(1), (3, 2, 64, 2, 8))
+    np.testing.assert_allclose(np.asarray(dot_product_attention(q, k, v, backend="chunked:16")),
+                               np.asarray(dot_product_attention(q, k, v, backend="xla")), rtol=1e-5, atol=1e-5)
+    assert parse_backend("chunked:256") == ("chunked", 256) and parse_backend("chunked") == ("chunked", 1024)
+    assert chunked_backend(1024) == "chunked" and chunked_backend(256) == "chunked:256"
+    for bad in ("chunked:0", "xla:16", "flash"):
+        with pytest.raises(ValueError, match="attention backend"):
+            parse_backend(bad)
+
+
+@pytest.fixture(scope="module")
+def v16_abstract():
+    return abstract_models(load_config(os.path.join(ROOT, "configs/unet/stage2_512.py")), jnp.bfloat16)
+
+
+def test_attention_candidates_and_logits_floor(v16_abstract):
+    """The planner's query blocks per resolution, and the logits lower bound it uses to skip compiles."""
+    from lipsync_jax.pipeline.memory import attention_candidates, attention_logits_bytes
+
+    assert attention_candidates("cpu", jnp.bfloat16, 32 * 32) == ["auto", "chunked:256"]  # 256 px
+    assert attention_candidates("cpu", jnp.bfloat16, 64 * 64) == ["auto", "chunked", "chunked:256"]  # 512 px
+    models = v16_abstract
+    # CFG 2 x 16 frames x 8 heads x queries x 4096 tokens x float32
+    assert attention_logits_bytes(models, 1, "auto") == 32 * 8 * 4096 * 4096 * 4  # 16 GiB
+    assert attention_logits_bytes(models, 1, "chunked:256") == 32 * 8 * 256 * 4096 * 4  # 1 GiB
+    assert attention_logits_bytes(models, 2, "chunked") == 2 * 32 * 8 * 1024 * 4096 * 4
+    assert attention_logits_bytes(models, 1, "auto", platform="gpu") == 0  # cuDNN flash attention in bf16
+
+
+def test_plan_skips_settings_whose_attention_logits_cannot_fit(monkeypatch, v16_abstract):
+    """512 px in 12 GB: plain XLA attention (16 GiB of logits) is never compiled."""
+    models = v16_abstract
+    calls = []
+
+    def record(models, **kw):
+        calls.append((kw["chunk_batch"], kw["vae_frames"], kw["attention_backend"]))
+        return Footprint(argument_bytes=int(2.6 * GB), output_bytes=0, temp_bytes=int(6 * GB))
+
+    monkeypatch.setattr(memory, "program_footprint", record)
+    lines = []
+    plan = plan_memory(models, 12.0, chunk_batch=2, log=lines.append)
+    assert (plan.chunk_batch, plan.attention_backend) == (2, "chunked")  # 2.5 + 2 x 4 GiB of logits < 12
+    assert calls == [(2, 16, "chunked")]  # the only compile: "auto" (2.5 + 32 GiB) is hopeless
+    calls.clear()
+    with pytest.raises(MemoryBudgetError, match="--max_vram 6 GB is too small"):  # 2.6 + 6 > 6: nothing fits
+        plan_memory(models, 6.0, chunk_batch=2, log=lines.append)
+    assert {backend for _, _, backend in calls} == {"chunked:256"}  # 2.5 + 4 GiB (cb 1, chunked) > 6: skipped
+    assert any(line.startswith("skipped: chunk_batch 2, attention auto") for line in lines)
+
+
+def test_native_bf16_estimate_keeps_weight_upcasts_out_of_the_loop():
+    """Cause of the CPU-only f32 weight copies: the CPU backend upcasts bf16 dots to f32 and hoists
+    the copies of the loop-invariant weights out of a scan; the native_bf16 estimate's options keep
+    them next to their dots (at most about one layer's f32 weights live)."""
+    from lipsync_jax.pipeline.memory import estimate_compiler_options
+
+    weights = [jax.ShapeDtypeStruct((512, 512), jnp.bfloat16) for _ in range(8)]
+    x = jax.ShapeDtypeStruct((16, 512), jnp.bfloat16)
+
+    def loop(ws, x):
+        def step(h, _):
+            for w in ws:
+                h = jnp.tanh(h @ w)
+            return h, None
+        return jax.lax.scan(step, x, None, length=4)[0]
+
+    lowered = jax.jit(loop).lower(weights, x)
+    f32_copies = 8 * 512 * 512 * 4
+    raw = lowered.compile().memory_analysis().temp_size_in_bytes
+    assert estimate_compiler_options("gpu") == {} and estimate_compiler_options("cpu", "raw") == {}
+    modelled = lowered.compile(compiler_options=estimate_compiler_options("cpu")).memory_analysis().temp_size_in_bytes
+    if jax.default_backend() == "cpu":
+        assert raw >= f32_copies  # every weight's f32 copy live at once
+        assert modelled < 2 * f32_copies / 8 + 16 * 512 * 4 * 4  # about one layer's

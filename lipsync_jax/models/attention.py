@@ -8,6 +8,8 @@ Backends:
   "chunked" XLA attention over blocks of ``CHUNK_QUERIES`` queries (``lax.map``): the logits of
            one block at a time, so memory ~ lq/block times less than "xla" for long sequences
            (the 64x64 latents of 512 px); same result. For platforms without cuDNN (--max_vram).
+  "chunked:N" the same over blocks of N queries (e.g. "chunked:256": the 32x32 latents of
+           256 px in 4 blocks); the memory planner (pipeline/memory.py) chooses N.
 A TPU Pallas (splash) kernel can be added here later behind the same signature.
 """
 
@@ -17,7 +19,29 @@ import jax
 import jax.numpy as jnp
 
 BACKENDS = ("auto", "xla", "cudnn", "naive", "chunked")
-CHUNK_QUERIES = 1024  # queries per block of the "chunked" backend
+CHUNK_QUERIES = 1024  # queries per block of the "chunked" backend ("chunked:N": N)
+
+
+def parse_backend(backend: str) -> tuple[str, int | None]:
+    """(name, query block) of a backend string: "chunked:256" -> ("chunked", 256), "chunked" ->
+    ("chunked", CHUNK_QUERIES), "xla" -> ("xla", None). Raises ValueError for unknown names."""
+    name, _, block = str(backend).partition(":")
+    if name not in BACKENDS or (block and name != "chunked"):
+        raise ValueError(f"unknown attention backend {backend!r}; choose from {BACKENDS} or 'chunked:N'")
+    if name != "chunked":
+        return name, None
+    try:
+        size = int(block) if block else CHUNK_QUERIES
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise ValueError(f"attention backend {backend!r}: the query block must be a positive integer")
+    return name, size
+
+
+def chunked_backend(block: int) -> str:
+    """The backend string of XLA attention over blocks of ``block`` queries."""
+    return "chunked" if int(block) == CHUNK_QUERIES else f"chunked:{int(block)}"
 
 
 def _naive(q, k, v, bias, scale):
@@ -49,13 +73,12 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, bias: jax
     ``bias`` (broadcastable to (b, h, lq, lk)) is added to the logits; ``scale`` defaults to
     1/sqrt(d). Softmax is computed in float32 by every backend.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown attention backend {backend!r}; choose from {BACKENDS}")
+    backend, block = parse_backend(backend)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if backend == "naive":
         return _naive(q, k, v, bias, scale)
     if backend == "chunked":
-        return _chunked(q, k, v, bias, scale)
+        return _chunked(q, k, v, bias, scale, block)
     if backend == "auto":
         backend = "cudnn" if _cudnn_ok(q, k) and bias is None else "xla"
     return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale, implementation=backend)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from lipsync_jax.models import Dtype
-from lipsync_jax.models.attention import BACKENDS
+from lipsync_jax.models.attention import parse_backend
 from lipsync_jax.models.unet_blocks import DownBlock3D, MidBlock3D, UpBlock3D
 from lipsync_jax.models.unet_config import UNet3DConfig
 from lipsync_jax.models.unet_layers import TimestepEmbedding, VideoGroupNorm, frame_conv, timestep_sinusoids
@@ -50,8 +50,7 @@ class UNet3DConditionModel(nn.Module):
             raise ValueError(f"unknown deepcache mode {deepcache!r}; choose from {DEEPCACHE_MODES}")
         if (deepcache == "shallow") != (cache is not None):
             raise ValueError("a cache is passed exactly in deepcache='shallow' mode")
-        if self.attention_backend not in BACKENDS:
-            raise ValueError(f"unknown attention_backend {self.attention_backend!r}; choose from {BACKENDS}")
+        parse_backend(self.attention_backend)  # ValueError for an unknown backend
         if sample.ndim != 5 or sample.shape[-1] != cfg.in_channels:
             raise ValueError(f"sample must be (b, f, h, w, {cfg.in_channels}), got {sample.shape}")
         b, f = sample.shape[:2]

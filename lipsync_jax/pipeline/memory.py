@@ -23,8 +23,17 @@ time), and, only when that is what makes it fit, Whisper's
 weights on the host (Whisper runs once per job, before sampling). If nothing fits:
 ``MemoryBudgetError`` naming the budget and the smallest footprint.
 
-Estimates on CPU are the CPU compiler's buffer assignment (an upper bound for the GPU, where
-cuDNN attention needs no logits buffer); a GPU run compiles and caches its own.
+Estimates on CPU model a device with native bfloat16 (``estimate="native_bf16"``, the default):
+the CPU backend has no bf16 dot/convolution kernels, so it upcasts their operands to float32, and
+by default its while-loop-invariant code motion hoists the float32 copies of ALL the UNet's weights
+out of the DDIM ``lax.scan`` (4.7 GiB for v1.5, live for the whole loop) and its concurrency-
+optimised scheduler runs the conversions early. A GPU (native bf16 GEMMs and convolutions) makes
+none of these copies. So on CPU the estimate compiles the same program with
+``CPU_NATIVE_BF16_OPTIONS`` (no loop-invariant code motion, memory-optimised scheduling): the
+upcasts stay next to their dots, at most a layer's worth of float32 weights at a time (an upper
+bound for the native device). ``estimate="raw"`` is the CPU backend's default compile (what a
+CPU run really allocates). On a GPU both are the plain compile; a GPU run compiles and caches its
+own. The program that runs is never changed by these options.
 """
 
 from __future__ import annotations
@@ -44,6 +53,11 @@ from lipsync_jax.pipeline.errors import InferenceError
 
 GB = 1024 ** 3
 ESTIMATES_FILE = "memory_estimates.json"
+ESTIMATE_MODES = ("native_bf16", "raw")
+# XLA CPU options of the "native_bf16" estimate (module doc): the float32 upcasts of the bf16 weights
+# stay inside the scan body, next to their dots, instead of all being hoisted out of the loop
+CPU_NATIVE_BF16_OPTIONS = {"xla_disable_hlo_passes": "while-loop-invariant-code-motion",
+                           "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 _file_lock = threading.Lock()
 _MEMO: dict[str, dict] = {}  # this process's estimates (also when the cache folder is read-only)
 
@@ -62,6 +76,7 @@ class Footprint:
     code_bytes: int = 0
     alias_bytes: int = 0
     compile_seconds: float | None = None  # None: read from the estimate cache
+    estimate: str = "raw"  # "raw": the backend's default compile; "native_bf16": see the module doc
 
     @property
     def total_bytes(self) -> int:
@@ -69,7 +84,8 @@ class Footprint:
 
     def as_dict(self) -> dict:
         return {"argument_bytes": self.argument_bytes, "output_bytes": self.output_bytes,
-                "temp_bytes": self.temp_bytes, "code_bytes": self.code_bytes, "alias_bytes": self.alias_bytes}
+                "temp_bytes": self.temp_bytes, "code_bytes": self.code_bytes, "alias_bytes": self.alias_bytes,
+                "estimate": self.estimate}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +104,8 @@ class MemoryPlan:
         if self.whisper_on_host:
             parts.append("Whisper on the host")
         budget = f" of {self.budget_bytes / GB:.2f} GB" if self.budget_bytes else ""
-        return f"memory plan: {', '.join(parts)}: {self.device_bytes / GB:.2f} GB estimated{budget}"
+        how = " (CPU compile modelling a native-bf16 device)" if self.footprint.estimate == "native_bf16" else ""
+        return f"memory plan: {', '.join(parts)}: {self.device_bytes / GB:.2f} GB estimated{how}{budget}"
 
 
 # ---------------------------------------------------------------------------------------- models
@@ -188,13 +205,22 @@ def estimates_path(cache_dir: str | None = None) -> str:
     return os.path.join(os.path.expanduser(folder), ESTIMATES_FILE)
 
 
+def estimate_compiler_options(platform: str, estimate: str = "native_bf16") -> dict:
+    """XLA compiler options of an estimate (module doc): ``CPU_NATIVE_BF16_OPTIONS`` for a
+    "native_bf16" estimate on CPU, else none (the plain compile)."""
+    if estimate not in ESTIMATE_MODES:
+        raise ValueError(f"unknown estimate {estimate!r}; choose from {ESTIMATE_MODES}")
+    return dict(CPU_NATIVE_BF16_OPTIONS) if (estimate == "native_bf16" and platform == "cpu") else {}
+
+
 def program_footprint(models, *, chunk_batch: int, vae_frames: int | None = None, attention_backend: str = "auto",
                       num_steps: int = 20, guidance_scale: float = 1.5,
                       sampler_options: Mapping[str, Any] | None = None, device=None,
-                      cache_dir: str | None = None, use_cache: bool = True) -> Footprint:
+                      cache_dir: str | None = None, use_cache: bool = True, estimate: str = "native_bf16") -> Footprint:
     """XLA's compiled memory analysis of the chunk program for ONE device (``device``, default the
     first local one) with these settings. ``models``' parameters may be arrays or
-    ``ShapeDtypeStruct``s (``abstract_models``); cached in ``estimates_path(cache_dir)``."""
+    ``ShapeDtypeStruct``s (``abstract_models``); cached in ``estimates_path(cache_dir)``.
+    ``estimate``: "native_bf16" (on CPU: modelled native-bf16 device, module doc) or "raw"."""
     import time
 
     from lipsync_jax.pipeline.program import ChunkProgram, data_mesh
@@ -203,23 +229,28 @@ def program_footprint(models, *, chunk_batch: int, vae_frames: int | None = None
     vae_frames = int(vae_frames or models.num_frames)
     models = with_attention_backend(models, attention_backend)
     sampler_options = dict(sampler_options or {})
+    options = estimate_compiler_options(device.platform, estimate)
+    mode = "native_bf16" if options else "raw"
+    extra = {"compiler_options": options} if options else {}  # raw: the keys of earlier (raw) estimates
     key = _estimate_key(models, device, chunk_batch=int(chunk_batch), vae_frames=vae_frames,
                         attention=attention_backend, num_steps=int(num_steps), cfg=float(guidance_scale) > 1.0,
-                        sampler=sampler_options)
+                        sampler=sampler_options, **extra)
     path = estimates_path(cache_dir)
     if use_cache:
         cached = _MEMO.get(key) or _read_estimates(path).get(key)
         if cached:
-            return Footprint(**cached)
+            return Footprint(**{"estimate": mode, **cached})
     program = ChunkProgram(models, data_mesh([device]), num_steps=num_steps, guidance_scale=guidance_scale,
                            chunks_per_device=chunk_batch, sampler_options=sampler_options, vae_frames=vae_frames)
     begin = time.perf_counter()
-    stats = program.compile(models.unet_params, models.vae_params).memory_analysis()
+    lowered = program.lower(models.unet_params, models.vae_params)
+    stats = (lowered.compile(compiler_options=options) if options else lowered.compile()).memory_analysis()
     seconds = time.perf_counter() - begin
     footprint = Footprint(argument_bytes=int(stats.argument_size_in_bytes), output_bytes=int(stats.output_size_in_bytes),
                           temp_bytes=int(stats.temp_size_in_bytes),
                           code_bytes=int(getattr(stats, "generated_code_size_in_bytes", 0) or 0),
-                          alias_bytes=int(getattr(stats, "alias_size_in_bytes", 0) or 0), compile_seconds=seconds)
+                          alias_bytes=int(getattr(stats, "alias_size_in_bytes", 0) or 0), compile_seconds=seconds,
+                          estimate=mode)
     if use_cache:
         _MEMO[key] = footprint.as_dict()
         _write_estimate(path, key, footprint.as_dict())
@@ -245,24 +276,58 @@ def vae_slice_candidates(num_frames: int) -> list[int]:
     return sizes
 
 
-def attention_candidates(platform: str, dtype: Any, tokens: int | None = None) -> list[str]:
-    """UNet attention backends in order of preference; "chunked" only when the longest attention
-    (``tokens`` = latent positions per frame) is longer than one block (else it is plain XLA)."""
-    from lipsync_jax.models.attention import CHUNK_QUERIES
+QUERY_BLOCKS = (1024, 256)  # query blocks of the "chunked" backends the planner tries, largest first
 
-    if tokens is not None and tokens <= CHUNK_QUERIES:
-        return ["auto"]
-    # auto = cuDNN flash attention on GPU in half precision (memory linear in the tokens), else XLA;
-    # chunked = XLA over blocks of 1024 queries (models/attention.py): less memory at 512 px, a bit slower
-    return ["auto", "chunked"]
+
+def attention_candidates(platform: str, dtype: Any, tokens: int | None = None) -> list[str]:
+    """UNet attention backends in order of preference: "auto", then XLA attention over blocks of
+    ``QUERY_BLOCKS`` queries, each only when the longest attention (``tokens`` = latent positions per
+    frame) splits into more than one block (else it is plain XLA): at 256 px (1024 tokens)
+    "chunked:256", at 512 px (4096) "chunked" (1024) and "chunked:256"."""
+    from lipsync_jax.models.attention import chunked_backend
+
+    # auto = cuDNN flash attention on GPU in half precision (memory linear in the tokens), else XLA
+    # whose float32 logits (b*f x heads x tokens^2) are the largest buffer; chunked:N holds those of
+    # N queries at a time (models/attention.py): less memory, a bit slower
+    blocks = [b for b in QUERY_BLOCKS if tokens is None or (tokens > b and tokens % b == 0)]
+    return ["auto"] + [chunked_backend(b) for b in blocks]
+
+
+def attention_logits_bytes(models, chunk_batch: int, backend: str, *, guidance_scale: float = 1.5,
+                           platform: str = "cpu") -> int:
+    """A LOWER bound of the program's temporaries, computed without compiling: the float32 logits
+    one XLA self-attention call holds at once in the UNet's largest attention (CFG batch x frames x
+    heads x queries per block x tokens x 4 bytes; 1 GiB at 256 px, 16 GiB at 512 px for one chunk
+    with CFG). 0 when "auto" may be cuDNN flash attention (GPU, half precision: no logits buffer).
+    The planner skips compiling settings whose weights + this bound already exceed the budget."""
+    from lipsync_jax.models.attention import parse_backend
+
+    name, block = parse_backend(backend)
+    if name == "cudnn" or (name == "auto" and platform == "gpu" and jnp.dtype(models.dtype).itemsize == 2):
+        return 0
+    config = getattr(models.unet_apply.module, "config", None)
+    if config is None:
+        return 0
+    largest = 0
+    for i, kind in enumerate(config.down_block_types):
+        if "CrossAttn" in kind:
+            tokens = (models.latent_size // 2 ** i) ** 2
+            queries = min(tokens, block) if (block and tokens > block and tokens % block == 0) else tokens
+            largest = max(largest, int(config.attention_head_dim[i]) * queries * tokens)
+    batch = (2 if float(guidance_scale) > 1.0 else 1) * int(chunk_batch) * models.num_frames
+    return batch * largest * 4
 
 
 def plan_memory(models, budget_gb: float | None, *, chunk_batch: int | None = None, num_steps: int = 20,
                 guidance_scale: float = 1.5, sampler_options: Mapping[str, Any] | None = None, device=None,
                 queue_batches: int = 2, cache_dir: str | None = None,
-                chunk_batches: Sequence[int] | None = None, log=None) -> MemoryPlan:
+                chunk_batches: Sequence[int] | None = None, log=None, estimate: str = "native_bf16",
+                weight_bytes_saved: int = 0) -> MemoryPlan:
     """The fastest setting whose estimated device memory fits ``budget_gb`` (GiB; None: no limit, the
-    default setting). ``chunk_batch``: the largest to try (default ``default_chunk_batch()``)."""
+    default setting). ``chunk_batch``: the largest to try (default ``default_chunk_batch()``);
+    ``estimate``: how CPU estimates are compiled (module doc); ``weight_bytes_saved``: bytes of the
+    UNet/VAE weights each device does NOT hold (the engine's fsdp shards, pipeline/sharding.py),
+    taken off the one-device estimate."""
     from lipsync_jax.pipeline.engine import default_chunk_batch
 
     device = device or jax.local_devices()[0]
@@ -273,13 +338,25 @@ def plan_memory(models, budget_gb: float | None, *, chunk_batch: int | None = No
     backends = attention_candidates(device.platform, models.dtype, models.latent_size ** 2)
     budget = None if budget_gb is None else int(float(budget_gb) * GB)
     kw = dict(num_steps=num_steps, guidance_scale=guidance_scale, sampler_options=sampler_options, device=device,
-              cache_dir=cache_dir)
+              cache_dir=cache_dir, estimate=estimate)
     smallest: tuple[int, MemoryPlan] | None = None
+
+    weights = tree_bytes(models.unet_params) + tree_bytes(models.vae_params) - int(weight_bytes_saved)
+
+    def hopeless(cb: int, backend: str) -> bool:  # certainly over budget: no need to compile it
+        floor = weights + attention_logits_bytes(models, cb, backend, guidance_scale=guidance_scale,
+                                                 platform=device.platform)
+        if budget is not None and floor > budget:
+            if log:
+                log(f"skipped: chunk_batch {cb}, attention {backend}: weights + attention logits alone are "
+                    f"{floor / GB:.2f} GB")
+            return True
+        return False
 
     def candidate(cb: int, frames: int, backend: str) -> MemoryPlan | None:
         nonlocal smallest
         fp = program_footprint(models, chunk_batch=cb, vae_frames=frames, attention_backend=backend, **kw)
-        base = fp.total_bytes + queued_bytes(models, cb, queue_batches)
+        base = fp.total_bytes + queued_bytes(models, cb, queue_batches) - int(weight_bytes_saved)
         if log:
             log(f"estimate: chunk_batch {cb}, VAE slices of {frames}, attention {backend}: "
                 f"{(base + whisper) / GB:.2f} GB")
@@ -294,6 +371,8 @@ def plan_memory(models, budget_gb: float | None, *, chunk_batch: int | None = No
 
     for cb in batches:
         for backend in backends:
+            if hopeless(cb, backend):
+                continue
             plan = candidate(cb, slices[0], backend)
             if plan is not None:
                 return plan
@@ -307,6 +386,8 @@ def plan_memory(models, budget_gb: float | None, *, chunk_batch: int | None = No
                 else:
                     lo = mid
             return candidate(cb, slices[hi], backend)
+    if smallest is None:  # every setting skipped: compile the least hopeless one for the message
+        candidate(batches[-1], slices[-1], backends[-1])
     assert smallest is not None
     least = smallest[1]
     raise MemoryBudgetError(

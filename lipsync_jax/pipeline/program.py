@@ -16,8 +16,11 @@ chunk-at-a-time reference) applied to each chunk: per chunk the same start noise
 ``fold_in(vae_key, chunk_index)``, the same ops; the result does not depend on ``B`` (tested).
 
 Devices: the batch axis is sharded over the ``data`` axis of ``mesh`` (``data_mesh()``: all local
-devices); ``B = chunks_per_device * mesh.size``. Weights are replicated (``replicate``). The body
-runs per device under ``shard_map`` (each device encodes/decodes its own chunks; no collectives).
+devices, or the engine's ``(data, fsdp)`` mesh, pipeline/sharding.py);
+``B = chunks_per_device * (size of data)``. Weights are replicated (``replicate``), or, on a mesh
+with fsdp > 1, split over ``fsdp`` (``sharding.place_weights``; every fsdp group holds the same
+chunks). The body runs per data shard under ``shard_map`` (each shard encodes/decodes its own
+chunks; no collectives over ``data``); with fsdp > 1 the ``fsdp`` axis is left to the compiler.
 A streaming mode calls ``ChunkProgram.__call__`` directly on its own chunk batches.
 
 Overlapping windows (``overlap`` K > 0, issue 14): the batch holds CONSECUTIVE 16-frame windows
@@ -44,8 +47,7 @@ from lipsync_jax.diffusion import empty_tail, initial_latents, sample_chunk, sam
 from lipsync_jax.face import load_fixed_mask
 from lipsync_jax.pipeline.chunk import decode_and_paste, encode_faces
 from lipsync_jax.pipeline.models import LipsyncModels
-
-DATA_AXIS = "data"
+from lipsync_jax.pipeline.sharding import DATA_AXIS, axis_size, shard_chunks
 MAX_COMPILED = 8
 # Compiled programs by (models' static parts, mesh, settings, parameter shapes): a new engine or
 # ChunkProgram for the same models (e.g. training's periodic validation) reuses the executable.
@@ -130,11 +132,13 @@ def sample_latents(models: LipsyncModels, unet_params: Any, init: jax.Array, mas
 
 
 class ChunkProgram:
-    """The compiled program for ``chunks_per_device * mesh.size`` chunks per call (see module doc).
+    """The compiled program for ``chunks_per_device * (data size)`` chunks per call (see module doc).
 
     ``program(unet_params, vae_params, faces, audio, chunk_indices, noise, vae_key_data)`` returns
     the generated faces as a (sharded) device array without waiting for it; params must come
-    from ``replicate(..., mesh)``; the other inputs may be numpy (``put_batch`` places them).
+    from ``replicate(..., mesh)`` (or ``sharding.place_weights`` on an fsdp mesh: the program is
+    compiled for the shardings the params carry); the other inputs may be numpy (``put_batch``
+    places them).
     """
 
     def __init__(self, models: LipsyncModels, mesh: Mesh, *, num_steps: int, guidance_scale: float,
@@ -145,7 +149,7 @@ class ChunkProgram:
         self.models, self.mesh = models, mesh
         self.num_steps, self.guidance_scale = int(num_steps), float(guidance_scale)
         self.chunks_per_device = int(chunks_per_device)
-        self.batch = self.chunks_per_device * mesh.size
+        self.batch = self.chunks_per_device * axis_size(mesh, DATA_AXIS)  # fsdp groups share chunks
         self.sampler_options = dict(sampler_options or {})
         self.vae_frames = int(vae_frames or models.num_frames)  # frames per VAE step (pipeline/memory.py)
         self.overlap = int(overlap)  # frames shared by consecutive windows (module doc; 0: disjoint chunks)
@@ -162,13 +166,12 @@ class ChunkProgram:
         rep, dat = P(), P(DATA_AXIS)
         if self.overlap:
             body = functools.partial(_windows_body, body, self.overlap)
-            mapped = jax.shard_map(body, mesh=mesh, in_specs=(rep, rep, dat, dat, dat) + (rep,) * 7,
-                                   out_specs=(dat, rep), check_vma=False)
+            mapped = shard_chunks(body, mesh, in_specs=(rep, rep, dat, dat, dat) + (rep,) * 7, out_specs=(dat, rep))
             self.empty_tail = jax.device_put(empty_tail(self.num_steps, self.overlap, (models.latent_size,) * 2
                                                         + (models.vae.config.latent_channels,)), self.replicated)
         else:
-            mapped = jax.shard_map(body, mesh=mesh, in_specs=(rep, rep, dat, dat, dat, rep, rep, rep, rep, rep),
-                                   out_specs=dat, check_vma=False)
+            mapped = shard_chunks(body, mesh, in_specs=(rep, rep, dat, dat, dat, rep, rep, rep, rep, rep),
+                                  out_specs=dat)
         self._jitted = jax.jit(mapped)
         self._compiled = None
         self._compile_lock = threading.Lock()
@@ -188,7 +191,14 @@ class ChunkProgram:
                 "vae_key_data": (key_shape, np.uint32)}
 
     def _abstract(self, params: Any) -> Any:
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), params)
+        """Abstract params with the shardings they carry on this mesh (fsdp), else replicated."""
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self._param_sharding(x)), params)
+
+    def _param_sharding(self, x: Any) -> NamedSharding:
+        sharding = getattr(x, "sharding", None)
+        if isinstance(sharding, NamedSharding) and sharding.mesh == self.mesh:
+            return sharding
+        return self.replicated
 
     def compile(self, unet_params: Any, vae_params: Any):
         """Compiles (or loads from the persistent cache) once; later calls return the same executable."""
@@ -198,11 +208,26 @@ class ChunkProgram:
     def _cache_key(self, unet_params: Any, vae_params: Any) -> tuple:
         m = self.models
         signature = lambda tree: (jax.tree.structure(tree),  # noqa: E731
-                                  tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(tree)))
+                                  tuple((x.shape, str(x.dtype), self._param_sharding(x).spec)
+                                        for x in jax.tree.leaves(tree)))
         return (m.unet_apply, m.vae, id(m.scheduler), m.num_frames, m.resolution, m.audio_feat_length,
                 m.audio.config, self.mesh, self.num_steps, self.guidance_scale, self.chunks_per_device, self.vae_frames,
                 self.overlap, tuple(sorted(self.sampler_options.items())), signature(unet_params),
                 signature(vae_params))
+
+    def lower(self, unet_params: Any, vae_params: Any):
+        """The program lowered for abstract inputs of these parameters' shapes (``jax.stages.Lowered``;
+        ``compile()`` compiles it once; pipeline/memory.py compiles it with its own options)."""
+        shapes = self.input_shapes()
+        spec = lambda name, sharding: jax.ShapeDtypeStruct(*shapes[name], sharding=sharding)  # noqa: E731
+        args = (self._abstract(unet_params), self._abstract(vae_params), spec("faces", self.sharded),
+                spec("audio", self.sharded), spec("chunk_indices", self.sharded),
+                spec("noise", self.replicated), spec("vae_key_data", self.replicated),
+                *(jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=self.replicated) for m in self.masks))
+        if self.overlap:
+            args += (jax.ShapeDtypeStruct(self.empty_tail.shape, self.empty_tail.dtype, sharding=self.replicated),
+                     jax.ShapeDtypeStruct((), np.bool_, sharding=self.replicated))
+        return self._jitted.lower(*args)
 
     def _compile(self, unet_params: Any, vae_params: Any):
         if self._compiled is None:
@@ -212,16 +237,7 @@ class ChunkProgram:
                 self._compiled, self.compile_seconds = cached[1], 0.0
                 return self._compiled
             begin = time.perf_counter()
-            shapes = self.input_shapes()
-            spec = lambda name, sharding: jax.ShapeDtypeStruct(*shapes[name], sharding=sharding)  # noqa: E731
-            args = (self._abstract(unet_params), self._abstract(vae_params), spec("faces", self.sharded),
-                    spec("audio", self.sharded), spec("chunk_indices", self.sharded),
-                    spec("noise", self.replicated), spec("vae_key_data", self.replicated),
-                    *(jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=self.replicated) for m in self.masks))
-            if self.overlap:
-                args += (jax.ShapeDtypeStruct(self.empty_tail.shape, self.empty_tail.dtype, sharding=self.replicated),
-                         jax.ShapeDtypeStruct((), np.bool_, sharding=self.replicated))
-            self._compiled = self._jitted.lower(*args).compile()
+            self._compiled = self.lower(unet_params, vae_params).compile()
             self.compile_seconds = time.perf_counter() - begin
             _COMPILED[key] = (self.models.scheduler, self._compiled)
             while len(_COMPILED) > MAX_COMPILED:
