@@ -28,7 +28,9 @@ startup unless you set an ``XLA_PYTHON_CLIENT_*`` variable; lipsync_jax/device_m
 ``--max_vram GB`` fits the program into a budget (lipsync_jax/pipeline/memory.py).
 
 Speed: ``--chunk_batch N`` chunks of 16 frames per device per device-program call (default 1 on
-CPU, 2 on GPU/TPU), all local devices used; compiled programs are kept in a persistent cache
+CPU, 2 on GPU/TPU), all local devices used (chunk batches split over them; ``--fsdp N`` splits the
+weights over groups of N devices instead of a copy per device, chosen automatically when they do
+not fit one device, lipsync_jax/pipeline/sharding.py); compiled programs are kept in a persistent cache
 (``--compile_cache DIR``, default ~/.cache/lipsync_jax/xla or $JAX_COMPILATION_CACHE_DIR;
 ``--nocompile_cache`` to disable), so a second run starts without compiling.
 """
@@ -85,6 +87,9 @@ flags.DEFINE_integer("crf", 18, "H.264 quality (x264 CRF; lower is better, 18 as
 flags.DEFINE_string("preset", "medium", "x264 preset (ultrafast ... veryslow).")
 flags.DEFINE_integer("chunk_batch", None, "Chunks (16 frames each) per device per device-program call "
                      "(default: 1 on CPU, 2 on GPU/TPU); the output does not depend on it.", lower_bound=1)
+flags.DEFINE_integer("fsdp", None, "Split the UNet/VAE weights over groups of N local devices (N divides the device "
+                     "count; chunk batches go over devices / N groups) instead of a full copy per device "
+                     "(default: 1 unless the weights do not fit --max_vram or the device's memory).", lower_bound=1)
 flags.DEFINE_float("max_vram", None, "Device-memory budget in GB (GiB): chunk_batch, VAE slices, the attention backend "
                    "and Whisper's place are chosen to fit it, or one error names the smallest footprint "
                    "(default: the config's run.max_vram_gb, 0 = no limit).", lower_bound=0.0)
@@ -148,6 +153,7 @@ def run() -> None:
     config = cli_flags.resolved_config(FLAGS)
     sampler = sampler_flags(config)  # before any heavy work, as the input checks
     checked = check_inputs(FLAGS.video, FLAGS.audio, FLAGS.output)
+    fsdp = fsdp_flag(sampler["overlap"])
     if not FLAGS.nocompile_cache:  # before the first compilation
         enable_compile_cache(FLAGS.compile_cache)
     if FLAGS.random_init:
@@ -166,7 +172,7 @@ def run() -> None:
         face=face, face_audio=face_audio, overlap=sampler["overlap"])
     max_vram = FLAGS.max_vram if FLAGS.max_vram is not None else float(config.run.get("max_vram_gb", 0.0) or 0.0)
     engine_options = EngineOptions(chunk_batch=FLAGS.chunk_batch, max_vram_gb=max_vram or None,
-                                   sampler_options=sampler["sampler_options"],
+                                   sampler_options=sampler["sampler_options"], fsdp=fsdp,
                                    devices=jax_devices()[:1] if sampler["overlap"] else None)
     result = run_inference(models, options, checked=checked, engine_options=engine_options)
     notes = []
@@ -212,6 +218,17 @@ def sampler_flags(config) -> dict:
     if interval > 1:  # 0 and 1 are the same (off): the very same compiled program
         options["deepcache_interval"] = interval
     return {"sampler_options": options, "overlap": overlap}
+
+
+def fsdp_flag(overlap: int) -> int | None:
+    """--fsdp, checked against the local devices before any heavy work (one line)."""
+    from lipsync_jax.pipeline.sharding import check_fsdp
+
+    if FLAGS.fsdp is None:
+        return None
+    if overlap and FLAGS.fsdp > 1:
+        raise ValueError(f"--overlap runs on one device: not with --fsdp {FLAGS.fsdp}")
+    return check_fsdp(FLAGS.fsdp, 1 if overlap else len(jax_devices()))
 
 
 def jax_devices() -> list:

@@ -31,6 +31,7 @@ from lipsync_jax.models.vae import AutoencoderKL, sample_posterior
 from lipsync_jax.pipeline.chunk import decode_and_paste
 from lipsync_jax.pipeline.engine import LipsyncEngine
 from lipsync_jax.pipeline.program import DATA_AXIS, mask_arrays, sample_latents
+from lipsync_jax.pipeline.sharding import shard_chunks
 
 MOMENT_CHANNELS = 16  # 4 latent channels x (masked mean, masked logvar, ref mean, ref logvar)
 
@@ -109,8 +110,7 @@ class MomentsChunkProgram:
         body = functools.partial(generate_from_moments, models, num_steps=inner.num_steps,
                                  guidance_scale=inner.guidance_scale, sampler_options=inner.sampler_options)
         rep, dat = P(), P(DATA_AXIS)
-        mapped = jax.shard_map(body, mesh=mesh, in_specs=(rep, rep, dat, dat, dat, dat, rep, rep, rep, rep),
-                               out_specs=dat, check_vma=False)
+        mapped = shard_chunks(body, mesh, in_specs=(rep, rep, dat, dat, dat, dat, rep, rep, rep, rep), out_specs=dat)
         self._jitted = jax.jit(mapped)
         self._compiled = None
         self._compile_lock = threading.Lock()
@@ -127,8 +127,7 @@ class MomentsChunkProgram:
         shapes = self.inner.input_shapes()
         r = m.latent_size
         spec = lambda shape, dtype, sharding: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)  # noqa: E731
-        abstract = lambda tree: jax.tree.map(  # noqa: E731
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.inner.replicated), tree)
+        abstract = self.inner._abstract  # the params' own shardings (replicated, or split over fsdp)
         return self._jitted.lower(abstract(unet_params), abstract(vae_params), spec(*shapes["faces"], self.sharded),
                            spec((self.batch, f, r, r, MOMENT_CHANNELS), np.float32, self.sharded),
                            spec(*shapes["audio"], self.sharded), spec(*shapes["chunk_indices"], self.sharded),

@@ -4,9 +4,13 @@
     result = engine.run(InferenceJob(video_path, audio_path, output_path, seed=1, num_steps=20))
 
 - ``LipsyncEngine(models, options=EngineOptions(), face_pass_factory=None)``:
-  replicates the weights over a ``data`` mesh of the local devices (``options.devices``) and
-  keeps one compiled ``ChunkProgram`` per (num_steps, guidance_scale): jobs with the same
-  settings reuse it (per-job seed: the start noise and VAE keys are program inputs).
+  places the weights on a ``(data, fsdp)`` mesh of the local devices (``options.devices``;
+  pipeline/sharding.py): chunk batches are split over ``data``; the weights are replicated
+  (fsdp 1), or split over ``fsdp`` devices when ``options.fsdp`` asks for it or, left None, when
+  they do not fit the per-device budget (``max_vram_gb``, else the device's own memory limit when
+  the backend reports one). It keeps one compiled ``ChunkProgram`` per (num_steps,
+  guidance_scale): jobs with the same settings reuse it (per-job seed: the start noise and VAE
+  keys are program inputs).
 - ``engine.run(job, *, checked=None, timer=None) -> InferenceResult``: one video + audio ->
   output file, streamed (``pipeline/stream.py``): decode + face pass, device program per batch of
   ``engine.batch`` chunks, restore + H.264 encode, overlapped in threads with bounded queues.
@@ -34,7 +38,9 @@ import numpy as np
 
 from lipsync_jax.face import AlignedFace, FaceTracker
 from lipsync_jax.pipeline.models import LipsyncModels
-from lipsync_jax.pipeline.program import ChunkProgram, data_mesh, replicate, start_noise
+from lipsync_jax.pipeline.program import ChunkProgram, start_noise
+from lipsync_jax.pipeline.sharding import (DATA_AXIS, axis_size, choose_fsdp, device_memory_bytes, engine_mesh,
+                                           fsdp_choices, place_weights, sharded_weight_bytes, weight_bytes)
 
 
 class FacePass(Protocol):
@@ -71,6 +77,9 @@ class EngineOptions:
     # attention backend and Whisper's place are chosen to fit it (pipeline/memory.py); None: no limit
     max_vram_gb: float | None = None
     vae_frames: int | None = None  # frames per VAE encode/decode step (None: the chunk's 16, or the plan's)
+    # devices the weights are split over (the mesh's fsdp axis; chunk batches go over data = devices / fsdp);
+    # None: 1 (replicated) unless the weights do not fit the budget above or the device's memory
+    fsdp: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,16 +132,17 @@ class LipsyncEngine:
         self.models = models
         self.options = options or EngineOptions()
         self.face_pass_factory = face_pass_factory  # None: chosen per job (job.face, job.face_audio)
-        self.mesh = data_mesh(self.options.devices)
+        self.devices = list(jax.local_devices() if self.options.devices is None else self.options.devices)
         self.chunk_batch = int(self.options.chunk_batch or default_chunk_batch())
         if self.chunk_batch < 1:
             raise ValueError(f"chunk_batch must be >= 1, got {self.chunk_batch}")
         self.vae_frames = self.options.vae_frames
         self.memory_plan = None
+        self.fsdp = self._initial_fsdp(models)
+        self.mesh = engine_mesh(self.devices, self.fsdp)
         if self.options.max_vram_gb is not None:  # before any weights are placed (pipeline/memory.py)
             self.models = models = self._fit_memory(models)
-        self.unet_params = replicate(models.unet_params, self.mesh)
-        self.vae_params = replicate(models.vae_params, self.mesh)
+        self.unet_params, self.vae_params = place_weights(models, self.mesh)
         self._programs: dict[tuple[int, float, int], ChunkProgram] = {}
         self._lock = threading.Lock()
 
@@ -142,12 +152,38 @@ class LipsyncEngine:
             return int(self.options.restore_threads)
         return max(1, min(8, (os.cpu_count() or 2) // 2))
 
+    def _initial_fsdp(self, models: LipsyncModels) -> int:
+        """``options.fsdp`` (checked against the devices), else the smallest fsdp whose weight share
+        fits the budget (``--max_vram``, else the device's memory if known; ``sharding.choose_fsdp``)."""
+        n = len(self.devices)
+        if self.options.fsdp is not None:
+            return int(self.options.fsdp)  # engine_mesh: one error unless it divides the device count
+        if n == 1:
+            return 1
+        budget = (int(self.options.max_vram_gb * 1024 ** 3) if self.options.max_vram_gb
+                  else device_memory_bytes(self.devices[0]))
+        return choose_fsdp(models, budget, n)
+
     def _fit_memory(self, models: LipsyncModels) -> LipsyncModels:
+        """The memory plan (pipeline/memory.py) with the weights' fsdp share: an automatic fsdp grows
+        (divisors of the device count) until a plan fits; the last one's error otherwise."""
         from lipsync_jax.pipeline import memory
 
-        plan = memory.plan_memory(models, self.options.max_vram_gb, chunk_batch=self.chunk_batch,
-                                  sampler_options=self.options.sampler_options, device=self.mesh.devices.flat[0],
-                                  queue_batches=self.options.queue_batches)
+        n = len(self.devices)
+        choices = [self.fsdp] if self.options.fsdp is not None else [d for d in fsdp_choices(n) if d >= self.fsdp]
+        for i, fsdp in enumerate(choices):
+            saved = weight_bytes(models) - sharded_weight_bytes(models, fsdp, n)  # not held per device
+            try:
+                plan = memory.plan_memory(models, self.options.max_vram_gb, chunk_batch=self.chunk_batch,
+                                          sampler_options=self.options.sampler_options, device=self.devices[0],
+                                          queue_batches=self.options.queue_batches,
+                                          **({"weight_bytes_saved": saved} if saved else {}))
+                break
+            except memory.MemoryBudgetError:
+                if i == len(choices) - 1:
+                    raise
+        if fsdp != self.fsdp:
+            self.fsdp, self.mesh = fsdp, engine_mesh(self.devices, fsdp)
         self.memory_plan, self.chunk_batch, self.vae_frames = plan, plan.chunk_batch, plan.vae_frames
         if plan.whisper_on_host:
             memory.move_whisper_to_host(models)
@@ -158,9 +194,14 @@ class LipsyncEngine:
         return self.mesh.size
 
     @property
+    def data_shards(self) -> int:
+        """Groups of devices that hold different chunks (the mesh's ``data`` axis: devices / fsdp)."""
+        return axis_size(self.mesh, DATA_AXIS)
+
+    @property
     def batch(self) -> int:
-        """Chunks per device-program call (all devices)."""
-        return self.chunk_batch * self.mesh.size
+        """Chunks per device-program call (all devices; each fsdp group holds ``chunk_batch``)."""
+        return self.chunk_batch * self.data_shards
 
     def program(self, num_steps: int, guidance_scale: float, overlap: int = 0) -> ChunkProgram:
         """The (lazily compiled) device program for these sampler settings, shared by all jobs
