@@ -17,7 +17,8 @@ import numpy as np
 
 from lipsync_jax.models import Dtype
 from lipsync_jax.models.unet_config import MotionModuleConfig
-from lipsync_jax.models.unet_layers import VideoGroupNorm, dense, layer_norm
+from lipsync_jax.models.unet_layers import (TEMPORAL_TOKEN_AXES, VIDEO_AXES, VideoGroupNorm, constrain,
+                                              dense, layer_norm)
 from lipsync_jax.models.unet_transformer import Attention, FeedForward
 
 
@@ -50,7 +51,7 @@ class TemporalTransformerBlock(nn.Module):
         head_dim = c // heads  # c is already the inner width (in_channels / temporal_attention_dim_div)
         for i, _ in enumerate(cfg.attention_block_types):
             h = layer_norm(f"norms_{i}", **kw)(x)
-            h = h.transpose(0, 2, 1, 3).reshape(b * s, f, c)  # (b*hw, f, c)
+            h = constrain(h.transpose(0, 2, 1, 3).reshape(b * s, f, c), TEMPORAL_TOKEN_AXES)  # (b*hw, f, c)
             if cfg.temporal_position_encoding:
                 h = h + jnp.asarray(temporal_position_table(cfg.temporal_position_encoding_max_len, c)[:f], h.dtype)
             h = Attention(heads, head_dim, self.attention_backend, name=f"attention_blocks_{i}", **kw)(h)
@@ -80,4 +81,4 @@ class VanillaTemporalModule(nn.Module):
             hidden = TemporalTransformerBlock(cfg, self.attention_backend, name=f"transformer_blocks_{i}", **kw)(
                 hidden, f)
         hidden = dense(c, ("embed_in", "embed_out"), name="proj_out", zero_init=cfg.zero_initialize, **kw)(hidden)
-        return hidden.reshape(b, f, h, w, c) + x.astype(hidden.dtype)
+        return constrain(hidden.reshape(b, f, h, w, c) + x.astype(hidden.dtype), VIDEO_AXES)

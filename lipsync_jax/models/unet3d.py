@@ -8,7 +8,8 @@ per-frame convolutions, audio cross-attention and optional AnimateDiff motion mo
 Inputs are channels-last: ``sample`` (b, f, h, w, in_channels) = [noisy latents 4, mask 1,
 masked latents 4, reference latents 4]; ``timesteps`` (b,) (or a scalar); ``audio_embeds``
 (b, f, 50, 384), each frame's Whisper window. Output (b, f, h, w, out_channels), float32.
-Kernels carry logical axis names (see ``unet_layers``).
+Kernels and activations carry logical axis names (see ``unet_layers``); the activation
+constraints act only when traced under a mesh and rules (training), never at inference.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from lipsync_jax.models import Dtype
 from lipsync_jax.models.attention import parse_backend
 from lipsync_jax.models.unet_blocks import DownBlock3D, MidBlock3D, UpBlock3D
 from lipsync_jax.models.unet_config import UNet3DConfig
-from lipsync_jax.models.unet_layers import TimestepEmbedding, VideoGroupNorm, frame_conv, timestep_sinusoids
+from lipsync_jax.models.unet_layers import (VIDEO_AXES, TimestepEmbedding, VideoGroupNorm, constrain, frame_conv,
+                                            timestep_sinusoids)
 
 AUDIO_WINDOW = 50  # Whisper embedding rows per video frame (LatentSync's audio feature window)
 DEEPCACHE_MODES = (None, "full", "shallow")  # UNet3DConditionModel.__call__(..., deepcache=)
@@ -69,7 +71,7 @@ class UNet3DConditionModel(nn.Module):
         if cfg.center_input_sample:
             x = 2 * x - 1.0
         audio = audio_embeds.astype(self.dtype)
-        h = frame_conv(cfg.block_out_channels[0], name="conv_in", zero_init=True, **kw)(x)
+        h = constrain(frame_conv(cfg.block_out_channels[0], name="conv_in", zero_init=True, **kw)(x), VIDEO_AXES)
         take = cfg.layers_per_block + 1  # layers per up block
         n = len(cfg.block_out_channels)
         if deepcache == "shallow":
@@ -86,6 +88,7 @@ class UNet3DConditionModel(nn.Module):
                                       num_layers=cfg.layers_per_block, add_downsample=i < n - 1,
                                       name=f"down_blocks_{i}", **stage_kw)
             h, block_skips = block(h, temb, audio)
+            h = constrain(h, VIDEO_AXES)
             skips.extend(block_skips)
             skip_hw.extend(s.shape[2:4] for s in block_skips)
 
@@ -93,6 +96,7 @@ class UNet3DConditionModel(nn.Module):
         h = wrap(MidBlock3D)(out_channels=cfg.block_out_channels[-1], heads=cfg.attention_head_dim[-1],
                              has_cross_attention=True, has_motion=cfg.mid_has_motion, name="mid_block",
                              **stage_kw)(h, temb, audio)
+        h = constrain(h, VIDEO_AXES)
 
         # up
         for i in range(n):
@@ -104,6 +108,7 @@ class UNet3DConditionModel(nn.Module):
                 h, cache = block(h, block_skips, temb, audio, return_last_input=True)
             else:
                 h = block(h, block_skips, temb, audio)
+            h = constrain(h, VIDEO_AXES)
         return self._output(h, kw) if deepcache is None else (self._output(h, kw), cache)
 
     def _up_block(self, i: int, upsample_size, wrap, stage_kw) -> UpBlock3D:
@@ -121,7 +126,7 @@ class UNet3DConditionModel(nn.Module):
         h = VideoGroupNorm(cfg.norm_num_groups, cfg.norm_eps, per_frame=cfg.use_inflated_groupnorm,
                            name="conv_norm_out", **kw)(h)
         h = frame_conv(cfg.out_channels, name="conv_out", zero_init=True, **kw)(nn.silu(h))
-        return h.astype(jnp.float32)
+        return constrain(h.astype(jnp.float32), VIDEO_AXES)
 
 
 def dummy_inputs(config: UNet3DConfig, sample_shape: Sequence[int], audio_len: int = AUDIO_WINDOW):

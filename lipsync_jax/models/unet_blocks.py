@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from lipsync_jax.models import Dtype
 from lipsync_jax.models.motion_module import VanillaTemporalModule
 from lipsync_jax.models.unet_config import UNet3DConfig
-from lipsync_jax.models.unet_layers import Downsample3D, ResnetBlock3D, Upsample3D
+from lipsync_jax.models.unet_layers import VIDEO_AXES, Downsample3D, ResnetBlock3D, Upsample3D, constrain
 from lipsync_jax.models.unet_transformer import Transformer3D
 
 
@@ -50,7 +50,7 @@ class _Stage(nn.Module):
         if self.has_motion:
             h = VanillaTemporalModule(cfg.motion_module, self.attention_backend, name=f"motion_modules_{i}",
                                       **self._kw())(h)
-        return h
+        return constrain(h, VIDEO_AXES)
 
 
 class DownBlock3D(_Stage):

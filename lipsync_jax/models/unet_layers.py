@@ -11,6 +11,17 @@ left unannotated, they are small). A sharding helper maps these to mesh axes wit
 
 ``init`` returns boxed ``nn.Partitioned`` leaves; ``flax.linen.meta.unbox`` gives plain arrays
 (``unet3d.init_params`` does that) and ``nn.get_partition_spec`` gives the logical specs.
+
+Activations are named too (``constrain``: ``nn.with_logical_constraint``), at the stage and
+layer boundaries and where the spatial / temporal layers regroup the batch:
+
+  video (b, f, h, w, c)          VIDEO_AXES
+  spatial tokens (b*f, h*w, c)   TOKEN_AXES          (the batch axis absorbs the frames)
+  temporal tokens (b*h*w, f, c)  TEMPORAL_TOKEN_AXES (the batch axis absorbs the positions)
+
+The constraints act only under logical axis rules and a mesh (the training step is traced under
+``lipsync_jax.train.mesh.with_activation_sharding``); elsewhere (inference on one device, golden
+checks) they return their input unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +33,16 @@ import jax.numpy as jnp
 
 from lipsync_jax.models import Dtype
 from lipsync_jax.diffusion.conditioning import nearest_resize
+
+
+VIDEO_AXES = ("activation_batch", "activation_frames", "activation_height", "activation_width", "activation_embed")
+TOKEN_AXES = ("activation_batch", "activation_length", "activation_embed")
+TEMPORAL_TOKEN_AXES = ("activation_batch", "activation_frames", "activation_embed")
+
+
+def constrain(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
+    """``x`` with a sharding constraint by logical ``axes`` names; a no-op without rules + mesh."""
+    return nn.with_logical_constraint(x, axes)
 
 
 # torch's default Linear/Conv init (kaiming_uniform with a=sqrt(5)): U(+-1/sqrt(fan_in))

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from lipsync_jax.models import Dtype
 from lipsync_jax.models.attention import dot_product_attention
-from lipsync_jax.models.unet_layers import VideoGroupNorm, dense, layer_norm
+from lipsync_jax.models.unet_layers import TOKEN_AXES, VIDEO_AXES, VideoGroupNorm, constrain, dense, layer_norm
 
 
 class Attention(nn.Module):
@@ -96,10 +96,10 @@ class Transformer3D(nn.Module):
         b, f, h, w, c = x.shape
         hidden = VideoGroupNorm(self.groups, 1e-6, per_frame=True, name="norm", **kw)(x)
         hidden = dense(c, ("embed_in", "embed_out"), name="proj_in", **kw)(hidden)
-        hidden = hidden.reshape(b * f, h * w, c)  # (b*f, hw, c)
-        audio = audio_embeds.reshape((b * f,) + audio_embeds.shape[2:])  # (b*f, s, d)
+        hidden = constrain(hidden.reshape(b * f, h * w, c), TOKEN_AXES)  # (b*f, hw, c)
+        audio = constrain(audio_embeds.reshape((b * f,) + audio_embeds.shape[2:]), TOKEN_AXES)  # (b*f, s, d)
         for i in range(self.num_layers):
             hidden = BasicTransformerBlock(self.heads, c // self.heads, self.add_audio_layer,
                                            self.attention_backend, name=f"transformer_blocks_{i}", **kw)(hidden, audio)
         hidden = dense(c, ("embed_in", "embed_out"), name="proj_out", **kw)(hidden)
-        return hidden.reshape(b, f, h, w, c) + x.astype(hidden.dtype)
+        return constrain(hidden.reshape(b, f, h, w, c) + x.astype(hidden.dtype), VIDEO_AXES)

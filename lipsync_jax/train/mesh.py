@@ -20,12 +20,19 @@ same rules shard them over ``fsdp`` when the network is large, instead of a full
     shardings = state_shardings(boxed_abstract_state, mesh, rules)   # unboxed tree of NamedSharding
     frozen_sh = frozen_shardings(abstract_frozen, mesh, rules)
     batch = shard_batch(local_batch, mesh)     # per-process data -> one global jax.Array
+    step = with_activation_sharding(train_step, mesh, rules, batch_argnum=2)  # then jax.jit
+
+Activations carry logical names too (``activation_batch``, ``activation_frames``, ...; see
+``lipsync_jax.models.unet_layers``): ``with_activation_sharding`` traces a step under the mesh and
+the rules, so the UNet's ``nn.with_logical_constraint`` calls split its activations over the
+batch axes; without that context (inference, golden checks) they do nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -33,9 +40,11 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-Rules = Sequence[tuple[str, str | None]]
-# logical axis name -> mesh axis (None = replicated along that dimension)
-LOGICAL_RULES: tuple[tuple[str, str | None], ...] = (
+MeshAxes = str | tuple[str, ...] | None
+Rules = Sequence[tuple[str, MeshAxes]]
+# logical axis name -> mesh axis or axes (None = replicated along that dimension)
+LOGICAL_RULES: tuple[tuple[str, MeshAxes], ...] = (
+    # parameters (lipsync_jax.models.unet_layers)
     ("embed_out", "fsdp"),  # conv / dense output channels
     ("heads", "fsdp"),      # attention q/k/v output, attention-out input
     ("mlp", "fsdp"),        # feed-forward hidden
@@ -43,7 +52,16 @@ LOGICAL_RULES: tuple[tuple[str, str | None], ...] = (
     ("embed", None),
     ("conv_h", None),
     ("conv_w", None),
+    # activations (unet_layers.VIDEO_AXES / TOKEN_AXES): split over the batch like the input
+    # batch; frames, spatial positions and channels whole on every device (FSDP gathers weights)
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_frames", None),
+    ("activation_height", None),
+    ("activation_width", None),
+    ("activation_length", None),
+    ("activation_embed", None),
 )
+ACTIVATION_BATCH = "activation_batch"
 MIN_SHARD_SIZE = 2 ** 12  # parameters smaller than this stay replicated (not worth a collective)
 FROZEN_SHARD_MIN_MIB = 64.0  # frozen networks at least this large are sharded over fsdp
 KERNEL_OUT = "embed_out"  # logical name given to the last dimension of unannotated frozen kernels
@@ -86,19 +104,33 @@ def make_mesh(mesh_config: Mapping[str, Any], devices: Sequence[jax.Device] | No
     return Mesh(grid, axes)
 
 
-def rules_from_config(mesh_config: Mapping[str, Any] | None) -> tuple[tuple[str, str | None], ...]:
+def _mesh_axes(value: Any) -> MeshAxes:
+    if value is None or isinstance(value, str):
+        return value
+    return tuple(str(a) for a in value)
+
+
+def rules_from_config(mesh_config: Mapping[str, Any] | None) -> tuple[tuple[str, MeshAxes], ...]:
     rules = mesh_config.get("rules") if mesh_config is not None else None
-    return tuple((str(a), None if b is None else str(b)) for a, b in rules) if rules else LOGICAL_RULES
+    return tuple((str(a), _mesh_axes(b)) for a, b in rules) if rules else LOGICAL_RULES
 
 
 def _axis_sizes(mesh: Any) -> Mapping[str, int]:
     return mesh if isinstance(mesh, Mapping) else dict(mesh.shape)
 
 
-def _rules_for_mesh(rules: Rules, mesh: Any) -> list[tuple[str, str | None]]:
+def _present(axes: MeshAxes, sizes: Mapping[str, int]) -> MeshAxes:
+    """``axes`` without the mesh axes this mesh lacks (None when none is left)."""
+    if axes is None or isinstance(axes, str):
+        return axes if axes in sizes else None
+    kept = tuple(a for a in axes if a in sizes)
+    return kept if kept else None
+
+
+def _rules_for_mesh(rules: Rules, mesh: Any) -> list[tuple[str, MeshAxes]]:
     """``rules`` with mesh axes that this mesh lacks mapped to None (replicated)."""
     sizes = _axis_sizes(mesh)
-    return [(name, axis if axis in sizes else None) for name, axis in rules]
+    return [(name, _present(axes, sizes)) for name, axes in rules]
 
 
 def fit_spec(spec: P, shape: Sequence[int], mesh: Any, min_size: int = MIN_SHARD_SIZE) -> P:
@@ -207,6 +239,37 @@ def batch_axes(mesh: Mesh, global_batch: int) -> tuple[str, ...]:
 def batch_sharding(mesh: Mesh, global_batch: int) -> NamedSharding:
     axes = batch_axes(mesh, global_batch)
     return NamedSharding(mesh, P(axes if axes else None))
+
+
+def activation_rules(rules: Rules, mesh: Any, global_batch: int) -> list[tuple[str, MeshAxes]]:
+    """``rules`` for this mesh with ``activation_batch`` cut to the longest prefix of its mesh axes
+    whose size divides ``global_batch`` (the fallback ``batch_axes`` applies to the input batch):
+    a constraint never asks for an uneven split."""
+    sizes = _axis_sizes(mesh)
+    out = []
+    for name, axes in _rules_for_mesh(rules, mesh):
+        if name == ACTIVATION_BATCH and axes is not None:
+            seq = (axes,) if isinstance(axes, str) else tuple(axes)
+            n = len(seq)
+            while n and global_batch % math.prod(sizes[a] for a in seq[:n]):
+                n -= 1
+            axes = seq[:n] if n else None
+        out.append((name, axes))
+    return out
+
+
+def with_activation_sharding(fn: Callable, mesh: Mesh, rules: Rules, batch_argnum: int) -> Callable:
+    """``fn`` traced under ``mesh`` and the logical ``rules`` (``activation_rules`` for the global
+    batch of argument ``batch_argnum``, a dict of arrays), so the models' activation constraints
+    (``nn.with_logical_constraint``, no-ops outside such a context) become sharding constraints."""
+    @functools.wraps(fn)
+    def wrapped(*args):
+        leaves = [x for x in jax.tree.leaves(args[batch_argnum]) if getattr(x, "ndim", 0) >= 1]
+        global_batch = int(leaves[0].shape[0]) if leaves else 1
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), \
+                nn.logical_axis_rules(activation_rules(rules, mesh, global_batch)):
+            return fn(*args)
+    return wrapped
 
 
 def shard_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
