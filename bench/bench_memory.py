@@ -38,15 +38,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GB = 1024 ** 3
 
 
-def measure_peak(config, dtype, chunk_batch: int, vae_frames: int | None, steps: int, guidance: float) -> dict:
+def measure_peak(config, dtype, chunk_batch: int, vae_frames: int | None, steps: int, guidance: float,
+                 attention: str = "auto") -> dict:
     """One real call of the chunk program with random weights on the default device: peak bytes."""
     import jax
     import numpy as np
 
     from lipsync_jax.pipeline import EngineOptions, LipsyncEngine, build_models
+    from lipsync_jax.pipeline.memory import with_attention_backend
 
     device = jax.local_devices()[0]
-    models = build_models(config, dtype=dtype, random_init=True, seed=0)
+    models = with_attention_backend(build_models(config, dtype=dtype, random_init=True, seed=0), attention)
     engine = LipsyncEngine(models, EngineOptions(chunk_batch=chunk_batch, devices=[device], vae_frames=vae_frames))
     program = engine.program(steps, guidance)
     shapes = program.input_shapes()
@@ -128,7 +130,7 @@ def main() -> None:
             fp = program_footprint(models, chunk_batch=cb, vae_frames=frames, attention_backend=backend,
                                    use_cache=not args.fresh or budget is not None, **kw)
             whole = fp.total_bytes + (0 if on_host else whisper) + queued_bytes(models, cb, 2)
-            peak = measure_peak(config, dtype, cb, frames, args.steps, args.guidance) if args.measure else {}
+            peak = measure_peak(config, dtype, cb, frames, args.steps, args.guidance, backend) if args.measure else {}
             peak_gb = f"{peak['peak_bytes'] / GB:.2f}" if peak.get("peak_bytes") else "-"
             compile_s = f"{fp.compile_seconds:.0f}" if fp.compile_seconds is not None else "cached"
             row = {"config": os.path.basename(path), "resolution": models.resolution, "chunk_batch": cb,
