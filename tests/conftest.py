@@ -1,9 +1,22 @@
 """Shared test fixtures: paths to the bundled golden fixtures and media (copied from
 ../shared so a plain clone can run the tests)."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
+
+# One persistent XLA compilation cache for the whole test session, set before JAX is imported:
+# the pytest process and the infer.py / train.py subprocesses it starts (they inherit the
+# environment) compile each tiny program once per session instead of once per test module.
+# Tests of the cache itself pass their own folders (or --nocompile_cache). Removed at exit.
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    _SESSION_XLA_CACHE = tempfile.mkdtemp(prefix="lipsync_jax_tests_xla_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_XLA_CACHE
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+    atexit.register(shutil.rmtree, _SESSION_XLA_CACHE, True)
 
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 GOLDEN_DIR = os.path.join(DATA_DIR, "golden")
