@@ -7,7 +7,8 @@ chunks fed to the engine's device program directly (synthetic faces and audio wi
 per data shard), against the same chunks on one device. The model is a one-level cut of the
 tiny config (4 frames, 1 DDIM step with CFG) so the two compiles stay small; the parameter specs
 are read back from the placed arrays. Also: a bad --fsdp is one clear error (engine and
-infer.py), and the automatic choice grows fsdp only when the weights do not fit the budget.
+infer.py), and the automatic choice grows fsdp only when the weights do not fit the budget (the
+device's memory, or the --max_vram plan with a stand-in footprint).
 """
 
 from __future__ import annotations
@@ -50,6 +51,20 @@ budget = lambda f: int(per_device[f] / WEIGHT_SHARE)  # the smallest budget that
 report["auto"] = [choose_fsdp(models, None, 4), choose_fsdp(models, budget(1), 4),
                   choose_fsdp(models, budget(1) - 1, 4), choose_fsdp(models, budget(2), 4),
                   choose_fsdp(models, budget(2) - 1, 4)]
+
+# --max_vram with an automatic fsdp: a stand-in footprint (no compile) whose budget only fsdp 2 fits
+from lipsync_jax.pipeline import memory
+temp = 1 << 20
+memory.program_footprint = lambda m, **kw: memory.Footprint(argument_bytes=per_device[1], output_bytes=0,
+                                                             temp_bytes=temp)
+need = per_device[2] + temp + memory.queued_bytes(models, 1, 2)  # Whisper on the host
+planned = LipsyncEngine(models, EngineOptions(chunk_batch=1, max_vram_gb=(need + 1024) / memory.GB))
+report["planned"] = [planned.fsdp, dict(planned.mesh.shape), planned.memory_plan.device_bytes == need,
+                     planned.memory_plan.whisper_on_host]
+try:
+    LipsyncEngine(models, EngineOptions(chunk_batch=1, fsdp=2, max_vram_gb=(need - 1024) / memory.GB))
+except memory.MemoryBudgetError as error:
+    report["too_small"] = str(error).split(":")[0]
 
 mesh_lib.FROZEN_SHARD_MIN_MIB = 0.0  # split the (tiny) VAE too
 engine = LipsyncEngine(models, EngineOptions(chunk_batch=1, fsdp=2))
@@ -97,6 +112,8 @@ def test_fsdp_sharded_weights_give_the_frames_of_one_device(tmp_path):
     total, one, half, quarter = report["bytes"]  # what one device holds (the tiny VAE stays whole here)
     assert one == total and quarter < half < 0.65 * total
     assert report["auto"] == [1, 1, 2, 2, 4]  # no budget / the weights' share fits / does not: the next fsdp
+    assert report["planned"] == [2, {"data": 2, "fsdp": 2}, True, True]  # fsdp 1 does not fit --max_vram, 2 does
+    assert report["too_small"].startswith("--max_vram") and report["too_small"].endswith("is too small")
     assert report["shape"] == [2, 4, 64, 64, 3] and report["spread"] > 0.1  # two different chunks
     assert report["diff"] < ROUNDOFF, report
 

@@ -153,16 +153,15 @@ class LipsyncEngine:
         return max(1, min(8, (os.cpu_count() or 2) // 2))
 
     def _initial_fsdp(self, models: LipsyncModels) -> int:
-        """``options.fsdp`` (checked against the devices), else the smallest fsdp whose weight share
-        fits the budget (``--max_vram``, else the device's memory if known; ``sharding.choose_fsdp``)."""
+        """``options.fsdp`` (checked against the devices by ``engine_mesh``); else 1 with a
+        ``max_vram_gb`` budget (``_fit_memory`` grows it) and otherwise the smallest fsdp whose weight
+        share fits the device's memory when the backend reports it (``sharding.choose_fsdp``)."""
         n = len(self.devices)
         if self.options.fsdp is not None:
             return int(self.options.fsdp)  # engine_mesh: one error unless it divides the device count
-        if n == 1:
-            return 1
-        budget = (int(self.options.max_vram_gb * 1024 ** 3) if self.options.max_vram_gb
-                  else device_memory_bytes(self.devices[0]))
-        return choose_fsdp(models, budget, n)
+        if n == 1 or self.options.max_vram_gb is not None:
+            return 1  # with a budget the memory plan grows it (_fit_memory)
+        return choose_fsdp(models, device_memory_bytes(self.devices[0]), n)
 
     def _fit_memory(self, models: LipsyncModels) -> LipsyncModels:
         """The memory plan (pipeline/memory.py) with the weights' fsdp share: an automatic fsdp grows
