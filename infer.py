@@ -138,7 +138,10 @@ def run() -> None:
     from lipsync_jax.pipeline import (EngineOptions, InferenceOptions, build_models, check_inputs,
                                       enable_compile_cache, run_inference)
     from lipsync_jax.pipeline.compile_cache import compile_cache_stats
+    from lipsync_jax.pipeline.sharding import check_fsdp
 
+    if FLAGS.fsdp is not None:  # one line before any work, in every mode
+        check_fsdp(FLAGS.fsdp, len(jax_devices()))
     if FLAGS.batch:  # many jobs, models compiled once (lipsync_jax/batch.py)
         from lipsync_jax.batch import main_with_flags
         sys.exit(main_with_flags(FLAGS.batch, FLAGS))
@@ -221,14 +224,10 @@ def sampler_flags(config) -> dict:
 
 
 def fsdp_flag(overlap: int) -> int | None:
-    """--fsdp, checked against the local devices before any heavy work (one line)."""
-    from lipsync_jax.pipeline.sharding import check_fsdp
-
-    if FLAGS.fsdp is None:
-        return None
-    if overlap and FLAGS.fsdp > 1:
+    """--fsdp (checked against the local devices at the start of ``run``) for one job."""
+    if FLAGS.fsdp is not None and overlap and FLAGS.fsdp > 1:
         raise ValueError(f"--overlap runs on one device: not with --fsdp {FLAGS.fsdp}")
-    return check_fsdp(FLAGS.fsdp, 1 if overlap else len(jax_devices()))
+    return FLAGS.fsdp
 
 
 def jax_devices() -> list:

@@ -233,6 +233,7 @@ def main_with_flags(jobs_path: str, flags_values) -> int:
         config, unet_checkpoint=flags_values.checkpoint, vae_checkpoint=flags_values.vae_checkpoint,
         whisper_checkpoint=flags_values.whisper_checkpoint, random_init=flags_values.random_init,
         dtype=flags_values.dtype, seed=flags_values.seed, chunk_batch=flags_values.chunk_batch,
+        fsdp=getattr(flags_values, "fsdp", None),
         avatar_cache=getattr(flags_values, "avatar_cache", None), face_backend=flags_values.face_backend)
     defaults = dict(seed=flags_values.seed, guidance=flags_values.guidance, steps=flags_values.steps,
                     face=getattr(flags_values, "face", None), crf=flags_values.crf, preset=flags_values.preset,
@@ -284,6 +285,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("crf", 18, "H.264 quality.", lower_bound=0, upper_bound=51)
     flags.DEFINE_string("preset", "medium", "x264 preset.")
     flags.DEFINE_integer("chunk_batch", None, "Chunks per device per device-program call.", lower_bound=1)
+    flags.DEFINE_integer("fsdp", None, "Split the weights over groups of N local devices (default: automatic).",
+                         lower_bound=1)
     flags.DEFINE_string("compile_cache", None, "Persistent XLA compilation cache folder.")
     flags.DEFINE_bool("nocompile_cache", False, "Do not use the persistent compilation cache.")
     flags.DEFINE_string("avatar_cache", None, "Folder of cached face tracks (reused across jobs and runs).")
@@ -321,6 +324,7 @@ def run_one_with_flags(flags_values) -> None:
         config, unet_checkpoint=flags_values.checkpoint, vae_checkpoint=flags_values.vae_checkpoint,
         whisper_checkpoint=flags_values.whisper_checkpoint, random_init=flags_values.random_init,
         dtype=flags_values.dtype, seed=flags_values.seed, chunk_batch=flags_values.chunk_batch,
+        fsdp=getattr(flags_values, "fsdp", None),
         avatar_cache=flags_values.avatar_cache, face_backend=flags_values.face_backend)
     result = service.run(job)
     print(f"wrote {result.output_path}: {result.num_frames} frames, {result.duration:.2f} s "

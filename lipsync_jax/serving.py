@@ -112,7 +112,7 @@ def solver_choices() -> list[str]:
 
 class LipsyncService:
     def __init__(self, config, models, *, chunk_batch: int | None = None, avatar_cache: str | None = None,
-                 face_backend: str = "mediapipe"):
+                 face_backend: str = "mediapipe", fsdp: int | None = None):
         from lipsync_jax.pipeline import EngineOptions
         from lipsync_jax.pipeline.avatar_cache import AvatarCache
 
@@ -121,6 +121,7 @@ class LipsyncService:
         self.models = models
         self.face_backend = face_backend
         self.chunk_batch = chunk_batch
+        self.fsdp = fsdp  # EngineOptions.fsdp: weights split over groups of this many devices (None: automatic)
         self.avatar_cache = AvatarCache(avatar_cache) if avatar_cache else None
         self.fps = float(config.data.video_fps)
         self.defaults = dict(seed=int(config.run.seed), guidance=float(config.run.guidance_scale),
@@ -169,7 +170,8 @@ class LipsyncService:
 
         key = tuple(sorted(sampler_options.items()))
         if key not in self._engines:
-            options = self._engine_options(chunk_batch=self.chunk_batch, sampler_options=dict(sampler_options))
+            options = self._engine_options(chunk_batch=self.chunk_batch, sampler_options=dict(sampler_options),
+                                           fsdp=self.fsdp)
             self._engines[key] = AvatarEngine(self.models, options, face_pass_factory=self._face_pass)
         return self._engines[key]
 
