@@ -115,11 +115,39 @@ class TranslationSmoother:
         return smoothed
 
 
-def warp_face(frame: np.ndarray, affine: np.ndarray, face_size: tuple[int, int]) -> np.ndarray:
-    """Bilinear warp of an RGB uint8 frame into the (h, w, 3) uint8 crop, border 127."""
-    warped = cv2.warpAffine(frame.astype(np.float32), np.asarray(affine, np.float64), tuple(face_size),
-                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                            borderValue=(BORDER_VALUE,) * 3)
+def sampled_region(affine: np.ndarray, face_size: tuple[int, int], shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1): the frame pixels a bilinear warp by ``affine`` (frame -> crop) into a crop
+    of ``face_size`` can read (the crop's corner pixels mapped back, widened by 2 px), clipped."""
+    height, width = shape[:2]
+    inverse = cv2.invertAffineTransform(np.asarray(affine, np.float64))
+    crop_w, crop_h = face_size
+    corners = np.array([[0, 0, 1], [crop_w - 1, 0, 1], [0, crop_h - 1, 1], [crop_w - 1, crop_h - 1, 1]],
+                       np.float64) @ inverse.T
+    if not np.all(np.isfinite(corners)) or np.abs(corners).max() > 1e9:
+        return 0, 0, width, height
+    x0 = min(max(int(np.floor(corners[:, 0].min())) - 2, 0), width)
+    y0 = min(max(int(np.floor(corners[:, 1].min())) - 2, 0), height)
+    x1 = max(min(int(np.ceil(corners[:, 0].max())) + 3, width), x0)
+    y1 = max(min(int(np.ceil(corners[:, 1].max())) + 3, height), y0)
+    return x0, y0, x1, y1
+
+
+def warp_face(frame: np.ndarray, affine: np.ndarray, face_size: tuple[int, int],
+              scratch: np.ndarray | None = None) -> np.ndarray:
+    """Bilinear warp of an RGB uint8 frame into the (h, w, 3) uint8 crop, border 127.
+
+    ``scratch``: a reusable float32 array of the frame's shape (its contents do not matter); only
+    the region the warp reads (``sampled_region``) is converted into it instead of the whole frame
+    (same result: same source size and coordinates, and the warp reads no other pixel)."""
+    affine = np.asarray(affine, np.float64)
+    if scratch is None or scratch.shape != frame.shape or scratch.dtype != np.float32:
+        source = frame.astype(np.float32)
+    else:
+        x0, y0, x1, y1 = sampled_region(affine, face_size, frame.shape)
+        scratch[y0:y1, x0:x1] = frame[y0:y1, x0:x1]
+        source = scratch
+    warped = cv2.warpAffine(source, affine, tuple(face_size), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=(BORDER_VALUE,) * 3)
     return np.clip(warped, 0, 255).astype(np.uint8)  # truncation, as LatentSync's float -> uint8 cast
 
 
@@ -135,6 +163,7 @@ class FaceAligner:
         self.template = AlignTemplate.for_resolution(resolution)
         self.smooth = smooth
         self.smoother = TranslationSmoother()
+        self._scratch: np.ndarray | None = None  # float32 frame buffer reused by warp_face
 
     def reset(self) -> None:
         """Forget the smoothing state (call between videos or at a scene cut)."""
@@ -151,7 +180,9 @@ class FaceAligner:
         """(face_size crop (h, w, 3) uint8, affine (2, 3) float32) before the resize."""
         frame = check_frame(frame)
         affine = self.affine(landmarks)
-        return warp_face(frame, affine, self.template.face_size), affine
+        if self._scratch is None or self._scratch.shape != frame.shape:
+            self._scratch = np.empty(frame.shape, np.float32)
+        return warp_face(frame, affine, self.template.face_size, self._scratch), affine
 
     def __call__(self, frame: np.ndarray, landmarks: np.ndarray) -> AlignedFace:
         crop, affine = self.crop(frame, landmarks)

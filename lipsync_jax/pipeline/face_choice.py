@@ -18,17 +18,25 @@ multi-person video is followed by ``TrackFacePass``; several people by ``LaneFac
 engine generates every lane's chunks in the same device-program batches (lanes stacked on the
 batch axis) and pastes them back in lane order, each with its own mask; a frame where a lane's
 person is absent is left unchanged for that person.
+
+Warm face backends: building a landmarker (MediaPipe's FaceMesh + detector graphs, insightface's
+ONNX sessions) costs about half a second of CPU, twice per job (pre-pass and face pass). A
+``LandmarkerPool`` (one per engine, ``pipeline/stream.py``) lends them to jobs and keeps them
+between jobs. The backends are stateless between frames (MediaPipe in static-image mode:
+every frame detected on its own), so a reused landmarker gives exactly a fresh one's faces.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Mapping
 
 import numpy as np
 
 from lipsync_jax.face import AlignedFace, FaceTracker, NoFaceError
-from lipsync_jax.face.track_align import MultiTrackAligner, face_pass_for_tracks
+from lipsync_jax.face.landmarks import make_landmarker
+from lipsync_jax.face.track_align import DEFAULT_MAX_NUM_FACES, MultiTrackAligner, face_pass_for_tracks
 from lipsync_jax.face.tracks import FaceSelectionError, VideoFaceTracks, choose_track, find_face_tracks
 
 ALL = "all"
@@ -92,6 +100,73 @@ class LaneFacePass:
         self.aligner.close()
 
 
+class LandmarkerPool:
+    """Landmarkers lent to jobs and kept between them (see the module docstring): ``borrow(backend,
+    max_num_faces)`` gives an idle one or builds one; ``give_back`` keeps up to ``keep`` idle per
+    (backend, max_num_faces) and closes the rest; ``close()`` closes the idle ones. Thread-safe:
+    each landmarker serves one face pass at a time."""
+
+    def __init__(self, keep: int = 2):
+        self.keep = int(keep)
+        self.built = 0  # landmarkers built so far (the rest were reused)
+        self._idle: dict[tuple[str, int], list] = {}
+        self._lock = threading.Lock()
+
+    def borrow(self, backend: str, max_num_faces: int = 1):
+        key = (backend, int(max_num_faces))
+        with self._lock:
+            idle = self._idle.get(key)
+            if idle:
+                return idle.pop()
+            self.built += 1
+        return make_landmarker(backend, max_num_faces=int(max_num_faces))
+
+    def give_back(self, backend: str, max_num_faces: int, landmarker) -> None:
+        with self._lock:
+            idle = self._idle.setdefault((backend, int(max_num_faces)), [])
+            if len(idle) < self.keep:
+                idle.append(landmarker)
+                return
+        _close(landmarker)
+
+    def close(self) -> None:
+        with self._lock:
+            idle = [lm for kept in self._idle.values() for lm in kept]
+            self._idle.clear()
+        for landmarker in idle:
+            _close(landmarker)
+
+
+def _close(landmarker) -> None:
+    if hasattr(landmarker, "close"):
+        landmarker.close()
+
+
+class _PooledFacePass:
+    """A face pass on a borrowed landmarker: ``close()`` closes the pass and gives it back."""
+
+    def __init__(self, face_pass, pool: LandmarkerPool, key: tuple[str, int], landmarker):
+        self._face_pass, self._pool, self._key, self._landmarker = face_pass, pool, key, landmarker
+
+    def __call__(self, frame):
+        return self._face_pass(frame)
+
+    def check_found(self) -> None:
+        self._face_pass.check_found()
+
+    def close(self) -> None:
+        if self._landmarker is None:
+            return
+        landmarker, self._landmarker = self._landmarker, None
+        try:
+            self._face_pass.close()
+        finally:
+            self._pool.give_back(*self._key, landmarker)
+
+    def __getattr__(self, name):  # resolution, track_ids, aligner, ...
+        return getattr(self._face_pass, name)
+
+
 @dataclasses.dataclass
 class FacePlan:
     """A job's resolved face choice: ``track_ids`` (one per lane; None: the plain tracker or a
@@ -105,34 +180,60 @@ class FacePlan:
     faces: VideoFaceTracks | None = None
     track_ids: list[int] | None = None
     lane_audio: list[str | None] = dataclasses.field(default_factory=lambda: [None])
+    landmarkers: LandmarkerPool | None = None  # warm face backends (None: each face pass builds its own)
 
     @property
     def num_lanes(self) -> int:
         return len(self.lane_audio)
 
+    @property
+    def plain_tracker(self) -> bool:
+        """The face pass is today's single-face ``FaceTracker`` (no choice, or at most one track)."""
+        return self.num_lanes == 1 and (self.choices is None or self.faces is None or len(self.faces.tracks) <= 1)
+
     def new_face_pass(self):
         """A fresh face pass (deterministic: a second one gives the same faces)."""
         tracks = self.faces.tracks if self.faces is not None else []
-        if self.num_lanes > 1:
-            aligner = MultiTrackAligner(self.resolution, tracks, track_ids=self.track_ids, backend=self.backend,
+        faces = 1 if self.plain_tracker else max(DEFAULT_MAX_NUM_FACES, len(tracks))
+        pool = self.landmarkers
+        landmarker = pool.borrow(self.backend, faces) if pool is not None else None
+        try:
+            if self.num_lanes > 1:
+                aligner = MultiTrackAligner(self.resolution, tracks, landmarker, track_ids=self.track_ids,
+                                            backend=self.backend, source=self.source)
+                face_pass = LaneFacePass(aligner, self.source)
+            elif self.plain_tracker:
+                face_pass = FaceTracker(self.resolution, landmarker=landmarker, backend=self.backend,
                                         source=self.source)
-            return LaneFacePass(aligner, self.source)
-        if self.choices is None or len(tracks) <= 1:
-            return FaceTracker(self.resolution, backend=self.backend, source=self.source)
-        return face_pass_for_tracks(self.resolution, self.backend, self.source, tracks, self.track_ids[0])
+            else:
+                face_pass = face_pass_for_tracks(self.resolution, self.backend, self.source, tracks,
+                                                 self.track_ids[0], landmarker=landmarker)
+        except BaseException:
+            if landmarker is not None:
+                pool.give_back(self.backend, faces, landmarker)
+            raise
+        return face_pass if pool is None else _PooledFacePass(face_pass, pool, (self.backend, faces), landmarker)
 
 
-def plan_faces(resolution: int, job, *, max_frames: int | None = None, faces: VideoFaceTracks | None = None) -> FacePlan:
+def plan_faces(resolution: int, job, *, max_frames: int | None = None, faces: VideoFaceTracks | None = None,
+               landmarkers: LandmarkerPool | None = None) -> FacePlan:
     """Run the pre-pass when the job needs it (or use ``faces``) and resolve its face options.
-    ``FaceSelectionError`` for a choice naming no track or two choices naming the same one."""
+    ``FaceSelectionError`` for a choice naming no track or two choices naming the same one.
+    ``landmarkers``: lend the pre-pass and the face passes warm face backends."""
     face_audio = parse_face_audio(getattr(job, "face_audio", None))
     choices = face_choices(getattr(job, "face", "largest"), face_audio)
-    plan = FacePlan(resolution, job.face_backend, job.video_path, choices)
+    plan = FacePlan(resolution, job.face_backend, job.video_path, choices, landmarkers=landmarkers)
     if choices is None:
         return plan
     if faces is None:
-        faces = find_face_tracks(job.video_path, fps=float(job.fps), max_frames=max_frames, backend=job.face_backend,
-                                 progress=job.progress)
+        landmarker = landmarkers.borrow(job.face_backend, DEFAULT_MAX_NUM_FACES) if landmarkers is not None else None
+        try:
+            faces = find_face_tracks(job.video_path, fps=float(job.fps), max_frames=max_frames,
+                                     backend=job.face_backend, max_num_faces=DEFAULT_MAX_NUM_FACES,
+                                     landmarker=landmarker, progress=job.progress)
+        finally:
+            if landmarker is not None:
+                landmarkers.give_back(job.face_backend, DEFAULT_MAX_NUM_FACES, landmarker)
     plan.faces = faces
     tracks = faces.tracks
     if not tracks:  # nobody found by the pre-pass: the plain tracker decides (NoFaceError as today)
@@ -200,5 +301,5 @@ def chosen_summary(plan: FacePlan) -> str:
     return "; ".join(parts)
 
 
-__all__ = ["ALL", "FacePlan", "LaneFacePass", "check_lane_audio", "chosen_summary", "face_choices", "lane_audio_plans",
+__all__ = ["ALL", "FacePlan", "LandmarkerPool", "LaneFacePass", "check_lane_audio", "chosen_summary", "face_choices", "lane_audio_plans",
            "lane_faces", "parse_face_audio", "plan_faces"]

@@ -49,11 +49,21 @@ class AudioPlan:
 
 
 def prepare_audio(models: LipsyncModels, path: str, fps: float, max_seconds: float | None) -> AudioPlan:
+    return audio_plan(models, load_job_audio(path, fps, max_seconds), fps)
+
+
+def load_job_audio(path: str, fps: float, max_seconds: float | None) -> np.ndarray:
+    """The job's 16 kHz samples, cut to ``max_seconds``; ``InputError`` when shorter than a frame."""
     samples = load_audio(path)
     if max_seconds is not None:
         samples = samples[:int(round(max_seconds * TARGET_RATE))]
     if len(samples) < TARGET_RATE / fps:
         raise InputError(f"audio {path}: shorter than one video frame ({len(samples) / TARGET_RATE:.3f} s)")
+    return samples
+
+
+def audio_plan(models: LipsyncModels, samples: np.ndarray, fps: float) -> AudioPlan:
+    """Whisper embeddings of the whole clip and each output frame's window rows."""
     embeddings = models.audio.clip_embeddings(samples)
     window_rows = frame_chunk_indices(len(embeddings), fps, models.audio_feat_length)
     num_frames = output_frame_count(len(samples), TARGET_RATE, fps, len(window_rows))

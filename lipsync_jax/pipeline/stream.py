@@ -27,6 +27,10 @@ others) are written. The windows of a call are consecutive; the tail trajectory 
 returns stays on the device and links the next call's first window when it follows (a window
 without any face, or a partial batch, breaks the chain: the next window starts unlinked).
 
+Start of a job: the audio's length gives the output frame count (``_predicted_frames``), so the
+Whisper features are computed in a thread while the calling thread runs the face pre-pass; the
+face backends come warm from the engine's ``LandmarkerPool`` (``landmarker_pool(engine)``).
+
 Stopping: the calling thread waits on the workers; an exception there (Ctrl-C, SIGTERM turned
 into an exception by infer.py) or in a worker sets the stop event, every worker leaves its loop
 (ffmpeg processes are killed), and the work folder beside the output is deleted.
@@ -43,19 +47,23 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 
 import numpy as np
 from tqdm import tqdm
 
+from lipsync_jax.audio.features import AudioFeatureExtractor, frame_chunk_indices
 from lipsync_jax.audio.load import TARGET_RATE
+from lipsync_jax.audio.whisper_mel import FRAMES_PER_EMBEDDING, HOP_LENGTH
 from lipsync_jax.media import VideoWriter, mux_audio, read_frames
-from lipsync_jax.pipeline.face_choice import face_choices, lane_audio_plans, lane_faces, parse_face_audio, plan_faces
+from lipsync_jax.pipeline.face_choice import (LandmarkerPool, face_choices, lane_audio_plans, lane_faces,
+                                               parse_face_audio, plan_faces)
 from lipsync_jax.pipeline.faces import nearest_face_indices
 from lipsync_jax.pipeline.inputs import check_audio, check_inputs
 from lipsync_jax.pipeline.program import start_noise
 from lipsync_jax.pipeline.restore import paste_generated_face
 from lipsync_jax.pipeline.store import FrameStore, SourceRecord
-from lipsync_jax.pipeline.timeline import chunk_bounds, pad_to_chunk, pingpong_indices, window_bounds
+from lipsync_jax.pipeline.timeline import chunk_bounds, output_frame_count, pad_to_chunk, pingpong_indices, window_bounds
 from lipsync_jax.pipeline.timing import StageTimer
 
 _END = object()
@@ -65,6 +73,33 @@ JOIN_SECONDS = 30.0  # how long a stopped job waits for its workers before clean
 
 class _Stopped(Exception):
     """Raised inside a worker when the job is stopping."""
+
+
+_POOLS: "weakref.WeakKeyDictionary[object, LandmarkerPool]" = weakref.WeakKeyDictionary()
+_POOLS_LOCK = threading.Lock()
+
+
+def landmarker_pool(engine) -> LandmarkerPool:
+    """The engine's warm face backends (kept between its jobs, dropped with the engine)."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(engine)
+        if pool is None:
+            pool = _POOLS[engine] = LandmarkerPool()
+        return pool
+
+
+def _predicted_frames(models, samples: np.ndarray, fps: float) -> int | None:
+    """The job's output frame count from the audio's length alone (Whisper keeps n // 160 mel
+    frames, // 2 rows per 30 s window: ``audio.features``), or None for another audio model."""
+    audio = models.audio
+    if not isinstance(audio, AudioFeatureExtractor):
+        return None
+    total, window = len(samples) // HOP_LENGTH, int(audio.config.n_frames)
+    rows = sum(min(window, total - start) // FRAMES_PER_EMBEDDING for start in range(0, total, window))
+    if rows < 1:
+        return None
+    windows = frame_chunk_indices(rows, fps, models.audio_feat_length)
+    return output_frame_count(len(samples), TARGET_RATE, fps, len(windows))
 
 
 @dataclasses.dataclass
@@ -195,7 +230,8 @@ class _Job:
                                      "(the face pass factory gave a single-face pass)")
                 return face_pass
         if self.face_plan is None:
-            self.face_plan = plan_faces(self.models.resolution, job, max_frames=self.n_out)
+            self.face_plan = plan_faces(self.models.resolution, job, max_frames=self.n_out,
+                                        landmarkers=landmarker_pool(self.engine))
         return self.face_plan.new_face_pass()
 
     def face_tracks(self) -> tuple[int, ...]:
@@ -349,7 +385,7 @@ class _Job:
     # ------------------------------------------------------------------ the whole job
     def run(self):
         from lipsync_jax.pipeline.engine import InferenceResult
-        from lipsync_jax.pipeline.run import prepare_audio
+        from lipsync_jax.pipeline.run import audio_plan, load_job_audio
 
         job, timer, models = self.job, self.timer, self.models
         begin = time.perf_counter()
@@ -362,11 +398,30 @@ class _Job:
         threads = [compile_thread]
         try:
             with timer.stage("audio"):
-                self.audio = prepare_audio(models, job.audio_path, float(job.fps), job.max_seconds)
-            self.n_out = n_out = self.audio.num_frames
-            timer.count("audio", n_out)
-            with timer.stage("setup"):  # the face pre-pass (several faces) runs while the program compiles
+                samples = load_job_audio(job.audio_path, float(job.fps), job.max_seconds)
+
+            def whisper():
+                with timer.stage("audio"):
+                    self.audio = audio_plan(models, samples, float(job.fps))
+
+            predicted = _predicted_frames(models, samples, float(job.fps))
+            audio_thread = None
+            if predicted is None:
+                whisper()
+            else:  # the Whisper features while the face pre-pass runs here
+                audio_thread = self.worker("audio", whisper)
+                threads.append(audio_thread)
+            self.n_out = n_out = self.audio.num_frames if predicted is None else predicted
+            with timer.stage("setup"):  # the face pre-pass runs while the program compiles
                 face_pass = self.new_face_pass()
+            if audio_thread is not None:
+                while audio_thread.is_alive():
+                    audio_thread.join(POLL_SECONDS)
+                if self.errors:
+                    raise self.errors[0]
+                if self.audio.num_frames != n_out:
+                    raise RuntimeError(f"internal: {self.audio.num_frames} audio frames, {n_out} predicted")
+            timer.count("audio", n_out)
             self.lane_audio = [self.audio]
             if self.face_plan is not None and self.face_plan.num_lanes > 1:
                 self.lanes = self.face_plan.num_lanes
