@@ -29,7 +29,11 @@ without any face, or a partial batch, breaks the chain: the next window starts u
 
 Start of a job: the audio's length gives the output frame count (``_predicted_frames``), so the
 Whisper features are computed in a thread while the calling thread runs the face pre-pass; the
-face backends come warm from the engine's ``LandmarkerPool`` (``landmarker_pool(engine)``).
+face backends come warm from the engine's ``LandmarkerPool`` (``landmarker_pool(engine)``). A job
+for one person (and no frame store) starts the reader at once with the plain single-face tracker,
+*speculatively*: its records wait in the reader (at most one queue's worth) until the pre-pass
+has decided; when the video has at most one face track (the plan is that very tracker) they go
+on, else they are dropped and the reader starts over with the plan's face pass.
 
 Stopping: the calling thread waits on the workers; an exception there (Ctrl-C, SIGTERM turned
 into an exception by infer.py) or in a worker sets the stop event, every worker leaves its loop
@@ -56,7 +60,7 @@ from lipsync_jax.audio.features import AudioFeatureExtractor, frame_chunk_indice
 from lipsync_jax.audio.load import TARGET_RATE
 from lipsync_jax.audio.whisper_mel import FRAMES_PER_EMBEDDING, HOP_LENGTH
 from lipsync_jax.media import VideoWriter, mux_audio, read_frames
-from lipsync_jax.pipeline.face_choice import (LandmarkerPool, face_choices, lane_audio_plans, lane_faces,
+from lipsync_jax.pipeline.face_choice import (FacePlan, LandmarkerPool, face_choices, lane_audio_plans, lane_faces,
                                                parse_face_audio, plan_faces)
 from lipsync_jax.pipeline.faces import nearest_face_indices
 from lipsync_jax.pipeline.inputs import check_audio, check_inputs
@@ -141,6 +145,8 @@ class _Job:
         self.lanes = 1
         self.overlap = int(getattr(job, "overlap", 0) or 0)  # frames shared by consecutive windows
         self.tail, self.tail_window = None, None  # overlap: the last full call's tail (device) and window
+        self.planned = threading.Event()  # set once self.face_plan is decided (speculative reader)
+        self.reader_pass = None  # the reader's face pass (closed by run())
 
     # ------------------------------------------------------------------ queue helpers
     def put(self, q: queue.Queue, item) -> None:
@@ -176,31 +182,67 @@ class _Job:
         return thread
 
     # ------------------------------------------------------------------ reader
-    def read(self, face_pass, n_out: int) -> None:
+    def read(self, n_out: int, speculative: bool = False) -> None:
+        """Decode + face pass (``self.reader_pass``) into ``self.sources``. ``speculative``: the
+        pass is the plain tracker started before the plan (see the module docstring)."""
         video, fps = self.checked.video, float(self.job.fps)
-        frames = read_frames(video.path, fps, max_frames=n_out, info=video)
-        try:
-            index = 0
-            while True:
-                with self.timer.stage("video_decode"):
-                    frame = next(frames, None)
-                if frame is None:
-                    break
-                if self.stop.is_set():
-                    raise _Stopped
-                with self.timer.stage("face_alignment", 1):
-                    aligned = face_pass(frame)
-                record = SourceRecord(index, frame, aligned)
-                if self.store is not None:
-                    with self.timer.stage("frame_store", 1):
-                        self.store.put(record)
-                self.put(self.sources, record)
-                index += 1
-            self.timer.count("video_decode", index)
-            face_pass.check_found()
-        finally:
-            frames.close()
+        held: list[SourceRecord] | None = [] if speculative else None
+        while True:  # one pass; a second one when the speculative pass was the wrong one
+            face_pass, restart = self.reader_pass, False
+            frames = read_frames(video.path, fps, max_frames=n_out, info=video)
+            try:
+                index = 0
+                while True:
+                    if held is not None and (len(held) >= self.sources.maxsize or self.planned.is_set()):
+                        restart = not self.settle(held)
+                        held = None
+                        if restart:
+                            break
+                    with self.timer.stage("video_decode"):
+                        frame = next(frames, None)
+                    if frame is None:
+                        break
+                    if self.stop.is_set():
+                        raise _Stopped
+                    with self.timer.stage("face_alignment", 1):
+                        aligned = face_pass(frame)
+                    record = SourceRecord(index, frame, aligned)
+                    if self.store is not None:
+                        with self.timer.stage("frame_store", 1):
+                            self.store.put(record)
+                    if held is not None:
+                        held.append(record)
+                    else:
+                        self.put(self.sources, record)
+                    index += 1
+                if held is not None:  # the whole video was read before the plan came
+                    restart = not self.settle(held)
+                    held = None
+                if not restart:
+                    self.timer.count("video_decode", index)
+                    face_pass.check_found()
+            finally:
+                frames.close()
+            if not restart:
+                break
+            self.reader_pass = None
+            face_pass.close()
+            self.reader_pass = self.new_face_pass()
         self.put(self.sources, _END)
+
+    def settle(self, held: list[SourceRecord]) -> bool:
+        """Speculative reader: wait for the plan; hand the held records on and return True when it
+        is the plain tracker the reader used, else drop them and return False (start over)."""
+        while not self.planned.wait(POLL_SECONDS):
+            if self.stop.is_set():
+                raise _Stopped
+        if self.stop.is_set():
+            raise _Stopped
+        if not self.face_plan.plain_tracker:
+            return False
+        for record in held:
+            self.put(self.sources, record)
+        return True
 
     def refill_store(self, count: int) -> None:
         """The rare case: the video has fewer frames than its container said, and the loop needs
@@ -393,7 +435,6 @@ class _Job:
         program = self.engine.program(job.num_steps, job.guidance_scale, *overlap)
         compile_thread = self.worker("compile", lambda: program.compile(self.engine.unet_params,
                                                                         self.engine.vae_params))
-        face_pass = None
         self.work_dir = tempfile.mkdtemp(prefix=".lipsync_", dir=os.path.dirname(os.path.abspath(job.output_path)))
         threads = [compile_thread]
         try:
@@ -412,8 +453,22 @@ class _Job:
                 audio_thread = self.worker("audio", whisper)
                 threads.append(audio_thread)
             self.n_out = n_out = self.audio.num_frames if predicted is None else predicted
+            if self.checked.video.frame_count_at(float(job.fps)) < n_out + int(job.fps):
+                self.store = FrameStore(self.work_dir)  # probably a ping-pong loop: keep every frame
+            choices = face_choices(job.face, parse_face_audio(job.face_audio))
+            speculate = (predicted is not None and self.engine.face_pass_factory is None and self.store is None
+                         and choices is not None and len(choices) == 1)
+            if speculate:  # the plain tracker's pass starts now; the pre-pass decides whether it stays
+                self.reader_pass = FacePlan(models.resolution, job.face_backend, job.video_path, None,
+                                            landmarkers=landmarker_pool(self.engine)).new_face_pass()
+                threads.append(self.worker("reader", lambda: self.read(n_out, speculative=True)))
             with timer.stage("setup"):  # the face pre-pass runs while the program compiles
-                face_pass = self.new_face_pass()
+                if speculate:
+                    self.face_plan = plan_faces(models.resolution, job, max_frames=n_out,
+                                                landmarkers=landmarker_pool(self.engine))
+                else:
+                    self.reader_pass = self.new_face_pass()
+            self.planned.set()
             if audio_thread is not None:
                 while audio_thread.is_alive():
                     audio_thread.join(POLL_SECONDS)
@@ -430,16 +485,15 @@ class _Job:
                                      f"{self.lanes} faces were chosen")
                 with timer.stage("audio"):
                     self.lane_audio = lane_audio_plans(models, self.face_plan, self.audio, float(job.fps))
-            if self.checked.video.frame_count_at(float(job.fps)) < n_out + int(job.fps):
-                self.store = FrameStore(self.work_dir)  # probably a ping-pong loop: keep every frame
             noise, key_data = program.put_job(*start_noise(models, job.seed))
             silent = os.path.join(self.work_dir, "video.mp4")
             video = self.checked.video
             with tqdm(total=n_out, desc="Lip sync", unit="frame", disable=not job.progress) as bar, \
                     VideoWriter(silent, video.width, video.height, float(job.fps), crf=job.crf,
                                 preset=job.preset) as writer:
-                threads += [self.worker("reader", lambda: self.read(face_pass, n_out)),
-                            self.worker("dispatcher", lambda: self.dispatch(program, noise, key_data))]
+                if not speculate:
+                    threads.append(self.worker("reader", lambda: self.read(n_out)))
+                threads.append(self.worker("dispatcher", lambda: self.dispatch(program, noise, key_data)))
                 writer_thread = self.worker("writer", lambda: self.write(writer, bar))
                 threads.append(writer_thread)
                 try:
@@ -462,8 +516,8 @@ class _Job:
             for thread in threads:
                 if thread is not compile_thread:
                     thread.join(max(0.0, deadline - time.perf_counter()))
-            if face_pass is not None:
-                face_pass.close()
+            if self.reader_pass is not None:
+                self.reader_pass.close()
             store_bytes = self.store.bytes_written if self.store is not None else 0
             if self.store is not None:
                 self.store.close()
