@@ -253,9 +253,12 @@ def run_training(task: TrainTask, config: Any, workdir: str, stop_after_steps: i
     state_sh = jax.tree.map(lambda x: x.sharding, state)
     frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
     rep = mesh_lib.replicated(mesh)
-    step_fn = jax.jit(guarded_step(task.train_step, schedule, skip_nonfinite),
+    rules = mesh_lib.rules_from_config(config["mesh"])  # also the activations' (traced under the mesh)
+    step_fn = jax.jit(mesh_lib.with_activation_sharding(guarded_step(task.train_step, schedule, skip_nonfinite),
+                                                        mesh, rules, batch_argnum=2),
                       in_shardings=(state_sh, frozen_sh, None), out_shardings=(state_sh, rep), donate_argnums=(0,))
-    eval_fn = jax.jit(task.eval_step, out_shardings=rep)
+    eval_fn = jax.jit(mesh_lib.with_activation_sharding(task.eval_step, mesh, rules, batch_argnum=2),
+                      out_shardings=rep)
     val_batch = None
     validator = make_validator(task.name, config, workdir, frozen)
 
