@@ -4,7 +4,6 @@ under a mesh + logical rules (``mesh.with_activation_sharding``, as the training
 to the mesh axes that divide the batch, and absent without that context (inference)."""
 
 import os
-import re
 import subprocess
 import sys
 
