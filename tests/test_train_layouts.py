@@ -30,7 +30,11 @@ def test_mesh_4x2_matches_single_device_and_shards_params(reference_run, tmp_pat
               devices=8)
     ref, mesh = losses(reference_run), losses(tmp_path)
     assert sorted(mesh) == [1, 2, 3]
-    np.testing.assert_allclose([mesh[s] for s in (1, 2, 3)], [ref[s] for s in (1, 2, 3)], rtol=2e-5)
+    np.testing.assert_allclose(mesh[1], ref[1], rtol=2e-5)
+    # After Adam steps the reduction order of the sharded gradients shows (see the grad-norm note
+    # below): measured 7e-6 at step 3 before the activation constraints and 1.6e-5 after; a
+    # sharding error (wrong data or parameter split) moves the loss by percents.
+    np.testing.assert_allclose([mesh[2], mesh[3]], [ref[2], ref[3]], rtol=1e-4)
     assert all(v > 0 for v in losses(reference_run, "grad_norm").values())
     np.testing.assert_allclose(losses(tmp_path, "recon")[1], losses(reference_run, "recon")[1], rtol=2e-5)
     # Grad norms agree at step 1. Later they drift: parameters whose gradients are ~0 (cancelling
