@@ -47,7 +47,11 @@ def target_devices(target: str) -> list:
     if platform != "tpu" or not topology:
         raise SystemExit(f"--target {target!r}: expected 'cpu' or 'tpu:<topology>' (e.g. tpu:v5p:2x2x2)")
     from jax.experimental import topologies
-    return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
+    try:
+        return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
+    except RuntimeError as error:  # no libtpu: see docs/scaling.md for the install line
+        raise SystemExit(f"--target {target}: {error} (pip install 'libtpu==0.0.42.*' and set "
+                         "TPU_ACCELERATOR_TYPE, see docs/scaling.md)") from None
 
 
 def _with(tree, shardings):
