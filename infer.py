@@ -130,8 +130,12 @@ class Terminated(BaseException):
     """SIGTERM, raised in the main thread so every clean-up (temp files, ffmpeg) runs."""
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated()
+def _on_stop_signal(signum, frame):
+    """The first SIGTERM / Ctrl-C stops the run; later ones (a second Ctrl-C, a supervisor that
+    signals twice) are ignored so they cannot cut the clean-up short and leave temp files."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def run() -> None:
@@ -272,7 +276,9 @@ def list_faces() -> None:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, _on_stop_signal)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a background job keeps ignoring Ctrl-C
+        signal.signal(signal.SIGINT, _on_stop_signal)
     try:
         run()
     except (KeyboardInterrupt, Terminated) as stop:
