@@ -30,7 +30,7 @@ startup unless you set an ``XLA_PYTHON_CLIENT_*`` variable; lipsync_jax/device_m
 Speed: ``--chunk_batch N`` chunks of 16 frames per device per device-program call (default 1 on
 CPU, 2 on GPU/TPU), all local devices used (chunk batches split over them; ``--fsdp N`` splits the
 weights over groups of N devices instead of a copy per device, chosen automatically when they do
-not fit one device, lipsync_jax/pipeline/sharding.py); compiled programs are kept in a persistent cache
+not fit one device, lipsync_jax/pipeline/placement.py); compiled programs are kept in a persistent cache
 (``--compile_cache DIR``, default ~/.cache/lipsync_jax/xla or $JAX_COMPILATION_CACHE_DIR;
 ``--nocompile_cache`` to disable), so a second run starts without compiling.
 """
@@ -142,7 +142,7 @@ def run() -> None:
     from lipsync_jax.pipeline import (EngineOptions, InferenceOptions, build_models, check_inputs,
                                       enable_compile_cache, run_inference)
     from lipsync_jax.pipeline.compile_cache import compile_cache_stats
-    from lipsync_jax.pipeline.sharding import check_fsdp
+    from lipsync_jax.pipeline.placement import check_fsdp
 
     if FLAGS.fsdp is not None:  # one line before any work, in every mode
         check_fsdp(FLAGS.fsdp, len(jax_devices()))

@@ -1,5 +1,5 @@
 """What the engine's fsdp axis buys per device: XLA's compiled memory analysis, FLOPs and collectives
-of the chunk program on a ``(data, fsdp)`` mesh (lipsync_jax/pipeline/sharding.py), per fsdp size.
+of the chunk program on a ``(data, fsdp)`` mesh (lipsync_jax/pipeline/placement.py), per fsdp size.
 
     python bench/bench_fsdp.py --fake_devices 4 --one_level_width 512        # the RESULTS.md rows
     python bench/bench_fsdp.py --config configs/unet/stage2.py --dtype bfloat16 --fake_devices 8
@@ -48,7 +48,7 @@ def main(argv=None) -> None:
     from lipsync_jax.config_utils import load_config
     from lipsync_jax.pipeline.memory import abstract_models, tree_bytes
     from lipsync_jax.pipeline.program import ChunkProgram
-    from lipsync_jax.pipeline.sharding import engine_mesh, fsdp_choices, weight_shardings
+    from lipsync_jax.pipeline.placement import engine_mesh, fsdp_choices, weight_shardings
 
     config = load_config(args.config)
     if args.one_level_width:

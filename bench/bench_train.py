@@ -21,7 +21,7 @@ import time
 import jax
 
 from lipsync_jax.config_utils import load_config, resolve_path
-from lipsync_jax.train import mesh as mesh_lib
+from lipsync_jax import sharding as sharding_lib
 from lipsync_jax.train.loop import create_state
 from lipsync_jax.train.unet_setup import build_unet_task
 
@@ -69,10 +69,10 @@ def memory(config_path, args, remat):
 def timing(config_path, args):
     config = load_config(resolve_path(config_path), _overrides(args))
     task = build_unet_task(config)
-    mesh = mesh_lib.make_mesh(config.mesh)
+    mesh = sharding_lib.make_mesh(config.mesh)
     state, frozen, _ = create_state(task, config, mesh)
     data = task.make_data(0, 1)
-    batch = mesh_lib.shard_batch(next(data), mesh)
+    batch = sharding_lib.shard_batch(next(data), mesh)
     step = jax.jit(task.train_step, donate_argnums=0)
     start = time.perf_counter()
     compiled = step.lower(state, frozen, batch).compile()

@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from scaling_estimate import abstract_batch  # noqa: E402
 
 from lipsync_jax.config_utils import load_config, resolve_path  # noqa: E402
-from lipsync_jax.train import mesh as mesh_lib  # noqa: E402
+from lipsync_jax import sharding as sharding_lib  # noqa: E402
 from lipsync_jax.train.state import TrainState, make_optimizer  # noqa: E402
 from lipsync_jax.train.unet_setup import build_unet_task  # noqa: E402
 
@@ -63,16 +63,16 @@ def compile_step(config, mesh: Mesh, per_device_batch: int, piece: str, attentio
     trainer = task.train_step.__self__
     if attention_backend:  # the UNet's (the trainer is a frozen dataclass: swap its model)
         object.__setattr__(trainer, "unet", trainer.unet.clone(attention_backend=attention_backend))
-    rules = mesh_lib.rules_from_config(config.mesh)
+    rules = sharding_lib.rules_from_config(config.mesh)
     tx, _ = make_optimizer(config.optimizer, 1000, 1, task.trainable)
-    boxed = mesh_lib.box_params(task.param_shapes, task.logical_specs)
+    boxed = sharding_lib.box_params(task.param_shapes, task.logical_specs)
     abstract_state = jax.eval_shape(lambda p: TrainState.create(p, tx, jax.random.PRNGKey(0)), boxed)
-    state_sh = mesh_lib.state_shardings(abstract_state, mesh, rules)
+    state_sh = sharding_lib.state_shardings(abstract_state, mesh, rules)
     state = _with(jax.eval_shape(lambda p: TrainState.create(p, tx, jax.random.PRNGKey(0)), task.param_shapes),
                   state_sh)
-    global_batch = per_device_batch * math.prod(mesh.shape[a] for a in mesh_lib.batch_axes(
+    global_batch = per_device_batch * math.prod(mesh.shape[a] for a in sharding_lib.batch_axes(
         mesh, per_device_batch * mesh.devices.size))
-    batch_sh = mesh_lib.batch_sharding(mesh, global_batch)
+    batch_sh = sharding_lib.batch_sharding(mesh, global_batch)
     batch = {k: jax.ShapeDtypeStruct((global_batch,) + v.shape[1:], v.dtype, sharding=batch_sh)
              for k, v in abstract_batch(config).items()}
     rep = NamedSharding(mesh, P())
@@ -81,9 +81,9 @@ def compile_step(config, mesh: Mesh, per_device_batch: int, piece: str, attentio
     if piece == "up_block":
         return _compile_last_up_block(trainer, batch, mesh, rules, rep)
     frozen_abs = jax.eval_shape(task.init_frozen, jax.random.key(0))
-    min_mib = float(config.mesh.get("frozen_shard_min_mib", mesh_lib.FROZEN_SHARD_MIN_MIB))
-    frozen = _with(frozen_abs, mesh_lib.frozen_shardings(frozen_abs, mesh, rules, min_mib))
-    step = jax.jit(mesh_lib.with_activation_sharding(trainer.train_step, mesh, rules, batch_argnum=2),
+    min_mib = float(config.mesh.get("frozen_shard_min_mib", sharding_lib.FROZEN_SHARD_MIN_MIB))
+    frozen = _with(frozen_abs, sharding_lib.frozen_shardings(frozen_abs, mesh, rules, min_mib))
+    step = jax.jit(sharding_lib.with_activation_sharding(trainer.train_step, mesh, rules, batch_argnum=2),
                    out_shardings=(state_sh, rep), donate_argnums=(0,))
     return step.lower(state, frozen, batch), global_batch
 
@@ -106,7 +106,7 @@ def _compile_unet(trainer, state, batch, mesh, rules, rep, config):
         params = jax.tree.unflatten(treedef, [next(it_t) if m else next(it_f) for m in mask])
         pred = trainer.unet.apply({"params": params}, inputs["x"], inputs["t"], inputs["audio"])
         return jnp.mean(jnp.square(pred - inputs["noise"]))
-    fn = mesh_lib.with_activation_sharding(jax.value_and_grad(loss), mesh, rules, batch_argnum=2)
+    fn = sharding_lib.with_activation_sharding(jax.value_and_grad(loss), mesh, rules, batch_argnum=2)
     inputs = dict(x=x, t=timesteps, audio=batch["audio_embeds"], noise=noise)
     return jax.jit(fn, out_shardings=(rep, [t.sharding for t in train])).lower(train, fixed, inputs), b
 
@@ -140,7 +140,7 @@ def _compile_last_up_block(trainer, batch, mesh, rules, rep):
     def loss(p, inputs):
         out = block.apply({"params": p}, inputs["h"], inputs["skips"], inputs["temb"], inputs["audio"])
         return jnp.mean(jnp.square(out.astype(jnp.float32)))
-    fn = mesh_lib.with_activation_sharding(jax.value_and_grad(loss, argnums=(0, 1)), mesh, rules, batch_argnum=1)
+    fn = sharding_lib.with_activation_sharding(jax.value_and_grad(loss, argnums=(0, 1)), mesh, rules, batch_argnum=1)
     inputs = dict(h=h, skips=skips, temb=temb, audio=audio)
     return jax.jit(fn).lower(params, inputs), b
 

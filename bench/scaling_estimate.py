@@ -4,7 +4,7 @@
 
 Nothing is allocated or run; everything comes from abstract shapes:
 - parameters / optimizer state / frozen networks per device: the shardings the training loop
-  would use (``lipsync_jax.train.mesh`` on a ``jax.sharding.AbstractMesh`` of each shape);
+  would use (``lipsync_jax.sharding`` on a ``jax.sharding.AbstractMesh`` of each shape);
 - activations kept for the backward pass, per clip: the leaves of the ``jax.vjp`` closure of the
   stage-2 loss (``jax.eval_shape``), with the config's remat setting and with remat off;
 - FLOPs per clip: XLA's cost analysis of the lowered (not compiled) jitted loss + gradient.
@@ -24,7 +24,7 @@ import numpy as np
 from jax.sharding import AbstractMesh
 
 from lipsync_jax.config_utils import load_config, resolve_path
-from lipsync_jax.train import mesh as mesh_lib
+from lipsync_jax import sharding as sharding_lib
 from lipsync_jax.train.state import TrainState, make_optimizer
 from lipsync_jax.train.unet_setup import build_unet_task
 
@@ -71,7 +71,7 @@ def estimate(config_path: str, meshes: list[tuple[int, int]], flops: bool) -> di
                               trace_s=round(time.perf_counter() - start, 1))
         if remat:
             tx, _ = make_optimizer(config.optimizer, 1000, 1, task.trainable)
-            boxed = mesh_lib.box_params(params, task.logical_specs)
+            boxed = sharding_lib.box_params(params, task.logical_specs)
             state = jax.eval_shape(lambda p: TrainState.create(p, tx, jax.random.PRNGKey(0)), boxed)
             unboxed = jax.eval_shape(lambda p: TrainState.create(p, tx, jax.random.PRNGKey(0)), params)
             out["params"] = dict(unet=int(sum(math.prod(x.shape) for x in jax.tree.leaves(params))),
@@ -85,8 +85,8 @@ def estimate(config_path: str, meshes: list[tuple[int, int]], flops: bool) -> di
             per_mesh = {}
             for data, fsdp in meshes:
                 mesh = AbstractMesh((data, fsdp), ("data", "fsdp"))
-                sh = mesh_lib.state_shardings(state, mesh)
-                fz = mesh_lib.frozen_shardings(frozen, mesh)
+                sh = sharding_lib.state_shardings(state, mesh)
+                fz = sharding_lib.frozen_shardings(frozen, mesh)
                 per_mesh[f"{data}x{fsdp}"] = dict(params_gib=_per_device(unboxed.params, sh.params) / GIB,
                                                   opt_state_gib=_per_device(unboxed.opt_state, sh.opt_state) / GIB,
                                                   frozen_gib=_per_device(frozen, fz) / GIB)

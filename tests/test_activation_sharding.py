@@ -10,7 +10,7 @@ import sys
 from jax.sharding import AbstractMesh
 
 from lipsync_jax.config_utils import PROJECT_ROOT
-from lipsync_jax.train import mesh as mesh_lib
+from lipsync_jax import sharding as sharding_lib
 
 # Lowers (no compile) the tiny UNet on a (4, 2) data x fsdp mesh of 8 fake CPU devices; prints one
 # line per program: its name and every sharding constraint as "mesh axes|tensor type".
@@ -20,11 +20,11 @@ import jax, jax.numpy as jnp
 from lipsync_jax.config_utils import config_to_dict, load_config, resolve_path
 from lipsync_jax.models.unet3d import UNet3DConditionModel, abstract_params, dummy_inputs
 from lipsync_jax.models.unet_config import UNet3DConfig
-from lipsync_jax.train import mesh as mesh_lib
+from lipsync_jax import sharding as sharding_lib
 
 cfg = config_to_dict(load_config(resolve_path("configs/unet/tiny.py")))
 unet = UNet3DConditionModel(UNet3DConfig.from_dict(cfg["model"]))
-mesh = mesh_lib.make_mesh(dict(axes=("data", "fsdp"), shape=(4, 2)))
+mesh = sharding_lib.make_mesh(dict(axes=("data", "fsdp"), shape=(4, 2)))
 params = abstract_params(unet)
 
 def loss(p, batch):
@@ -35,8 +35,8 @@ def batch_of(b):
     return {n: jax.ShapeDtypeStruct(x.shape, x.dtype) for n, x in zip(names, dummy_inputs(unet.config, (b, 4, 8, 8, 13)))}
 
 programs = {
-    "grad_b8": mesh_lib.with_activation_sharding(jax.grad(loss), mesh, mesh_lib.LOGICAL_RULES, 1),
-    "fwd_b4": mesh_lib.with_activation_sharding(loss, mesh, mesh_lib.LOGICAL_RULES, 1),
+    "grad_b8": sharding_lib.with_activation_sharding(jax.grad(loss), mesh, sharding_lib.LOGICAL_RULES, 1),
+    "fwd_b4": sharding_lib.with_activation_sharding(loss, mesh, sharding_lib.LOGICAL_RULES, 1),
     "plain_b8": loss,
 }
 for name, fn in programs.items():
@@ -49,16 +49,16 @@ for name, fn in programs.items():
 
 def test_activation_rules_cut_the_batch_axes_to_what_divides_the_batch():
     mesh = AbstractMesh((4, 2), ("data", "fsdp"))
-    by_batch = {b: dict(mesh_lib.activation_rules(mesh_lib.LOGICAL_RULES, mesh, b))["activation_batch"]
+    by_batch = {b: dict(sharding_lib.activation_rules(sharding_lib.LOGICAL_RULES, mesh, b))["activation_batch"]
                 for b in (8, 16, 4, 2)}
     assert by_batch == {8: ("data", "fsdp"), 16: ("data", "fsdp"), 4: ("data",), 2: None}
-    rules = dict(mesh_lib.activation_rules(mesh_lib.LOGICAL_RULES, mesh, 8))
+    rules = dict(sharding_lib.activation_rules(sharding_lib.LOGICAL_RULES, mesh, 8))
     assert rules["activation_frames"] is None and rules["activation_embed"] is None
     assert rules["embed_out"] == "fsdp"  # parameter rules untouched
     # a mesh without fsdp keeps only data; config rules given as lists become tuples
-    assert dict(mesh_lib.activation_rules(mesh_lib.LOGICAL_RULES, AbstractMesh((8,), ("data",)), 8))[
+    assert dict(sharding_lib.activation_rules(sharding_lib.LOGICAL_RULES, AbstractMesh((8,), ("data",)), 8))[
         "activation_batch"] == ("data",)
-    assert dict(mesh_lib.rules_from_config({"rules": [("activation_batch", ["data", "fsdp"])]})) == {
+    assert dict(sharding_lib.rules_from_config({"rules": [("activation_batch", ["data", "fsdp"])]})) == {
         "activation_batch": ("data", "fsdp")}
 
 

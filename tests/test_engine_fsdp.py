@@ -1,4 +1,4 @@
-"""The engine's (data, fsdp) mesh (lipsync_jax/pipeline/sharding.py): weights split over fsdp give
+"""The engine's (data, fsdp) mesh (lipsync_jax/pipeline/placement.py): weights split over fsdp give
 the frames of one device.
 
 One subprocess on 4 fake CPU devices (XLA_FLAGS): a (2, 2) mesh whose UNet AND VAE kernels are
@@ -28,8 +28,8 @@ import jax
 import numpy as np
 from lipsync_jax.config_utils import load_config
 from lipsync_jax.pipeline import EngineOptions, LipsyncEngine, build_models
-from lipsync_jax.pipeline.sharding import WEIGHT_SHARE, MeshError, choose_fsdp, sharded_weight_bytes, weight_bytes
-from lipsync_jax.train import mesh as mesh_lib
+from lipsync_jax.pipeline.placement import WEIGHT_SHARE, MeshError, choose_fsdp, sharded_weight_bytes, weight_bytes
+from lipsync_jax import sharding as sharding_lib
 
 assert jax.device_count() == 4, jax.devices()
 config = load_config({tiny!r})
@@ -66,7 +66,7 @@ try:
 except memory.MemoryBudgetError as error:
     report["too_small"] = str(error).split(":")[0]
 
-mesh_lib.FROZEN_SHARD_MIN_MIB = 0.0  # split the (tiny) VAE too
+sharding_lib.FROZEN_SHARD_MIN_MIB = 0.0  # split the (tiny) VAE too
 engine = LipsyncEngine(models, EngineOptions(chunk_batch=1, fsdp=2))
 report["mesh"] = dict(engine.mesh.shape)
 report["batch"] = engine.batch

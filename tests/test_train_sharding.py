@@ -1,4 +1,4 @@
-"""Shardings derived by flax (lipsync_jax.train.mesh) on a device-free (4, 2) data x fsdp mesh
+"""Shardings derived by flax (lipsync_jax.sharding) on a device-free (4, 2) data x fsdp mesh
 (``jax.sharding.AbstractMesh``): the full VideoMAEv2-giant frozen network is sharded over fsdp,
 small frozen networks stay replicated, and the train state's Adam moments follow their
 parameters' logical names."""
@@ -9,7 +9,7 @@ import numpy as np
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
 from lipsync_jax.config_utils import config_to_dict, load_config, resolve_path
-from lipsync_jax.train import mesh as mesh_lib
+from lipsync_jax import sharding as sharding_lib
 from lipsync_jax.train.state import TrainState, make_optimizer
 
 MESH = AbstractMesh((4, 2), ("data", "fsdp"))
@@ -21,7 +21,7 @@ def test_frozen_videomae_giant_is_sharded_over_fsdp_not_replicated():
     cfg = config_to_dict(load_config(resolve_path("configs/unet/stage2.py")))
     giant = abstract_params(VideoMAEv2(VideoMAEConfig.from_config(cfg["trepa"]["model"])))
     small = {"lin0": {"kernel": jax.ShapeDtypeStruct((1, 1, 64, 1), jnp.float32)}}
-    shardings = mesh_lib.frozen_shardings({"trepa": giant, "lpips": small}, MESH)
+    shardings = sharding_lib.frozen_shardings({"trepa": giant, "lpips": small}, MESH)
     leaves = list(zip(jax.tree_util.tree_leaves_with_path(giant), jax.tree.leaves(shardings["trepa"])))
     total = sum(int(np.prod(x.shape)) for (_, x), _ in leaves)
     assert total > 9e8  # the 1.0 B-parameter giant
@@ -46,9 +46,9 @@ def test_state_shardings_put_adam_moments_like_their_params_by_name():
     logical = {"attn": {"to_q": {"kernel": P("embed", "heads"), "bias": P()}},
                "conv": {"kernel": P("conv_h", "conv_w", "embed_in", "embed_out")}}
     tx, _ = make_optimizer(dict(lr=1e-4), 10)
-    boxed = mesh_lib.box_params(params, logical)
+    boxed = sharding_lib.box_params(params, logical)
     abstract = jax.eval_shape(lambda p: TrainState.create(p, tx, jax.random.PRNGKey(0)), boxed)
-    shardings = mesh_lib.state_shardings(abstract, MESH)
+    shardings = sharding_lib.state_shardings(abstract, MESH)
     assert shardings.params["attn"]["to_q"]["kernel"].spec == P(None, "fsdp")
     assert shardings.params["conv"]["kernel"].spec == P(None, None, None, None)  # 9 % 2: fallback
     assert shardings.params["attn"]["to_q"]["bias"].spec == P()
@@ -58,4 +58,4 @@ def test_state_shardings_put_adam_moments_like_their_params_by_name():
     assert adam.count.spec == P() and shardings.step.spec == P() and shardings.rng.spec == P()
     # a mesh without fsdp replicates everything
     data_only = AbstractMesh((8,), ("data",))
-    assert mesh_lib.state_shardings(abstract, data_only).params["attn"]["to_q"]["kernel"].spec == P(None, None)
+    assert sharding_lib.state_shardings(abstract, data_only).params["attn"]["to_q"]["kernel"].spec == P(None, None)

@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from lipsync_jax.config_utils import load_config, config_to_dict, resolve_path
-from lipsync_jax.train import mesh as mesh_lib
+from lipsync_jax import sharding as sharding_lib
 from lipsync_jax.train.data_sources import FieldSelect
 from lipsync_jax.train.state import (OptimizerConfigError, TrainState, learning_rate_schedule, make_optimizer,
                                      unet_trainable)
@@ -18,11 +18,11 @@ from lipsync_jax.train.unet_step import mixed_noise
 
 
 def test_mesh_shape_resolves_minus_one_and_rejects_bad_shapes():
-    assert mesh_lib.mesh_shape(("data", "fsdp"), (-1, 2), 8) == (4, 2)
-    assert mesh_lib.mesh_shape(("data", "fsdp"), (-1, 1), 1) == (1, 1)
+    assert sharding_lib.mesh_shape(("data", "fsdp"), (-1, 2), 8) == (4, 2)
+    assert sharding_lib.mesh_shape(("data", "fsdp"), (-1, 1), 1) == (1, 1)
     for shape in [(3, -1), (-1, -1), (2, 2), (0, 8)]:
-        with pytest.raises(mesh_lib.MeshConfigError):
-            mesh_lib.mesh_shape(("data", "fsdp"), shape, 8)
+        with pytest.raises(sharding_lib.MeshConfigError):
+            sharding_lib.mesh_shape(("data", "fsdp"), shape, 8)
 
 
 class _FakeMesh:
@@ -32,15 +32,15 @@ class _FakeMesh:
 
 def test_logical_rules_shard_large_kernels_over_fsdp_only_when_divisible():
     mesh = _FakeMesh()
-    assert mesh_lib.spec_for(P("conv_h", "conv_w", "embed_in", "embed_out"), (3, 3, 64, 64), mesh) == \
+    assert sharding_lib.spec_for(P("conv_h", "conv_w", "embed_in", "embed_out"), (3, 3, 64, 64), mesh) == \
         P(None, None, None, "fsdp")
-    assert mesh_lib.spec_for(P("embed", "heads"), (320, 320), mesh) == P(None, "fsdp")
-    assert mesh_lib.spec_for(P("embed", "heads"), (320, 5), mesh) == P()  # small: replicated
-    assert mesh_lib.spec_for(P("embed", "mlp"), (4096, 7), mesh) == P(None, None)  # 7 % 2 != 0
-    assert mesh_lib.spec_for(None, (4096, 4096), mesh) == P()
-    assert mesh_lib.batch_axes(mesh, 8) == ("data", "fsdp")
-    assert mesh_lib.batch_axes(mesh, 4) == ("data",)
-    assert mesh_lib.batch_axes(mesh, 3) == ()
+    assert sharding_lib.spec_for(P("embed", "heads"), (320, 320), mesh) == P(None, "fsdp")
+    assert sharding_lib.spec_for(P("embed", "heads"), (320, 5), mesh) == P()  # small: replicated
+    assert sharding_lib.spec_for(P("embed", "mlp"), (4096, 7), mesh) == P(None, None)  # 7 % 2 != 0
+    assert sharding_lib.spec_for(None, (4096, 4096), mesh) == P()
+    assert sharding_lib.batch_axes(mesh, 8) == ("data", "fsdp")
+    assert sharding_lib.batch_axes(mesh, 4) == ("data",)
+    assert sharding_lib.batch_axes(mesh, 3) == ()
 
 
 def test_mixed_noise_has_the_shared_and_independent_variances():

@@ -20,7 +20,7 @@ layer boundaries and where the spatial / temporal layers regroup the batch:
   temporal tokens (b*h*w, f, c)  TEMPORAL_TOKEN_AXES (the batch axis absorbs the positions)
 
 The constraints act only under logical axis rules and a mesh (the training step is traced under
-``lipsync_jax.train.mesh.with_activation_sharding``); elsewhere (inference on one device, golden
+``lipsync_jax.sharding.with_activation_sharding``); elsewhere (inference on one device, golden
 checks) they return their input unchanged.
 """
 

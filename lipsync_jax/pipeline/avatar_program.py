@@ -31,7 +31,7 @@ from lipsync_jax.models.vae import AutoencoderKL, sample_posterior
 from lipsync_jax.pipeline.chunk import decode_and_paste
 from lipsync_jax.pipeline.engine import LipsyncEngine
 from lipsync_jax.pipeline.program import DATA_AXIS, mask_arrays, sample_latents
-from lipsync_jax.pipeline.sharding import shard_chunks
+from lipsync_jax.pipeline.placement import shard_chunks
 
 MOMENT_CHANNELS = 16  # 4 latent channels x (masked mean, masked logvar, ref mean, ref logvar)
 

@@ -5,7 +5,7 @@
 
 - ``LipsyncEngine(models, options=EngineOptions(), face_pass_factory=None)``:
   places the weights on a ``(data, fsdp)`` mesh of the local devices (``options.devices``;
-  pipeline/sharding.py): chunk batches are split over ``data``; the weights are replicated
+  pipeline/placement.py): chunk batches are split over ``data``; the weights are replicated
   (fsdp 1), or split over ``fsdp`` devices when ``options.fsdp`` asks for it or, left None, when
   they do not fit the per-device budget (``max_vram_gb``, else the device's own memory limit when
   the backend reports one). It keeps one compiled ``ChunkProgram`` per (num_steps,
@@ -39,7 +39,7 @@ import numpy as np
 from lipsync_jax.face import AlignedFace, FaceTracker
 from lipsync_jax.pipeline.models import LipsyncModels
 from lipsync_jax.pipeline.program import ChunkProgram, start_noise
-from lipsync_jax.pipeline.sharding import (DATA_AXIS, axis_size, choose_fsdp, device_memory_bytes, engine_mesh,
+from lipsync_jax.pipeline.placement import (DATA_AXIS, axis_size, choose_fsdp, device_memory_bytes, engine_mesh,
                                            fsdp_choices, place_weights, sharded_weight_bytes, weight_bytes)
 
 

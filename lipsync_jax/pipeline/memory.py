@@ -326,7 +326,7 @@ def plan_memory(models, budget_gb: float | None, *, chunk_batch: int | None = No
     """The fastest setting whose estimated device memory fits ``budget_gb`` (GiB; None: no limit, the
     default setting). ``chunk_batch``: the largest to try (default ``default_chunk_batch()``);
     ``estimate``: how CPU estimates are compiled (module doc); ``weight_bytes_saved``: bytes of the
-    UNet/VAE weights each device does NOT hold (the engine's fsdp shards, pipeline/sharding.py),
+    UNet/VAE weights each device does NOT hold (the engine's fsdp shards, pipeline/placement.py),
     taken off the one-device estimate."""
     from lipsync_jax.pipeline.engine import default_chunk_batch
 

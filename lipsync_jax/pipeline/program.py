@@ -16,7 +16,7 @@ chunk-at-a-time reference) applied to each chunk: per chunk the same start noise
 ``fold_in(vae_key, chunk_index)``, the same ops; the result does not depend on ``B`` (tested).
 
 Devices: the batch axis is sharded over the ``data`` axis of ``mesh`` (``data_mesh()``: all local
-devices, or the engine's ``(data, fsdp)`` mesh, pipeline/sharding.py);
+devices, or the engine's ``(data, fsdp)`` mesh, pipeline/placement.py);
 ``B = chunks_per_device * (size of data)``. Weights are replicated (``replicate``), or, on a mesh
 with fsdp > 1, split over ``fsdp`` (``sharding.place_weights``; every fsdp group holds the same
 chunks). The body runs per data shard under ``shard_map`` (each shard encodes/decodes its own
@@ -47,7 +47,7 @@ from lipsync_jax.diffusion import empty_tail, initial_latents, sample_chunk, sam
 from lipsync_jax.face import load_fixed_mask
 from lipsync_jax.pipeline.chunk import decode_and_paste, encode_faces
 from lipsync_jax.pipeline.models import LipsyncModels
-from lipsync_jax.pipeline.sharding import DATA_AXIS, axis_size, shard_chunks
+from lipsync_jax.pipeline.placement import DATA_AXIS, axis_size, shard_chunks
 MAX_COMPILED = 8
 # Compiled programs by (models' static parts, mesh, settings, parameter shapes): a new engine or
 # ChunkProgram for the same models (e.g. training's periodic validation) reuses the executable.

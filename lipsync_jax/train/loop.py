@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lipsync_jax.train import mesh as mesh_lib
+from lipsync_jax import sharding as sharding_lib
 from lipsync_jax.train.checkpointing import PreemptionFlag, TrainCheckpointer
 from lipsync_jax.train.metrics import MetricsLogger, PendingMetrics, first_nonfinite
 from lipsync_jax.train.state import TrainState, make_optimizer
@@ -77,13 +77,13 @@ def create_state(task: TrainTask, config: Any, mesh) -> tuple[TrainState, Any, A
     (``mesh.state_shardings``); frozen networks by ``mesh.frozen_shardings``."""
     run = config["run"]
     seed = int(run["seed"])
-    rules = mesh_lib.rules_from_config(config["mesh"])
+    rules = sharding_lib.rules_from_config(config["mesh"])
     key_params, key_frozen, key_state = jax.random.split(jax.random.PRNGKey(seed), 3)
     tx, schedule = make_optimizer(config["optimizer"], int(run["max_train_steps"]), jax.process_count(),
                                   task.trainable)
     create = lambda p, r: TrainState.create(p, tx, r)  # noqa: E731
-    boxed = mesh_lib.box_params(task.param_shapes, task.logical_specs)
-    target = mesh_lib.state_shardings(jax.eval_shape(create, boxed, key_state), mesh, rules)
+    boxed = sharding_lib.box_params(task.param_shapes, task.logical_specs)
+    target = sharding_lib.state_shardings(jax.eval_shape(create, boxed, key_state), mesh, rules)
     pretrained = task.pretrained()
     if pretrained is None:
         params = jax.jit(task.init_params, out_shardings=target.params)(key_params)
@@ -91,13 +91,13 @@ def create_state(task: TrainTask, config: Any, mesh) -> tuple[TrainState, Any, A
         params = _place(pretrained, target.params)
     state = jax.jit(create, out_shardings=target, donate_argnums=0)(params, key_state)
 
-    min_mib = float(config["mesh"].get("frozen_shard_min_mib", mesh_lib.FROZEN_SHARD_MIN_MIB))
+    min_mib = float(config["mesh"].get("frozen_shard_min_mib", sharding_lib.FROZEN_SHARD_MIN_MIB))
     overrides = task.pretrained_frozen()
     random_shapes = jax.eval_shape(task.init_frozen, key_frozen)
-    random_sh = mesh_lib.frozen_shardings(random_shapes, mesh, rules, min_mib)
+    random_sh = sharding_lib.frozen_shardings(random_shapes, mesh, rules, min_mib)
     frozen = dict(jax.jit(task.init_frozen, out_shardings=random_sh)(key_frozen))
     for name, value in overrides.items():
-        sharding = mesh_lib.frozen_shardings({name: _abstract(value)}, mesh, rules, min_mib)[name]
+        sharding = sharding_lib.frozen_shardings({name: _abstract(value)}, mesh, rules, min_mib)[name]
         frozen[name] = _place(value, sharding)
     return state, frozen, schedule
 
@@ -226,7 +226,7 @@ def run_training(task: TrainTask, config: Any, workdir: str, stop_after_steps: i
                  progress: bool = True, profile_steps: tuple[int, int] | None = None) -> TrainState:
     os.makedirs(workdir, exist_ok=True)
     run = config["run"]
-    mesh = mesh_lib.make_mesh(config["mesh"])
+    mesh = sharding_lib.make_mesh(config["mesh"])
     max_steps = int(run["max_train_steps"])
     log_every = max(1, int(run.get("log_every_steps", DEFAULT_LOG_EVERY)))
     skip_nonfinite = bool(run.get("skip_nonfinite_updates", False))
@@ -252,12 +252,12 @@ def run_training(task: TrainTask, config: Any, workdir: str, stop_after_steps: i
 
     state_sh = jax.tree.map(lambda x: x.sharding, state)
     frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
-    rep = mesh_lib.replicated(mesh)
-    rules = mesh_lib.rules_from_config(config["mesh"])  # also the activations' (traced under the mesh)
-    step_fn = jax.jit(mesh_lib.with_activation_sharding(guarded_step(task.train_step, schedule, skip_nonfinite),
+    rep = sharding_lib.replicated(mesh)
+    rules = sharding_lib.rules_from_config(config["mesh"])  # also the activations' (traced under the mesh)
+    step_fn = jax.jit(sharding_lib.with_activation_sharding(guarded_step(task.train_step, schedule, skip_nonfinite),
                                                         mesh, rules, batch_argnum=2),
                       in_shardings=(state_sh, frozen_sh, None), out_shardings=(state_sh, rep), donate_argnums=(0,))
-    eval_fn = jax.jit(mesh_lib.with_activation_sharding(task.eval_step, mesh, rules, batch_argnum=2),
+    eval_fn = jax.jit(sharding_lib.with_activation_sharding(task.eval_step, mesh, rules, batch_argnum=2),
                       out_shardings=rep)
     val_batch = None
     validator = make_validator(task.name, config, workdir, frozen)
@@ -265,7 +265,7 @@ def run_training(task: TrainTask, config: Any, workdir: str, stop_after_steps: i
     start = int(jax.device_get(state.step))
     logger = MetricsLogger(workdir, max_steps, start, enabled=primary, progress=progress)
     pending = PendingMetrics()
-    batches = DevicePrefetch(data, lambda b: mesh_lib.shard_batch(b, mesh),
+    batches = DevicePrefetch(data, lambda b: sharding_lib.shard_batch(b, mesh),
                              int(run.get("prefetch_batches", DEFAULT_PREFETCH)))
     if multi:  # all processes start the step's collectives together (see wait_for_all_processes)
         step_fn = compile_together(step_fn, "train_step_compiled", state, frozen, batches.peek())
@@ -325,7 +325,7 @@ def run_training(task: TrainTask, config: Any, workdir: str, stop_after_steps: i
             if validate:
                 if task.make_val_data is not None:
                     if val_batch is None:
-                        val_batch = mesh_lib.shard_batch(next(task.make_val_data(jax.process_index(),
+                        val_batch = sharding_lib.shard_batch(next(task.make_val_data(jax.process_index(),
                                                                                  jax.process_count())), mesh)
                         if multi:
                             eval_fn = compile_together(eval_fn, "eval_step_compiled", state.params, frozen,

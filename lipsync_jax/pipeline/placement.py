@@ -6,7 +6,7 @@
 Chunk batches are split over ``data`` only: every fsdp group (the ``fsdp`` devices of one data
 row) holds the same chunks. With ``fsdp == 1`` (the default) the weights are replicated on every
 device, as before. With ``fsdp > 1`` they are split over the fsdp axis by the TRAINING rules
-(``lipsync_jax.train.mesh``): the UNet's kernels by their logical axis names
+(``lipsync_jax.sharding``): the UNet's kernels by their logical axis names
 (``unet3d.logical_axes``: output channels, attention heads and the feed-forward hidden dimension
 -> ``fsdp``), the VAE, which carries no names, as training treats its frozen networks
 (``frozen_shardings``: every kernel's output dimension, only when the VAE is at least
@@ -45,7 +45,7 @@ class MeshError(InferenceError, ValueError):
 
 def engine_mesh(devices: Sequence[Any] | None = None, fsdp: int = 1) -> Mesh:
     """A ``(data, fsdp)`` mesh over ``devices`` (default: all local devices), ``data = n / fsdp``."""
-    from lipsync_jax.train.mesh import make_mesh
+    from lipsync_jax.sharding import make_mesh
 
     devices = list(jax.local_devices() if devices is None else devices)
     fsdp = check_fsdp(fsdp, len(devices))
@@ -88,7 +88,7 @@ def weight_shardings(models, mesh: Mesh, *, frozen_min_mib: float | None = None)
     """(UNet, VAE) trees of ``NamedSharding`` on ``mesh`` (module doc). ``frozen_min_mib``: the VAE
     is split only when at least this large (default training's ``FROZEN_SHARD_MIN_MIB``)."""
     from lipsync_jax.models import unet3d
-    from lipsync_jax.train import mesh as mesh_lib
+    from lipsync_jax import sharding as sharding_lib
 
     replicated = NamedSharding(mesh, P())
     if dict(mesh.shape).get(FSDP_AXIS, 1) == 1:
@@ -98,9 +98,9 @@ def weight_shardings(models, mesh: Mesh, *, frozen_min_mib: float | None = None)
     if module not in _LOGICAL:  # traced once per UNet module (eval_shape of its init)
         _LOGICAL[module] = unet3d.logical_axes(module)
     logical = _LOGICAL[module]
-    unet = mesh_lib.param_shardings(logical, models.unet_params, mesh, mesh_lib.LOGICAL_RULES)
-    min_mib = mesh_lib.FROZEN_SHARD_MIN_MIB if frozen_min_mib is None else float(frozen_min_mib)
-    vae = mesh_lib.frozen_shardings({"vae": models.vae_params}, mesh, mesh_lib.LOGICAL_RULES, min_mib)["vae"]
+    unet = sharding_lib.param_shardings(logical, models.unet_params, mesh, sharding_lib.LOGICAL_RULES)
+    min_mib = sharding_lib.FROZEN_SHARD_MIN_MIB if frozen_min_mib is None else float(frozen_min_mib)
+    vae = sharding_lib.frozen_shardings({"vae": models.vae_params}, mesh, sharding_lib.LOGICAL_RULES, min_mib)["vae"]
     return unet, vae
 
 

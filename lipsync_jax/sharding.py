@@ -1,4 +1,7 @@
-"""Device mesh and shardings for training, derived by flax from logical axis names.
+"""Device meshes and shardings derived by flax from logical axis names, for training and inference.
+
+Training places its state and batches with these (``train/loop.py``); the inference engine places
+its weights with the same rules when it splits them over an ``fsdp`` axis (``pipeline/placement.py``).
 
 ``config.mesh`` holds ``axes`` (names, e.g. ``("data", "fsdp")``) and ``shape`` (sizes; one
 entry may be -1 = all remaining devices); optional ``rules`` (logical name -> mesh axis pairs,
