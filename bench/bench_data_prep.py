@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--output_dir", required=True, help="scratch folder (emptied first)")
     parser.add_argument("--models", action="store_true", help="also time LSE and HyperIQA (random weights)")
     args = parser.parse_args()
-    from data_prep.prepare import main as prepare_main
+    from data_prep.cli import main as prepare_main
 
     shutil.rmtree(args.output_dir, ignore_errors=True)
     prepare_main(["--input_dir", args.input_dir, "--output_dir", args.output_dir, "--num_workers", "0"])

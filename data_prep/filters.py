@@ -33,7 +33,6 @@ Interfaces (duck-typed, so test doubles and other models plug in):
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import os
 import tempfile
@@ -251,24 +250,17 @@ def drop_duplicate_boxes(boxes: np.ndarray, overlap: float = 0.5) -> np.ndarray:
     return np.asarray(kept, np.float64).reshape(-1, 5)
 
 
-# ---- adapters to the evaluation modules (loaded only when asked for) --------------------------
-
-def module_available(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
-
+# ---- adapters to the evaluation modules (imported only when a filter asks for them: they load JAX models)
 
 class FilterSetupError(ValueError):
-    """A filter that cannot be built (missing module or checkpoint): one line for the user."""
+    """A filter that cannot be built (a missing checkpoint): one line for the user."""
 
 
 def load_track_finder(**association: Any) -> TrackFinder:
     """Association of per-frame boxes into tracks by ``lipsync_jax.face.tracks.build_tracks``
     (options: its ``TrackBuilder``'s). A track covers the frames from its first to its last
     detection (gaps of at most its ``max_gap`` frames get interpolated boxes)."""
-    if not module_available("lipsync_jax.face.tracks"):
-        raise FilterSetupError("--multi_face split needs face tracks (lipsync_jax.face.tracks), "
-                               "which this checkout does not have")
-    tracks_module = importlib.import_module("lipsync_jax.face.tracks")
+    from lipsync_jax.face import tracks as tracks_module
     from lipsync_jax.face.landmarks import FaceDetection
 
     def find(boxes_per_frame: Sequence[np.ndarray]) -> list[FaceTrackSpan]:
@@ -293,10 +285,9 @@ class LseSyncScorer:
 
     def __init__(self, syncnet_ckpt: str | None = None, detector_ckpt: str | None = None, *, syncnet: Any = None,
                  detector: Any = None):
-        if not module_available("lipsync_jax.eval.lse"):
-            raise FilterSetupError("--sync_scorer lse needs the LSE pipeline (lipsync_jax.eval.lse), which this "
-                                   "checkout does not have; use --sync_scorer stable")
-        self._lse = importlib.import_module("lipsync_jax.eval.lse")
+        from lipsync_jax.eval import lse
+
+        self._lse = lse
         if detector is None and not detector_ckpt:
             raise FilterSetupError("--sync_scorer lse needs --detector_ckpt (S3FD: sfd_face.pth or a converted folder)")
         self.syncnet = syncnet if syncnet is not None else self._lse.load_lse_syncnet(syncnet_ckpt)
@@ -338,10 +329,8 @@ class HyperIqaQualityScorer:
     least 224 px, HyperIQA's centre crop). ``scorer``: an already loaded ``load_hyperiqa``."""
 
     def __init__(self, checkpoint: str | None = None, *, scorer: Any = None):
-        if not module_available("lipsync_jax.eval.quality"):
-            raise FilterSetupError("--quality_ckpt needs HyperIQA (lipsync_jax.eval.quality), which this "
-                                   "checkout does not have")
-        quality = importlib.import_module("lipsync_jax.eval.quality")
+        from lipsync_jax.eval import quality
+
         self._scorer = scorer if scorer is not None else quality.load_hyperiqa(checkpoint)
 
     def __call__(self, frames: np.ndarray) -> float:

@@ -1,8 +1,8 @@
 """Converted weights on disk: an orbax params tree plus the model config beside it.
 
     <dst_dir>/params/        orbax StandardCheckpointHandler checkpoint (numpy leaves): the bare
-                             parameter tree (folders converted before issue 12 hold the VAE and
-                             SyncNet trees under one "params" key; restore_params removes it)
+                             parameter tree (older converted folders hold the VAE and SyncNet
+                             trees under one "params" key; restore_params removes it)
     <dst_dir>/config.json    the model config the params were converted for (if given)
     <dst_dir>/metadata.json  what made it: source file, conversion summary, lipsync_jax version
 
@@ -19,12 +19,24 @@ from typing import Any, Mapping
 import numpy as np
 
 import lipsync_jax
-from lipsync_jax.convert.errors import CheckpointFormatError
+
+
+class CheckpointFormatError(ValueError):
+    """A checkpoint file is missing, truncated, corrupt or in a format we do not read."""
+
+
+class CheckpointNotFoundError(CheckpointFormatError, FileNotFoundError):
+    """The checkpoint path does not exist (also a ``FileNotFoundError``)."""
+
+
+class UnsafeCheckpointError(ValueError):
+    """A pickled checkpoint references code (a global outside the tensor allow-list)."""
+
 
 __all__ = ["save_params", "restore_params", "read_metadata", "is_converted", "cast_floating", "NotAConvertedCheckpointError"]
 
 FORMAT = "lipsync_jax converted params v1"
-LEGACY_WRAPPER = "params"  # VAE/SyncNet folders converted before issue 12: {"params": tree}
+LEGACY_WRAPPER = "params"  # older converted VAE/SyncNet folders: {"params": tree}
 
 
 class NotAConvertedCheckpointError(CheckpointFormatError):

@@ -268,7 +268,7 @@ def test_syncnet_legacy_file_and_converted_folder_load_alike(tmp_path, monkeypat
 
 
 def test_truncated_legacy_checkpoint_is_a_clear_error(tmp_path, monkeypatch):
-    from lipsync_jax.convert.errors import CheckpointFormatError
+    from lipsync_jax.checkpoints import CheckpointFormatError
     from lipsync_jax.convert.torch_legacy import read_any_state_dict
 
     path = str(tmp_path / "cut.model")

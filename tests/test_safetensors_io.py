@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import DATA_DIR
-from lipsync_jax.convert.errors import CheckpointFormatError
+from lipsync_jax.checkpoints import CheckpointFormatError
 from lipsync_jax.convert.safetensors_io import load_safetensors, safetensors_metadata, save_safetensors
 
 OFFICIAL = os.path.join(DATA_DIR, "safetensors", "official.safetensors")

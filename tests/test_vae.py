@@ -10,7 +10,7 @@ import pytest
 from conftest import golden_path
 from random_params_util import random_params
 
-from lipsync_jax.convert.errors import CheckpointFormatError
+from lipsync_jax.checkpoints import CheckpointFormatError
 from lipsync_jax.convert.rules import ConversionError
 from lipsync_jax.convert.safetensors_io import save_safetensors
 from lipsync_jax.convert.vae import convert_file, convert_state_dict

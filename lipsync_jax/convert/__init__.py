@@ -12,7 +12,7 @@ and raises ``ConversionError`` (the checkpoint does not fit the config) or
 ``CheckpointFormatError`` (``convert.errors``: the file cannot be read as a checkpoint).
 """
 
-from lipsync_jax.convert.errors import CheckpointFormatError
+from lipsync_jax.checkpoints import CheckpointFormatError
 from lipsync_jax.convert.rules import (
     ConversionError,
     ConversionReport,

@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any, Mapping, Sequence
 
-from lipsync_jax.convert.errors import CheckpointFormatError, UnsafeCheckpointError
+from lipsync_jax.checkpoints import CheckpointFormatError, UnsafeCheckpointError
 from lipsync_jax.convert.rules import ConversionError
 
 # subcommand -> module providing convert_file(src, config) -> (params, ConversionReport)

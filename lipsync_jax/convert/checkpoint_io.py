@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from lipsync_jax.convert.errors import CheckpointFormatError, CheckpointNotFoundError, UnsafeCheckpointError
+from lipsync_jax.checkpoints import CheckpointFormatError, CheckpointNotFoundError, UnsafeCheckpointError
 from lipsync_jax.convert.safetensors_io import load_safetensors, safetensors_metadata
 from lipsync_jax.convert.torch_pickle import load_torch_checkpoint
 

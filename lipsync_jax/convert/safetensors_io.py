@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import ml_dtypes
 import numpy as np
 
-from lipsync_jax.convert.errors import CheckpointFormatError, CheckpointNotFoundError
+from lipsync_jax.checkpoints import CheckpointFormatError, CheckpointNotFoundError
 
 __all__ = ["load_safetensors", "save_safetensors", "safetensors_metadata", "CheckpointFormatError"]
 

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from lipsync_jax.convert.errors import CheckpointFormatError, CheckpointNotFoundError, UnsafeCheckpointError
+from lipsync_jax.checkpoints import CheckpointFormatError, CheckpointNotFoundError, UnsafeCheckpointError
 from lipsync_jax.convert.torch_pickle import _LEGACY_MAGIC, _RestrictedUnpickler, _Storage, _StorageType
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C

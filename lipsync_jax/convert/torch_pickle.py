@@ -33,7 +33,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from lipsync_jax.convert.errors import CheckpointFormatError, CheckpointNotFoundError, UnsafeCheckpointError
+from lipsync_jax.checkpoints import CheckpointFormatError, CheckpointNotFoundError, UnsafeCheckpointError
 
 __all__ = ["load_torch_checkpoint", "CheckpointFormatError", "UnsafeCheckpointError"]
 

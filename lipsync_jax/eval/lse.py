@@ -284,7 +284,7 @@ def _face_track_of(track: FaceTrackLSE, face_tracks) -> int | None:
 def lse_input_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "this video cannot be scored" (reported per video, not raised)."""
     from lipsync_jax.audio import AudioLoadError
-    from lipsync_jax.convert.errors import CheckpointFormatError
+    from lipsync_jax.checkpoints import CheckpointFormatError
     from lipsync_jax.convert.rules import ConversionError
     from lipsync_jax.media import MediaError
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from lipsync_jax.audio import AudioLoadError
 from lipsync_jax.config_utils import ConfigError
-from lipsync_jax.convert.errors import CheckpointFormatError
+from lipsync_jax.checkpoints import CheckpointFormatError
 from lipsync_jax.eval.frame_metrics import FrameMetricsError
 from lipsync_jax.eval.sync_eval import SyncEvalError
 from lipsync_jax.eval.sync_score import SyncScoreError

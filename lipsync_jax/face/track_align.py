@@ -3,8 +3,8 @@
 ``face_pass_for_tracks(resolution, backend, source, tracks, choice)`` is the engine's
 ``FacePass`` (``__call__(frame) -> AlignedFace | None`` per frame in order, ``check_found()``,
 ``close()``) following one person (``--face largest|left|right|ID``): with at most one track it
-is today's ``FaceTracker`` itself (the single-face path, unchanged); otherwise a
-``TrackFacePass`` (a ``FaceTracker`` fed by ``TrackLandmarker``: that track's anchors, today's
+is the single-face ``FaceTracker`` itself (the single-face path, unchanged); otherwise a
+``TrackFacePass`` (a ``FaceTracker`` fed by ``TrackLandmarker``: that track's anchors, the same
 smoothing, gap and no-face handling).
 
 Aligning several face tracks of one video in one streaming pass (``--faces all``):
@@ -66,7 +66,7 @@ class TrackFacePass:
 def face_pass_for_tracks(resolution: int, backend: str, source: str, tracks: Sequence[PersonTrack],
                          choice: str | int = "largest", *, max_num_faces: int = DEFAULT_MAX_NUM_FACES,
                          landmarker: FaceLandmarker | None = None) -> FaceTracker | TrackFacePass:
-    """The engine's face pass for one chosen person: today's ``FaceTracker`` when the pre-pass
+    """The engine's face pass for one chosen person: the single-face ``FaceTracker`` when the pre-pass
     found at most one track (a bad ``choice`` still raises ``FaceSelectionError`` when there is
     one), else a ``TrackFacePass``."""
     if len(tracks) <= 1:

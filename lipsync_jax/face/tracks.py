@@ -46,14 +46,14 @@ max_num_faces=4)``) and ``detections = detect_faces(landmarker, frame)``:
   -> list[anchors | None]`` is the same for one chosen track over a whole clip;
 * ``TrackLandmarker(landmarker, tracks, choice)`` is a drop-in ``FaceLandmarker`` following one
   track, so ``FaceTracker(resolution, landmarker=TrackLandmarker(...))`` aligns that person with
-  today's smoothing, gap and no-face handling (``--face``);
+  the single-face tracker's smoothing, gap and no-face handling (``--face``);
 * ``track_align.MultiTrackAligner(resolution, tracks, landmarker, track_ids)`` aligns several
   tracks per frame, each with its own ``FaceTracker`` (``--faces all``, ``--face_audio``).
 
 With a single track (the usual one-person video) the selector takes every frame's largest
-detection, which is what the single-face landmarker gives today (``MediaPipeLandmarker`` with
+detection, which is what the single-face landmarker gives (``MediaPipeLandmarker`` with
 ``max_num_faces`` > 1 finds the same points for a lone face), so the result does not depend on
-the downscaled pre-pass. Simplest for the engine: with at most one track keep today's path.
+the downscaled pre-pass. Simplest for the engine: with at most one track it keeps the single-face path.
 """
 
 from __future__ import annotations
@@ -398,7 +398,7 @@ class TrackAnchorSelector:
         ``detect_in_box`` (MediaPipe), a track present at the frame that no detection matched is
         looked for once more on a crop around its expected box (small faces in wide frames)."""
         result: dict[int, np.ndarray | None] = {t.track_id: None for t in self.tracks}
-        if self.passthrough:  # one person in the video: today's single-face behaviour
+        if self.passthrough:  # one person in the video: the single-face behaviour
             if detections:
                 result[self.tracks[0].track_id] = max(detections, key=lambda d: d.area).anchors
             return result
