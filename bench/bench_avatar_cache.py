@@ -41,8 +41,8 @@ def main() -> None:
     import jax
 
     from lipsync_jax.media import ffmpeg_exe, probe_video
-    from lipsync_jax.pipeline import StageTimer
-    from lipsync_jax.serving import LipsyncService, ServiceJob, compile_count
+    from lipsync_jax.pipeline import Request, Sampling, StageTimer, SyncJob
+    from lipsync_jax.serving.service import LipsyncService
 
     work = tempfile.mkdtemp(prefix="bench_avatar_")
     try:
@@ -57,13 +57,14 @@ def main() -> None:
             service.avatar_cache = cache if use_cache else None
             timer = StageTimer()
             begin = time.perf_counter()
-            result = service.run(ServiceJob(video, args.audio, os.path.join(work, name), steps=args.steps,
-                                            max_seconds=max_seconds), timer=timer)
+            request = Request(SyncJob(video, args.audio, os.path.join(work, name), max_seconds=max_seconds),
+                              Sampling(steps=args.steps))
+            result = service.run(request, timer=timer)
             return time.perf_counter() - begin, result, timer
 
         for i, use in enumerate((False, True, True)):  # compile the encoding program, the moments one, the encoder
             run(warm, f"warm{i}.mp4", 0.64, use)
-        compiles = compile_count()
+        compiles = service.monitor.snapshot()["compiles"]
         rows = {"no cache": [], "first run, cache on": [], "cached": []}
         for r in range(args.repeats):
             rows["no cache"].append(run(args.video, f"plain{r}.mp4", args.seconds, False))
@@ -75,7 +76,7 @@ def main() -> None:
         print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}); config {os.path.basename(args.config)} "
               f"({service.models.resolution} px faces, {service.models.dtype}); video {info.width}x{info.height}; "
               f"{args.seconds:g} s of audio ({rows['cached'][0][1].num_frames} frames); {args.steps} steps; "
-              f"compiles during the timed runs: {compile_count() - compiles}")
+              f"compiles during the timed runs: {service.monitor.snapshot()['compiles'] - compiles}")
         base = min(r[0] for r in rows["no cache"])
         stages = ("setup", "face_alignment", "video_decode", "device_wait", "restore", "video_encode")
         print("| run | avatar cache | seconds (best) | frames/s | vs no cache | " + " | ".join(stages) + " |")

@@ -5,7 +5,7 @@ of the chunk program on a ``(data, fsdp)`` mesh (lipsync_jax/pipeline/placement.
     python bench/bench_fsdp.py --config configs/unet/stage2.py --dtype bfloat16 --fake_devices 8
 
 Nothing is allocated: the weights are ``ShapeDtypeStruct`` s carrying the engine's shardings
-(``memory.abstract_models`` + ``sharding.weight_shardings``), the program is compiled for them.
+(``models.abstract_models`` + ``placement.weight_shardings``), the program is compiled for them.
 ``--fake_devices N`` runs on N fake CPU devices (XLA_FLAGS, set before jax starts).
 ``--one_level_width C`` cuts the config's UNet to one level of C channels (cross-attention and
 motion modules kept; the weights dominate, compiles in seconds). Per fsdp: the chunks per call (one
@@ -46,7 +46,8 @@ def main(argv=None) -> None:
     import jax.numpy as jnp
 
     from lipsync_jax.config_utils import load_config
-    from lipsync_jax.pipeline.memory import abstract_models, tree_bytes
+    from lipsync_jax.pipeline.memory import tree_bytes
+    from lipsync_jax.pipeline.models import abstract_models
     from lipsync_jax.pipeline.program import ChunkProgram
     from lipsync_jax.pipeline.placement import engine_mesh, fsdp_choices, weight_shardings
 

@@ -15,7 +15,7 @@ parallel threads, so they overlap and do not add up to the wall time).
 ``--ttff``: time to first frame of a fresh process (``infer.py``-like child: model build +
 engine), with an empty compile cache (cold) and again with it filled (warm).
 ``--rss``: peak RSS of a child process for ``--seconds`` and 4x as much audio (looped video).
-``--seams``: overlapping windows through the engine (issue 14): for overlap K = 0, 2, 4 (one
+``--seams``: overlapping windows through the engine: for overlap K = 0, 2, 4 (one
 job each, ``--seconds`` of audio), the mean absolute change (0..255) between consecutive
 generated faces (aligned crops before paste-back, in output order) where the writing window
 changes vs inside a window, and the UNet cost 16 / (16 - K) per output frame.
@@ -67,18 +67,23 @@ def build(args):
     import jax.numpy as jnp
 
     from lipsync_jax.config_utils import load_config
-    from lipsync_jax.pipeline import EngineOptions, LipsyncEngine, build_models
+    from lipsync_jax.pipeline import LipsyncEngine, RunOptions, build_models
 
     dtype = jnp.dtype(args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16"))
     models = build_models(load_config(args.config, args.override), dtype=dtype, random_init=True, seed=0)
-    return models, LipsyncEngine(models, EngineOptions(chunk_batch=args.chunk_batch)), dtype
+    return models, LipsyncEngine(models, RunOptions(chunk_batch=args.chunk_batch)), dtype
+
+
+def sampling(args, overlap: int = 0):
+    from lipsync_jax.pipeline import Sampling
+
+    return Sampling(steps=args.steps, guidance=args.guidance, overlap=overlap)
 
 
 def job(args, output, seconds, audio=None):
-    from lipsync_jax.pipeline import InferenceJob
+    from lipsync_jax.pipeline import SyncJob
 
-    return InferenceJob(args.video, audio or args.audio, output, num_steps=args.steps, guidance_scale=args.guidance,
-                        max_seconds=seconds, preset=args.preset, progress=False)
+    return SyncJob(args.video, audio or args.audio, output, max_seconds=seconds, preset=args.preset)
 
 
 def child(args) -> None:
@@ -88,7 +93,7 @@ def child(args) -> None:
     enable_compile_cache(args.compile_cache)
     models, engine, _ = build(args)
     with tempfile.TemporaryDirectory() as tmp:
-        result = engine.run(job(args, os.path.join(tmp, "out.mp4"), args.seconds))
+        result = engine.run(job(args, os.path.join(tmp, "out.mp4"), args.seconds), sampling(args))
         run_began = time.perf_counter() - result.seconds
     ttff = None if result.time_to_first_frame is None else run_began + result.time_to_first_frame - START
     print(json.dumps({"ttff_process": ttff, "ttff_engine": result.time_to_first_frame, "frames": result.num_frames,
@@ -143,7 +148,7 @@ def device_alone(engine, program, repeats: int = 3) -> float:
     """Seconds per call of the compiled program on fixed inputs (waited for)."""
     import numpy as np
 
-    from lipsync_jax.pipeline import start_noise
+    from lipsync_jax.pipeline.program import start_noise
 
     shapes = program.input_shapes()
     rng = np.random.default_rng(0)
@@ -162,7 +167,7 @@ def seams(args, tmp: str, overlaps=(0, 2, 4)) -> list[dict]:
     """Seam vs inside change of the generated faces through ``LipsyncEngine.run`` (see the doc)."""
     import numpy as np
 
-    from lipsync_jax.pipeline import InferenceJob
+    from lipsync_jax.pipeline import JobHooks, SyncJob
 
     models, engine, _ = build(args)
     rows = []
@@ -170,9 +175,8 @@ def seams(args, tmp: str, overlaps=(0, 2, 4)) -> list[dict]:
         chunks = {}
         record = lambda index, start, faces: chunks.__setitem__(start, np.array(faces))  # noqa: E731
         begin = time.perf_counter()
-        engine.run(InferenceJob(args.video, args.audio, os.path.join(tmp, f"seams{k}.mp4"), num_steps=args.steps,
-                                guidance_scale=args.guidance, max_seconds=args.seconds, preset="ultrafast",
-                                progress=False, overlap=k, on_chunk=record))
+        engine.run(SyncJob(args.video, args.audio, os.path.join(tmp, f"seams{k}.mp4"), max_seconds=args.seconds,
+                           preset="ultrafast"), sampling(args, k), hooks=JobHooks(on_chunk=record))
         seconds = time.perf_counter() - begin
         starts = sorted(chunks)
         faces = (np.concatenate([chunks[s] for s in starts]) + 1.0) * 127.5  # (n, R, R, 3) in output order
@@ -232,11 +236,11 @@ def main() -> None:
               f"of {f} frames per call); faces {res}x{res}; latents ({f}, {res // 8}, {res // 8}, 4)")
         print(f"random weights built in {time.perf_counter() - begin:.1f} s")
 
-        warm = engine.run(job(args, os.path.join(tmp, "warm.mp4"), f * engine.batch / 25.0))
-        program = engine.program(args.steps, args.guidance)
+        warm = engine.run(job(args, os.path.join(tmp, "warm.mp4"), f * engine.batch / 25.0), sampling(args))
+        program = engine.program(sampling(args))
         print(f"warm-up job (compiles): {warm.seconds:.1f} s, program compile {program.compile_seconds:.1f} s")
         timer = StageTimer()
-        result = engine.run(job(args, os.path.join(tmp, "out.mp4"), args.seconds), timer=timer)
+        result = engine.run(job(args, os.path.join(tmp, "out.mp4"), args.seconds), sampling(args), timer=timer)
         wall, frames = result.seconds, result.num_frames
         per_call = device_alone(engine, program)
         device_seconds = per_call * result.chunk_batches

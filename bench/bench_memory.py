@@ -1,4 +1,4 @@
-"""Device-memory footprint of the stage-2 chunk program (issue 18).
+"""Device-memory footprint of the stage-2 chunk program.
 
 For each config (default: configs/unet/stage2.py at 256 px, stage2_512.py at 512 px) and chunk
 batch (default 1 and 2, the GPU default), in ``--dtype`` (bf16): XLA's compiled memory analysis
@@ -44,19 +44,20 @@ def measure_peak(config, dtype, chunk_batch: int, vae_frames: int | None, steps:
     import jax
     import numpy as np
 
-    from lipsync_jax.pipeline import EngineOptions, LipsyncEngine, build_models
+    from lipsync_jax.pipeline import LipsyncEngine, RunOptions, Sampling, build_models
     from lipsync_jax.pipeline.memory import with_attention_backend
 
     device = jax.local_devices()[0]
     models = with_attention_backend(build_models(config, dtype=dtype, random_init=True, seed=0), attention)
-    engine = LipsyncEngine(models, EngineOptions(chunk_batch=chunk_batch, devices=[device], vae_frames=vae_frames))
-    program = engine.program(steps, guidance)
+    engine = LipsyncEngine(models, RunOptions(chunk_batch=chunk_batch, devices=1, vae_frames=vae_frames))
+    sampling = Sampling(steps=steps, guidance=guidance)
+    program = engine.program(sampling)
     shapes = program.input_shapes()
     rng = np.random.default_rng(0)
     faces = rng.integers(0, 256, shapes["faces"][0], dtype=np.uint8)
     audio = rng.standard_normal(shapes["audio"][0]).astype(np.float32)
     indices = np.arange(program.batch, dtype=np.int32)
-    out = engine.generate(faces, audio, indices, seed=1, num_steps=steps, guidance_scale=guidance)
+    out = engine.generate(faces, audio, indices, seed=1, sampling=sampling)
     out.block_until_ready()
     stats = device.memory_stats() or {}
     result = {"peak_bytes": stats.get("peak_bytes_in_use"), "bytes_limit": stats.get("bytes_limit")}
@@ -87,7 +88,8 @@ def main() -> None:
     import jax.numpy as jnp
 
     from lipsync_jax.config_utils import load_config
-    from lipsync_jax.pipeline.memory import (abstract_models, estimate_compiler_options, plan_memory, program_footprint,
+    from lipsync_jax.pipeline.models import abstract_models
+    from lipsync_jax.pipeline.memory import (estimate_compiler_options, plan_memory, program_footprint,
                                              queued_bytes, tree_bytes)
 
     device = jax.local_devices()[0]

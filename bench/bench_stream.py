@@ -1,4 +1,4 @@
-"""Live mode numbers (lipsync_jax.stream): online audio windows vs offline, and latency.
+"""Live mode numbers (lipsync_jax.live): online audio windows vs offline, and latency.
 
     .venv/bin/python bench/bench_stream.py --config configs/unet/tiny.py --random_init --steps 2
     # GPU (stage 2, 256 px, fast sampler):
@@ -35,7 +35,7 @@ ASSETS = os.path.join(ROOT, "tests", "data", "assets")
 
 def window_errors(models, seconds_list, piece):
     from lipsync_jax.pipeline import prepare_audio
-    from lipsync_jax.stream import stream_windows, window_error
+    from lipsync_jax.live import stream_windows, window_error
 
     rows = {}
     for seconds in seconds_list:
@@ -55,23 +55,19 @@ def window_errors(models, seconds_list, piece):
 
 def latency(models, args, clip):
     from lipsync_jax.audio import load_audio
-    from lipsync_jax.pipeline import EngineOptions, LipsyncEngine
-    from lipsync_jax.stream import LiveAvatar, StreamOptions, StreamSession
-    from lipsync_jax.stream.session import warm_up
+    from lipsync_jax.live import LiveAvatar, StreamOptions, StreamSession, warm_up
+    from lipsync_jax.pipeline import LipsyncEngine, RunOptions, Sampling
 
-    sampler = {}
-    if args.solver and args.solver != "ddim":
-        sampler["solver"] = args.solver
-    if args.deepcache_interval > 1:
-        sampler["deepcache_interval"] = args.deepcache_interval
-    engine = LipsyncEngine(models, EngineOptions(chunk_batch=1, sampler_options=sampler))
+    sampling = Sampling(steps=args.steps, solver=args.solver or "ddim", deepcache_interval=args.deepcache_interval)
+    sampler = sampling.sampler_options()
+    engine = LipsyncEngine(models, RunOptions(chunk_batch=1))
     begin = time.perf_counter()
-    warm_up(engine, StreamOptions(num_steps=args.steps, seed=1))
+    warm_up(engine, StreamOptions(sampling=sampling, seed=1))
     compile_s = time.perf_counter() - begin
     samples = load_audio(os.path.join(ASSETS, "demo1_audio.wav"))[:int(args.seconds * 16000)]
     pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
     with LiveAvatar.prepare(models, clip, face_backend="mediapipe") as avatar:
-        session = StreamSession(engine, avatar, StreamOptions(num_steps=args.steps, seed=1, pace=True))
+        session = StreamSession(engine, avatar, StreamOptions(sampling=sampling, seed=1, pace=True))
 
         def feeder():
             t0 = time.perf_counter()

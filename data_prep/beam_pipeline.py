@@ -26,11 +26,12 @@ import logging
 import os
 import shutil
 import uuid
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from data_prep import packing
 from data_prep.clips import PrepOptions
-from data_prep.prepare import (CLIPS_FILE, WORK_DIR, PrepError, finish_run, is_finished, read_marker, run_source)
+from data_prep.prepare import CLIPS_FILE, WORK_DIR, PrepError, finish_run, is_finished, read_marker, run_source
 
 log = logging.getLogger("data_prep")
 
@@ -115,7 +116,8 @@ def prepare_with_beam(sources: Sequence[str], output_dir: str, options: PrepOpti
         markers = {p: read_marker(work_dir, p) for p in sources}
         dataset, count = None, 0
         meta = _meta_dir(staging)
-        written_list = [_read_json(os.path.join(meta, f)) for f in sorted(os.listdir(meta))] if os.path.isdir(meta) else []
+        names = sorted(os.listdir(meta)) if os.path.isdir(meta) else []
+        written_list = [_read_json(os.path.join(meta, f)) for f in names]
         if written_list:
             count = packing.finish_dataset(staging, final, name, version, written_list)
             dataset = final

@@ -15,7 +15,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from data_prep import filters
 from data_prep.clips import PrepOptions

@@ -266,7 +266,8 @@ class _Context:
     """The filters applied to the candidate clips of one source."""
 
     def __init__(self, path, info, audio, options: PrepOptions, tools: Tools, timer: _Timer):
-        self.path, self.info, self.audio, self.options, self.tools, self.timer = path, info, audio, options, tools, timer
+        self.path, self.info, self.audio = path, info, audio
+        self.options, self.tools, self.timer = options, tools, timer
         self.key = source_key(path)
         self.clips: list[ClipRecord] = []
         self.stats: list[ClipStat] = []

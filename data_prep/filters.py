@@ -36,7 +36,8 @@ import dataclasses
 import math
 import os
 import tempfile
-from typing import Any, Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 

@@ -8,7 +8,7 @@ each source's clips in their file's order, cut every ``records_per_shard`` recor
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 Slice = tuple[str, int, int]  # (path of a source's clips file, first record, end record)
 

@@ -22,9 +22,9 @@ import logging
 import multiprocessing
 import os
 import shutil
-import sys
 import time
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from tqdm import tqdm
 

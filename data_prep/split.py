@@ -15,7 +15,7 @@ import argparse
 import os
 import random
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from data_prep.prepare import PrepError, list_sources
 

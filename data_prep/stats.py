@@ -21,7 +21,8 @@ import csv
 import json
 import math
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from data_prep.filters import STAGES
 

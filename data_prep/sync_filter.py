@@ -16,6 +16,7 @@ rule (LatentSync's sync_av: confidence >= threshold and |d| <= 6) is ``filters.s
 from __future__ import annotations
 
 import dataclasses
+
 import numpy as np
 
 from lipsync_jax.audio.syncnet_mel import syncnet_mel
@@ -40,7 +41,7 @@ class SyncScorer:
         if config is None:
             raise ValueError(f"{ckpt_dir}: converted SyncNet has no config.json (needed to build the model)")
         self.model = StableSyncNet.from_config(config)
-        self.params = params  # bare tree (restore_params also reads pre-issue-12 folders)
+        self.params = params  # bare tree (restore_params also reads older converted folders)
         data = config.get("data", {}) if isinstance(config, dict) else {}
         self.resolution = int(data.get("resolution", 256))
         self.search_offset = int(search_offset)

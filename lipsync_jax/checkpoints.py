@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,8 @@ class UnsafeCheckpointError(ValueError):
     """A pickled checkpoint references code (a global outside the tensor allow-list)."""
 
 
-__all__ = ["save_params", "restore_params", "read_metadata", "is_converted", "cast_floating", "NotAConvertedCheckpointError"]
+__all__ = ["save_params", "restore_params", "read_metadata", "is_converted", "cast_floating",
+           "NotAConvertedCheckpointError", "CheckpointFormatError", "CheckpointNotFoundError", "UnsafeCheckpointError"]
 
 FORMAT = "lipsync_jax converted params v1"
 LEGACY_WRAPPER = "params"  # older converted VAE/SyncNet folders: {"params": tree}

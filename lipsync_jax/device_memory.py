@@ -1,8 +1,9 @@
-"""How JAX may use GPU memory, set before JAX starts (imports nothing heavy).
+"""How JAX may use GPU memory, set before JAX's GPU backend starts (imports nothing heavy).
 
 JAX's default on a GPU is to PREALLOCATE 75% of the card's memory at the first operation, which
 surprises anyone sharing the card and hides what the program really needs. ``infer.py`` and
-``app.py`` call ``configure_gpu_memory()`` at startup, before ``jax`` is imported: unless the
+``app.py`` (and the console scripts) call ``configure_gpu_memory()`` at startup, before any device is
+used (XLA reads these variables when its GPU backend starts, not when ``jax`` is imported): unless the
 user chose otherwise (any of ``XLA_PYTHON_CLIENT_PREALLOCATE``, ``XLA_PYTHON_CLIENT_MEM_FRACTION``
 or ``XLA_PYTHON_CLIENT_ALLOCATOR`` already set), it sets ``XLA_PYTHON_CLIENT_PREALLOCATE=false``:
 the allocator grows on demand (BFC, freed blocks are reused, the memory stays with the process)
@@ -14,7 +15,6 @@ program's settings to fit a budget either way.
 from __future__ import annotations
 
 import os
-import sys
 
 USER_SETTINGS = ("XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_ALLOCATOR")
 
@@ -28,7 +28,3 @@ def configure_gpu_memory(environ=None) -> dict[str, str]:
     environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     return {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
 
-
-def jax_started() -> bool:
-    """True if jax is imported already (then the settings may come too late)."""
-    return "jax" in sys.modules

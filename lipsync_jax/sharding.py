@@ -35,13 +35,15 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
 from jax.experimental import mesh_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MeshAxes = str | tuple[str, ...] | None
 Rules = Sequence[tuple[str, MeshAxes]]
@@ -85,7 +87,8 @@ def mesh_shape(axes: Sequence[str], shape: Sequence[int], num_devices: int) -> t
     known = math.prod(s for s in shape if s != -1)
     if free:
         if num_devices % known:
-            raise MeshConfigError(f"config.mesh.shape {tuple(shape)}: {num_devices} devices are not divisible by {known}")
+            raise MeshConfigError(f"config.mesh.shape {tuple(shape)}: {num_devices} devices are not divisible "
+                                  f"by {known}")
         shape[free[0]] = num_devices // known
     if math.prod(shape) != num_devices:
         raise MeshConfigError(f"config.mesh.shape {tuple(shape)} needs {math.prod(shape)} devices, "

@@ -161,17 +161,14 @@ def test_page_renders_in_headless_chromium(server, tmp_path):
 class SlowFakeService:
     """Stands in for LipsyncService in the queue test: each job holds the device for a while."""
 
-    support = {"solver": False, "deepcache_interval": False, "overlap": False}
-    defaults = {"seed": 1, "guidance": 1.5, "steps": 1, "solver": "ddim", "deepcache_interval": 0, "overlap": 0}
-    avatar_cache = None
-    jobs_done = 0
-
-    class models:  # noqa: N801 - attribute bag
-        random_init = True
+    random_weights = True
 
     def __init__(self):
         import threading
 
+        from lipsync_jax.pipeline import JobDefaults
+
+        self.defaults = JobDefaults()
         self.release = threading.Event()
         self.lock = threading.Lock()
 
@@ -179,23 +176,28 @@ class SlowFakeService:
     def busy(self):
         return self.lock.locked()
 
-    def run(self, job):
+    def parse(self, video, audio, output, values):
+        from lipsync_jax.pipeline.job import parse_request
+
+        return parse_request(video, audio, output, values, self.defaults)
+
+    def run(self, request, progress=False):
         with self.lock:
             self.release.wait(60)
-            raise ValueError(f"video {job.video}: fake service")
+            raise ValueError(f"video {request.job.video}: fake service")
+
+    def stats(self):
+        return {}
 
 
 def test_full_queue_answers_busy_at_once(tmp_path):
     """One job runs, --max_queue=1 waits, the next request is refused at once (no model needed)."""
-    sys.path.insert(0, ROOT)
-    try:
-        import app
-    finally:
-        sys.path.remove(ROOT)
     from gradio_client import Client, handle_file
 
+    from lipsync_jax.serving import webapp
+
     fake = SlowFakeService()
-    demo = app.build_blocks(app.LipsyncApp(fake, work_dir=str(tmp_path)), max_queue=1)
+    demo = webapp.build_blocks(webapp.LipsyncApp(fake, work_dir=str(tmp_path)), max_queue=1)
     demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         client = Client(demo.local_url, verbose=False)

@@ -1,4 +1,4 @@
-"""The avatar cache (pipeline/avatar_cache.py, pipeline/avatar_program.py): entries keyed by video
+"""The avatar cache (pipeline/avatar_cache.py, pipeline/moments.py): entries keyed by video
 content and settings, validated on load (version, video hash, settings, checksum), stale or
 corrupt ones deleted and rebuilt, atomic writes; face passes that replay or record a track; and
 end to end on the tiny model: a second job on the same video replays the face track without
@@ -149,8 +149,9 @@ def test_recording_face_pass_stores_only_after_a_good_pass(tmp_path, video):
 
 @pytest.mark.slow
 def test_second_job_replays_track_and_moments_with_the_same_result(tmp_path, monkeypatch):
-    import lipsync_jax.pipeline as pipeline
-    from lipsync_jax.serving import LipsyncService, ServiceJob
+    from lipsync_jax.pipeline import Request, Sampling, SyncJob
+    from lipsync_jax.pipeline.face_choice import FacePlan
+    from lipsync_jax.serving.service import LipsyncService
 
     clip = str(tmp_path / "clip.mp4")
     subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-i", asset_path("demo1_video.mp4"), "-t", "0.8",
@@ -158,30 +159,30 @@ def test_second_job_replays_track_and_moments_with_the_same_result(tmp_path, mon
                    check=True)
     service = LipsyncService.from_config(TINY, random_init=True, avatar_cache=str(tmp_path / "avatars"))
     passes = []
-    real = pipeline.default_face_pass
-    monkeypatch.setattr(pipeline, "default_face_pass", lambda *a: passes.append(a) or real(*a))
+    real = FacePlan.new_face_pass
+    monkeypatch.setattr(FacePlan, "new_face_pass", lambda plan: passes.append(plan) or real(plan))
 
     def job(name):
         faces = {}
         on_chunk = lambda index, start, generated: faces.__setitem__(index, np.array(generated))  # noqa: E731
-        result = service.run(ServiceJob(clip, asset_path("demo2_audio.wav"), str(tmp_path / f"{name}.mp4"), seed=5,
-                                        steps=1, max_seconds=0.6, on_chunk=on_chunk))
+        request = Request(SyncJob(clip, asset_path("demo2_audio.wav"), str(tmp_path / f"{name}.mp4"), seed=5,
+                                  max_seconds=0.6), Sampling(steps=1))
+        result = service.run(request, on_chunk=on_chunk)
         return result, np.concatenate([faces[k] for k in sorted(faces)])
 
     first, faces_first = job("first")
     assert first.avatar == "stored" and len(passes) == 1
-    entry = service.avatar_cache.load(service.avatar_cache.key(clip, resolution=64, fps=25.0, backend="mediapipe"))
+    key = service.avatar_cache.key(clip, resolution=64, fps=25.0, backend="mediapipe", face="largest")
+    entry = service.avatar_cache.load(key)
     assert entry is not None and entry.latents.shape == (15, 8, 8, 16) and entry.vae_fingerprint
-
-    program = next(iter(service._engines.values())).program(1, service.defaults["guidance"])
-    assert program.calls == {"moments": 0, "encode": 1}  # 15 frames: one chunk, encoded in the program
+    assert first.result.program_calls == {"moments": 0, "encode": 1}  # 15 frames: one chunk, encoded in the program
 
     second, faces_second = job("second")
-    assert second.avatar == "hit" and len(passes) == 1  # no landmarker built for the second job
-    assert program.calls == {"moments": 1, "encode": 1}  # the second job's chunk: sampled from cached moments
+    assert second.avatar == "hit" and len(passes) == 1  # no face pass built for the second job
+    assert second.result.program_calls == {"moments": 1, "encode": 0}  # its chunk: sampled from cached moments
     np.testing.assert_allclose(faces_second, faces_first, atol=2e-4)
 
-    path = service.avatar_cache.path(service.avatar_cache.key(clip, resolution=64, fps=25.0, backend="mediapipe"))
+    path = service.avatar_cache.path(key)
     with open(path, "r+b") as f:  # corrupt the entry: the next job rebuilds it
         f.truncate(os.path.getsize(path) // 3)
     third, faces_third = job("third")

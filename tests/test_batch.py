@@ -1,4 +1,4 @@
-"""Batch jobs (lipsync_jax/batch.py): the CSV format, the command lines (``python -m
+"""Batch jobs (lipsync_jax/serving/batch.py): the table formats, the command lines (``python -m
 lipsync_jax.batch`` and ``infer.py --batch``) and a batch on one service: a failed row is recorded
 and the others go on, finished outputs are skipped on rerun, the models are compiled once."""
 
@@ -11,8 +11,9 @@ import sys
 import pytest
 
 from conftest import asset_path
-from lipsync_jax.batch import BatchFileError, read_jobs, run_jobs, summary_table
 from lipsync_jax.media import ffmpeg_exe, probe_video
+from lipsync_jax.pipeline import JobDefaults
+from lipsync_jax.serving.batch import BatchFileError, parse_rows, read_jobs, run_jobs, summary_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "unet", "tiny.py")
@@ -33,14 +34,25 @@ def test_read_jobs_resolves_paths_and_optional_columns(tmp_path):
     rows = read_jobs(jobs)
     assert [r.line for r in rows] == [2, 4]
     assert rows[0].video == str(tmp_path / "a.mp4") and rows[0].output == str(tmp_path / "out" / "a.mp4")
-    assert (rows[0].seed, rows[0].guidance, rows[0].steps, rows[0].face) == (3, 2.0, None, "left")
-    assert (rows[1].seed, rows[1].guidance, rows[1].face) == (None, None, None)
+    first, second = parse_rows(jobs, rows, JobDefaults(seed=5), {"steps": "4"})
+    assert (first.job.seed, first.sampling.guidance, first.sampling.steps, first.job.face) == (3, 2.0, 4, "left")
+    assert (second.job.seed, second.sampling.guidance, second.job.face) == (5, 1.5, "largest")
+
+
+def test_jsonl_tables_read_like_csv(tmp_path):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"video": "a.mp4", "audio": "a.wav", "output": "o.mp4", "seed": 3, "guidance": null}\n\n'
+                    '{"video": "b.mp4", "audio": "b.wav", "output": "p.mp4", "steps": "2"}\n')
+    rows = read_jobs(str(jobs))
+    assert [r.line for r in rows] == [1, 3] and rows[0].values == {"seed": "3"} and rows[1].values == {"steps": "2"}
+    jobs.write_text('["a.mp4"]\n')
+    with pytest.raises(BatchFileError, match="line 1: a job is a JSON object"):
+        read_jobs(str(jobs))
 
 
 @pytest.mark.parametrize("text, needle", [
     ("video,audio\nx.mp4,y.wav\n", "missing column(s) output"),
     ("video,audio,output,speed\na,b,c.mp4,1\n", "unknown column(s) speed"),
-    ("video,audio,output,seed\na,b,c.mp4,abc\n", "line 2: seed 'abc'"),
     ("video,audio,output\na,,c.mp4\n", "line 2: empty audio"),
     ("video,audio,output\na,b,c.mp4\nd,e,c.mp4\n", "line 3: output"),
     ("video,audio,output\n", "no jobs"),
@@ -48,6 +60,19 @@ def test_read_jobs_resolves_paths_and_optional_columns(tmp_path):
 def test_bad_jobs_files_are_refused_with_the_line(tmp_path, text, needle):
     with pytest.raises(BatchFileError) as caught:
         read_jobs(write_csv(tmp_path / "jobs.csv", text))
+    assert needle in str(caught.value) and "jobs.csv" in str(caught.value)
+
+
+@pytest.mark.parametrize("column, value, needle", [
+    ("seed", "abc", "line 2: seed 'abc': must be a whole number in 0..4294967295"),
+    ("guidance", "nan", "line 2: guidance nan: must be a finite number >= 0"),
+    ("steps", "0", "line 2: steps 0: must be a whole number >= 1"),
+    ("max_seconds", "-1", "line 2: max_seconds -1: must be a finite number >= 0.04"),
+])
+def test_bad_values_are_refused_with_the_line_and_the_same_message_as_the_flags(tmp_path, column, value, needle):
+    jobs = write_csv(tmp_path / "jobs.csv", f"video,audio,output,{column}\na,b,c.mp4,{value}\n")
+    with pytest.raises(BatchFileError) as caught:
+        parse_rows(jobs, read_jobs(jobs), JobDefaults())
     assert needle in str(caught.value) and "jobs.csv" in str(caught.value)
 
 
@@ -92,7 +117,7 @@ def clip(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    from lipsync_jax.serving import LipsyncService
+    from lipsync_jax.serving.service import LipsyncService
 
     return LipsyncService.from_config(TINY, random_init=True,
                                       avatar_cache=str(tmp_path_factory.mktemp("avatars")))
@@ -100,56 +125,47 @@ def service(tmp_path_factory):
 
 @pytest.mark.slow
 def test_batch_goes_on_after_a_failure_and_resumes(tmp_path, clip, service):
-    from lipsync_jax.serving import compile_count
-
     jobs = write_csv(tmp_path / "jobs.csv", "video,audio,output,seed,steps\n"
                                             f"{clip},{asset_path('demo1_audio.wav')},out/one.mp4,1,1\n"
                                             f"{clip},{tmp_path}/nope.wav,out/two.mp4,2,1\n"
                                             f"{clip},{asset_path('demo2_audio.wav')},out/three.mp4,3,1\n")
     rows = read_jobs(jobs)
+    requests = parse_rows(jobs, rows, service.defaults, {"max_seconds": 0.6})
     lines = []
-    compiles = []
-    original = service.run
-
-    def run_and_count(job):
-        before = compile_count()
-        result = original(job)
-        compiles.append(compile_count() - before)
-        return result
-
-    service.run = run_and_count
-    try:
-        outcomes = run_jobs(service, rows, max_seconds=0.6, log=lines.append)
-    finally:
-        service.run = original
+    outcomes = run_jobs(service, rows, requests, log=lines.append)
+    compiles = [int(line.split("compiled ")[1].split(" ")[0]) if "compiled" in line else 0
+                for line in lines if " wrote " in line]
     assert [o.status for o in outcomes] == ["done", "failed", "done"]
     assert "nope.wav: no such file" in outcomes[1].message
     assert "avatar cache stored" in outcomes[0].message and "avatar cache hit" in outcomes[2].message
     # the second job reuses everything the first compiled; being an avatar-cache hit it compiles one program
     # more, once per service: the device program that samples from the cached VAE moments
-    program = next(iter(service._engines.values())).program(1, service.defaults["guidance"])
-    assert compiles[0] > 0 and compiles[1] == 1 and program.moments_program._compiled is not None
+    sampling = requests[0].sampling
+    assert compiles[0] > 0 and compiles[1] == 1
+    assert service.engine.moments_program(sampling)._compiled is not None
     for name in ("one", "three"):
         info = probe_video(str(tmp_path / "out" / f"{name}.mp4"))
         assert info.num_frames == 15 and (info.width, info.height) == (270, 480) and info.audio_codec == "aac"
     table = summary_table(outcomes)
     assert "2 done, 0 skipped, 1 failed" in table
 
-    again = run_jobs(lambda: pytest.fail("no job to run: the models must not be loaded"), rows, max_seconds=0.6,
+    again = run_jobs(lambda: pytest.fail("no job to run: the models must not be loaded"), rows, requests,
                      log=lines.append)
     assert [o.status for o in again] == ["skipped", "failed", "skipped"]
 
 
 def test_face_column_builds_a_face_pass_for_the_chosen_person(clip):
-    """The ``face`` hook (batch column, app field): a detection pre-pass, then the chosen track."""
-    from types import SimpleNamespace
-
+    """The ``face`` value (batch column, app field, --face): the one face chooser, a detection
+    pre-pass, then the chosen track."""
     from lipsync_jax.face import FaceSelectionError
     from lipsync_jax.media import read_frames
-    from lipsync_jax.serving import LipsyncService
+    from lipsync_jax.pipeline import SyncJob
+    from lipsync_jax.pipeline.face_choice import plan_faces
 
-    make = LipsyncService._base_face_pass(SimpleNamespace(fps=25.0), "largest")
-    face_pass = make(64, "mediapipe", clip)
+    def face_pass_for(face):
+        return plan_faces(64, SyncJob(clip, "", "", face=face), backend="mediapipe", fps=25.0).new_face_pass()
+
+    face_pass = face_pass_for("largest")
     try:
         aligned = [face_pass(frame) for frame in read_frames(clip, 25.0, max_frames=4)]
         face_pass.check_found()
@@ -157,4 +173,4 @@ def test_face_column_builds_a_face_pass_for_the_chosen_person(clip):
         face_pass.close()
     assert all(a is not None and a.face.shape == (64, 64, 3) for a in aligned)
     with pytest.raises(FaceSelectionError, match="7"):
-        LipsyncService._base_face_pass(SimpleNamespace(fps=25.0), "7")(64, "mediapipe", clip)
+        face_pass_for("7")

@@ -70,12 +70,9 @@ def test_dockerfile_installs_exactly_requirements_txt_and_serves_app_with_a_heal
     assert f"http://127.0.0.1:{port}/" in health and "curl" in runs
     command = json.loads(next(rest for word, rest in steps if word == "CMD"))
     assert command[:2] == ["python", "app.py"]
-    sys.path.insert(0, ROOT)
-    try:
-        import app
-    finally:
-        sys.path.remove(ROOT)
-    args = app.parse_args(command[2:])  # every flag exists in app.py
+    from lipsync_jax.serving import webapp
+
+    args = webapp.parse_flags(command[2:])  # every flag exists in app.py
     assert args.port == port and args.host == "0.0.0.0" and args.avatar_cache and args.warmup
 
 
@@ -113,8 +110,10 @@ def test_cog_predictor_setup_and_predict_in_process(tmp_path, monkeypatch, cog_m
     assert issubclass(predict.Predictor, cog_module.BasePredictor)
     predictor = predict.Predictor()
     predictor.setup()  # loads the models and compiles the 1-step program
-    program = predictor.service.engine({}).program(1, 1.5)
-    compiled = program.inner._compiled
+    from lipsync_jax.pipeline import Sampling
+
+    program = predictor.service.engine.program(Sampling(steps=1))
+    compiled = program._compiled
     assert compiled is not None
     out = predictor.predict(video=cog_module.Path(clip), audio=cog_module.Path(asset_path("demo1_audio.wav")),
                             guidance_scale=1.5, inference_steps=1, seed=3, max_seconds=0.6)
@@ -122,4 +121,4 @@ def test_cog_predictor_setup_and_predict_in_process(tmp_path, monkeypatch, cog_m
     assert isinstance(out, cog_module.Path) and info.num_frames == 15 and info.audio_codec == "aac"
     assert (info.width, info.height) == (270, 480)
     assert predictor.service.jobs_done == 1
-    assert program.inner._compiled is compiled  # predict() ran setup()'s executable
+    assert program._compiled is compiled  # predict() ran setup()'s executable

@@ -1,4 +1,4 @@
-"""The streaming inference engine (lipsync_jax/pipeline/engine.py, stream.py, program.py).
+"""The streaming inference engine (lipsync_jax/pipeline/engine.py, job_runner.py, program.py).
 
 - the engine equals the chunk-at-a-time reference (``ChunkGenerator`` on the whole-video face
   track, the pre-engine pipeline) on a looped clip with hidden faces: stand-ins, keys, loop;
@@ -43,14 +43,13 @@ def looped_clip(tmp_path_factory):
 
 
 def run_engine(models, clip, output, chunk_batch, devices=None):
-    from lipsync_jax.pipeline import EngineOptions, InferenceJob, LipsyncEngine
+    from lipsync_jax.pipeline import JobHooks, LipsyncEngine, RunOptions, Sampling, SyncJob
 
-    engine = LipsyncEngine(models, EngineOptions(chunk_batch=chunk_batch, devices=devices))
+    engine = LipsyncEngine(models, RunOptions(chunk_batch=chunk_batch, devices=devices))
     chunks = {}
-    job = InferenceJob(clip, asset_path("demo2_audio.wav"), output, num_steps=STEPS, guidance_scale=GUIDANCE,
-                       seed=SEED, max_seconds=2.8, progress=False,
-                       on_chunk=lambda index, start, faces: chunks.__setitem__(index, (start, np.array(faces))))
-    result = engine.run(job)
+    hooks = JobHooks(on_chunk=lambda index, start, faces: chunks.__setitem__(index, (start, np.array(faces))))
+    result = engine.run(SyncJob(clip, asset_path("demo2_audio.wav"), output, seed=SEED, max_seconds=2.8),
+                        Sampling(steps=STEPS, guidance=GUIDANCE), hooks=hooks)
     return result, chunks
 
 
@@ -65,8 +64,9 @@ def test_engine_equals_chunk_at_a_time_reference(tiny_models, looped_clip, batch
     """Loop + frames without a face + stand-ins + per-chunk keys, against the old pipeline's pieces."""
     from lipsync_jax.audio import load_audio  # noqa: F401 - the plan below uses the pipeline's own audio code
     from lipsync_jax.face import FaceTracker
-    from lipsync_jax.pipeline import (ChunkGenerator, chunk_bounds, pad_to_chunk, pingpong_indices, prepare_audio,
-                                      track_faces)
+    from lipsync_jax.pipeline import ChunkGenerator, prepare_audio
+    from lipsync_jax.pipeline.faces import track_faces
+    from lipsync_jax.pipeline.timeline import chunk_bounds, pad_to_chunk, pingpong_indices
 
     result, chunks, output = batch1_run
     assert (result.num_frames, result.num_source_frames, result.looped) == (70, 30, True)
@@ -118,7 +118,7 @@ from lipsync_jax.config_utils import load_config
 from lipsync_jax.pipeline import build_models
 assert jax.device_count() == 8, jax.devices()
 models = build_models(load_config({tiny!r}), random_init=True, seed=0)
-one, one_chunks = run_engine(models, {clip!r}, {out1!r}, 1, devices=jax.devices()[:1])
+one, one_chunks = run_engine(models, {clip!r}, {out1!r}, 1, devices=1)
 eight, eight_chunks = run_engine(models, {clip!r}, {out8!r}, 1)
 diff = max(float(np.abs(eight_chunks[i][1] - one_chunks[i][1]).max()) for i in one_chunks)
 print(json.dumps(dict(chunks=sorted(eight_chunks) == sorted(one_chunks), diff=diff, batches=[one.chunk_batches,
@@ -175,7 +175,7 @@ def test_signal_mid_run_leaves_nothing_behind(sig, code, name, tmp_path, looped_
 
 def test_frame_store_is_lossless_and_removed(tmp_path):
     from lipsync_jax.face import AlignedFace
-    from lipsync_jax.pipeline import FrameStore, SourceRecord
+    from lipsync_jax.pipeline.store import FrameStore, SourceRecord
 
     rng = np.random.default_rng(0)
     store = FrameStore(str(tmp_path), threads=2, max_pending=1)

@@ -27,7 +27,7 @@ import json
 import jax
 import numpy as np
 from lipsync_jax.config_utils import load_config
-from lipsync_jax.pipeline import EngineOptions, LipsyncEngine, build_models
+from lipsync_jax.pipeline import LipsyncEngine, RunOptions, Sampling, build_models
 from lipsync_jax.pipeline.placement import WEIGHT_SHARE, MeshError, choose_fsdp, sharded_weight_bytes, weight_bytes
 from lipsync_jax import sharding as sharding_lib
 
@@ -41,7 +41,7 @@ models = build_models(config, random_init=True, seed=0)
 report = {{}}
 
 try:
-    LipsyncEngine(models, EngineOptions(fsdp=3))
+    LipsyncEngine(models, RunOptions(fsdp=3))
 except MeshError as error:
     report["error"] = str(error)
 
@@ -58,16 +58,16 @@ temp = 1 << 20
 memory.program_footprint = lambda m, **kw: memory.Footprint(argument_bytes=per_device[1], output_bytes=0,
                                                              temp_bytes=temp)
 need = per_device[2] + temp + memory.queued_bytes(models, 1, 2)  # Whisper on the host
-planned = LipsyncEngine(models, EngineOptions(chunk_batch=1, max_vram_gb=(need + 1024) / memory.GB))
+planned = LipsyncEngine(models, RunOptions(chunk_batch=1, max_vram_gb=(need + 1024) / memory.GB))
 report["planned"] = [planned.fsdp, dict(planned.mesh.shape), planned.memory_plan.device_bytes == need,
                      planned.memory_plan.whisper_on_host]
 try:
-    LipsyncEngine(models, EngineOptions(chunk_batch=1, fsdp=2, max_vram_gb=(need - 1024) / memory.GB))
+    LipsyncEngine(models, RunOptions(chunk_batch=1, fsdp=2, max_vram_gb=(need - 1024) / memory.GB))
 except memory.MemoryBudgetError as error:
     report["too_small"] = str(error).split(":")[0]
 
 sharding_lib.FROZEN_SHARD_MIN_MIB = 0.0  # split the (tiny) VAE too
-engine = LipsyncEngine(models, EngineOptions(chunk_batch=1, fsdp=2))
+engine = LipsyncEngine(models, RunOptions(chunk_batch=1, fsdp=2))
 report["mesh"] = dict(engine.mesh.shape)
 report["batch"] = engine.batch
 
@@ -82,14 +82,15 @@ report["vectors_replicated"] = all(x.sharding.is_fully_replicated for x in vecto
 split = [x for x in jax.tree.leaves(engine.unet_params) if not x.sharding.is_fully_replicated]
 report["unet_split_fraction"] = sum(x.size for x in split) / sum(x.size for x in jax.tree.leaves(engine.unet_params))
 
-shapes = engine.program(1, 1.5).input_shapes()
+one_step = Sampling(steps=1, guidance=1.5)
+shapes = engine.program(one_step).input_shapes()
 rng = np.random.default_rng(0)
 faces = rng.integers(0, 256, shapes["faces"][0], dtype=np.uint8)
 audio = rng.standard_normal(shapes["audio"][0]).astype(np.float32)
 chunks = np.array([3, 7], np.int32)
-split_out = np.asarray(engine.generate(faces, audio, chunks, seed=11, num_steps=1, guidance_scale=1.5))
-one = LipsyncEngine(models, EngineOptions(chunk_batch=2, devices=jax.devices()[:1]))
-one_out = np.asarray(one.generate(faces, audio, chunks, seed=11, num_steps=1, guidance_scale=1.5))
+split_out = np.asarray(engine.generate(faces, audio, chunks, seed=11, sampling=one_step))
+one = LipsyncEngine(models, RunOptions(chunk_batch=2, devices=1))
+one_out = np.asarray(one.generate(faces, audio, chunks, seed=11, sampling=one_step))
 report["shape"] = list(split_out.shape)
 report["diff"] = float(np.abs(split_out - one_out).max())
 report["spread"] = float(np.abs(one_out[0] - one_out[1]).max())

@@ -1,5 +1,5 @@
-"""Sampler options through the inference engine (issue 14): overlapping windows, DeepCache,
-DPM-Solver++ (lipsync_jax/pipeline/stream.py, program.py; infer.py flags).
+"""Sampler options through the inference engine: overlapping windows, DeepCache, DPM-Solver++
+(lipsync_jax/pipeline/job_runner.py, dispatch.py, program.py; infer.py flags).
 
 - overlap K = 2: every shared frame is identical whichever window wrote it (full program outputs:
   window j's first K faces == window j-1's last K faces), both across calls (chunk_batch 1: every
@@ -57,10 +57,10 @@ class RecordingEngine:
     """Runs jobs on one engine and records every program call's full outputs (all window frames)."""
 
     def __init__(self, models, chunk_batch, sampler_options=None):
-        from lipsync_jax.pipeline import EngineOptions, LipsyncEngine
+        from lipsync_jax.pipeline import LipsyncEngine, RunOptions
 
-        self.engine = LipsyncEngine(models, EngineOptions(chunk_batch=chunk_batch,
-                                                          sampler_options=dict(sampler_options or {})))
+        self.engine = LipsyncEngine(models, RunOptions(chunk_batch=chunk_batch))
+        self.sampler_options = dict(sampler_options or {})
         self.calls: list[tuple[np.ndarray, object]] = []
         self.plain_program = plain = self.engine.program
 
@@ -80,14 +80,14 @@ class RecordingEngine:
         self.engine.program = program
 
     def run(self, clip, output, overlap=0, seconds=SECONDS):
-        from lipsync_jax.pipeline import InferenceJob
+        from lipsync_jax.pipeline import JobHooks, Sampling, SyncJob
 
         chunks = {}
-        job = InferenceJob(clip, asset_path("demo2_audio.wav"), output, num_steps=STEPS, guidance_scale=GUIDANCE,
-                           seed=SEED, max_seconds=seconds, progress=False, overlap=overlap,
-                           on_chunk=lambda index, start, faces: chunks.__setitem__(index, (start, np.array(faces))))
+        hooks = JobHooks(on_chunk=lambda index, start, faces: chunks.__setitem__(index, (start, np.array(faces))))
+        sampling = Sampling(steps=STEPS, guidance=GUIDANCE, overlap=overlap, **self.sampler_options)
         self.calls.clear()
-        return self.engine.run(job), chunks
+        job = SyncJob(clip, asset_path("demo2_audio.wav"), output, seed=SEED, max_seconds=seconds)
+        return self.engine.run(job, sampling, hooks=hooks), chunks
 
     def window_faces(self) -> dict[int, np.ndarray]:
         """Window index -> its 16 generated faces (first occurrence: batch padding repeats the last)."""
@@ -145,14 +145,14 @@ def test_overlap_chunk_batch_1_equals_2(overlap_runs):
 
 
 def test_overlap_zero_is_the_plain_program(tiny_models):
-    from lipsync_jax.pipeline import EngineOptions, LipsyncEngine
+    from lipsync_jax.pipeline import LipsyncEngine, RunOptions, Sampling
 
-    program = LipsyncEngine(tiny_models, EngineOptions(chunk_batch=1)).program  # nothing compiled here
-    plain = program(STEPS, GUIDANCE)
-    assert program(STEPS, GUIDANCE, 0) is plain and plain.overlap == 0
-    windows = program(STEPS, GUIDANCE, K)
+    program = LipsyncEngine(tiny_models, RunOptions(chunk_batch=1)).program  # nothing compiled here
+    plain = program(Sampling(steps=STEPS, guidance=GUIDANCE))
+    assert program(Sampling(steps=STEPS, guidance=GUIDANCE, overlap=0)) is plain and plain.overlap == 0
+    windows = program(Sampling(steps=STEPS, guidance=GUIDANCE, overlap=K))
     assert windows is not plain and windows.overlap == K
-    assert not hasattr(plain, "empty_tail") and windows.empty_tail.shape[:2] == (STEPS + 1, K)
+    assert not hasattr(plain, "tail_shape") and windows.tail_shape[:2] == (STEPS + 1, K)
 
 
 @pytest.mark.slow  # two compilations of the chunk program
@@ -174,10 +174,10 @@ def run_infer(args, cwd, timeout=900):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--overlap=16"], "overlap must be an integer in [0, 15]"),
-    (["--scheduler=euler"], "unknown scheduler 'euler'"),
-    (["--deepcache_interval=-1"], "deepcache_interval must be an integer >= 0"),
-    (["--overlap=2", "--faces=all"], "--overlap lip-syncs one face"),
+    (["--overlap=16"], "overlap 16: must be a whole number in 0..15"),
+    (["--scheduler=euler"], "scheduler 'euler': choose one of ddim, dpmsolver++"),
+    (["--deepcache_interval=-1"], "deepcache_interval -1: must be a whole number >= 0"),
+    (["--overlap=2", "--faces=all"], "overlap 2 lip-syncs one face"),
 ])
 def test_bad_sampler_flags_fail_with_one_line(args, needle, tmp_path):
     proc = run_infer(["--video", asset_path("demo1_video.mp4"), "--audio", asset_path("demo1_audio.wav"),
@@ -204,17 +204,19 @@ def test_infer_all_sampler_options_together_on_the_demo_clip(tmp_path):
 
 
 def test_batch_csv_sampler_columns(tmp_path):
-    from lipsync_jax.batch import BatchFileError, read_jobs
+    from lipsync_jax.pipeline import JobDefaults
+    from lipsync_jax.serving.batch import BatchFileError, parse_rows, read_jobs
 
     jobs = tmp_path / "jobs.csv"
     jobs.write_text("video,audio,output,scheduler,deepcache_interval,overlap\n"
                     "a.mp4,a.wav,o1.mp4,DPMSolver++,3,2\nb.mp4,b.wav,o2.mp4,,,\n")
-    rows = read_jobs(str(jobs))
-    assert [(r.scheduler, r.deepcache_interval, r.overlap) for r in rows] == [("dpmsolver++", 3, 2), (None, None, None)]
-    for column, value, needle in [("overlap", "16", "overlap must be an integer in [0, 15]"),
-                                  ("scheduler", "euler", "unknown scheduler 'euler'"),
-                                  ("deepcache_interval", "x", "deepcache_interval 'x' is not a valid int")]:
+    requests = parse_rows(str(jobs), read_jobs(str(jobs)), JobDefaults())
+    assert [(r.sampling.solver, r.sampling.deepcache_interval, r.sampling.overlap) for r in requests] == [
+        ("dpmsolver++", 3, 2), ("ddim", 0, 0)]
+    for column, value, needle in [("overlap", "16", "overlap 16: must be a whole number in 0..15"),
+                                  ("scheduler", "euler", "scheduler 'euler': choose one of ddim, dpmsolver++"),
+                                  ("deepcache_interval", "x", "deepcache_interval 'x': must be a whole number")]:
         jobs.write_text(f"video,audio,output,{column}\na.mp4,a.wav,o1.mp4,{value}\n")
         with pytest.raises(BatchFileError, match="line 2: ") as error:
-            read_jobs(str(jobs))
+            parse_rows(str(jobs), read_jobs(str(jobs)), JobDefaults())
         assert needle in str(error.value) and str(jobs) in str(error.value)

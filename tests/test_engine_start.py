@@ -1,4 +1,4 @@
-"""The start of an engine job (pipeline/stream.py, pipeline/face_choice.py), without a device program:
+"""The start of an engine job (pipeline/audio_plan.py, pipeline/face_choice.py), without a device program:
 
 - the output frame count predicted from the audio's length alone (so Whisper runs in a thread
   beside the face pre-pass) equals the one Whisper's rows give, for short, 30 s-boundary and
@@ -25,8 +25,7 @@ def test_predicted_frame_count_equals_whispers():
 
     from lipsync_jax.audio.features import AudioFeatureExtractor
     from lipsync_jax.audio.whisper_encoder import WhisperEncoder, WhisperEncoderConfig
-    from lipsync_jax.pipeline.run import audio_plan
-    from lipsync_jax.pipeline.stream import _predicted_frames
+    from lipsync_jax.pipeline.audio_plan import audio_plan, predicted_frames
 
     tiny = WhisperEncoderConfig(n_mels=80, n_audio_ctx=1500, n_audio_state=16, n_audio_head=2, n_audio_layer=1)
     params = jax.jit(WhisperEncoder(tiny).init)(jax.random.key(0), jnp.zeros((1, tiny.n_frames, tiny.n_mels)))
@@ -35,8 +34,8 @@ def test_predicted_frame_count_equals_whispers():
     for n in (700, 1600, 3 * SR + 77, 30 * SR - 1, 30 * SR, 30 * SR + 321, 61 * SR + 5):
         samples = (0.1 * rng.standard_normal(n)).astype(np.float32)
         for fps in (25.0, 29.97):
-            assert _predicted_frames(models, samples, fps) == audio_plan(models, samples, fps).num_frames, (n, fps)
-    assert _predicted_frames(SimpleNamespace(audio=object(), audio_feat_length=(2, 2)), samples, 25.0) is None
+            assert predicted_frames(models, samples, fps) == audio_plan(models, samples, fps).num_frames, (n, fps)
+    assert predicted_frames(SimpleNamespace(audio=object(), audio_feat_length=(2, 2)), samples, 25.0) is None
 
 
 def test_pooled_landmarker_gives_a_fresh_ones_faces():

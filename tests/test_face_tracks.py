@@ -417,7 +417,7 @@ def test_single_face_clip_keeps_todays_anchors(demo_clips, multi_landmarker):
 
 
 def test_full_resolution_single_face_path_is_unchanged(multi_landmarker):
-    """On the golden full-resolution demo frames, multi-face detection finds today's anchors, and
+    """On the golden full-resolution demo frames, multi-face detection finds the single-face anchors, and
     the engine's single-track path (TrackLandmarker in FaceTracker) aligns exactly as today."""
     fixture = load_fixture(golden_path("align_restore.npz"))
     frames = [fixture.inputs["frame0"], fixture.inputs["frame1"]]

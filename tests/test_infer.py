@@ -18,8 +18,10 @@ import pytest
 from conftest import asset_path
 from lipsync_jax.audio import load_audio
 from lipsync_jax.media import ffmpeg_exe, probe_video, read_frames
-from lipsync_jax.pipeline import (FrameSpill, InferenceOptions, InputError, check_inputs, chunk_bounds,
-                                  nearest_face_indices, output_frame_count, pad_to_chunk, pingpong_indices)
+from lipsync_jax.pipeline import InputError, LipsyncEngine, Sampling, SyncJob, check_inputs
+from lipsync_jax.pipeline.faces import nearest_face_indices
+from lipsync_jax.pipeline.frames import FrameSpill
+from lipsync_jax.pipeline.timeline import chunk_bounds, output_frame_count, pad_to_chunk, pingpong_indices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INFER = os.path.join(ROOT, "infer.py")
@@ -163,13 +165,15 @@ def tiny_models():
     return build_models(load_config(TINY), random_init=True, seed=0)
 
 
-def test_frames_with_hidden_face_are_kept(tmp_path, tiny_models):
-    from lipsync_jax.pipeline import run_inference
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_models):
+    return LipsyncEngine(tiny_models)
 
+
+def test_frames_with_hidden_face_are_kept(tmp_path, tiny_engine):
     video = make_clip(tmp_path / "hidden.mp4", seconds=1.6, black_frames=(12, 17))
     output = str(tmp_path / "out.mp4")
-    result = run_inference(tiny_models, InferenceOptions(video, asset_path("demo1_audio.wav"), output, num_steps=2,
-                                                         max_seconds=1.6, progress=False))
+    result = tiny_engine.run(SyncJob(video, asset_path("demo1_audio.wav"), output, max_seconds=1.6), Sampling(steps=2))
     assert (result.num_frames, result.frames_kept, result.looped) == (40, 6, False)
     inputs = [f.astype(np.float32) for f in read_frames(video, 25.0)]
     outputs = [f.astype(np.float32) for f in read_frames(output)]
@@ -182,14 +186,11 @@ def test_frames_with_hidden_face_are_kept(tmp_path, tiny_models):
     assert max(np.abs(top_region(o) - top_region(i)).mean() for o, i in zip(outputs, inputs)) < CODEC_TOLERANCE
 
 
-def test_30_fps_input_gives_25_fps_output(tmp_path, tiny_models):
-    from lipsync_jax.pipeline import run_inference
-
+def test_30_fps_input_gives_25_fps_output(tmp_path, tiny_engine):
     video = make_clip(tmp_path / "clip30.mp4", seconds=1.2, fps=30)
     assert probe_video(video).fps == 30.0
     output = str(tmp_path / "out.mp4")
-    result = run_inference(tiny_models, InferenceOptions(video, asset_path("demo1_audio.wav"), output, num_steps=2,
-                                                         max_seconds=1.0, progress=False))
+    result = tiny_engine.run(SyncJob(video, asset_path("demo1_audio.wav"), output, max_seconds=1.0), Sampling(steps=2))
     assert result.num_frames == 25 and not result.looped
     info = probe_video(output)
     assert info.fps == 25.0 and info.num_frames == 25

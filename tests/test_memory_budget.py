@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from lipsync_jax.config_utils import load_config
-from lipsync_jax.pipeline import EngineOptions, LipsyncEngine, build_models, encode_faces, decode_and_paste
+from lipsync_jax.pipeline import LipsyncEngine, RunOptions, build_models, decode_and_paste, encode_faces
 from lipsync_jax.pipeline import memory
-from lipsync_jax.pipeline.memory import (GB, Footprint, MemoryBudgetError, abstract_models, plan_memory,
-                                         program_footprint, queued_bytes, tree_bytes, vae_slice_candidates)
+from lipsync_jax.pipeline.memory import (GB, Footprint, MemoryBudgetError, plan_memory, program_footprint,
+                                         queued_bytes, tree_bytes, vae_slice_candidates)
+from lipsync_jax.pipeline.models import abstract_models
 from lipsync_jax.pipeline.program import mask_arrays
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,7 +91,7 @@ def test_impossible_budget_fails_in_the_engine_before_any_work(tiny_abstract, st
     _, extra = stand_in
     smallest = fake_footprint(tiny, chunk_batch=1, vae_frames=1).total_bytes + extra(1) - tree_bytes(tiny.audio.params)
     with pytest.raises(MemoryBudgetError) as error:
-        LipsyncEngine(tiny, EngineOptions(chunk_batch=2, max_vram_gb=0.05))
+        LipsyncEngine(tiny, RunOptions(chunk_batch=2, max_vram_gb=0.05))
     message = str(error.value)
     assert "--max_vram 0.05 GB is too small" in message
     assert f"smallest footprint of this model at {tiny.resolution} px is {smallest / GB:.2f} GB" in message
@@ -177,12 +178,15 @@ def test_abstract_models_need_no_weights():
 
 @pytest.mark.parametrize("module", ["infer", "app"])
 def test_startup_turns_preallocation_off(module):
+    # XLA reads the allocator variables when its GPU backend starts (the first device use), not when
+    # jax is imported: importing the entry point sets them and starts no backend
     code = ("import os, sys; sys.argv=['x.py']; [os.environ.pop(k, None) for k in list(os.environ) "
             f"if k.startswith('XLA_PYTHON_CLIENT_')]; import {module}; "
-            "print(os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE'), 'jax' in sys.modules)")
+            "from jax._src import xla_bridge; "
+            "print(os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE'), xla_bridge.backends_are_initialized())")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split()[-2:] == ["false", "False"]  # set before jax is imported
+    assert out.stdout.split()[-2:] == ["false", "False"]  # set before any JAX backend started
     user = subprocess.run([sys.executable, "-c", code.replace(f"import {module};", "os.environ["
                            f"'XLA_PYTHON_CLIENT_MEM_FRACTION']='.5'; import {module};")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -1,4 +1,4 @@
-"""Multi-person videos through the inference engine (issue 19, pipeline/face_choice.py).
+"""Multi-person videos through the inference engine (pipeline/face_choice.py).
 
 On the two-person clip built from the demos (demo1 | demo2 side by side, the session fixture
 ``demo_clips`` of conftest.py): the default lip-syncs exactly one person in every frame (where the
@@ -36,11 +36,11 @@ MODIFIED, UNTOUCHED = 200, 10  # changed pixels in a half: a lip-synced face / n
 @pytest.fixture(scope="module")
 def engine():
     from lipsync_jax.config_utils import load_config
-    from lipsync_jax.pipeline import EngineOptions, LipsyncEngine, build_models
+    from lipsync_jax.pipeline import LipsyncEngine, RunOptions, Sampling, build_models
 
     models = build_models(load_config(TINY), random_init=True, seed=0)
-    engine = LipsyncEngine(models, EngineOptions(chunk_batch=2))
-    engine.compile(STEPS, 1.5)  # the one program every test's jobs share
+    engine = LipsyncEngine(models, RunOptions(chunk_batch=2))
+    engine.compile(Sampling(steps=STEPS))  # the one program every test's jobs share
     return engine
 
 
@@ -48,7 +48,7 @@ def engine():
 def run_job(engine, demo_clips, tmp_path_factory):
     """run_job(clip, **job options) -> (result, [(chunk index, faces)] in call order, output frames,
     input frames); cached per setting."""
-    from lipsync_jax.pipeline import InferenceJob
+    from lipsync_jax.pipeline import JobHooks, Sampling, SyncJob
 
     folder = tmp_path_factory.mktemp("multi_face")
     cache = {}
@@ -58,11 +58,10 @@ def run_job(engine, demo_clips, tmp_path_factory):
         if key not in cache:
             chunks = []
             output = str(folder / f"out_{len(cache)}.mp4")
-            job = InferenceJob(demo_clips[clip], asset_path("demo2_audio.wav"), output, num_steps=STEPS, seed=SEED,
-                               max_seconds=SECONDS, progress=False, crf=10,
-                               on_chunk=lambda index, start, faces: chunks.append((index, np.array(faces))),
-                               **options)
-            result = engine.run(job)
+            job = SyncJob(demo_clips[clip], asset_path("demo2_audio.wav"), output, seed=SEED, max_seconds=SECONDS,
+                          crf=10, **options)
+            hooks = JobHooks(on_chunk=lambda index, start, faces: chunks.append((index, np.array(faces))))
+            result = engine.run(job, Sampling(steps=STEPS), hooks=hooks)
             frames = np.stack(list(read_frames(output, 25.0)))
             source = np.stack(list(read_frames(demo_clips[clip], 25.0, max_frames=len(frames))))
             cache[key] = result, chunks, frames, source
@@ -141,7 +140,7 @@ def test_face_audio_gives_each_person_their_own_audio(run_job):
 
 
 def test_one_person_clip_is_exactly_the_engine_without_tracks(run_job):
-    tracked = run_job("one")  # default: the pre-pass finds one track, today's FaceTracker follows it
+    tracked = run_job("one")  # default: the pre-pass finds one track, the single-face FaceTracker follows it
     plain = run_job("one", face=None)  # no pre-pass at all (the engine before face tracks)
     assert tracked[0].face_tracks == (0,) and plain[0].face_tracks == ()
     assert len(tracked[1]) == len(plain[1]) == 1
@@ -152,20 +151,22 @@ def test_one_person_clip_is_exactly_the_engine_without_tracks(run_job):
 
 def test_bad_face_choices_fail_with_one_clear_error(engine, demo_clips, tmp_path):
     from lipsync_jax.face import FaceSelectionError
-    from lipsync_jax.pipeline import InferenceJob, InputError
+    from lipsync_jax.pipeline import InputError, JobHooks, OptionError, Sampling, SyncJob
 
     def job(**options):
-        return InferenceJob(demo_clips["two"], asset_path("demo2_audio.wav"), str(tmp_path / "o.mp4"),
-                            num_steps=STEPS, max_seconds=SECONDS, progress=False, **options)
+        return SyncJob(demo_clips["two"], asset_path("demo2_audio.wav"), str(tmp_path / "o.mp4"), max_seconds=SECONDS,
+                       **options)
 
+    sampling = Sampling(steps=STEPS)
     with pytest.raises(InputError, match="missing.wav: no such file"):  # before any heavy work
-        engine.run(job(face_audio={"0": str(tmp_path / "missing.wav")}))
-    with pytest.raises(ValueError, match="is not ID=path"):
-        engine.run(job(face_audio="0:a.wav"))
+        engine.run(job(face_audio={"0": str(tmp_path / "missing.wav")}), sampling)
+    with pytest.raises(OptionError, match="each entry is ID=path"):
+        job(face_audio="0:a.wav")
     with pytest.raises(FaceSelectionError, match="no face track with id 7; the video has ids 0, 1"):
-        engine.run(job(face="7"))
+        engine.run(job(face="7"), sampling)
     with pytest.raises(FaceSelectionError, match="already chosen"):
-        engine.run(job(face_audio={"left": asset_path("demo1_audio.wav"), "0": asset_path("demo2_audio.wav")}))
+        engine.run(job(face_audio={"left": asset_path("demo1_audio.wav"), "0": asset_path("demo2_audio.wav")}),
+                   sampling)
 
     class SingleFacePass:  # e.g. the service's avatar-cache replay: one face per frame
         closed = False
@@ -173,19 +174,16 @@ def test_bad_face_choices_fail_with_one_clear_error(engine, demo_clips, tmp_path
         def close(self):
             SingleFacePass.closed = True
 
-    engine.face_pass_factory = lambda resolution, backend, source: SingleFacePass()
-    try:
-        with pytest.raises(ValueError, match="several faces .* need the engine's own face pass"):
-            engine.run(job(face="all"))
-        assert SingleFacePass.closed
-    finally:
-        engine.face_pass_factory = None
+    hooks = JobHooks(face_pass=lambda resolution, backend, source: SingleFacePass())
+    with pytest.raises(ValueError, match="several faces .* need the engine's own face pass"):
+        engine.run(job(face="all"), sampling, hooks=hooks)
+    assert SingleFacePass.closed
     assert not os.listdir(tmp_path)  # no output, no temp folder left
 
 
 def test_frame_store_keeps_every_lane(tmp_path):
     from lipsync_jax.face import AlignedFace
-    from lipsync_jax.pipeline import FrameStore, SourceRecord
+    from lipsync_jax.pipeline.store import FrameStore, SourceRecord
 
     rng = np.random.default_rng(0)
 

@@ -1,4 +1,4 @@
-"""Live mode (lipsync_jax.stream): a session fed audio in 40 ms pieces gives the offline frame count
+"""Live mode (lipsync_jax.live; the server: lipsync_jax/serving/live_server.py): a session fed audio in 40 ms pieces gives the offline frame count
 in order; its online audio windows are within the error reported in bench/RESULTS.md; with the
 offline windows forced in, its generated faces equal the offline engine's; pacing, a burst and
 back-pressure; a closed (disconnected) session frees its thread and pool; the WebSocket endpoint
@@ -20,12 +20,15 @@ import pytest
 from conftest import asset_path
 from engine_helpers import GUIDANCE, ROUNDOFF, SEED, STEPS, build_tiny_models, make_clip
 from lipsync_jax.media import ffmpeg_exe
+from lipsync_jax.pipeline import Sampling
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECONDS = 2.8  # 70 output frames: 5 chunks, the last one short
 # Relative error per Whisper layer of the online windows (40 ms pieces) vs the offline ones on the
 # first 2.8 s of demo1_audio.wav, tiny config random_init seed 0 (bench/bench_stream.py, bench/RESULTS.md)
 REPORTED_WINDOW_ERROR = [0.0, 0.0091, 0.0107, 0.0120, 0.0123]
+
+SAMPLING = Sampling(steps=STEPS, guidance=GUIDANCE)
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +38,11 @@ def tiny_models():
 
 @pytest.fixture(scope="module")
 def engine(tiny_models):
-    from lipsync_jax.pipeline import EngineOptions, LipsyncEngine
+    from lipsync_jax.live import StreamOptions, warm_up
+    from lipsync_jax.pipeline import LipsyncEngine, RunOptions
 
-    from lipsync_jax.stream import StreamOptions
-    from lipsync_jax.stream.session import warm_up
-
-    engine = LipsyncEngine(tiny_models, EngineOptions(chunk_batch=1))
-    warm_up(engine, StreamOptions(num_steps=STEPS, guidance_scale=GUIDANCE, seed=SEED))
+    engine = LipsyncEngine(tiny_models, RunOptions(chunk_batch=1))
+    warm_up(engine, StreamOptions(sampling=SAMPLING, seed=SEED))
     return engine
 
 
@@ -53,7 +54,7 @@ def clip(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def avatar(tiny_models, clip):
-    from lipsync_jax.stream import LiveAvatar
+    from lipsync_jax.live import LiveAvatar
 
     avatar = LiveAvatar.prepare(tiny_models, clip, face_backend="mediapipe")
     yield avatar
@@ -70,13 +71,13 @@ def audio_plan(tiny_models):
 
 @pytest.fixture(scope="module")
 def offline(engine, clip, tmp_path_factory):
-    from lipsync_jax.pipeline import InferenceJob
+    from lipsync_jax.pipeline import JobHooks, SyncJob
 
     chunks = {}
-    job = InferenceJob(clip, asset_path("demo1_audio.wav"), str(tmp_path_factory.mktemp("off") / "out.mp4"),
-                       num_steps=STEPS, guidance_scale=GUIDANCE, seed=SEED, max_seconds=SECONDS, progress=False,
-                       face=None, on_chunk=lambda index, start, faces: chunks.__setitem__(index, (start, np.array(faces))))
-    return engine.run(job), chunks
+    job = SyncJob(clip, asset_path("demo1_audio.wav"), str(tmp_path_factory.mktemp("off") / "out.mp4"), seed=SEED,
+                  max_seconds=SECONDS, face=None)
+    hooks = JobHooks(on_chunk=lambda index, start, faces: chunks.__setitem__(index, (start, np.array(faces))))
+    return engine.run(job, SAMPLING, hooks=hooks), chunks
 
 
 def session_threads():
@@ -93,10 +94,10 @@ def feed(session, samples, piece=640, finish=True, int16=False):
 
 def test_40ms_pieces_give_the_offline_frames_in_order_within_the_reported_window_error(
         engine, avatar, audio_plan, offline):
-    from lipsync_jax.stream import StreamOptions, StreamSession, window_error
+    from lipsync_jax.live import StreamOptions, StreamSession, window_error
 
     windows, frames = {}, []
-    session = StreamSession(engine, avatar, StreamOptions(num_steps=STEPS, guidance_scale=GUIDANCE, seed=SEED,
+    session = StreamSession(engine, avatar, StreamOptions(sampling=SAMPLING, seed=SEED,
                                                           pace=False, on_windows=windows.__setitem__))
     consumer = threading.Thread(target=lambda: frames.extend(session.frames()))
     consumer.start()
@@ -129,10 +130,10 @@ def test_40ms_pieces_give_the_offline_frames_in_order_within_the_reported_window
 
 
 def test_with_the_offline_windows_the_faces_equal_the_offline_engine(engine, avatar, audio_plan, offline):
-    from lipsync_jax.stream import StreamOptions, StreamSession
+    from lipsync_jax.live import StreamOptions, StreamSession
 
     chunks = {}
-    options = StreamOptions(num_steps=STEPS, guidance_scale=GUIDANCE, seed=SEED, pace=False,
+    options = StreamOptions(sampling=SAMPLING, seed=SEED, pace=False,
                             frame_windows=audio_plan.windows,
                             on_chunk=lambda index, start, faces: chunks.__setitem__(index, (start, np.array(faces))))
     with StreamSession(engine, avatar, options) as session:
@@ -146,9 +147,9 @@ def test_with_the_offline_windows_the_faces_equal_the_offline_engine(engine, ava
 
 
 def test_burst_is_paced_at_the_video_rate_and_overflow_is_refused(engine, avatar, audio_plan):
-    from lipsync_jax.stream import StreamOptions, StreamOverflow, StreamSession
+    from lipsync_jax.live import StreamOptions, StreamOverflow, StreamSession
 
-    options = StreamOptions(num_steps=STEPS, guidance_scale=GUIDANCE, seed=SEED, pace=True, queue_frames=16,
+    options = StreamOptions(sampling=SAMPLING, seed=SEED, pace=True, queue_frames=16,
                             max_pending_seconds=3.0, frame_windows=audio_plan.windows)
     with StreamSession(engine, avatar, options) as session:
         session.push(audio_plan.samples)  # the whole 2.8 s at once
@@ -169,10 +170,10 @@ def test_burst_is_paced_at_the_video_rate_and_overflow_is_refused(engine, avatar
 
 
 def test_a_client_that_disconnects_frees_the_session(engine, avatar, audio_plan):
-    from lipsync_jax.stream import StreamClosed, StreamOptions, StreamSession
+    from lipsync_jax.live import StreamClosed, StreamOptions, StreamSession
 
     before = len(session_threads())
-    session = StreamSession(engine, avatar, StreamOptions(num_steps=STEPS, guidance_scale=GUIDANCE, seed=SEED,
+    session = StreamSession(engine, avatar, StreamOptions(sampling=SAMPLING, seed=SEED,
                                                           pace=False, queue_frames=16,
                                                           frame_windows=audio_plan.windows))
     feed(session, audio_plan.samples, finish=False, int16=True)  # no end of audio: the client just goes away
@@ -208,10 +209,10 @@ def sample_wav(tmp_path_factory):
 def server(engine, avatar, sample_wav):
     import uvicorn
 
-    from lipsync_jax.stream import StreamOptions
-    from lipsync_jax.stream.serve import create_app
+    from lipsync_jax.live import StreamOptions
+    from lipsync_jax.serving.live_server import create_app
 
-    app = create_app(engine, avatar, options=StreamOptions(num_steps=STEPS, guidance_scale=GUIDANCE, seed=SEED),
+    app = create_app(engine, avatar, options=StreamOptions(sampling=SAMPLING, seed=SEED),
                      sample_audio=sample_wav, max_side=480)
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets"))
@@ -241,7 +242,7 @@ def test_websocket_answers_a_scripted_client_and_frees_a_disconnected_one(server
     import cv2
     from websockets.sync.client import connect
 
-    from lipsync_jax.stream.serve import decode_frame
+    from lipsync_jax.serving.live_server import decode_frame
 
     pcm = (np.clip(audio_plan.samples[:16000], -1, 1) * 32767).astype(np.int16)  # 1.0 s: 25 frames
     headers, statuses, done = [], [], None
@@ -352,7 +353,7 @@ def test_page_plays_a_file_in_headless_chromium(server, tmp_path):
 
 
 def test_avatar_from_its_cache_entry_skips_the_face_pass(tiny_models, clip, avatar, tmp_path):
-    from lipsync_jax.stream import LiveAvatar
+    from lipsync_jax.live import LiveAvatar
 
     def no_face_pass(*args):
         raise AssertionError("the cached avatar ran the face pass")

@@ -32,6 +32,7 @@ from lipsync_jax.audio.whisper_encoder import WhisperEncoder, WhisperEncoderConf
 from lipsync_jax.audio.whisper_mel import FRAMES_PER_EMBEDDING, log_mel_spectrogram, mel_windows
 
 EMBEDDINGS_PER_SECOND = 50
+AUDIO_WINDOWS = ("latentsync",)  # how a clip is cut into Whisper windows (AudioFeatureExtractor.clip_embeddings)
 DEFAULT_FEAT_LENGTH = (2, 2)
 
 

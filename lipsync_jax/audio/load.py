@@ -27,6 +27,8 @@ import numpy as np
 import scipy.io.wavfile
 import scipy.signal
 
+from lipsync_jax.cleanup import run_tracked, tracked_path
+
 TARGET_RATE = 16000
 
 
@@ -102,11 +104,11 @@ def _ffmpeg_exe() -> str:
 
 def _decode_with_ffmpeg(path: str) -> tuple[np.ndarray, int]:
     """First audio stream -> float32 (n, channels) at its native rate."""
-    with tempfile.TemporaryDirectory(prefix="lipsync_audio_") as tmp:
+    with tracked_path(tempfile.mkdtemp(prefix="lipsync_audio_")) as tmp:
         out_path = os.path.join(tmp, "decoded.wav")
         cmd = [_ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error", "-i", path,
                "-map", "0:a:0", "-vn", "-sn", "-dn", "-c:a", "pcm_f32le", "-f", "wav", "-y", out_path]
-        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+        proc = run_tracked(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         message = proc.stderr.decode("utf-8", "replace").strip()
         if proc.returncode != 0 or not os.path.isfile(out_path):
             if "matches no streams" in message or "does not contain any stream" in message:

@@ -1,6 +1,6 @@
 """List the face tracks of a video (without generating anything), with one thumbnail per track.
 
-    python -m lipsync_jax.face.list_faces --video two_people.mp4 [--thumbs faces/]
+    python -m lipsync_jax.face.list_faces --video two_people.mp4 [--thumbs faces/]   (default: beside the video)
 
 prints one line per track: its id (what ``--face ID`` takes), first-last frame and how many
 frames it was detected in, mean box (x1, y1, x2, y2 in source pixels), mean area and the
@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m lipsync_jax.face.list_faces", description=__doc__.split("\n")[0])
     parser.add_argument("--video", required=True, help="input video")
     parser.add_argument("--thumbs", default=None,
-                        help="folder for one thumbnail per track (default: <video name>_faces in the current folder)")
+                        help="folder for one thumbnail per track (default: <video name>_faces beside the video)")
     parser.add_argument("--no_thumbs", action="store_true", help="write no thumbnails")
     parser.add_argument("--fps", type=float, default=25.0, help="frame rate the video is read at (as inference)")
     parser.add_argument("--face_backend", default="mediapipe", choices=("mediapipe", "insightface"))
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     thumbs = None
     if not args.no_thumbs:
-        thumbs = args.thumbs or f"{os.path.splitext(os.path.basename(args.video))[0]}_faces"
+        stem = os.path.splitext(os.path.basename(args.video))[0]
+        thumbs = args.thumbs or os.path.join(os.path.dirname(os.path.abspath(args.video)), f"{stem}_faces")
     try:
         listing = list_faces(args.video, thumbs, fps=args.fps, backend=args.face_backend,
                              max_num_faces=args.max_num_faces, max_side=args.max_side, max_gap=args.max_gap,
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error if known else f'{type(error).__name__}: {error}'}", file=sys.stderr)
         return 1
     print("\n".join(listing.lines()))
+    if listing.thumbnails:
+        print(f"thumbnails in {thumbs}")
     print(f"choose with --face {'|'.join(CHOICES)}|ID")
     return 0
 

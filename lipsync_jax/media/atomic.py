@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
+
+from lipsync_jax.cleanup import remove_path, track_path, untrack_path
 
 
 def temp_path_beside(path: str) -> str:
@@ -18,12 +20,11 @@ def temp_path_beside(path: str) -> str:
     name, ext = os.path.splitext(os.path.basename(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=f".partial{ext}", dir=folder)
     os.close(fd)
-    return tmp
+    return track_path(tmp)
 
 
 def discard(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(path)
+    remove_path(path)
 
 
 @contextlib.contextmanager
@@ -37,6 +38,7 @@ def atomic_output(path: str) -> Iterator[str]:
         raise
     _chmod_like_new_file(tmp)  # mkstemp makes 0600 files; outputs get the usual umask mode
     os.replace(tmp, path)
+    untrack_path(tmp)
 
 
 def _chmod_like_new_file(path: str) -> None:

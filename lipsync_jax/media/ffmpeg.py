@@ -5,14 +5,16 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
-from typing import Sequence
+from collections.abc import Sequence
+
+from lipsync_jax.cleanup import run_tracked
 
 
 class MediaError(RuntimeError):
     """A media file is missing, unreadable, lacks a needed stream, or ffmpeg failed on it."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ffmpeg_exe() -> str:
     """Path of the ffmpeg executable shipped with imageio-ffmpeg (or $IMAGEIO_FFMPEG_EXE)."""
     try:
@@ -47,8 +49,8 @@ def run_ffmpeg(args: Sequence[str], *, what: str) -> str:
 
     Returns ffmpeg's stderr (its log).
     """
-    proc = subprocess.run([*base_command(), *args], stdin=subprocess.DEVNULL,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = run_tracked([*base_command(), *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE)
     log = proc.stderr.decode("utf-8", "replace")
     if proc.returncode != 0:
         raise MediaError(f"{what}: ffmpeg failed (exit {proc.returncode}): {stderr_tail(log)}")

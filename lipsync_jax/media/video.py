@@ -14,10 +14,11 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
+from lipsync_jax.cleanup import track_process, untrack_path, untrack_process
 from lipsync_jax.media.atomic import discard, temp_path_beside
 from lipsync_jax.media.ffmpeg import MediaError, base_command, stderr_tail
 from lipsync_jax.media.probe import VideoInfo, probe_video
@@ -77,7 +78,7 @@ def read_frames(path: str, fps: float | None = None, *, max_frames: int | None =
     args += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
     frame_bytes = width * height * 3
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
+        proc = track_process(subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log))
         finished = False
         try:
             count = 0
@@ -102,6 +103,7 @@ def read_frames(path: str, fps: float | None = None, *, max_frames: int | None =
                 proc.kill()
             proc.stdout.close()
             proc.wait()
+            untrack_process(proc)
 
 
 class VideoWriter:
@@ -134,11 +136,11 @@ class VideoWriter:
         return args + ["-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf),
                        "-pix_fmt", "yuv420p", "-movflags", "+faststart", tmp]
 
-    def __enter__(self) -> "VideoWriter":
+    def __enter__(self) -> VideoWriter:
         self._tmp = temp_path_beside(self.path)
         self._log = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(self._command(self._tmp), stdin=subprocess.PIPE,
-                                      stdout=subprocess.DEVNULL, stderr=self._log)
+        self._proc = track_process(subprocess.Popen(self._command(self._tmp), stdin=subprocess.PIPE,
+                                                    stdout=subprocess.DEVNULL, stderr=self._log))
         return self
 
     def _ffmpeg_log(self) -> str:
@@ -179,7 +181,9 @@ class VideoWriter:
                 discard(tmp)
                 raise MediaError(f"{self.path}: no frames were written")
             os.replace(tmp, self.path)
+            untrack_path(tmp)
         finally:
+            untrack_process(proc)
             if proc.stdin and not proc.stdin.closed:
                 try:
                     proc.stdin.close()

@@ -36,8 +36,10 @@ import tempfile
 import threading
 import time
 import zipfile
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
+import jax
 import numpy as np
 
 from lipsync_jax.face import AlignedFace
@@ -46,8 +48,6 @@ CACHE_VERSION = 1
 FACE_PASS_VERSION = 1  # bump when alignment (template, smoothing, landmarks) changes its output
 SUFFIX = ".avatar.npz"
 _ARRAYS = ("has_face", "faces", "affines", "boxes", "landmarks")
-_HASHES: dict[tuple, str] = {}
-_HASHES_LOCK = threading.Lock()
 
 
 class AvatarCacheMiss(Exception):
@@ -56,26 +56,16 @@ class AvatarCacheMiss(Exception):
 
 
 def file_sha256(path: str, block: int = 1 << 22) -> str:
-    """sha256 of a file's bytes, memoised per (path, size, mtime, inode) in this process."""
-    st = os.stat(path)
-    memo = (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino)
-    with _HASHES_LOCK:
-        if memo in _HASHES:
-            return _HASHES[memo]
+    """sha256 of a file's bytes."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(block):
             digest.update(chunk)
-    value = digest.hexdigest()
-    with _HASHES_LOCK:
-        _HASHES[memo] = value
-    return value
+    return digest.hexdigest()
 
 
 def tree_fingerprint(tree: Any) -> str:
     """A short sha256 of a parameter tree's paths, shapes, dtypes and values (which VAE made the latents)."""
-    import jax
-
     digest = hashlib.sha256()
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         value = np.asarray(leaf)
@@ -153,17 +143,29 @@ def _payload_sha256(arrays: Mapping[str, np.ndarray]) -> str:
 
 class AvatarCache:
     """Face tracks by video content and settings in folder ``root`` (created on first write)."""
-
     def __init__(self, root: str):
         self.root = os.path.abspath(os.path.expanduser(root))
         self.rebuilt: list[str] = []  # names of entries found stale or corrupt (and deleted) by this object
+        self._hashes: dict[tuple, str] = {}  # video sha256 by (path, size, mtime, inode): hashed once
+        self._lock = threading.Lock()
+
+    def video_sha256(self, path: str) -> str:
+        st = os.stat(path)
+        memo = (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+        with self._lock:
+            if memo in self._hashes:
+                return self._hashes[memo]
+        value = file_sha256(path)
+        with self._lock:
+            self._hashes[memo] = value
+        return value
 
     def key(self, video_path: str, *, resolution: int, fps: float, backend: str, face: str | int | None = None,
             **extra: Any) -> AvatarKey:
         settings = dict(resolution=int(resolution), fps=float(fps), backend=str(backend),
                         face="" if face is None else str(face), face_pass_version=FACE_PASS_VERSION,
                         smooth=True, max_gap=25, **extra)
-        return AvatarKey(file_sha256(video_path), settings)
+        return AvatarKey(self.video_sha256(video_path), settings)
 
     def path(self, key: AvatarKey) -> str:
         return os.path.join(self.root, key.name + SUFFIX)
@@ -238,7 +240,6 @@ class AvatarCache:
 class CachedFacePass:
     """The engine's face pass replayed from an ``AvatarTrack``: frame i gets the stored aligned face
     (no landmarks, no warp). A frame past a partial track raises ``AvatarCacheMiss``."""
-
     def __init__(self, track: AvatarTrack, source: str = "video"):
         self.track = track
         self.source = source
@@ -274,6 +275,7 @@ class RecordingFacePass:
         self.aligned: list[AlignedFace | None] = []
         self.found = False
         self.stored_path: str | None = None
+        self.stored_track: AvatarTrack | None = None
 
     def __call__(self, frame: np.ndarray) -> AlignedFace | None:
         aligned = self.inner(frame)
@@ -302,4 +304,5 @@ class RecordingFacePass:
         if self.on_store is not None:
             track = self.on_store(track) or track
         self.stored_path = self.cache.store(self.key, track)
+        self.stored_track = track
         return self.stored_path

@@ -1,9 +1,11 @@
-"""The persistent XLA compilation cache: a second run loads the programs it compiled before.
+"""The persistent XLA compilation cache, and counting what this process compiles.
 
 ``enable_compile_cache(path)`` points JAX's persistent cache at ``path`` and caches every
 compiled program (no minimum compile time or entry size), so a warm start compiles nothing it
-compiled before. ``compile_cache_stats()`` counts this process's persistent-cache requests and
-hits (from ``jax.monitoring`` events) for the time-to-first-frame report.
+compiled before. ``CompileMonitor`` counts XLA compilations (and their seconds) and
+persistent-cache requests and hits from ``jax.monitoring`` events while it is open: a service
+keeps one for its whole life (the web app's ``/stats``, "this request compiled nothing"), a CLI
+run for its time-to-first-frame report.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import threading
 import jax
 
 ENV_VAR = "JAX_COMPILATION_CACHE_DIR"
-_stats = {"requests": 0, "hits": 0}
-_lock = threading.Lock()
-_listening = False
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+CACHE_REQUEST_EVENT = "/jax/compilation_cache/compile_requests_use_cache"
+CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 
 
 def default_compile_cache_dir() -> str:
@@ -27,25 +29,13 @@ def default_compile_cache_dir() -> str:
     return os.path.join(base, "lipsync_jax", "xla")
 
 
-def _on_event(name: str, **_kwargs) -> None:
-    with _lock:
-        if name == "/jax/compilation_cache/compile_requests_use_cache":
-            _stats["requests"] += 1
-        elif name == "/jax/compilation_cache/cache_hits":
-            _stats["hits"] += 1
-
-
 def enable_compile_cache(path: str | None = None) -> str:
     """Use (and create) ``path`` (default ``default_compile_cache_dir()``) as the persistent cache."""
-    global _listening
     path = os.path.abspath(os.path.expanduser(path or default_compile_cache_dir()))
     os.makedirs(path, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-    if not _listening:
-        jax.monitoring.register_event_listener(_on_event)
-        _listening = True
     return path
 
 
@@ -54,7 +44,50 @@ def disable_compile_cache() -> None:
     jax.config.update("jax_enable_compilation_cache", False)
 
 
-def compile_cache_stats() -> dict[str, int]:
-    """{"requests": programs compiled through the persistent cache, "hits": loaded from it}."""
-    with _lock:
-        return dict(_stats)
+def configure_compile_cache(path: str | None) -> str | None:
+    """``RunOptions.compile_cache``: None -> the default folder, "" -> off. Returns the folder used."""
+    if path == "":
+        disable_compile_cache()
+        return None
+    return enable_compile_cache(path)
+
+
+class CompileMonitor:
+    """XLA compilations and persistent-cache hits in this process since it was opened.
+
+    ``compiles``: backend compilations (a program loaded from the persistent cache is not one);
+    ``compile_seconds``; ``cache_requests`` / ``cache_hits``. ``close()`` stops counting."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.compiles = 0
+        self.compile_seconds = 0.0
+        self.cache_requests = 0
+        self.cache_hits = 0
+        self._open = True
+        jax.monitoring.register_event_duration_secs_listener(self._on_duration)
+        jax.monitoring.register_event_listener(self._on_event)
+
+    def _on_duration(self, name: str, seconds: float, **_kwargs) -> None:
+        if name == COMPILE_EVENT:
+            with self._lock:
+                self.compiles += 1
+                self.compile_seconds += float(seconds)
+
+    def _on_event(self, name: str, **_kwargs) -> None:
+        with self._lock:
+            if name == CACHE_REQUEST_EVENT:
+                self.cache_requests += 1
+            elif name == CACHE_HIT_EVENT:
+                self.cache_hits += 1
+
+    def snapshot(self) -> dict[str, float]:
+        with self._lock:
+            return {"compiles": self.compiles, "compile_seconds": self.compile_seconds,
+                    "cache_requests": self.cache_requests, "cache_hits": self.cache_hits}
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            jax.monitoring.unregister_event_duration_listener(self._on_duration)
+            jax.monitoring.unregister_event_listener(self._on_event)

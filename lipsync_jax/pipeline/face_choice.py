@@ -1,6 +1,6 @@
 """Which faces a job lip-syncs (multi-person videos) and the face pass that follows them.
 
-``InferenceJob`` options (infer.py: ``--face``, ``--faces all``, ``--face_audio``):
+``SyncJob`` options (infer.py: ``--face``, ``--faces all``, ``--face_audio``; pipeline/job.py):
 
 - ``face="largest"`` (default), ``"left"``, ``"right"`` or a track id (as printed by
   ``--list_faces``): one person, the same one for the whole video;
@@ -12,7 +12,7 @@
 
 A detection pre-pass (``face.tracks.find_face_tracks``, at the job's fps over the frames the job
 uses) finds the face tracks. With at most one track and one person asked for, the face pass is
-today's ``FaceTracker`` (the output is exactly the single-face pipeline's); a chosen person in a
+the single-face ``FaceTracker`` (the output is exactly the single-face pipeline's); a chosen person in a
 multi-person video is followed by ``TrackFacePass``; several people by ``LaneFacePass`` (one
 ``MultiTrackAligner`` pass: each person its own smoothing). Each chosen person is a *lane*: the
 engine generates every lane's chunks in the same device-program batches (lanes stacked on the
@@ -21,7 +21,7 @@ person is absent is left unchanged for that person.
 
 Warm face backends: building a landmarker (MediaPipe's FaceMesh + detector graphs, insightface's
 ONNX sessions) costs about half a second of CPU, twice per job (pre-pass and face pass). A
-``LandmarkerPool`` (one per engine, ``pipeline/stream.py``) lends them to jobs and keeps them
+``LandmarkerPool`` (one per engine, ``engine.landmarkers``) lends them to jobs and keeps them
 between jobs. The backends are stateless between frames (MediaPipe in static-image mode:
 every frame detected on its own), so a reused landmarker gives exactly a fresh one's faces.
 """
@@ -40,24 +40,6 @@ from lipsync_jax.face.track_align import DEFAULT_MAX_NUM_FACES, MultiTrackAligne
 from lipsync_jax.face.tracks import FaceSelectionError, VideoFaceTracks, choose_track, find_face_tracks
 
 ALL = "all"
-
-
-def parse_face_audio(text: str | Mapping[str, str] | None) -> dict[str, str]:
-    """``"0=a.wav,1=b.wav"`` (or a mapping) -> {"0": "a.wav", "1": "b.wav"}; ``ValueError`` on a
-    malformed entry."""
-    if not text:
-        return {}
-    if isinstance(text, Mapping):
-        return {str(k).strip(): str(v) for k, v in text.items()}
-    result: dict[str, str] = {}
-    for item in str(text).split(","):
-        key, sep, path = item.partition("=")
-        if not sep or not key.strip() or not path.strip():
-            raise ValueError(f"--face_audio: {item!r} is not ID=path (e.g. 0=alice.wav,1=bob.wav)")
-        if key.strip() in result:
-            raise ValueError(f"--face_audio: face {key.strip()} is given twice")
-        result[key.strip()] = path.strip()
-    return result
 
 
 def face_choices(face: str | int | None, face_audio: Mapping[str, str] | None) -> list[str] | None:
@@ -188,7 +170,7 @@ class FacePlan:
 
     @property
     def plain_tracker(self) -> bool:
-        """The face pass is today's single-face ``FaceTracker`` (no choice, or at most one track)."""
+        """The face pass is the single-face ``FaceTracker`` (no choice, or at most one track)."""
         return self.num_lanes == 1 and (self.choices is None or self.faces is None or len(self.faces.tracks) <= 1)
 
     def new_face_pass(self):
@@ -215,30 +197,30 @@ class FacePlan:
         return face_pass if pool is None else _PooledFacePass(face_pass, pool, (self.backend, faces), landmarker)
 
 
-def plan_faces(resolution: int, job, *, max_frames: int | None = None, faces: VideoFaceTracks | None = None,
-               landmarkers: LandmarkerPool | None = None) -> FacePlan:
-    """Run the pre-pass when the job needs it (or use ``faces``) and resolve its face options.
-    ``FaceSelectionError`` for a choice naming no track or two choices naming the same one.
-    ``landmarkers``: lend the pre-pass and the face passes warm face backends."""
-    face_audio = parse_face_audio(getattr(job, "face_audio", None))
-    choices = face_choices(getattr(job, "face", "largest"), face_audio)
-    plan = FacePlan(resolution, job.face_backend, job.video_path, choices, landmarkers=landmarkers)
+def plan_faces(resolution: int, job, *, backend: str, fps: float, max_frames: int | None = None,
+               faces: VideoFaceTracks | None = None, landmarkers: LandmarkerPool | None = None,
+               progress: bool = False) -> FacePlan:
+    """Run the pre-pass when ``job`` (a ``SyncJob``) needs it (or use ``faces``) and resolve its face
+    options. ``FaceSelectionError`` for a choice naming no track or two choices naming the same
+    one. ``landmarkers``: lend the pre-pass and the face passes warm face backends."""
+    face_audio = dict(job.face_audio)
+    choices = face_choices(job.face, face_audio)
+    plan = FacePlan(resolution, backend, job.video, choices, landmarkers=landmarkers)
     if choices is None:
         return plan
     if faces is None:
-        landmarker = landmarkers.borrow(job.face_backend, DEFAULT_MAX_NUM_FACES) if landmarkers is not None else None
+        landmarker = landmarkers.borrow(backend, DEFAULT_MAX_NUM_FACES) if landmarkers is not None else None
         try:
-            faces = find_face_tracks(job.video_path, fps=float(job.fps), max_frames=max_frames,
-                                     backend=job.face_backend, max_num_faces=DEFAULT_MAX_NUM_FACES,
-                                     landmarker=landmarker, progress=job.progress)
+            faces = find_face_tracks(job.video, fps=fps, max_frames=max_frames, backend=backend,
+                                     max_num_faces=DEFAULT_MAX_NUM_FACES, landmarker=landmarker, progress=progress)
         finally:
             if landmarker is not None:
-                landmarkers.give_back(job.face_backend, DEFAULT_MAX_NUM_FACES, landmarker)
+                landmarkers.give_back(backend, DEFAULT_MAX_NUM_FACES, landmarker)
     plan.faces = faces
     tracks = faces.tracks
-    if not tracks:  # nobody found by the pre-pass: the plain tracker decides (NoFaceError as today)
+    if not tracks:  # nobody found by the pre-pass: the plain tracker decides (NoFaceError as usual)
         if face_audio and len(face_audio) > 1:
-            raise NoFaceError(f"{job.video_path}: no face found, cannot give {len(face_audio)} faces their audio")
+            raise NoFaceError(f"{job.video}: no face found, cannot give {len(face_audio)} faces their audio")
         plan.lane_audio = [next(iter(face_audio.values()), None)]
         return plan
     if choices == [ALL]:
@@ -255,51 +237,10 @@ def plan_faces(resolution: int, job, *, max_frames: int | None = None, faces: Vi
     return plan
 
 
-def check_lane_audio(plan: FacePlan) -> None:
-    """Each lane's own audio must be a readable audio file (``InputError`` naming it)."""
-    from lipsync_jax.pipeline.inputs import check_audio
-
-    for path in plan.lane_audio:
-        if path is not None:
-            check_audio(path)
-
-
-def lane_audio_plans(models, plan: FacePlan, main, fps: float) -> list:
-    """One ``AudioPlan`` per lane: the job's (``main``) or the lane's own audio, cut to / padded
-    with silence to the job audio's length, so every lane has a window for every output frame."""
-    from lipsync_jax.audio import frame_chunk_indices, load_audio
-    from lipsync_jax.pipeline.run import AudioPlan
-
-    plans = []
-    for path in plan.lane_audio:
-        if path is None:
-            plans.append(main)
-            continue
-        samples = load_audio(path)  # cut to the soundtrack (which max_seconds already cut) or padded with silence
-        samples = np.pad(samples[:len(main.samples)], (0, max(0, len(main.samples) - len(samples))))
-        embeddings = models.audio.clip_embeddings(samples)
-        rows = frame_chunk_indices(len(embeddings), fps, models.audio_feat_length)
-        if len(rows) < main.num_frames:
-            raise ValueError(f"audio {path}: gives {len(rows)} windows for {main.num_frames} frames")
-        plans.append(AudioPlan(samples, embeddings, rows, main.num_frames))
-    return plans
-
-
 def lane_faces(aligned) -> tuple:
     """A record's faces per lane: a lane face pass gives a tuple, a single-face pass one face."""
     return aligned if isinstance(aligned, tuple) else (aligned,)
 
 
-def chosen_summary(plan: FacePlan) -> str:
-    """One line for logs: which track each lane follows."""
-    if plan.track_ids is None or plan.faces is None:
-        return "face: the only face" if plan.choices is not None else "face: single-face tracker"
-    parts = []
-    for tid, path in zip(plan.track_ids, plan.lane_audio):
-        box = plan.faces.tracks[tid].mean_box
-        parts.append(f"face {tid} at x={0.5 * (box[0] + box[2]):.0f}" + (f" <- {path}" if path else ""))
-    return "; ".join(parts)
-
-
-__all__ = ["ALL", "FacePlan", "LandmarkerPool", "LaneFacePass", "check_lane_audio", "chosen_summary", "face_choices", "lane_audio_plans",
-           "lane_faces", "parse_face_audio", "plan_faces"]
+__all__ = ["ALL", "FacePlan", "LandmarkerPool", "LaneFacePass", "face_choices", "lane_faces",
+           "plan_faces"]

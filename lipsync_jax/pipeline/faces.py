@@ -8,7 +8,7 @@ steadies the chunk's motion modules; the borrowed result is never pasted anywher
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 from tqdm import tqdm

@@ -43,13 +43,20 @@ import hashlib
 import json
 import os
 import threading
-from typing import Any, Mapping, Sequence
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lipsync_jax.diffusion import ModuleApply
+from lipsync_jax.models.attention import chunked_backend, parse_backend
+from lipsync_jax.pipeline.compile_cache import default_compile_cache_dir
 from lipsync_jax.pipeline.errors import InferenceError
+from lipsync_jax.pipeline.placement import default_chunk_batch
+from lipsync_jax.pipeline.program import ChunkProgram, data_mesh
 
 GB = 1024 ** 3
 ESTIMATES_FILE = "memory_estimates.json"
@@ -58,8 +65,7 @@ ESTIMATE_MODES = ("native_bf16", "raw")
 # stay inside the scan body, next to their dots, instead of all being hoisted out of the loop
 CPU_NATIVE_BF16_OPTIONS = {"xla_disable_hlo_passes": "while-loop-invariant-code-motion",
                            "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
-_file_lock = threading.Lock()
-_MEMO: dict[str, dict] = {}  # this process's estimates (also when the cache folder is read-only)
+_file_lock = threading.Lock()  # estimate writes of this process's threads (the file itself is replaced atomically)
 
 
 class MemoryBudgetError(InferenceError, ValueError):
@@ -108,51 +114,12 @@ class MemoryPlan:
         return f"memory plan: {', '.join(parts)}: {self.device_bytes / GB:.2f} GB estimated{how}{budget}"
 
 
-# ---------------------------------------------------------------------------------------- models
-def _abstract_cast(tree: Any, dtype: Any) -> Any:
-    def cast(x):
-        kind = dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype
-        return jax.ShapeDtypeStruct(x.shape, kind)
-    return jax.tree.map(cast, tree)
-
-
 def tree_bytes(tree: Any) -> int:
     return int(sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
 
 
-def abstract_models(config, dtype: Any = jnp.bfloat16):
-    """``LipsyncModels`` for ``config`` whose UNet/VAE/Whisper parameters are ``ShapeDtypeStruct``s
-    (nothing allocated): enough to compile the chunk program and read its memory analysis."""
-    from lipsync_jax.audio import AudioFeatureExtractor, WhisperEncoderConfig
-    from lipsync_jax.audio.whisper_encoder import init_params as init_whisper
-    from lipsync_jax.config_utils import config_to_dict, resolve_path
-    from lipsync_jax.diffusion import DDIMScheduler, ModuleApply
-    from lipsync_jax.models import unet3d
-    from lipsync_jax.models import vae as vae_model
-    from lipsync_jax.models.unet3d import UNet3DConditionModel
-    from lipsync_jax.models.unet_config import UNet3DConfig
-    from lipsync_jax.pipeline.models import LipsyncModels
-
-    unet = UNet3DConditionModel(UNet3DConfig.from_dict(config_to_dict(config.model)), dtype=dtype)
-    vae_cfg = config_to_dict(config.vae)
-    settings = dict(vae_cfg["model"], scaling_factor=vae_cfg["scaling_factor"], shift_factor=vae_cfg["shift_factor"])
-    vae = vae_model.AutoencoderKL.from_config(vae_model.VAEConfig.from_dict(settings), dtype=dtype)
-    dims = WhisperEncoderConfig.from_config(config_to_dict(config.whisper)["dims"])
-    whisper = jax.eval_shape(lambda key: init_whisper(key, dims), jax.random.key(0))
-    return LipsyncModels(
-        unet_apply=ModuleApply(unet), unet_params=_abstract_cast(unet3d.abstract_params(unet), dtype), vae=vae,
-        vae_params=_abstract_cast(vae_model.abstract_params(vae), dtype),
-        audio=AudioFeatureExtractor(whisper, dims, dtype=jnp.float32),
-        scheduler=DDIMScheduler.from_config(config_to_dict(config.scheduler)),
-        resolution=int(config.data.resolution), num_frames=int(config.data.num_frames),
-        audio_feat_length=tuple(int(x) for x in config.data.audio_feat_length),
-        mask_path=resolve_path(str(config.data.mask_image_path)), dtype=jnp.dtype(dtype), random_init=True)
-
-
 def with_attention_backend(models, backend: str):
     """``models`` with the UNet's attention backend set to ``backend`` (same parameters)."""
-    from lipsync_jax.diffusion import ModuleApply
-
     module = models.unet_apply.module
     if getattr(module, "attention_backend", backend) == backend:
         return models
@@ -164,7 +131,8 @@ def _estimate_key(models, device, **settings) -> str:
     signature = lambda tree: [(tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(tree)]  # noqa: E731
     module = models.unet_apply.module
     parts = {
-        "unet": repr(getattr(module, "config", module)), "unet_dtype": str(jnp.dtype(getattr(module, "dtype", "float32"))),
+        "unet": repr(getattr(module, "config", module)),
+        "unet_dtype": str(jnp.dtype(getattr(module, "dtype", "float32"))),
         "vae": repr(models.vae.config), "vae_dtype": str(jnp.dtype(models.vae.dtype)),
         "audio": repr(models.audio.config), "resolution": models.resolution, "frames": models.num_frames,
         "feat": list(models.audio_feat_length), "unet_params": signature(models.unet_params),
@@ -199,8 +167,6 @@ def _write_estimate(path: str, key: str, value: dict) -> None:
 
 def estimates_path(cache_dir: str | None = None) -> str:
     """``cache_dir``, else JAX's persistent compile cache folder (``enable_compile_cache``), else the default one."""
-    from lipsync_jax.pipeline.compile_cache import default_compile_cache_dir
-
     folder = cache_dir or jax.config.jax_compilation_cache_dir or default_compile_cache_dir()
     return os.path.join(os.path.expanduser(folder), ESTIMATES_FILE)
 
@@ -221,10 +187,6 @@ def program_footprint(models, *, chunk_batch: int, vae_frames: int | None = None
     first local one) with these settings. ``models``' parameters may be arrays or
     ``ShapeDtypeStruct``s (``abstract_models``); cached in ``estimates_path(cache_dir)``.
     ``estimate``: "native_bf16" (on CPU: modelled native-bf16 device, module doc) or "raw"."""
-    import time
-
-    from lipsync_jax.pipeline.program import ChunkProgram, data_mesh
-
     device = device or jax.local_devices()[0]
     vae_frames = int(vae_frames or models.num_frames)
     models = with_attention_backend(models, attention_backend)
@@ -237,7 +199,7 @@ def program_footprint(models, *, chunk_batch: int, vae_frames: int | None = None
                         sampler=sampler_options, **extra)
     path = estimates_path(cache_dir)
     if use_cache:
-        cached = _MEMO.get(key) or _read_estimates(path).get(key)
+        cached = _read_estimates(path).get(key)
         if cached:
             return Footprint(**{"estimate": mode, **cached})
     program = ChunkProgram(models, data_mesh([device]), num_steps=num_steps, guidance_scale=guidance_scale,
@@ -246,13 +208,13 @@ def program_footprint(models, *, chunk_batch: int, vae_frames: int | None = None
     lowered = program.lower(models.unet_params, models.vae_params)
     stats = (lowered.compile(compiler_options=options) if options else lowered.compile()).memory_analysis()
     seconds = time.perf_counter() - begin
-    footprint = Footprint(argument_bytes=int(stats.argument_size_in_bytes), output_bytes=int(stats.output_size_in_bytes),
+    footprint = Footprint(argument_bytes=int(stats.argument_size_in_bytes),
+                          output_bytes=int(stats.output_size_in_bytes),
                           temp_bytes=int(stats.temp_size_in_bytes),
                           code_bytes=int(getattr(stats, "generated_code_size_in_bytes", 0) or 0),
                           alias_bytes=int(getattr(stats, "alias_size_in_bytes", 0) or 0), compile_seconds=seconds,
                           estimate=mode)
     if use_cache:
-        _MEMO[key] = footprint.as_dict()
         _write_estimate(path, key, footprint.as_dict())
     return footprint
 
@@ -284,8 +246,6 @@ def attention_candidates(platform: str, dtype: Any, tokens: int | None = None) -
     ``QUERY_BLOCKS`` queries, each only when the longest attention (``tokens`` = latent positions per
     frame) splits into more than one block (else it is plain XLA): at 256 px (1024 tokens)
     "chunked:256", at 512 px (4096) "chunked" (1024) and "chunked:256"."""
-    from lipsync_jax.models.attention import chunked_backend
-
     # auto = cuDNN flash attention on GPU in half precision (memory linear in the tokens), else XLA
     # whose float32 logits (b*f x heads x tokens^2) are the largest buffer; chunked:N holds those of
     # N queries at a time (models/attention.py): less memory, a bit slower
@@ -300,8 +260,6 @@ def attention_logits_bytes(models, chunk_batch: int, backend: str, *, guidance_s
     heads x queries per block x tokens x 4 bytes; 1 GiB at 256 px, 16 GiB at 512 px for one chunk
     with CFG). 0 when "auto" may be cuDNN flash attention (GPU, half precision: no logits buffer).
     The planner skips compiling settings whose weights + this bound already exceed the budget."""
-    from lipsync_jax.models.attention import parse_backend
-
     name, block = parse_backend(backend)
     if name == "cudnn" or (name == "auto" and platform == "gpu" and jnp.dtype(models.dtype).itemsize == 2):
         return 0
@@ -328,8 +286,6 @@ def plan_memory(models, budget_gb: float | None, *, chunk_batch: int | None = No
     ``estimate``: how CPU estimates are compiled (module doc); ``weight_bytes_saved``: bytes of the
     UNet/VAE weights each device does NOT hold (the engine's fsdp shards, pipeline/placement.py),
     taken off the one-device estimate."""
-    from lipsync_jax.pipeline.engine import default_chunk_batch
-
     device = device or jax.local_devices()[0]
     largest = int(chunk_batch or default_chunk_batch(device.platform))
     batches = list(chunk_batches or range(largest, 0, -1))
@@ -393,7 +349,8 @@ def plan_memory(models, budget_gb: float | None, *, chunk_batch: int | None = No
     raise MemoryBudgetError(
         f"--max_vram {budget_gb:g} GB is too small: the smallest footprint of this model at {models.resolution} px "
         f"is {smallest[0] / GB:.2f} GB (chunk_batch {least.chunk_batch}, VAE slices of {least.vae_frames} frames, "
-        f"attention {least.attention_backend}, Whisper on the host; weights {least.footprint.argument_bytes / GB:.2f} GB)")
+        f"attention {least.attention_backend}, Whisper on the host; "
+        f"weights {least.footprint.argument_bytes / GB:.2f} GB)")
 
 
 def move_whisper_to_host(models) -> None:

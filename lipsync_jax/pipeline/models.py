@@ -18,7 +18,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +38,7 @@ from lipsync_jax.models.vae import AutoencoderKL, VAEConfig
 from lipsync_jax.pipeline.errors import CheckpointMismatchError, InputError
 from lipsync_jax.tree_utils import random_params, shape_mismatches
 
+
 @dataclasses.dataclass
 class LipsyncModels:
     """Everything the sampler and the VAE/audio stages need, plus the data settings."""
@@ -53,6 +55,7 @@ class LipsyncModels:
     mask_path: str
     dtype: Any
     random_init: bool
+    fps: float = 25.0  # the video rate the model works at (config data.video_fps)
 
     @property
     def latent_size(self) -> int:
@@ -153,4 +156,31 @@ def build_models(config, *, unet_checkpoint: str = "", vae_checkpoint: str = "",
         num_frames=int(config.data.num_frames),
         audio_feat_length=tuple(int(x) for x in config.data.audio_feat_length),
         mask_path=resolve_path(str(config.data.mask_image_path)), dtype=jnp.dtype(dtype),
-        random_init=random_init)
+        random_init=random_init, fps=float(config.data.video_fps))
+
+
+def _abstract_cast(tree: Any, dtype: Any) -> Any:
+    def cast(x):
+        kind = dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype
+        return jax.ShapeDtypeStruct(x.shape, kind)
+    return jax.tree.map(cast, tree)
+
+
+def abstract_models(config, dtype: Any = jnp.bfloat16):
+    """``LipsyncModels`` for ``config`` whose UNet/VAE/Whisper parameters are ``ShapeDtypeStruct``s
+    (nothing allocated): enough to compile the chunk program and read its memory analysis."""
+    unet = UNet3DConditionModel(UNet3DConfig.from_dict(config_to_dict(config.model)), dtype=dtype)
+    vae_cfg = config_to_dict(config.vae)
+    settings = dict(vae_cfg["model"], scaling_factor=vae_cfg["scaling_factor"], shift_factor=vae_cfg["shift_factor"])
+    vae = vae_model.AutoencoderKL.from_config(vae_model.VAEConfig.from_dict(settings), dtype=dtype)
+    dims = WhisperEncoderConfig.from_config(config_to_dict(config.whisper)["dims"])
+    whisper = jax.eval_shape(lambda key: init_whisper(key, dims), jax.random.key(0))
+    return LipsyncModels(
+        unet_apply=ModuleApply(unet), unet_params=_abstract_cast(unet3d.abstract_params(unet), dtype), vae=vae,
+        vae_params=_abstract_cast(vae_model.abstract_params(vae), dtype),
+        audio=AudioFeatureExtractor(whisper, dims, dtype=jnp.float32),
+        scheduler=DDIMScheduler.from_config(config_to_dict(config.scheduler)),
+        resolution=int(config.data.resolution), num_frames=int(config.data.num_frames),
+        audio_feat_length=tuple(int(x) for x in config.data.audio_feat_length),
+        mask_path=resolve_path(str(config.data.mask_image_path)), dtype=jnp.dtype(dtype), random_init=True,
+        fps=float(config.data.video_fps))

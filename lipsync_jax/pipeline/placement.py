@@ -23,12 +23,16 @@ backend reports one; none on CPU -> 1).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from lipsync_jax import sharding
+from lipsync_jax.models import unet3d
 from lipsync_jax.pipeline.errors import InferenceError
 
 DATA_AXIS = "data"
@@ -36,20 +40,24 @@ FSDP_AXIS = "fsdp"
 # the weights may take at most this share of a device's budget before fsdp is raised (the rest is
 # for the program's activations, the queued chunk batches and Whisper)
 WEIGHT_SHARE = 0.5
-_LOGICAL: dict = {}  # UNet module -> its logical axis names (unet3d.logical_axes)
 
 
 class MeshError(InferenceError, ValueError):
     """The requested fsdp size does not fit the local devices."""
 
 
+def default_chunk_batch(platform: str | None = None) -> int:
+    """Chunks per device per program call: 1 on CPU (no gain from batching there); 2 on GPU/TPU
+    until the GPU suite (bench/gpu_suite.sh) has measured the best value."""
+    platform = platform or jax.default_backend()
+    return 1 if platform == "cpu" else 2
+
+
 def engine_mesh(devices: Sequence[Any] | None = None, fsdp: int = 1) -> Mesh:
     """A ``(data, fsdp)`` mesh over ``devices`` (default: all local devices), ``data = n / fsdp``."""
-    from lipsync_jax.sharding import make_mesh
-
     devices = list(jax.local_devices() if devices is None else devices)
     fsdp = check_fsdp(fsdp, len(devices))
-    return make_mesh({"axes": (DATA_AXIS, FSDP_AXIS), "shape": (len(devices) // fsdp, fsdp)}, devices)
+    return sharding.make_mesh({"axes": (DATA_AXIS, FSDP_AXIS), "shape": (len(devices) // fsdp, fsdp)}, devices)
 
 
 def check_fsdp(fsdp: int, num_devices: int) -> int:
@@ -71,7 +79,7 @@ def axis_size(mesh: Mesh, axis: str) -> int:
 
 def manual_axes(mesh: Mesh) -> frozenset[str]:
     """The mesh axes the chunk program's ``shard_map`` handles itself: all of them while the
-    weights are replicated (fsdp 1: today's fully manual program), else ``data`` only (the
+    weights are replicated (fsdp 1: a fully manual program), else ``data`` only (the
     compiler partitions the work over the fsdp-sharded weights)."""
     if axis_size(mesh, FSDP_AXIS) > 1:
         return frozenset({DATA_AXIS})
@@ -84,23 +92,19 @@ def shard_chunks(body: Callable, mesh: Mesh, in_specs, out_specs) -> Callable:
                          check_vma=False)
 
 
-def weight_shardings(models, mesh: Mesh, *, frozen_min_mib: float | None = None) -> tuple[Any, Any]:
+def weight_shardings(models, mesh: Mesh, *, frozen_min_mib: float | None = None,
+                     logical: Any = None) -> tuple[Any, Any]:
     """(UNet, VAE) trees of ``NamedSharding`` on ``mesh`` (module doc). ``frozen_min_mib``: the VAE
-    is split only when at least this large (default training's ``FROZEN_SHARD_MIN_MIB``)."""
-    from lipsync_jax.models import unet3d
-    from lipsync_jax import sharding as sharding_lib
-
+    is split only when at least this large (default training's ``FROZEN_SHARD_MIN_MIB``);
+    ``logical``: the UNet's ``unet3d.logical_axes`` when the caller has them (else traced here)."""
     replicated = NamedSharding(mesh, P())
     if dict(mesh.shape).get(FSDP_AXIS, 1) == 1:
         rep = lambda tree: jax.tree.map(lambda _x: replicated, tree)  # noqa: E731
         return rep(models.unet_params), rep(models.vae_params)
-    module = models.unet_apply.module
-    if module not in _LOGICAL:  # traced once per UNet module (eval_shape of its init)
-        _LOGICAL[module] = unet3d.logical_axes(module)
-    logical = _LOGICAL[module]
-    unet = sharding_lib.param_shardings(logical, models.unet_params, mesh, sharding_lib.LOGICAL_RULES)
-    min_mib = sharding_lib.FROZEN_SHARD_MIN_MIB if frozen_min_mib is None else float(frozen_min_mib)
-    vae = sharding_lib.frozen_shardings({"vae": models.vae_params}, mesh, sharding_lib.LOGICAL_RULES, min_mib)["vae"]
+    logical = unet3d.logical_axes(models.unet_apply.module) if logical is None else logical
+    unet = sharding.param_shardings(logical, models.unet_params, mesh, sharding.LOGICAL_RULES)
+    min_mib = sharding.FROZEN_SHARD_MIN_MIB if frozen_min_mib is None else float(frozen_min_mib)
+    vae = sharding.frozen_shardings({"vae": models.vae_params}, mesh, sharding.LOGICAL_RULES, min_mib)["vae"]
     return unet, vae
 
 
@@ -137,12 +141,12 @@ def sharded_weight_bytes(models, fsdp: int, num_devices: int, **kw) -> int:
                    for x, s in zip(leaves, jax.tree.leaves(shardings))))
 
 
-def choose_fsdp(models, budget: int | None, num_devices: int) -> int:
+def choose_fsdp(models, budget: int | None, num_devices: int, **kw) -> int:
     """The smallest fsdp dividing ``num_devices`` whose per-device weights take at most
     ``WEIGHT_SHARE`` of ``budget`` bytes (1 without a budget; ``num_devices`` if none does)."""
     if not budget:
         return 1
     for fsdp in fsdp_choices(num_devices):
-        if sharded_weight_bytes(models, fsdp, num_devices) <= WEIGHT_SHARE * budget:
+        if sharded_weight_bytes(models, fsdp, num_devices, **kw) <= WEIGHT_SHARE * budget:
             return fsdp
     return num_devices

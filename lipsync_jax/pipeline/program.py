@@ -23,7 +23,7 @@ chunks). The body runs per data shard under ``shard_map`` (each shard encodes/de
 chunks; no collectives over ``data``); with fsdp > 1 the ``fsdp`` axis is left to the compiler.
 A streaming mode calls ``ChunkProgram.__call__`` directly on its own chunk batches.
 
-Overlapping windows (``overlap`` K > 0, issue 14): the batch holds CONSECUTIVE 16-frame windows
+Overlapping windows (``overlap`` K > 0): the batch holds CONSECUTIVE 16-frame windows
 of one video in order (stride 16 - K, ``diffusion.window_starts``) denoised by
 ``diffusion.sample_windows``; the call takes the previous batch's tail trajectory ``prev_tail``
 (num_steps + 1, K, r, r, 4) and ``use_prev_tail`` (bool scalar) and returns ``(faces, tail)``,
@@ -36,22 +36,21 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from lipsync_jax.diffusion import empty_tail, initial_latents, sample_chunk, sample_windows
+from lipsync_jax.diffusion.conditioning import latent_mask
 from lipsync_jax.face import load_fixed_mask
 from lipsync_jax.pipeline.chunk import decode_and_paste, encode_faces
 from lipsync_jax.pipeline.models import LipsyncModels
 from lipsync_jax.pipeline.placement import DATA_AXIS, axis_size, shard_chunks
-MAX_COMPILED = 8
-# Compiled programs by (models' static parts, mesh, settings, parameter shapes): a new engine or
-# ChunkProgram for the same models (e.g. training's periodic validation) reuses the executable.
-_COMPILED: dict[tuple, tuple[Any, Any]] = {}
 
 
 def data_mesh(devices=None) -> Mesh:
@@ -69,13 +68,8 @@ def mask_arrays(models: LipsyncModels) -> tuple[np.ndarray, np.ndarray, np.ndarr
     """(pixel mask (R, R, 3), keep mask (R, R, 1), latent mask (r, r, 1)) float32; the latent mask is
     the pixel mask's first channel downsampled by nearest neighbour (pixel (8i, 8j))."""
     mask = load_fixed_mask(models.resolution, models.mask_path)
-    factor = models.vae.downsample_factor
-    try:  # the shared conditioning helper (issue 12), when present
-        from lipsync_jax.diffusion.conditioning import latent_mask as _latent_mask
-        latent = np.asarray(_latent_mask(mask[..., :1], (models.latent_size, models.latent_size)), np.float32)
-        latent = latent.reshape(models.latent_size, models.latent_size, 1)
-    except (ImportError, TypeError, ValueError):
-        latent = mask[::factor, ::factor, :1]
+    latent = np.asarray(latent_mask(mask[..., :1], (models.latent_size, models.latent_size)), np.float32)
+    latent = latent.reshape(models.latent_size, models.latent_size, 1)
     return mask, np.ascontiguousarray(mask[..., :1]), np.ascontiguousarray(latent)
 
 
@@ -158,8 +152,8 @@ class ChunkProgram:
                              f"the mesh has {mesh.size}")
         self.replicated = NamedSharding(mesh, P())
         self.sharded = NamedSharding(mesh, P(DATA_AXIS))
-        pixel, keep, latent = mask_arrays(models)
-        self.masks = tuple(jax.device_put(m, self.replicated) for m in (pixel, keep, latent))
+        self.host_masks = mask_arrays(models)  # placed on the devices at the first call (lower() needs no device)
+        self._masks: tuple | None = None
         body = functools.partial(generate_chunks, models, num_steps=self.num_steps,
                                  guidance_scale=self.guidance_scale, sampler_options=self.sampler_options,
                                  vae_frames=self.vae_frames)
@@ -167,13 +161,14 @@ class ChunkProgram:
         if self.overlap:
             body = functools.partial(_windows_body, body, self.overlap)
             mapped = shard_chunks(body, mesh, in_specs=(rep, rep, dat, dat, dat) + (rep,) * 7, out_specs=(dat, rep))
-            self.empty_tail = jax.device_put(empty_tail(self.num_steps, self.overlap, (models.latent_size,) * 2
-                                                        + (models.vae.config.latent_channels,)), self.replicated)
+            self.tail_shape = (self.num_steps + 1, self.overlap, models.latent_size, models.latent_size,
+                               models.vae.config.latent_channels)
         else:
             mapped = shard_chunks(body, mesh, in_specs=(rep, rep, dat, dat, dat, rep, rep, rep, rep, rep),
                                   out_specs=dat)
         self._jitted = jax.jit(mapped)
         self._compiled = None
+        self._empty_tail = None
         self._compile_lock = threading.Lock()
         self.compile_seconds: float | None = None
 
@@ -205,16 +200,6 @@ class ChunkProgram:
         with self._compile_lock:
             return self._compile(unet_params, vae_params)
 
-    def _cache_key(self, unet_params: Any, vae_params: Any) -> tuple:
-        m = self.models
-        signature = lambda tree: (jax.tree.structure(tree),  # noqa: E731
-                                  tuple((x.shape, str(x.dtype), self._param_sharding(x).spec)
-                                        for x in jax.tree.leaves(tree)))
-        return (m.unet_apply, m.vae, id(m.scheduler), m.num_frames, m.resolution, m.audio_feat_length,
-                m.audio.config, self.mesh, self.num_steps, self.guidance_scale, self.chunks_per_device, self.vae_frames,
-                self.overlap, tuple(sorted(self.sampler_options.items())), signature(unet_params),
-                signature(vae_params))
-
     def lower(self, unet_params: Any, vae_params: Any):
         """The program lowered for abstract inputs of these parameters' shapes (``jax.stages.Lowered``;
         ``compile()`` compiles it once; pipeline/memory.py compiles it with its own options)."""
@@ -223,25 +208,17 @@ class ChunkProgram:
         args = (self._abstract(unet_params), self._abstract(vae_params), spec("faces", self.sharded),
                 spec("audio", self.sharded), spec("chunk_indices", self.sharded),
                 spec("noise", self.replicated), spec("vae_key_data", self.replicated),
-                *(jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=self.replicated) for m in self.masks))
+                *(jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=self.replicated) for m in self.host_masks))
         if self.overlap:
-            args += (jax.ShapeDtypeStruct(self.empty_tail.shape, self.empty_tail.dtype, sharding=self.replicated),
+            args += (jax.ShapeDtypeStruct(self.tail_shape, np.float32, sharding=self.replicated),
                      jax.ShapeDtypeStruct((), np.bool_, sharding=self.replicated))
         return self._jitted.lower(*args)
 
     def _compile(self, unet_params: Any, vae_params: Any):
         if self._compiled is None:
-            key = self._cache_key(unet_params, vae_params)
-            cached = _COMPILED.get(key)
-            if cached is not None and cached[0] is self.models.scheduler:
-                self._compiled, self.compile_seconds = cached[1], 0.0
-                return self._compiled
             begin = time.perf_counter()
             self._compiled = self.lower(unet_params, vae_params).compile()
             self.compile_seconds = time.perf_counter() - begin
-            _COMPILED[key] = (self.models.scheduler, self._compiled)
-            while len(_COMPILED) > MAX_COMPILED:
-                _COMPILED.pop(next(iter(_COMPILED)))
         return self._compiled
 
     def flops(self) -> float | None:
@@ -258,6 +235,20 @@ class ChunkProgram:
         return None if value is None else float(value) * self.mesh.size  # the SPMD module is one device's share
 
     # ------------------------------------------------------------------ running
+    @property
+    def masks(self) -> tuple:
+        """The (pixel, keep, latent) masks on the devices (placed once)."""
+        if self._masks is None:
+            self._masks = tuple(jax.device_put(m, self.replicated) for m in self.host_masks)
+        return self._masks
+
+    def empty_tail(self) -> jax.Array:
+        """A placeholder ``prev_tail`` for a first window (every call runs the same program)."""
+        if self._empty_tail is None:
+            self._empty_tail = jax.device_put(empty_tail(self.num_steps, self.overlap, self.tail_shape[2:]),
+                                              self.replicated)
+        return self._empty_tail
+
     def put_batch(self, faces: np.ndarray, audio: np.ndarray, chunk_indices: np.ndarray) -> tuple:
         """Host arrays -> device arrays sharded over ``data`` (starts the transfers)."""
         return (jax.device_put(np.ascontiguousarray(faces, np.uint8), self.sharded),
@@ -281,7 +272,7 @@ class ChunkProgram:
         if not self.overlap:
             return compiled(unet_params, vae_params, faces, audio, chunk_indices, noise, vae_key_data, *self.masks)
         use = bool(use_prev_tail) and prev_tail is not None
-        tail = prev_tail if use else self.empty_tail
+        tail = prev_tail if use else self.empty_tail()
         return compiled(unet_params, vae_params, faces, audio, chunk_indices, noise, vae_key_data, *self.masks,
                         tail, jax.device_put(np.bool_(use), self.replicated))
 

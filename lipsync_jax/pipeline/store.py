@@ -16,13 +16,13 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
-import shutil
 import tempfile
 import threading
 
 import cv2
 import numpy as np
 
+from lipsync_jax.cleanup import remove_path, track_path
 from lipsync_jax.face import AlignedFace
 from lipsync_jax.pipeline.errors import InferenceError
 
@@ -60,7 +60,7 @@ class FrameStore:
     sub-folder is made there and deleted by ``close()``)."""
 
     def __init__(self, folder: str | None = None, *, threads: int = 2, max_pending: int = 8):
-        self.path = tempfile.mkdtemp(prefix="frames_", dir=folder)
+        self.path = track_path(tempfile.mkdtemp(prefix="frames_", dir=folder))
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="frame-store")
         self._pending: list[concurrent.futures.Future] = []
         self._max_pending = max_pending
@@ -120,4 +120,4 @@ class FrameStore:
             future.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._pending.clear()
-        shutil.rmtree(self.path, ignore_errors=True)
+        remove_path(self.path)

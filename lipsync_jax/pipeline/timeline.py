@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 
+from lipsync_jax.diffusion.overlap import window_starts
+
 
 def output_frame_count(num_samples: int, sample_rate: int, fps: float, num_windows: int) -> int:
     """Frames in the output: the audio duration times ``fps``, rounded, at most ``num_windows``
@@ -58,8 +60,6 @@ def window_bounds(num_output: int, chunk_size: int = 16, overlap: int = 0) -> li
     short, padded like a chunk) and writes start..stop (all of the first window, frames
     ``overlap``.. of the others), so the written ranges tile 0..num_output. ``overlap`` 0 gives
     ``chunk_bounds``."""
-    from lipsync_jax.diffusion.overlap import window_starts
-
     if num_output < 1:
         return []
     starts = window_starts(num_output, chunk_size, overlap)

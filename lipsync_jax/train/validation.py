@@ -119,6 +119,7 @@ class UNetValidator:
         self.progress = progress
         self._syncnet = syncnet
         self._models = None
+        self._engine = None  # built at the first validation; later ones swap in the new UNet weights
 
     def _base_models(self):
         """LipsyncModels without UNet params (built once)."""
@@ -152,7 +153,7 @@ class UNetValidator:
                 scheduler=DDIMScheduler.from_config(cfg["scheduler"]), resolution=int(data["resolution"]),
                 num_frames=int(data["num_frames"]), audio_feat_length=tuple(int(x) for x in data["audio_feat_length"]),
                 mask_path=config_utils.resolve_path(str(data["mask_image_path"])), dtype=jnp.dtype(dtype),
-                random_init=False)
+                random_init=False, fps=float(data["video_fps"]))
         return self._models
 
     def _syncnet_for_scoring(self):
@@ -167,7 +168,7 @@ class UNetValidator:
     def run(self, step: int, unet_params: Any) -> dict[str, Any]:
         """Inference + scoring; raises on failure (``__call__`` catches)."""
         from lipsync_jax.eval.sync_eval import evaluate_sync
-        from lipsync_jax.pipeline import InferenceOptions, run_inference
+        from lipsync_jax.pipeline import LipsyncEngine, Sampling, SyncJob
 
         s = self.settings
         if not s.video_path or not s.audio_path:
@@ -176,12 +177,14 @@ class UNetValidator:
         base = self._base_models()
         params = jax.tree.map(lambda x: jnp.asarray(x, base.dtype) if np.issubdtype(np.asarray(x).dtype, np.floating)
                               else jnp.asarray(x), unet_params)
-        models = dataclasses.replace(base, unet_params=params)
+        if self._engine is None:
+            self._engine = LipsyncEngine(dataclasses.replace(base, unet_params=params))
+        else:
+            self._engine.set_unet_params(params)
         output = validation_video_path(self.workdir, step)
         os.makedirs(os.path.dirname(output), exist_ok=True)
-        result = run_inference(models, InferenceOptions(
-            video_path=s.video_path, audio_path=s.audio_path, output_path=output, num_steps=s.num_steps,
-            guidance_scale=s.guidance_scale, seed=s.seed, max_seconds=s.max_seconds, progress=self.progress))
+        result = self._engine.run(SyncJob(s.video_path, s.audio_path, output, seed=s.seed, max_seconds=s.max_seconds),
+                                  Sampling(steps=s.num_steps, guidance=s.guidance_scale), progress=self.progress)
         metrics: dict[str, Any] = {"frames": float(result.num_frames), "frames_kept": float(result.frames_kept)}
         syncnet = self._syncnet_for_scoring()
         if syncnet is not None:

@@ -26,7 +26,7 @@ rows the next frames still need from the previous window), whatever the stream's
 from __future__ import annotations
 
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

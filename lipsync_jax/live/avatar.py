@@ -1,10 +1,12 @@
 """A prepared avatar for live sessions: a video decoded once, its face track, random access.
 
-``LiveAvatar.prepare(models, video_path, fps=25.0, ...)`` decodes the video at ``fps``, runs the
+``LiveAvatar.prepare(models, video_path, ...)`` decodes the video at the models' fps, runs the
 face pass on every frame (or replays an avatar cache entry: pipeline/avatar_cache.py, recording
-one on the first run), and keeps the frames in a ``FrameStore`` (lossless PNGs in a temp folder:
-the live loop walks the video ping-pong, so it needs random access, not a stream). Sessions share
-one avatar; ``close()`` deletes its folder.
+one on the first run, with the faces' VAE moments), and keeps the frames in a ``FrameStore``
+(lossless PNGs in a temp folder: the live loop walks the video ping-pong, so it needs random
+access, not a stream). With a cache entry whose moments match the models' VAE, ``moments``
+(pipeline/moments.py) lets sessions skip the VAE encoder. Sessions share one avatar; ``close()``
+deletes its folder.
 
 ``source_of(i)``: the source frame under output frame i (ping-pong, as offline); ``stand_in(s)``:
 the nearest source frame with a face (the whole-video rule, which equals the engine's windowed
@@ -16,17 +18,23 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+from tqdm import tqdm
 
+from lipsync_jax.face import FaceTracker
 from lipsync_jax.media import read_frames
+from lipsync_jax.pipeline.avatar_cache import AvatarCache, CachedFacePass, RecordingFacePass
 from lipsync_jax.pipeline.errors import InputError
 from lipsync_jax.pipeline.faces import nearest_face_indices
 from lipsync_jax.pipeline.inputs import check_video
+from lipsync_jax.pipeline.moments import FaceMoments, add_moments, track_moments
 from lipsync_jax.pipeline.store import FrameStore, SourceRecord
 
 
 class LiveAvatar:
-    def __init__(self, store: FrameStore, has_face: np.ndarray, path: str, fps: float, cache_status: str = "off"):
+    def __init__(self, store: FrameStore, has_face: np.ndarray, path: str, fps: float, cache_status: str = "off",
+                 moments: FaceMoments | None = None):
         self.store = store
+        self.moments = moments
         self.has_face = np.asarray(has_face, bool)
         self.path = path
         self.fps = float(fps)
@@ -73,28 +81,26 @@ class LiveAvatar:
         self.close()
 
     @classmethod
-    def prepare(cls, models, video_path: str, *, fps: float = 25.0, face_backend: str = "mediapipe",
-                avatar_cache: str | None = None, max_frames: int | None = None, face_pass_factory=None,
-                progress: bool = False) -> "LiveAvatar":
+    def prepare(cls, models, video_path: str, *, face_backend: str = "mediapipe", avatar_cache: str | None = None,
+                max_frames: int | None = None, face_pass_factory=None, progress: bool = False) -> LiveAvatar:
         """Decode + face pass (or the avatar cache's track) into a frame store."""
-        from tqdm import tqdm
-
-        from lipsync_jax.pipeline import default_face_pass
-        from lipsync_jax.pipeline.avatar_cache import AvatarCache, CachedFacePass, RecordingFacePass
-
+        fps = float(models.fps)
         info = check_video(video_path)
         total = info.frame_count_at(fps) if max_frames is None else min(max_frames, info.frame_count_at(fps))
-        factory = face_pass_factory or default_face_pass
-        cache, key, status, recorder = None, None, "off", None
+        factory = face_pass_factory or (lambda resolution, backend, source: FaceTracker(resolution, backend=backend,
+                                                                                         source=source))
+        cache, key, status, recorder, moments = None, None, "off", None, None
         if avatar_cache:
             cache = AvatarCache(avatar_cache)
             key = cache.key(video_path, resolution=models.resolution, fps=fps, backend=face_backend)
             track = cache.load(key)
             if track is not None and track.covers(total):
                 face_pass, status = CachedFacePass(track, video_path), "hit"
+                moments = track_moments(models, track)
             else:
                 recorder = RecordingFacePass(factory(models.resolution, face_backend, video_path), cache, key,
-                                             expected_frames=info.frame_count_at(fps))
+                                             expected_frames=info.frame_count_at(fps),
+                                             on_store=lambda track: add_moments(models, track))
                 face_pass, status = recorder, "stored"
         else:
             face_pass = factory(models.resolution, face_backend, video_path)
@@ -118,8 +124,10 @@ class LiveAvatar:
         if not has_face:
             store.close()
             raise InputError(f"video {video_path}: no frames decoded")
+        if recorder is not None and recorder.stored_track is not None:
+            moments = track_moments(models, recorder.stored_track)
         try:
-            return cls(store, np.array(has_face), video_path, fps, status)
+            return cls(store, np.array(has_face), video_path, fps, status, moments)
         except BaseException:
             store.close()
             raise

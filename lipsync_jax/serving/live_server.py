@@ -1,11 +1,13 @@
 """The live server: a WebSocket endpoint for live sessions and a page that uses it.
 
-    python -m lipsync_jax.stream.serve --config configs/unet/stage2.py --unet_checkpoint ... \
+    python -m lipsync_jax.serving.live_server --config configs/unet/stage2.py --checkpoint ... \
         --avatar avatar.mp4 --host 127.0.0.1 --port 8765        # then open http://127.0.0.1:8765/
+    lipsync-live ... / python app.py --live ...                  # the same
 
-Models are loaded and the device program compiled once; the avatar is prepared once (decode +
-face pass, or its avatar cache entry) and shared by the sessions (at most ``--max_sessions`` at a
-time; the device runs one chunk at a time anyway).
+Models are loaded, the engine built (``--max_vram`` plans its memory, as everywhere) and the
+device program compiled once, through the same ``LipsyncService`` as the other doors; the avatar
+is prepared once (decode + face pass, or its avatar cache entry) and shared by the sessions (at
+most ``--max_sessions`` at a time; the device runs one chunk at a time anyway).
 
 Protocol (``/ws``):
 - client -> server: optionally first a text message ``{"type": "start", "format": "int16" |
@@ -24,8 +26,8 @@ through the page (``--sample_audio``; the page's test hook ``/?autoplay=sample``
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import struct
@@ -34,8 +36,18 @@ import threading
 
 import cv2
 import numpy as np
+import uvicorn
+from absl import app, flags
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect  # module level: the endpoint's annotations resolve here
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+
+from lipsync_jax.device_memory import configure_gpu_memory
+from lipsync_jax.live.avatar import LiveAvatar
+from lipsync_jax.live.session import StreamClosed, StreamOptions, StreamOverflow, StreamSession, warm_up
+from lipsync_jax.pipeline.job import parse_sampling, parse_seed
+from lipsync_jax.serving import flags as shared
+from lipsync_jax.serving.cli import run_command
+from lipsync_jax.serving.service import RANDOM_WEIGHTS_WARNING, LipsyncService
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
@@ -70,10 +82,8 @@ def _next(session, timeout: float):
 
 
 def create_app(engine, avatar, *, options=None, max_sessions: int = 2, sample_audio: str | None = None,
-               jpeg_quality: int = 80, max_side: int | None = 720):
+               jpeg_quality: int = 80, max_side: int | None = 720, random_weights: bool = False):
     """The FastAPI app serving live sessions of ``engine`` on ``avatar`` (a shared ``LiveAvatar``)."""
-    from lipsync_jax.stream.session import StreamClosed, StreamOptions, StreamOverflow, StreamSession
-
     base = options or StreamOptions()
     app = FastAPI(title="lipsync-jax live")
     state = dict(active=0, served=0)
@@ -89,7 +99,8 @@ def create_app(engine, avatar, *, options=None, max_sessions: int = 2, sample_au
     def status():
         return JSONResponse(dict(active_sessions=state["active"], sessions_served=state["served"],
                                  max_sessions=max_sessions, fps=avatar.fps, avatar=os.path.basename(avatar.path),
-                                 avatar_frames=avatar.num_frames, sample_audio=bool(sample_audio)))
+                                 avatar_frames=avatar.num_frames, sample_audio=bool(sample_audio),
+                                 random_weights=random_weights))
 
     @app.get("/sample_audio")
     def sample():
@@ -122,8 +133,7 @@ def create_app(engine, avatar, *, options=None, max_sessions: int = 2, sample_au
                     await ws.close()
                     return
                 settings = {k: start[k] for k in ("seed", "pace") if k in start}
-            import dataclasses
-            session = StreamSession(engine, avatar, dataclasses.replace(base, **settings), fps=avatar.fps)
+            session = StreamSession(engine, avatar, dataclasses.replace(base, **settings))
             if first.get("bytes"):
                 session.push(first["bytes"], fmt)
             receiver = asyncio.create_task(_receive(ws, session, fmt))
@@ -144,8 +154,6 @@ def create_app(engine, avatar, *, options=None, max_sessions: int = 2, sample_au
                 state["served"] += 1
 
     async def _receive(ws, session, fmt):
-        from lipsync_jax.stream.session import StreamOverflow
-
         try:
             while True:
                 message = await ws.receive()
@@ -185,79 +193,85 @@ def create_app(engine, avatar, *, options=None, max_sessions: int = 2, sample_au
     return app
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Live lip sync over a WebSocket (and a page to try it).")
-    p.add_argument("--config", required=True, help="UNet config, e.g. configs/unet/stage2.py")
-    p.add_argument("--avatar", required=True, help="the video to animate")
-    p.add_argument("--unet_checkpoint", default="")
-    p.add_argument("--vae_checkpoint", default="")
-    p.add_argument("--whisper_checkpoint", default="")
-    p.add_argument("--random_init", action="store_true", help="random weights (smoke tests)")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: float32 on CPU, bfloat16 elsewhere)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--guidance", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--solver", default=None, help="ddim | dpmsolver++ (default: the config's)")
-    p.add_argument("--deepcache_interval", type=int, default=None)
-    p.add_argument("--face_backend", default="mediapipe")
-    p.add_argument("--avatar_cache", default="", help="folder of avatar cache entries (face tracks)")
-    p.add_argument("--max_sessions", type=int, default=2)
-    p.add_argument("--sample_audio", default="", help="an audio file the page can play (/sample_audio)")
-    p.add_argument("--jpeg_quality", type=int, default=80)
-    p.add_argument("--max_side", type=int, default=720, help="downscale frames sent to the page to this side")
-    return p
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    shared.define_model_flags(fv)
+    shared.define_sampling_flags(fv)
+    shared.define_run_flags(fv)
+    flags.DEFINE_string("avatar", None, "The video to animate.", flag_values=fv)
+    flags.DEFINE_string("seed", None, "Default seed of a session (a client's start message may give its own).",
+                        flag_values=fv)
+    flags.DEFINE_string("avatar_cache", None, "Folder of avatar cache entries (face tracks and VAE moments).",
+                        flag_values=fv)
+    flags.DEFINE_string("host", "127.0.0.1", "Address to listen on.", flag_values=fv)
+    flags.DEFINE_integer("port", 8765, "Port to listen on.", lower_bound=1, upper_bound=65535, flag_values=fv)
+    flags.DEFINE_integer("max_sessions", 2, "Live sessions at a time.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_string("sample_audio", None, "An audio file the page can play (/sample_audio).", flag_values=fv)
+    flags.DEFINE_integer("jpeg_quality", 80, "JPEG quality of the frames sent.", lower_bound=1, upper_bound=100,
+                         flag_values=fv)
+    flags.DEFINE_integer("max_side", 720, "Downscale frames sent to the page to this longest side.", lower_bound=16,
+                         flag_values=fv)
+    flags.DEFINE_bool("traceback", False, "On an error, print the full traceback (for bug reports).", flag_values=fv)
 
 
-def prepare(args):
-    """Models (via LipsyncService), the engine with the sampler options, the avatar and the options."""
-    from lipsync_jax.serving import LipsyncService, ServiceJob
-    from lipsync_jax.stream.avatar import LiveAvatar
-    from lipsync_jax.stream.session import StreamOptions, warm_up
-
-    service = LipsyncService.from_config(args.config, unet_checkpoint=args.unet_checkpoint,
-                                         vae_checkpoint=args.vae_checkpoint,
-                                         whisper_checkpoint=args.whisper_checkpoint, random_init=args.random_init,
-                                         dtype=args.dtype, chunk_batch=1, face_backend=args.face_backend)
-    job = ServiceJob("", "", "", solver=args.solver, deepcache_interval=args.deepcache_interval)
-    engine = service.engine(service.sampler_options(job))
-    d = service.defaults
-    options = StreamOptions(num_steps=int(args.steps or d["steps"]),
-                            guidance_scale=float(d["guidance"] if args.guidance is None else args.guidance),
-                            seed=int(d["seed"] if args.seed is None else args.seed))
-    print(f"compiling the device program ({options.num_steps} steps) ...", flush=True)
-    warm_up(engine, options)
-    print(f"preparing the avatar {args.avatar} ...", flush=True)
-    avatar = LiveAvatar.prepare(engine.models, args.avatar, fps=service.fps, face_backend=args.face_backend,
-                                avatar_cache=args.avatar_cache or None, progress=True)
-    return engine, avatar, options
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    from lipsync_jax.pipeline.errors import InferenceError
-
-    for path, what in ((args.config, "config"), (args.avatar, "avatar video"), (args.sample_audio, "sample audio")):
+def prepare(fv: flags.FlagValues):
+    """The service (models, engine, memory plan), the session options and the prepared avatar."""
+    if not fv.avatar:
+        raise ValueError("--avatar VIDEO is required (the video to animate)")
+    for path, what in ((fv.avatar, "avatar video"), (fv.sample_audio, "sample audio")):
         if path and not os.path.isfile(path):
-            print(f"error: {what} {path}: no such file", file=sys.stderr)
-            return 2
+            raise ValueError(f"{what} {path}: no such file")
+    config, defaults = shared.config_and_defaults(fv)
+    sampling = parse_sampling(shared.sampling_values(fv), defaults)
+    seed = parse_seed(fv.seed) if fv.seed else defaults.seed
+    run = shared.run_options(fv, defaults)
+    if run.chunk_batch is None:  # a session runs one chunk at a time
+        run = dataclasses.replace(run, chunk_batch=1)
+    if fv.random_init:
+        print(RANDOM_WEIGHTS_WARNING, file=sys.stderr, flush=True)
+    service = LipsyncService.from_config(config, **shared.model_sources(fv), run=run, log=print)
+    print(service.describe(), flush=True)
+    options = StreamOptions(sampling=sampling, seed=seed)
+    print(f"preparing the avatar {fv.avatar} ...", flush=True)
+    avatar = LiveAvatar.prepare(service.models, fv.avatar, face_backend=run.face_backend,
+                                avatar_cache=fv.avatar_cache, progress=True)
     try:
-        engine, avatar, options = prepare(args)
-    except (InferenceError, ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    import uvicorn
-
-    app = create_app(engine, avatar, options=options, max_sessions=args.max_sessions,
-                     sample_audio=args.sample_audio or None, jpeg_quality=args.jpeg_quality, max_side=args.max_side)
-    print(f"live: http://{args.host}:{args.port}/  (WebSocket /ws)", flush=True)
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", ws="websockets")
-    finally:
+        print(f"compiling the device program ({sampling.steps} steps) ...", flush=True)
+        warm_up(service.engine, options, moments=avatar.moments is not None)
+    except BaseException:
         avatar.close()
-    return 0
+        raise
+    return service, avatar, options
+
+
+def main(argv) -> None:
+    fv = flags.FLAGS
+    if len(argv) > 1:
+        print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
+        sys.exit(2)
+
+    def serve() -> int:
+        service, avatar, options = prepare(fv)
+        try:
+            app = create_app(service.engine, avatar, options=options, max_sessions=fv.max_sessions,
+                             sample_audio=fv.sample_audio, jpeg_quality=fv.jpeg_quality, max_side=fv.max_side,
+                             random_weights=service.random_weights)
+            print(f"live: http://{fv.host}:{fv.port}/  (WebSocket /ws)", flush=True)
+            uvicorn.run(app, host=fv.host, port=fv.port, log_level="warning", ws="websockets")
+        finally:
+            avatar.close()
+        return 0
+
+    run_command(serve, show_traceback=lambda: fv.traceback,
+                stopped_message="server stopped, avatar frame store deleted")
+
+
+def entry(argv: list[str] | None = None) -> None:
+    """The console script (``lipsync-live``), ``python -m lipsync_jax.serving.live_server`` and
+    ``python app.py --live``."""
+    configure_gpu_memory()
+    define_flags(flags.FLAGS)
+    app.run(main, argv=sys.argv if argv is None else argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -1,6 +1,7 @@
 """Live lip sync: audio is pushed as it arrives, frames come out chunk by chunk.
 
-    session = open_session(models, "avatar.mp4", num_steps=20, seed=1)   # or an engine + LiveAvatar
+    avatar = LiveAvatar.prepare(engine.models, "avatar.mp4")      # decoded once, shared by sessions
+    session = StreamSession(engine, avatar, StreamOptions(sampling=Sampling(steps=20), seed=1))
     session.push(samples)              # any chunk size, 16 kHz mono, float32 or int16 (any thread)
     frame = session.next_frame()       # LiveFrame: index, timestamp, RGB uint8 image (paced)
     session.finish()                   # end of audio: the last (short) chunk is flushed
@@ -9,9 +10,10 @@
 One worker thread per session: when the online audio features (audio_online.py) have the
 windows of the next 16 frames, it builds the chunk exactly as the offline engine does (ping-pong
 source frames, the nearest face as a stand-in, chunk index -> VAE keys, the last chunk padded)
-and launches the engine's device program (asynchronous); while the device computes, it pastes
-the previous chunk's faces back into the frames and queues them. So the output equals the offline
-engine's wherever the audio windows are equal (tests/test_stream.py forces them equal).
+and submits it through the same chunk dispatcher (pipeline/dispatch.py: the avatar's cached VAE
+moments replace the encoder when it has them); while the device computes, it pastes the previous
+chunk's faces back into the frames and queues them. So the output equals the offline engine's
+wherever the audio windows are equal (tests/test_stream.py forces them equal).
 
 Pacing and back-pressure: ``next_frame`` hands frames out at the video rate (frame i is due
 ``i / fps`` after the first frame); a frame that is late re-bases the clock (never dropped, and
@@ -34,15 +36,15 @@ import dataclasses
 import queue
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from lipsync_jax.audio.whisper_mel import SAMPLE_RATE
+from lipsync_jax.live.audio_online import OnlineAudioFeatures, to_float_audio
+from lipsync_jax.pipeline.dispatch import ChunkSubmitter, ChunkWork, chunk_inputs, paste_faces
+from lipsync_jax.pipeline.job import Sampling, parse_seed
 from lipsync_jax.pipeline.program import start_noise
-from lipsync_jax.pipeline.restore import paste_generated_face
-from lipsync_jax.pipeline.timeline import pad_to_chunk
-from lipsync_jax.stream.audio_online import OnlineAudioFeatures, to_float_audio
 
 POLL_SECONDS = 0.05
 RECENT_FRAMES = 4500  # frames whose metadata metrics() keeps besides the first chunk (3 minutes at 25 fps)
@@ -60,8 +62,7 @@ class StreamClosed(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class StreamOptions:
-    num_steps: int = 20
-    guidance_scale: float = 1.5
+    sampling: Sampling = Sampling()  # one face, disjoint chunks: overlap must be 0
     seed: int = 1247
     pace: bool = True  # hand frames out at the video rate (False: as soon as they are ready)
     queue_frames: int = 48  # frames held between the worker and the consumer
@@ -91,17 +92,19 @@ class LiveFrame:
 
 
 class StreamSession:
-    def __init__(self, engine, avatar, options: StreamOptions | None = None, *, fps: float = 25.0,
-                 owns_avatar: bool = False):
+    def __init__(self, engine, avatar, options: StreamOptions | None = None, *, owns_avatar: bool = False):
         self.engine, self.avatar = engine, avatar
         self.options = options or StreamOptions()
-        self.fps = float(fps)
-        self.owns_avatar = owns_avatar
+        if self.options.sampling.overlap:
+            raise ValueError("live sessions run disjoint 16-frame chunks: overlap must be 0")
+        parse_seed(self.options.seed)
         models = engine.models
+        self.fps = float(models.fps)
+        self.owns_avatar = owns_avatar
         self.f = models.num_frames
         self.audio = OnlineAudioFeatures(models.audio, self.fps, models.audio_feat_length)
-        self.program = engine.program(self.options.num_steps, self.options.guidance_scale)
-        self.noise, self.key_data = self.program.put_job(*start_noise(models, self.options.seed))
+        self.submitter = ChunkSubmitter(engine, self.options.sampling, self.options.seed,
+                                        moments=getattr(avatar, "moments", None))
         self.out: queue.Queue = queue.Queue(maxsize=max(self.f, int(self.options.queue_frames)))
         self.stop = threading.Event()
         self.cond = threading.Condition()
@@ -180,19 +183,19 @@ class StreamSession:
         began = time.perf_counter()
         frames = np.arange(start, stop)
         sources = [self.avatar.source_of(i) for i in frames]
-        windows = (self.options.frame_windows(pad_to_chunk(frames, self.f)) if self.options.frame_windows is not None
-                   else self.audio.windows(pad_to_chunk(frames, self.f)))
+        windows = self.options.frame_windows or self.audio.windows
+        stand_in = lambda s: self.avatar.record(self.avatar.stand_in(s)).aligned.face  # noqa: E731
+        chunk = ChunkWork(index, start, records=[])
+        if any(self.avatar.has_face[s] for s in sources):
+            chunk.faces, chunk.audio = chunk_inputs(np.asarray(sources), stand_in, windows, frames, self.f)
+        else:
+            chunk.audio = windows(frames)
         self.audio.release_before(stop)
         if self.options.on_windows is not None:
-            self.options.on_windows(index, windows[:stop - start])
+            self.options.on_windows(index, chunk.audio[:stop - start])
         work = dict(index=index, start=start, sources=sources, output=None, began=began)
-        if any(self.avatar.has_face[s] for s in sources):
-            padded = pad_to_chunk(np.asarray(sources), self.f)
-            faces = np.stack([self.avatar.record(self.avatar.stand_in(int(s))).aligned.face for s in padded])
-            batch = self.engine.batch
-            work["output"] = self.program(self.engine.unet_params, self.engine.vae_params,
-                                          np.stack([faces] * batch), np.stack([windows] * batch),
-                                          np.full((batch,), index, np.int32), self.noise, self.key_data)
+        if chunk.faces is not None:
+            work["output"] = self.submitter.submit([chunk])
         work["build_seconds"] = time.perf_counter() - began
         return work
 
@@ -200,7 +203,7 @@ class StreamSession:
         record = self.avatar.record(source)
         if face is None or record.aligned is None:
             return record.frame, False
-        return paste_generated_face(record.frame, face, record.aligned), True
+        return paste_faces(record.frame, [(record.aligned, face)]), True
 
     def _complete(self, work: dict) -> None:
         began = time.perf_counter()
@@ -374,46 +377,31 @@ def latency_metrics(frames: list[LiveFrame], fps: float, chunk: int = 16) -> dic
                 emitted[-1] > emitted[0] else None)
 
 
-def open_session(models_or_engine, avatar, *, fps: float = 25.0, face_backend: str = "mediapipe",
-                 avatar_cache: str | None = None, sampler_options=None, chunk_batch: int = 1,
-                 compile: bool = True, **options) -> StreamSession:
-    """A session on ``avatar`` (a video path, or a prepared ``LiveAvatar`` shared by sessions).
-    ``models_or_engine``: ``LipsyncModels`` (an engine is made or reused) or a ``LipsyncEngine``."""
-    from lipsync_jax.pipeline import EngineOptions, LipsyncEngine, engine_for
-    from lipsync_jax.stream.avatar import LiveAvatar
-
-    if isinstance(models_or_engine, LipsyncEngine):
-        engine = models_or_engine
-    else:
-        engine = engine_for(models_or_engine, EngineOptions(chunk_batch=chunk_batch,
-                                                             sampler_options=dict(sampler_options or {})))
-    stream_options = StreamOptions(**options)
-    if compile:
-        warm_up(engine, stream_options)
-    owns = not isinstance(avatar, LiveAvatar)
-    if owns:
-        avatar = LiveAvatar.prepare(engine.models, avatar, fps=fps, face_backend=face_backend,
-                                    avatar_cache=avatar_cache)
-    return StreamSession(engine, avatar, stream_options, fps=fps, owns_avatar=owns)
-
-
 def warm_audio_encoder(models) -> None:
     """Compile the Whisper encoder's one-window shape now (the first chunk should not pay it)."""
     config = models.audio.config
     models.audio.encode_windows(np.zeros((1, config.n_frames, config.n_mels), np.float32))
 
 
-def warm_up(engine, options: StreamOptions) -> None:
+def warm_up(engine, options: StreamOptions, *, moments: bool = False) -> None:
     """Compile and run the device program once on blank inputs, and the audio encoder, so that a
-    session's first chunk pays for neither (time to first frame = audio + compute only)."""
+    session's first chunk pays for neither (time to first frame = audio + compute only).
+    ``moments``: warm the cached-moments program instead (an avatar with cached VAE moments)."""
     models = engine.models
     warm_audio_encoder(models)
-    program = engine.program(options.num_steps, options.guidance_scale)
+    program = engine.moments_program(options.sampling) if moments else engine.program(options.sampling)
     f, r, b = models.num_frames, models.resolution, engine.batch
     layers = models.audio.config.n_audio_layer + 1
     rows = sum(models.audio_feat_length) * 2 + 2
-    noise, key_data = program.put_job(*start_noise(models, options.seed))
-    out = program(engine.unet_params, engine.vae_params, np.zeros((b, f, r, r, 3), np.uint8),
-                  np.zeros((b, f, rows * layers, models.audio.config.n_audio_state), np.float32),
-                  np.zeros((b,), np.int32), noise, key_data)
+    inner = program.inner if moments else program
+    noise, key_data = inner.put_job(*start_noise(models, options.seed))
+    faces = np.zeros((b, f, r, r, 3), np.uint8)
+    audio = np.zeros((b, f, rows * layers, models.audio.config.n_audio_state), np.float32)
+    params = engine.weights_for(inner)
+    if moments:
+        latent = models.latent_size
+        out = program(*params, faces, np.zeros((b, f, latent, latent, 16), np.float32), audio,
+                      np.zeros((b,), np.int32), noise, key_data)
+    else:
+        out = program(*params, faces, audio, np.zeros((b,), np.int32), noise, key_data)
     np.asarray(out)

@@ -1,4 +1,4 @@
-"""Reusing an avatar's VAE encodes: the engine program fed with cached posterior moments.
+"""Reusing an avatar's VAE encodes: the chunk program fed with cached posterior moments.
 
 The device program (program.py) VAE-encodes, for every chunk, the masked and the reference
 (unmasked) face of each frame, then samples the latents with the job's keys. The encoder's
@@ -6,17 +6,17 @@ output, the posterior mean and log-variance, depends only on the aligned face, s
 cache (avatar_cache.py) stores it once per face: ``encode_moments`` -> (n, r, r, 16) float32 =
 [masked mean | masked logvar | reference mean | reference logvar].
 
-``AvatarEngine`` is a ``LipsyncEngine`` whose ``program()`` is a ``LatentReuseProgram``: while
-``engine.use_moments(faces, moments)`` is set (the service does it for a job whose avatar entry
-has moments), each chunk batch whose faces are all known (looked up by a digest of the face's
-bytes, so stand-ins and padding need no bookkeeping) runs ``MomentsChunkProgram``, which samples
-the latents from the moments with exactly the keys the encoding program uses
-(``split(fold_in(vae_key, chunk), 2f)``: masked frames first, then reference frames) and
-skips the encoder; any other batch runs the usual program. Same results, no encoder FLOPs.
+A job that has them passes ``FaceMoments(faces, moments)`` to the engine; the chunk dispatcher
+(dispatch.py) looks each batch's faces up by a digest of their bytes (so stand-ins and padding
+need no bookkeeping) and runs ``MomentsChunkProgram`` when all are known: it samples the latents
+from the moments with exactly the keys the encoding program uses (``split(fold_in(vae_key,
+chunk), 2f)``: masked frames first, then reference frames) and skips the encoder; any other
+batch runs the usual program. Same results, no encoder FLOPs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import threading
@@ -25,13 +25,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from lipsync_jax.models.vae import AutoencoderKL, sample_posterior
+from lipsync_jax.pipeline.avatar_cache import tree_fingerprint
 from lipsync_jax.pipeline.chunk import decode_and_paste
-from lipsync_jax.pipeline.engine import LipsyncEngine
-from lipsync_jax.pipeline.program import DATA_AXIS, mask_arrays, sample_latents
-from lipsync_jax.pipeline.placement import shard_chunks
+from lipsync_jax.pipeline.placement import DATA_AXIS, shard_chunks
+from lipsync_jax.pipeline.program import mask_arrays, sample_latents
 
 MOMENT_CHANNELS = 16  # 4 latent channels x (masked mean, masked logvar, ref mean, ref logvar)
 
@@ -63,6 +64,27 @@ def encode_moments(models, faces: np.ndarray, batch: int | None = None) -> np.nd
             part = np.concatenate([part, np.repeat(part[-1:], batch - real, axis=0)])
         out.append(np.asarray(_encode_moments(models.vae, models.vae_params, jnp.asarray(part), pixel_mask))[:real])
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def vae_fingerprint(models) -> str:
+    """Which VAE (weights, dtype, resolution) made an avatar entry's moments."""
+    return f"{tree_fingerprint(models.vae_params)}-{models.dtype}-{models.resolution}"
+
+
+def add_moments(models, track):
+    """``track`` (an ``AvatarTrack``) with its faces' VAE moments, tagged with the VAE's fingerprint."""
+    return dataclasses.replace(track, latents=encode_moments(models, track.faces),
+                               vae_fingerprint=vae_fingerprint(models))
+
+
+def track_moments(models, track, fingerprint: str | None = None) -> FaceMoments | None:
+    """The track's cached moments when they were made by this VAE (``fingerprint``: its
+    ``vae_fingerprint``, computed when not given), else None."""
+    if track.latents is None:
+        return None
+    if track.vae_fingerprint != (fingerprint or vae_fingerprint(models)):
+        return None
+    return FaceMoments(track.faces, track.latents)
 
 
 def _scaled_sample(vae: AutoencoderKL, mean: jax.Array, logvar: jax.Array, keys: jax.Array) -> jax.Array:
@@ -106,7 +128,8 @@ class MomentsChunkProgram:
         self.batch = inner.batch
         self.sharded = NamedSharding(mesh, P(DATA_AXIS))
         _pixel, keep, latent = mask_arrays(models)
-        self.masks = tuple(jax.device_put(m, inner.replicated) for m in (keep, latent))
+        self.host_masks = (keep, latent)
+        self._masks: tuple | None = None
         body = functools.partial(generate_from_moments, models, num_steps=inner.num_steps,
                                  guidance_scale=inner.guidance_scale, sampler_options=inner.sampler_options)
         rep, dat = P(), P(DATA_AXIS)
@@ -134,7 +157,13 @@ class MomentsChunkProgram:
                            spec(*shapes["noise"], self.inner.replicated),
                            spec(*shapes["vae_key_data"], self.inner.replicated),
                            *(jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.inner.replicated)
-                             for x in self.masks))
+                             for x in self.host_masks))
+
+    @property
+    def masks(self) -> tuple:
+        if self._masks is None:
+            self._masks = tuple(jax.device_put(m, self.inner.replicated) for m in self.host_masks)
+        return self._masks
 
     def __call__(self, unet_params, vae_params, faces, moments, audio, chunk_indices, noise, vae_key_data):
         compiled = self.compile(unet_params, vae_params)
@@ -146,83 +175,21 @@ class MomentsChunkProgram:
                         *self.masks)
 
 
-class LatentReuseProgram:
-    """What ``AvatarEngine.program()`` returns: the usual program, or the moments program for chunk
-    batches whose faces all have cached moments (see the module docstring)."""
+class FaceMoments:
+    """A job's cached VAE moments by face: ``lookup(faces)`` gives (B, f, r, r, 16) moments of a
+    (B, f, R, R, 3) face batch, or None if any face is unknown."""
 
-    def __init__(self, engine: AvatarEngine, inner):
-        self.engine, self.inner = engine, inner
-        self.batch = inner.batch
-        self._moments_program: MomentsChunkProgram | None = None
-        self._lock = threading.Lock()
-        self.calls = {"moments": 0, "encode": 0}
-
-    def __getattr__(self, name):  # num_steps, guidance_scale, input_shapes, flops, ...
-        return getattr(self.inner, name)
-
-    @property
-    def moments_program(self) -> MomentsChunkProgram:
-        with self._lock:
-            if self._moments_program is None:
-                self._moments_program = MomentsChunkProgram(self.inner)
-            return self._moments_program
-
-    def compile(self, unet_params, vae_params):
-        """Compile what this job will use: the moments program while moments are set, else the usual one."""
-        if self.engine.moments_active:
-            return self.moments_program.compile(unet_params, vae_params)
-        return self.inner.compile(unet_params, vae_params)
-
-    def put_job(self, noise, vae_key_data):
-        return self.inner.put_job(noise, vae_key_data)
-
-    def __call__(self, unet_params, vae_params, faces, audio, chunk_indices, noise, vae_key_data):
-        moments = self.engine.lookup_moments(faces)
-        if moments is None:
-            self.calls["encode"] += 1
-            return self.inner(unet_params, vae_params, faces, audio, chunk_indices, noise, vae_key_data)
-        self.calls["moments"] += 1
-        return self.moments_program(unet_params, vae_params, faces, moments, audio, chunk_indices, noise,
-                                    vae_key_data)
-
-
-class AvatarEngine(LipsyncEngine):
-    """A ``LipsyncEngine`` that skips the VAE encodes of faces whose moments were given with
-    ``use_moments`` (until ``clear_moments``)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._moments: dict[bytes, np.ndarray] = {}
-        self._reuse: dict[tuple, LatentReuseProgram] = {}
-
-    @property
-    def moments_active(self) -> bool:
-        return bool(self._moments)
-
-    def use_moments(self, faces: np.ndarray, moments: np.ndarray) -> None:
+    def __init__(self, faces: np.ndarray, moments: np.ndarray):
         if len(faces) != len(moments):
             raise ValueError(f"{len(faces)} faces but {len(moments)} moments")
-        self._moments = {face_digest(face): m for face, m in zip(faces, moments)}
+        self._by_digest = {face_digest(face): m for face, m in zip(faces, moments)}
 
-    def clear_moments(self) -> None:
-        self._moments = {}
+    def __len__(self) -> int:
+        return len(self._by_digest)
 
-    def lookup_moments(self, faces: np.ndarray) -> np.ndarray | None:
-        """(B, f, r, r, 16) moments of a (B, f, R, R, 3) face batch, or None if any face is unknown."""
-        if not self._moments or not isinstance(faces, np.ndarray):
-            return None
+    def lookup(self, faces: np.ndarray) -> np.ndarray | None:
         flat = faces.reshape((-1,) + faces.shape[2:])
-        found = [self._moments.get(face_digest(face)) for face in flat]
+        found = [self._by_digest.get(face_digest(face)) for face in flat]
         if any(m is None for m in found):
             return None
         return np.stack(found).reshape(faces.shape[:2] + found[0].shape)
-
-    def program(self, num_steps: int, guidance_scale: float, overlap: int = 0):
-        if overlap:  # overlapping windows (issue 14): the plain program, faces encoded as usual
-            return super().program(num_steps, guidance_scale, overlap)
-        inner = super().program(num_steps, guidance_scale)
-        key = (int(num_steps), float(guidance_scale))
-        with self._lock:
-            if key not in self._reuse or self._reuse[key].inner is not inner:
-                self._reuse[key] = LatentReuseProgram(self, inner)
-            return self._reuse[key]
