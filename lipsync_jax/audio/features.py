@@ -12,6 +12,20 @@ Per-frame windows (LatentSync's ``feature2chunks``/``get_sliced_feature``): vide
 row by row into (50, d). Frames are produced while int(i * 50 / fps) <= T, plus that first frame
 past T (the loop appends before it tests), so N = 242 for T = 480 at 25 fps.
 
+Window layouts (``windows=``, audio/windows.py): ``"latentsync"`` is the above, golden-exact;
+``"sliding"`` encodes overlapping 30 s windows every 19 s and takes each row from a window in
+which it has >= 5 s of audio on both sides (a 1 s cross-fade where one window hands over to the
+next), so no frame sits at a window's edge; same T, and for clips of at most 30 s the same rows.
+
+Which one a job should use: ``sliding`` (``DEFAULT_INFERENCE_WINDOWS``). It is LatentSync's
+result wherever LatentSync has a single window (audio up to 30 s: every golden fixture and parity
+test), and beyond 30 s it removes the jump LatentSync's users see as a lip glitch every 30 s
+(bench/bench_audio_seam.py: the worst step at a window change falls from 1.6x an ordinary
+frame-to-frame step to 1.05x, i.e. no larger than ordinary steps), for 1.6x the Whisper-tiny
+encoder work (3.2 windows per minute instead of 2; the encoder is a small part of a job next to
+the UNet). ``latentsync`` stays selectable for bit-parity with LatentSync on long audio, and is
+the default of ``clip_embeddings`` itself (training data, fixtures).
+
 Other frame rates: windows are computed for the REAL fps with the same formula (it is the one
 LatentSync's code takes an fps for). Each window still spans 10 rows = 0.2 s of audio centred on
 the frame's time, the same context the model was trained with at 25 fps, so a 30 fps video can be
@@ -30,10 +44,12 @@ import numpy as np
 from lipsync_jax.audio.cache import FeatureCache, params_fingerprint
 from lipsync_jax.audio.whisper_encoder import WhisperEncoder, WhisperEncoderConfig
 from lipsync_jax.audio.whisper_mel import FRAMES_PER_EMBEDDING, log_mel_spectrogram, mel_windows
+from lipsync_jax.audio.windows import check_audio_windows, row_sources, window_count, window_start_rows
 
 EMBEDDINGS_PER_SECOND = 50
 AUDIO_WINDOWS = ("latentsync",)  # how a clip is cut into Whisper windows (AudioFeatureExtractor.clip_embeddings)
 DEFAULT_FEAT_LENGTH = (2, 2)
+DEFAULT_INFERENCE_WINDOWS = "sliding"  # see the module docstring
 
 
 def stitch_windows(window_embeddings: np.ndarray, valid_frames: Sequence[int]) -> np.ndarray:
@@ -67,6 +83,18 @@ def gather_frame_windows(embeddings: np.ndarray, indices: np.ndarray) -> np.ndar
     """(T, layers, d) and (N, rows) -> (N, rows * layers, d), flattened row-major (row, layer)."""
     n, rows = indices.shape
     return embeddings[indices].reshape(n, rows * embeddings.shape[1], embeddings.shape[2])
+
+
+def add_window_rows(out: np.ndarray, window_embeddings: np.ndarray, start_row: int, window: int,
+                    rows: np.ndarray, source: np.ndarray, fade: np.ndarray) -> None:
+    """Add window ``window``'s share to ``out`` (rows.shape + (layers, d)): ``rows`` are global row
+    indices, ``source``/``fade`` their ``windows.row_sources``; ``window_embeddings`` (rows, layers,
+    d) start at global row ``start_row``. A row wholly from this window is copied (the encoder's
+    values, bit for bit); a cross-faded row gets its weight times the window's row."""
+    whole = (source == window) & (fade == 0)
+    out[whole] = window_embeddings[rows[whole] - start_row]
+    for share, weight in (((source == window) & (fade > 0), 1.0 - fade), ((source == window - 1) & (fade > 0), fade)):
+        out[share] += weight[share][:, None, None] * window_embeddings[rows[share] - start_row]
 
 
 def _bucket(n: int, max_batch: int) -> int:
@@ -125,16 +153,46 @@ class AudioFeatureExtractor:
         windows, valid = mel_windows(self.log_mel(audio), self.config.n_frames)
         return stitch_windows(self.encode_windows(windows), valid)
 
-    def clip_embeddings(self, audio: np.ndarray) -> np.ndarray:
-        """16 kHz mono audio (n,) -> (T, n_layer + 1, d) float32, 50 rows per second."""
+    def _sliding_embeddings(self, audio: np.ndarray) -> np.ndarray:
+        """Overlapping windows, each row from the window(s) it is central in (audio/windows.py);
+        only the rows a window supplies are kept, batch by batch."""
+        log_mel = self.log_mel(audio)
+        window_rows = self.config.n_audio_ctx
+        num_rows = log_mel.shape[1] // FRAMES_PER_EMBEDDING
+        count = window_count(num_rows, "sliding", window_rows)
+        starts = window_start_rows(count, "sliding", window_rows)
+        all_rows = np.arange(num_rows)
+        source, fade = row_sources(all_rows, "sliding", window_rows, count)  # (T,), (T,)
+        embeddings = None
+        for first in range(0, count, self.max_batch):
+            batch = range(first, min(first + self.max_batch, count))
+            windows, _ = mel_windows(log_mel, self.config.n_frames,
+                                     [int(starts[w]) * FRAMES_PER_EMBEDDING for w in batch])
+            encoded = self.encode_windows(windows)  # (b, n_ctx, layers, d)
+            if embeddings is None:
+                embeddings = np.zeros((num_rows,) + encoded.shape[2:], np.float32)
+            for k, w in enumerate(batch):
+                add_window_rows(embeddings, encoded[k], int(starts[w]), w, all_rows, source, fade)
+        return embeddings
+
+    def clip_embeddings(self, audio: np.ndarray, windows: str = "latentsync") -> np.ndarray:
+        """16 kHz mono audio (n,) -> (T, n_layer + 1, d) float32, 50 rows per second.
+
+        ``windows``: ``"latentsync"`` (disjoint 30 s windows, LatentSync's) or ``"sliding"``
+        (overlapping windows, no seam every 30 s); same T (see the module docstring)."""
         audio = np.asarray(audio, np.float32)
+        if check_audio_windows(windows) == "latentsync":
+            compute, identity = (lambda: self._clip_embeddings(audio)), self.identity
+        else:
+            compute, identity = (lambda: self._sliding_embeddings(audio)), f"{self.identity}-{windows}"
         if self.cache is None:
-            return self._clip_embeddings(audio)
-        return self.cache.get_or_compute(audio, self.identity, lambda: self._clip_embeddings(audio))
+            return compute()
+        return self.cache.get_or_compute(audio, identity, compute)
 
     def frame_windows(self, audio: np.ndarray, fps: float = 25.0,
-                      audio_feat_length: Sequence[int] = DEFAULT_FEAT_LENGTH) -> np.ndarray:
+                      audio_feat_length: Sequence[int] = DEFAULT_FEAT_LENGTH, windows: str = "latentsync") -> np.ndarray:
         """16 kHz mono audio -> (N, 10 * (n_layer + 1), d) per-video-frame windows ((N, 50, 384)
-        for tiny), N as LatentSync counts frames (see the module docstring)."""
-        embeddings = self.clip_embeddings(audio)
+        for tiny), N as LatentSync counts frames (see the module docstring); ``windows`` as in
+        ``clip_embeddings``."""
+        embeddings = self.clip_embeddings(audio, windows)
         return gather_frame_windows(embeddings, frame_chunk_indices(len(embeddings), fps, audio_feat_length))

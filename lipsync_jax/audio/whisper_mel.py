@@ -9,6 +9,8 @@ LatentSync's transcribe loop does; newer openai-whisper pads the audio instead).
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from lipsync_jax.audio.spectral import mel_filterbank, stft_magnitude
@@ -34,15 +36,18 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int = N_MELS) -> np.ndarray:
     return ((log_spec + 4.0) / 4.0).astype(np.float32)
 
 
-def mel_windows(log_mel: np.ndarray, window_frames: int = WINDOW_FRAMES) -> tuple[np.ndarray, np.ndarray]:
+def mel_windows(log_mel: np.ndarray, window_frames: int = WINDOW_FRAMES,
+                starts: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Cut a clip's log-mel (n_mels, t) into encoder windows.
 
     Returns ``windows`` (w, window_frames, n_mels), channels-last, each zero-padded to full
     length, and ``valid_frames`` (w,): how many mel frames of each window are real audio.
-    A clip with no frames still yields one (all-padding) window with 0 valid frames.
+    ``starts``: the windows' first mel frames (default: disjoint windows every ``window_frames``,
+    LatentSync's). A clip with no frames still yields one (all-padding) window with 0 valid frames.
     """
     n_mels, total = log_mel.shape
-    starts = list(range(0, total, window_frames)) or [0]
+    if starts is None:
+        starts = list(range(0, total, window_frames)) or [0]
     windows = np.zeros((len(starts), window_frames, n_mels), np.float32)
     valid = np.zeros(len(starts), np.int64)
     for w, start in enumerate(starts):

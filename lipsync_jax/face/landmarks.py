@@ -46,6 +46,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from lipsync_jax.face.errors import FaceBackendError, FaceInputError
+from lipsync_jax.quiet import native_log_filter
 
 # MediaPipe FaceMesh indices averaged into each anchor (see the module docstring).
 MEDIAPIPE_ANCHOR_INDICES: tuple[tuple[int, ...], ...] = (
@@ -147,22 +148,23 @@ class MediaPipeLandmarker:
         if max_num_faces < 1:
             raise FaceInputError(f"max_num_faces must be at least 1, got {max_num_faces}")
         self.max_num_faces = int(max_num_faces)
-        try:
-            import mediapipe as mp
-        except ImportError as e:  # pragma: no cover - mediapipe is a dependency
-            raise FaceBackendError(f"the mediapipe face backend needs `pip install mediapipe==0.10.21` ({e})") from e
-        face_mesh = mp.solutions.face_mesh
-        self._mesh = face_mesh.FaceMesh(static_image_mode=not tracking, max_num_faces=self.max_num_faces,
-                                        refine_landmarks=True,
-                                        min_detection_confidence=min_confidence,
-                                        min_tracking_confidence=min_confidence)
-        self._crop_mesh = None
-        self._detector = None
-        if crop_fallback:
-            self._crop_mesh = face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True,
-                                                 min_detection_confidence=min_confidence)
-            self._detector = mp.solutions.face_detection.FaceDetection(model_selection=1,
-                                                                       min_detection_confidence=min_confidence)
+        with native_log_filter():  # MediaPipe's start-up lines (lipsync_jax/quiet.py)
+            try:
+                import mediapipe as mp
+            except ImportError as e:  # pragma: no cover - mediapipe is a dependency
+                raise FaceBackendError(f"the mediapipe face backend needs `pip install mediapipe==0.10.21` ({e})") from e
+            face_mesh = mp.solutions.face_mesh
+            self._mesh = _QuietStart(face_mesh.FaceMesh(
+                static_image_mode=not tracking, max_num_faces=self.max_num_faces, refine_landmarks=True,
+                min_detection_confidence=min_confidence, min_tracking_confidence=min_confidence))
+            self._crop_mesh = None
+            self._detector = None
+            if crop_fallback:
+                self._crop_mesh = _QuietStart(face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1,
+                                                                 refine_landmarks=True,
+                                                                 min_detection_confidence=min_confidence))
+                self._detector = _QuietStart(mp.solutions.face_detection.FaceDetection(
+                    model_selection=1, min_detection_confidence=min_confidence))
 
     def points(self, frame: np.ndarray) -> np.ndarray | None:
         """All FaceMesh points (478, 2) in pixel coordinates, or None."""
@@ -246,6 +248,31 @@ class MediaPipeLandmarker:
         for solution in (self._mesh, self._crop_mesh, self._detector):
             if solution is not None:
                 solution.close()
+
+
+class _QuietStart:
+    """A MediaPipe graph whose start runs inside ``quiet.native_log_filter``: MediaPipe's C++
+    start-up lines cannot be lowered any other way. Its threads create the interpreters (and log)
+    on their own schedule after construction, so the graph runs once on a small blank image
+    here, inside the filter; its calls stay inside the filter until it has found a face (a
+    projection warning comes with the first face)."""
+
+    def __init__(self, graph):
+        self.graph = graph
+        self.started = False
+        with native_log_filter():
+            graph.process(np.zeros((64, 64, 3), np.uint8))
+
+    def process(self, image: np.ndarray):
+        if self.started:
+            return self.graph.process(image)
+        with native_log_filter():
+            result = self.graph.process(image)
+        self.started = bool(getattr(result, "multi_face_landmarks", None) or getattr(result, "detections", None))
+        return result
+
+    def close(self) -> None:
+        self.graph.close()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,16 +1,20 @@
 """Whisper audio windows computed online, as the audio arrives.
 
-Offline (audio/features.py) the whole clip's log-mel is cut into 30 s encoder windows (window w =
-mel frames [3000 w, 3000 (w + 1)), zero-padded), each encoded on its own, and video frame i takes
-embedding rows c - 4 .. c + 5 around c = int(i * 50 / fps). Online we keep the SAME windows (same
-boundaries, so the same positions), but a window is encoded with only the audio received so far,
-zero-padded in log-mel space as Whisper pads a short clip:
+Offline (audio/features.py) the whole clip's log-mel is cut into 30 s encoder windows, each
+encoded on its own, and video frame i takes embedding rows c - 4 .. c + 5 around
+c = int(i * 50 / fps). Online we keep the SAME windows (same boundaries, so the same positions;
+audio/windows.py): ``windows="sliding"`` (the default for live sessions: overlapping windows every
+19 s, each row taken where it has >= 5 s of audio before it, cross-faded between windows, so a
+session longer than 30 s has no seam) or ``"latentsync"`` (disjoint windows every 30 s, as
+offline LatentSync). A window is encoded with only the audio received so far, zero-padded in
+log-mel space as Whisper pads a short clip:
 
 - frame i is *ready* when every mel frame under its rows is computed from real audio:
   row r covers mel frames 2r, 2r + 1; mel frame j is centred on sample 160 j and spans +-200
   samples, so frame i needs ``160 * (2 * (c + 5) + 1) + 200`` samples: 1960 + 640 i at 25 fps,
   i.e. 82.5 ms of look-ahead past the end of a 16-frame chunk;
-- the current window is re-encoded (one encoder call, 30 s input) when frames are asked for and
+- the windows the asked frames' rows come from are re-encoded (one encoder call each, 30 s
+  input; two only while a chunk's rows cross a sliding cross-fade) when frames are asked for and
   new audio arrived; a window whose audio is complete is encoded once more and frozen;
 - log-mel floor: offline clamps to (max over the whole clip) - 8; online the max is a running max
   over the mel frames computed from real audio (at the end of the stream: the clip's max);
@@ -18,7 +22,9 @@ zero-padded in log-mel space as Whisper pads a short clip:
   clamping of the last rows to T - 1 are the offline ones, and the last window sees all its audio.
 
 So the online windows differ from the offline ones only by the attention context the encoder
-misses (audio after the current end) and the running floor; ``window_error`` measures it per
+misses (audio after the current end) and the running floor (and, for sliding windows, in the
+last ~20 s of a stream: offline adds no window the clip's length does not need, online the grid
+goes on); ``window_error`` measures it per
 layer (bench/bench_stream.py, bench/RESULTS.md). Memory: the audio of the current window (+ the
 rows the next frames still need from the previous window), whatever the stream's length.
 """
@@ -30,9 +36,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lipsync_jax.audio.features import DEFAULT_FEAT_LENGTH, frame_chunk_indices, gather_frame_windows
+from lipsync_jax.audio.features import DEFAULT_FEAT_LENGTH, add_window_rows, frame_chunk_indices
 from lipsync_jax.audio.spectral import mel_filterbank, stft_magnitude
-from lipsync_jax.audio.whisper_mel import HOP_LENGTH, N_FFT, SAMPLE_RATE
+from lipsync_jax.audio.whisper_mel import FRAMES_PER_EMBEDDING, HOP_LENGTH, N_FFT, SAMPLE_RATE
+from lipsync_jax.audio.windows import check_audio_windows, row_sources, window_start_rows
 from lipsync_jax.pipeline.timeline import output_frame_count
 
 CONTEXT = 3 * HOP_LENGTH  # samples kept before a window's start (its first mel frames' STFT span)
@@ -58,15 +65,17 @@ def to_float_audio(samples: np.ndarray | bytes, dtype: str | None = None) -> np.
 class OnlineAudioFeatures:
     """Per-frame audio windows of a stream (see the module docstring).
 
-        online = OnlineAudioFeatures(models.audio, fps=25.0)
+        online = OnlineAudioFeatures(models.audio, fps=25.0)   # windows="sliding" | "latentsync"
         online.push(chunk)                 # any length, float32 or int16
         online.ready_frames()              # frames whose windows can be computed now
         online.windows(np.arange(0, 16))   # (16, 10 * layers, d)
         online.finish()                    # end of audio: num_frames is known
     """
 
-    def __init__(self, extractor, fps: float = 25.0, audio_feat_length: Sequence[int] = DEFAULT_FEAT_LENGTH):
+    def __init__(self, extractor, fps: float = 25.0, audio_feat_length: Sequence[int] = DEFAULT_FEAT_LENGTH,
+                 windows: str = "sliding"):
         self.extractor = extractor
+        self.layout = check_audio_windows(windows)
         self.fps = float(fps)
         self.left, self.right = int(audio_feat_length[0]), int(audio_feat_length[1])
         self.window_frames = int(extractor.config.n_frames)  # mel frames per encoder window (3000)
@@ -142,10 +151,14 @@ class OnlineAudioFeatures:
         return np.clip(rows, 0, upper)
 
     # ------------------------------------------------------------------ encoding
+    def window_start(self, window: int) -> int:
+        """First mel frame of ``window``."""
+        return int(window_start_rows(window + 1, self.layout, self.window_rows)[-1]) * FRAMES_PER_EMBEDDING
+
     def _window_log_mel(self, window: int) -> tuple[np.ndarray, int]:
         """Log10 mel (n_mels, frames) of the received audio of ``window`` (before the floor) and the
         number of its frames computed from real audio only."""
-        first = window * self.window_frames  # global mel frame
+        first = self.window_start(window)  # global mel frame
         total = self.received // HOP_LENGTH  # mel frames of the audio so far (the last is dropped, as offline)
         last = min(first + self.window_frames, total)
         if last <= first:
@@ -179,7 +192,7 @@ class OnlineAudioFeatures:
         return rows
 
     def _window_complete(self, window: int) -> bool:
-        end = (window + 1) * self.window_frames  # first mel frame of the next window
+        end = self.window_start(window) + self.window_frames  # first mel frame after the window
         return self.ended or self.received >= HOP_LENGTH * (end - 1) + N_FFT // 2
 
     def _rows_of(self, window: int) -> np.ndarray:
@@ -197,21 +210,26 @@ class OnlineAudioFeatures:
             ready = self.ready_frames()
             if len(frames) and int(frames.max()) >= ready and not self.ended:
                 raise ValueError(f"frame {int(frames.max())} is not ready ({ready} frames are)")
-            rows = self.frame_rows(frames)
-            windows = sorted({int(r) // self.window_rows for r in rows.ravel()})
-            parts = {w: self._rows_of(w) for w in windows}
-            first = windows[0] * self.window_rows
-            stacked = np.concatenate([parts[w] for w in windows])
-            return gather_frame_windows(stacked, rows - first)
+            rows = self.frame_rows(frames)  # (k, rows_per_frame)
+            source, fade = row_sources(rows, self.layout, self.window_rows)
+            needed = sorted(set(source.ravel().tolist()) | set((source[fade > 0] + 1).tolist()))
+            out = None
+            for w in needed:
+                part = self._rows_of(w)  # (rows, layers, d) from the window's first row
+                if out is None:
+                    out = np.zeros(rows.shape + part.shape[1:], np.float32)
+                add_window_rows(out, part, self.window_start(w) // FRAMES_PER_EMBEDDING, w, rows, source, fade)
+            k, per_frame = rows.shape
+            return out.reshape(k, per_frame * out.shape[2], out.shape[3])
 
     def release_before(self, frame: int) -> None:
         """Frames before ``frame`` are done: drop audio and frozen rows no later frame needs."""
         with self._lock:
             row = max(0, self.centre_row(frame) - 2 * self.left)
-            window = row // self.window_rows
+            window = int(row_sources(np.array([row]), self.layout, self.window_rows)[0][0])  # the earliest still needed
             for old in [w for w in self._frozen if w < window]:
                 del self._frozen[old]
-            keep = max(0, window * self.window_frames * HOP_LENGTH - CONTEXT)
+            keep = max(0, self.window_start(window) * HOP_LENGTH - CONTEXT)
             if keep > self.audio_start:
                 self._audio = self._audio[keep - self.audio_start:]
                 self.audio_start = keep
@@ -231,10 +249,10 @@ def window_error(online: np.ndarray, offline: np.ndarray, layers: int) -> list[f
 
 
 def stream_windows(extractor, audio: np.ndarray, *, piece: int = 640, chunk: int = 16, fps: float = 25.0,
-                   audio_feat_length: Sequence[int] = DEFAULT_FEAT_LENGTH) -> np.ndarray:
+                   audio_feat_length: Sequence[int] = DEFAULT_FEAT_LENGTH, windows: str = "sliding") -> np.ndarray:
     """The windows a live session computes for ``audio`` fed in ``piece``-sample pieces, chunk by
     chunk (each chunk's windows computed as soon as its last frame is ready) -> (N, rows * layers, d)."""
-    online = OnlineAudioFeatures(extractor, fps, audio_feat_length)
+    online = OnlineAudioFeatures(extractor, fps, audio_feat_length, windows)
     out, done = [], 0
     for start in range(0, len(audio), piece):
         online.push(audio[start:start + piece])
