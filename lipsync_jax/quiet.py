@@ -34,7 +34,7 @@ import os
 import re
 import sys
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "1"}
 QUIET_LOGGERS = ("jax._src.xla_bridge", "absl")

@@ -215,7 +215,7 @@ def server(engine, avatar, sample_wav):
     app = create_app(engine, avatar, options=StreamOptions(sampling=SAMPLING, seed=SEED),
                      sample_audio=sample_wav, max_side=480)
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets"))
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.time() + 30

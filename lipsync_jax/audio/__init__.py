@@ -2,8 +2,12 @@
 per-frame windows, SyncNet mel."""
 
 from lipsync_jax.audio.cache import FeatureCache
-from lipsync_jax.audio.features import (DEFAULT_INFERENCE_WINDOWS, AudioFeatureExtractor, frame_chunk_indices,
-                                        gather_frame_windows)
+from lipsync_jax.audio.features import (
+                                        DEFAULT_INFERENCE_WINDOWS,
+                                        AudioFeatureExtractor,
+                                        frame_chunk_indices,
+                                        gather_frame_windows,
+)
 from lipsync_jax.audio.load import AudioLoadError, load_audio
 from lipsync_jax.audio.syncnet_mel import mel_window_length, syncnet_mel, syncnet_mel_crop
 from lipsync_jax.audio.whisper_encoder import WhisperEncoder, WhisperEncoderConfig

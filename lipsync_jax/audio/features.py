@@ -35,7 +35,8 @@ first; with fps=25 (the default) this module reproduces it exactly.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +48,6 @@ from lipsync_jax.audio.whisper_mel import FRAMES_PER_EMBEDDING, log_mel_spectrog
 from lipsync_jax.audio.windows import check_audio_windows, row_sources, window_count, window_start_rows
 
 EMBEDDINGS_PER_SECOND = 50
-AUDIO_WINDOWS = ("latentsync",)  # how a clip is cut into Whisper windows (AudioFeatureExtractor.clip_embeddings)
 DEFAULT_FEAT_LENGTH = (2, 2)
 DEFAULT_INFERENCE_WINDOWS = "sliding"  # see the module docstring
 

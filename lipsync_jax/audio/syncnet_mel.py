@@ -9,7 +9,8 @@ normalisation 2 * 4 * (S + 100) / 100 - 4, clipped to [-4, 4]. 80 columns per se
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

@@ -10,7 +10,8 @@ first block (after the positions) and every block's output, WITHOUT the final La
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -38,7 +39,7 @@ class WhisperEncoderConfig:
                              f"by n_audio_head {self.n_audio_head}")
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "WhisperEncoderConfig":
+    def from_config(cls, config: Mapping[str, Any]) -> WhisperEncoderConfig:
         """From OpenAI dims (``{"dims": {...}}`` or the dims themselves, extra decoder fields
         ignored) or a Hugging Face WhisperConfig dict (num_mel_bins, d_model, ...)."""
         dims = config.get("dims", config)

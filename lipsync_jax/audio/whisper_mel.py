@@ -9,7 +9,7 @@ LatentSync's transcribe loop does; newer openai-whisper pads the audio instead).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

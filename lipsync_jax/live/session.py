@@ -102,7 +102,8 @@ class StreamSession:
         self.fps = float(models.fps)
         self.owns_avatar = owns_avatar
         self.f = models.num_frames
-        self.audio = OnlineAudioFeatures(models.audio, self.fps, models.audio_feat_length)
+        self.audio = OnlineAudioFeatures(models.audio, self.fps, models.audio_feat_length,
+                                         windows=self.options.sampling.audio_windows)
         self.submitter = ChunkSubmitter(engine, self.options.sampling, self.options.seed,
                                         moments=getattr(avatar, "moments", None))
         self.out: queue.Queue = queue.Queue(maxsize=max(self.f, int(self.options.queue_frames)))

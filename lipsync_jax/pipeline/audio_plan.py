@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 
 from lipsync_jax.audio import frame_chunk_indices, gather_frame_windows, load_audio
-from lipsync_jax.audio.features import AUDIO_WINDOWS, AudioFeatureExtractor
+from lipsync_jax.audio.features import DEFAULT_INFERENCE_WINDOWS, AudioFeatureExtractor
 from lipsync_jax.audio.load import TARGET_RATE
 from lipsync_jax.audio.whisper_mel import FRAMES_PER_EMBEDDING, HOP_LENGTH
 from lipsync_jax.pipeline.errors import InputError
@@ -45,23 +45,17 @@ def load_job_audio(path: str, fps: float, max_seconds: float | None) -> np.ndarr
     return samples
 
 
-def clip_embeddings(models, samples: np.ndarray, windows: str = "latentsync") -> np.ndarray:
-    """(T, layers, d) Whisper embeddings of the clip, cut into Whisper windows the ``windows`` way."""
-    if windows not in AUDIO_WINDOWS:
-        raise InputError(f"audio_windows {windows!r}: choose one of {', '.join(AUDIO_WINDOWS)}")
-    return models.audio.clip_embeddings(samples)
-
-
-def audio_plan(models, samples: np.ndarray, fps: float, windows: str = "latentsync") -> AudioPlan:
-    """Whisper embeddings of the whole clip and each output frame's window rows."""
-    embeddings = clip_embeddings(models, samples, windows)
+def audio_plan(models, samples: np.ndarray, fps: float, windows: str = DEFAULT_INFERENCE_WINDOWS) -> AudioPlan:
+    """Whisper embeddings of the whole clip (cut into Whisper windows the ``windows`` way: ``sliding``
+    or ``latentsync``, audio/windows.py) and each output frame's window rows."""
+    embeddings = models.audio.clip_embeddings(samples, windows)
     window_rows = frame_chunk_indices(len(embeddings), fps, models.audio_feat_length)
     num_frames = output_frame_count(len(samples), TARGET_RATE, fps, len(window_rows))
     return AudioPlan(samples, embeddings, window_rows, num_frames)
 
 
 def prepare_audio(models, path: str, fps: float, max_seconds: float | None = None,
-                  windows: str = "latentsync") -> AudioPlan:
+                  windows: str = DEFAULT_INFERENCE_WINDOWS) -> AudioPlan:
     return audio_plan(models, load_job_audio(path, fps, max_seconds), fps, windows)
 
 
@@ -80,7 +74,7 @@ def predicted_frames(models, samples: np.ndarray, fps: float) -> int | None:
 
 
 def lane_audio_plans(models, lane_audio: list[str | None], main: AudioPlan, fps: float,
-                     windows: str = "latentsync") -> list[AudioPlan]:
+                     windows: str = DEFAULT_INFERENCE_WINDOWS) -> list[AudioPlan]:
     """One ``AudioPlan`` per lane: the job's (``main``, for a lane without its own audio) or the
     lane's own audio, cut to / padded with silence to the soundtrack's length, so every lane has a
     window for every output frame."""
@@ -91,7 +85,7 @@ def lane_audio_plans(models, lane_audio: list[str | None], main: AudioPlan, fps:
             continue
         samples = load_audio(path)
         samples = np.pad(samples[:len(main.samples)], (0, max(0, len(main.samples) - len(samples))))
-        embeddings = clip_embeddings(models, samples, windows)
+        embeddings = models.audio.clip_embeddings(samples, windows)
         rows = frame_chunk_indices(len(embeddings), fps, models.audio_feat_length)
         if len(rows) < main.num_frames:
             raise InputError(f"audio {path}: gives {len(rows)} windows for {main.num_frames} frames")

@@ -25,7 +25,8 @@ import types
 from collections.abc import Mapping
 from typing import Any
 
-from lipsync_jax.audio.features import AUDIO_WINDOWS
+from lipsync_jax.audio.features import DEFAULT_INFERENCE_WINDOWS
+from lipsync_jax.audio.windows import AUDIO_WINDOWS
 from lipsync_jax.diffusion.sampler import SOLVERS
 from lipsync_jax.pipeline.errors import InferenceError
 
@@ -196,14 +197,15 @@ class Sampling:
     """How to sample: LatentSync's DDIM loop (20 steps, guidance 1.5) unless changed. ``solver``:
     ``ddim`` | ``dpmsolver++``; ``deepcache_interval`` 0/1 = off; ``overlap`` K: consecutive
     16-frame windows share K frames (one face, one device); ``audio_windows``: Whisper's windows
-    (``latentsync``: disjoint 30 s windows; ``sliding``: overlapping ones, no seam every 30 s)."""
+    (``sliding``, the default: overlapping 30 s windows, no seam every 30 s and exactly LatentSync's
+    features up to 30 s of audio; ``latentsync``: its disjoint windows, bit-parity on long audio)."""
 
     steps: int = 20
     guidance: float = 1.5
     solver: str = "ddim"
     deepcache_interval: int = 0
     overlap: int = 0
-    audio_windows: str = "latentsync"
+    audio_windows: str = DEFAULT_INFERENCE_WINDOWS
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen
@@ -304,7 +306,8 @@ class JobDefaults:
         run = config.run
         sampling = Sampling(steps=run.inference_steps, guidance=run.guidance_scale,
                             solver=run.get("scheduler", "ddim"), deepcache_interval=run.get("deepcache_interval", 0),
-                            overlap=run.get("overlap", 0), audio_windows=run.get("audio_windows", "latentsync"))
+                            overlap=run.get("overlap", 0),
+                            audio_windows=run.get("audio_windows", DEFAULT_INFERENCE_WINDOWS))
         return cls(seed=parse_seed(run.seed), sampling=sampling, fps=float(config.data.video_fps),
                    max_vram_gb=parse_float("max_vram", run.get("max_vram_gb", 0.0) or 0.0, low=0.0) or None)
 

@@ -6,7 +6,7 @@
 
 The jobs table (CSV with a header row, or JSONL: one JSON object per line) has the columns
 ``video``, ``audio``, ``output`` (required) and optionally ``seed``, ``guidance``, ``steps``,
-``face``, ``scheduler``, ``deepcache_interval``, ``overlap``, ``max_seconds`` (empty = the command
+``face``, ``scheduler``, ``deepcache_interval``, ``overlap``, ``audio_windows``, ``max_seconds`` (empty = the command
 line's value, else the config's). Relative paths are relative to the table's folder. Every row's
 values are parsed when the table is read (pipeline/job.py: the same messages as infer.py's flags,
 plus the file and line), so a bad table fails before any model is loaded. Jobs run one after
@@ -32,12 +32,14 @@ from absl import app, flags
 from lipsync_jax.device_memory import configure_gpu_memory
 from lipsync_jax.pipeline.inputs import check_inputs
 from lipsync_jax.pipeline.job import JobDefaults, OptionError, Request, parse_request
+from lipsync_jax.quiet import configure_terminal
 from lipsync_jax.serving import flags as shared
 from lipsync_jax.serving.cli import error_line, run_command
 from lipsync_jax.serving.service import RANDOM_WEIGHTS_WARNING, LipsyncService
 
 REQUIRED = ("video", "audio", "output")
-OPTIONAL = ("seed", "guidance", "steps", "face", "scheduler", "deepcache_interval", "overlap", "max_seconds")
+OPTIONAL = ("seed", "guidance", "steps", "face", "scheduler", "deepcache_interval", "overlap", "audio_windows",
+            "max_seconds")
 COLUMN_FIELDS = {"scheduler": "solver"}  # table column -> job description field
 
 
@@ -252,6 +254,7 @@ def define_flags(fv) -> None:
 
 
 def main(argv) -> None:
+    configure_terminal(verbose=flags.FLAGS.verbose)  # before JAX starts: only our own warnings and errors
 
 
     if len(argv) != 2:

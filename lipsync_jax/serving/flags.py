@@ -46,6 +46,9 @@ def define_sampling_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     text("deepcache_interval", "DeepCache: the full UNet every N steps, 0/1 = off (default: run.deepcache_interval).")
     text("overlap", "Frames shared by consecutive 16-frame windows, 0..15 (one face, one device; default: "
                     "run.overlap).")
+    text("audio_windows", "Whisper's 30 s windows: sliding (overlapping, no lip glitch every 30 s; equal to "
+                          "LatentSync up to 30 s of audio) or latentsync (disjoint: its exact features on long "
+                          "audio) (default: run.audio_windows, sliding).")
 
 
 def define_job_flags(fv: flags.FlagValues = flags.FLAGS) -> None:

@@ -21,6 +21,7 @@ from lipsync_jax.face.list_faces import list_faces as find_and_list
 from lipsync_jax.face.tracks import CHOICES
 from lipsync_jax.pipeline.inputs import check_inputs, check_video
 from lipsync_jax.pipeline.job import parse_max_seconds, parse_request
+from lipsync_jax.quiet import configure_terminal
 from lipsync_jax.serving import flags as shared
 from lipsync_jax.serving.batch import run_batch_command, stopped_summary
 from lipsync_jax.serving.cli import run_command
@@ -121,6 +122,7 @@ def list_faces() -> int:
 
 
 def main(argv) -> None:
+    configure_terminal(verbose=flags.FLAGS.verbose)  # before JAX starts: only our own warnings and errors
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
 

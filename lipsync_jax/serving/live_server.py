@@ -45,6 +45,7 @@ from lipsync_jax.device_memory import configure_gpu_memory
 from lipsync_jax.live.avatar import LiveAvatar
 from lipsync_jax.live.session import StreamClosed, StreamOptions, StreamOverflow, StreamSession, warm_up
 from lipsync_jax.pipeline.job import parse_sampling, parse_seed
+from lipsync_jax.quiet import configure_terminal
 from lipsync_jax.serving import flags as shared
 from lipsync_jax.serving.cli import run_command
 from lipsync_jax.serving.service import RANDOM_WEIGHTS_WARNING, LipsyncService
@@ -244,6 +245,7 @@ def prepare(fv: flags.FlagValues):
 
 
 def main(argv) -> None:
+    configure_terminal(verbose=flags.FLAGS.verbose)  # before JAX starts: only our own warnings and errors
     fv = flags.FLAGS
     if len(argv) > 1:
         print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
@@ -256,7 +258,7 @@ def main(argv) -> None:
                              sample_audio=fv.sample_audio, jpeg_quality=fv.jpeg_quality, max_side=fv.max_side,
                              random_weights=service.random_weights)
             print(f"live: http://{fv.host}:{fv.port}/  (WebSocket /ws)", flush=True)
-            uvicorn.run(app, host=fv.host, port=fv.port, log_level="warning", ws="websockets")
+            uvicorn.run(app, host=fv.host, port=fv.port, log_level="warning", ws="websockets-sansio")
         finally:
             avatar.close()
         return 0

@@ -26,6 +26,7 @@ from absl import app, flags
 
 from lipsync_jax import cleanup
 from lipsync_jax.device_memory import configure_gpu_memory
+from lipsync_jax.quiet import configure_terminal
 from lipsync_jax.serving import flags as shared
 from lipsync_jax.serving.cli import error_line, is_known, run_command
 from lipsync_jax.serving.live_server import entry as live_entry
@@ -192,6 +193,7 @@ def serve(fv: flags.FlagValues) -> int:
 
 
 def main(argv) -> None:
+    configure_terminal(verbose=flags.FLAGS.verbose)  # before JAX starts: only our own warnings and errors
     fv = flags.FLAGS
     if len(argv) > 1:
         print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
