@@ -112,7 +112,7 @@ def live_seams(extractor, audio: np.ndarray, windows: str, fps: float = 25.0) ->
     """The seam of the windows a live session computes (``stream_windows``, 40 ms pieces)."""
     from lipsync_jax.audio import frame_chunk_indices
     from lipsync_jax.audio.windows import seam_ratios, source_ids
-    from lipsync_jax.stream.audio_online import stream_windows
+    from lipsync_jax.live.audio_online import stream_windows
 
     begin = time.perf_counter()
     online = stream_windows(extractor, audio, piece=640, fps=fps, windows=windows)

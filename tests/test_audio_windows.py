@@ -134,7 +134,7 @@ def test_sliding_removes_the_30s_seam(extractor, speech40):
 
 
 def test_live_sliding_equals_live_latentsync_below_30_seconds_and_is_the_default(extractor, speech40):
-    from lipsync_jax.stream.audio_online import OnlineAudioFeatures, stream_windows
+    from lipsync_jax.live.audio_online import OnlineAudioFeatures, stream_windows
 
     assert OnlineAudioFeatures(extractor).layout == "sliding"
     with pytest.raises(ValueError, match="must be one of"):
@@ -148,7 +148,7 @@ def test_live_sliding_equals_live_latentsync_below_30_seconds_and_is_the_default
 def test_live_sliding_removes_the_30s_seam(extractor, speech40):
     """A 40 s live stream (80 ms pieces): the same seam numbers as offline, on the windows the
     session computes as the audio arrives (right context: only the look-ahead)."""
-    from lipsync_jax.stream.audio_online import stream_windows
+    from lipsync_jax.live.audio_online import stream_windows
 
     indices = frame_chunk_indices(2000)[:1000]
     ratios = {}
