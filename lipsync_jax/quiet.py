@@ -37,7 +37,7 @@ import threading
 from collections.abc import Iterator
 
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "1"}
-QUIET_LOGGERS = ("jax._src.xla_bridge", "absl")
+QUIET_LOGGERS = ("jax._src.xla_bridge", "absl", "httpx")  # httpx: the web app's per-request INFO lines
 
 # Lines a third-party C++ library writes straight to fd 2 (see the module docstring).
 NATIVE_NOISE = re.compile(

@@ -180,6 +180,7 @@ def test_second_job_replays_track_and_moments_with_the_same_result(tmp_path, mon
     second, faces_second = job("second")
     assert second.avatar == "hit" and len(passes) == 1  # no face pass built for the second job
     assert second.result.program_calls == {"moments": 1, "encode": 0}  # its chunk: sampled from cached moments
+    assert second.compiles == 0  # ... by the very program the first job compiled
     np.testing.assert_allclose(faces_second, faces_first, atol=2e-4)
 
     path = service.avatar_cache.path(key)

@@ -487,14 +487,17 @@ class VideoFaceTracks:
 def find_face_tracks(video_path: str, *, fps: float | None = 25.0, max_frames: int | None = None,
                      max_side: int | None = 640, backend: str = "mediapipe", max_num_faces: int = 4,
                      landmarker: FaceLandmarker | None = None, thumbnails: bool = False, recover_missed: bool = True,
-                     progress: bool = True, **association) -> VideoFaceTracks:
+                     progress: bool = True, on_frame: Callable[[int, int], None] | None = None,
+                     **association) -> VideoFaceTracks:
     """The detection pre-pass over a whole video: frames decoded at ``fps`` (frame indices match
     a ``read_frames(video_path, fps)`` pass), downscaled to ``max_side``, every face detected with
     ``landmarker`` (default: ``backend`` with ``max_num_faces``), joined into tracks (options of
     ``TrackBuilder``: max_gap, min_iou, max_centre_distance, min_frames). Boxes and anchors are
     scaled back to source pixels. ``recover_missed``: a track no detection matched is looked for
     on a crop around its predicted box, and a new track is extended back over the last
-    ``max_gap`` frames (``detect_in_box``, MediaPipe only; keeps small faces' tracks whole). ``thumbnails`` keeps one crop per track (pre-pass resolution).
+    ``max_gap`` frames (``detect_in_box``, MediaPipe only; keeps small faces' tracks whole).
+    ``thumbnails`` keeps one crop per track (pre-pass resolution). ``progress``: a bar with the
+    frame total and an ETA; ``on_frame(done, total)`` after each frame (the web app's progress).
     Memory: one frame at a time plus the detections. ``NoFaceError`` is not raised: a video
     without faces gives no tracks."""
     from tqdm import tqdm
@@ -504,6 +507,8 @@ def find_face_tracks(video_path: str, *, fps: float | None = 25.0, max_frames: i
     from lipsync_jax.media.video import scaled_size
 
     info = probe_video(video_path, count=False)
+    total = info.frame_count_at(fps if fps is not None else info.fps)  # an estimate from the duration
+    total = total if max_frames is None else min(total, int(max_frames))
     width, height = scaled_size(info.width, info.height, max_side)
     scale = (info.width / width, info.height / height)
     builder = TrackBuilder(scale=scale, **association)
@@ -522,7 +527,8 @@ def find_face_tracks(video_path: str, *, fps: float | None = 25.0, max_frames: i
 
     try:
         frames = read_frames(video_path, fps, max_frames=max_frames, info=info, max_side=max_side)
-        for index, small in enumerate(tqdm(frames, desc="Finding faces", unit="frame", disable=not progress)):
+        for index, small in enumerate(tqdm(frames, desc="Finding faces", unit="frame", total=total,
+                                           disable=not progress)):
             retry = back = None
             if recover_missed and hasattr(landmarker, "detect_in_box"):
                 retry, back = functools.partial(landmarker.detect_in_box, small), retry_before
@@ -533,6 +539,8 @@ def find_face_tracks(video_path: str, *, fps: float | None = 25.0, max_frames: i
                 while len(recent) > builder.max_gap:
                     recent.popitem(last=False)
             count += 1
+            if on_frame is not None:
+                on_frame(count, total)
         tracks = builder.finish()
     finally:
         if restore_size_scale is not None:

@@ -384,25 +384,16 @@ def warm_audio_encoder(models) -> None:
     models.audio.encode_windows(np.zeros((1, config.n_frames, config.n_mels), np.float32))
 
 
-def warm_up(engine, options: StreamOptions, *, moments: bool = False) -> None:
+def warm_up(engine, options: StreamOptions) -> None:
     """Compile and run the device program once on blank inputs, and the audio encoder, so that a
-    session's first chunk pays for neither (time to first frame = audio + compute only).
-    ``moments``: warm the cached-moments program instead (an avatar with cached VAE moments)."""
+    session's first chunk pays for neither (time to first frame = audio + compute only)."""
     models = engine.models
     warm_audio_encoder(models)
-    program = engine.moments_program(options.sampling) if moments else engine.program(options.sampling)
+    program = engine.program(options.sampling)
     f, r, b = models.num_frames, models.resolution, engine.batch
     layers = models.audio.config.n_audio_layer + 1
     rows = sum(models.audio_feat_length) * 2 + 2
-    inner = program.inner if moments else program
-    noise, key_data = inner.put_job(*start_noise(models, options.seed))
+    noise, key_data = program.put_job(*start_noise(models, options.seed))
     faces = np.zeros((b, f, r, r, 3), np.uint8)
     audio = np.zeros((b, f, rows * layers, models.audio.config.n_audio_state), np.float32)
-    params = engine.weights_for(inner)
-    if moments:
-        latent = models.latent_size
-        out = program(*params, faces, np.zeros((b, f, latent, latent, 16), np.float32), audio,
-                      np.zeros((b,), np.int32), noise, key_data)
-    else:
-        out = program(*params, faces, audio, np.zeros((b,), np.int32), noise, key_data)
-    np.asarray(out)
+    np.asarray(program(*engine.weights_for(program), faces, audio, np.zeros((b,), np.int32), noise, key_data))

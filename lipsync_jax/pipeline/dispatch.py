@@ -6,11 +6,11 @@ program, paste the generated faces back. The offline engine (job_runner.py), liv
   (f, T, D) audio windows from its source frames (a frame without a face borrows its stand-in's
   face; the last chunk is padded to ``f`` frames by repeating its last frame).
 - ``ChunkSubmitter(engine, sampling, seed, moments=None)``: one job's submissions. ``submit(chunks)``
-  stacks up to ``engine.batch`` chunks (padding the batch with the last chunk), runs the moments
-  program when every face of the batch has cached VAE moments (moments.py) and the encoding
-  program otherwise, and for overlapping windows links the first window of a call to the last
-  window of the previous call when it follows it (the tail trajectory stays on the device).
-  Returns the device array of generated faces (B, f, R, R, 3) float32 without waiting for it.
+  stacks up to ``engine.batch`` chunks (padding the batch with the last chunk), passes the faces'
+  cached VAE moments (moments.py) when every face of the batch has them (the program then skips
+  the encoder), and for overlapping windows links the first window of a call to the last window of
+  the previous call when it follows it (the tail trajectory stays on the device). Returns the
+  device array of generated faces (B, f, R, R, 3) float32 without waiting for it.
 - ``paste_faces(frame, pastes)``: each (aligned face, generated face) pasted into the frame in lane
   order.
 
@@ -63,9 +63,7 @@ class ChunkSubmitter:
         self.overlap = int(sampling.overlap)
         self.program = engine.program(sampling)
         self.params = engine.weights_for(self.program)
-        # cached VAE moments replace the encoder; overlapping windows always encode (their program)
-        self.moments = moments if moments and not self.overlap else None
-        self.moments_program = engine.moments_program(sampling) if self.moments is not None else None
+        self.moments = moments if moments else None  # cached VAE moments replace the encoder
         self.batch = self.program.batch
         self.noise, self.key_data = self.program.put_job(*start_noise(engine.models, seed))
         self.tail, self.tail_window = None, None  # overlap: the last full call's tail (device) and window
@@ -73,7 +71,7 @@ class ChunkSubmitter:
 
     def compile(self) -> None:
         """Compile (or load from the persistent cache) what this job will run."""
-        (self.moments_program or self.program).compile(*self.params)
+        self.program.compile(*self.params)
 
     def submit(self, chunks: list[ChunkWork]):
         """Launch the program on up to ``batch`` chunks (consecutive windows with overlap); returns
@@ -83,20 +81,16 @@ class ChunkSubmitter:
         padded = chunks + [chunks[-1]] * (self.batch - len(chunks))
         faces, audio = np.stack([c.faces for c in padded]), np.stack([c.audio for c in padded])
         indices = np.array([c.index for c in padded], np.int32)
-        if self.overlap:
-            linked = self.tail is not None and self.tail_window == chunks[0].index - 1
-            output, tail = self.program(*self.params, faces, audio, indices, self.noise, self.key_data,
-                                        self.tail if linked else None, linked)
-            full = len(chunks) == self.batch  # padding windows would hand on the wrong tail
-            self.tail, self.tail_window = (tail, chunks[-1].index) if full else (None, None)
-            self.calls["encode"] += 1
-            return output
         moments = self.moments.lookup(faces) if self.moments is not None else None
-        if moments is not None:
-            self.calls["moments"] += 1
-            return self.moments_program(*self.params, faces, moments, audio, indices, self.noise, self.key_data)
-        self.calls["encode"] += 1
-        return self.program(*self.params, faces, audio, indices, self.noise, self.key_data)
+        self.calls["encode" if moments is None else "moments"] += 1
+        if not self.overlap:
+            return self.program(*self.params, faces, audio, indices, self.noise, self.key_data, moments=moments)
+        linked = self.tail is not None and self.tail_window == chunks[0].index - 1
+        output, tail = self.program(*self.params, faces, audio, indices, self.noise, self.key_data,
+                                    self.tail if linked else None, linked, moments=moments)
+        full = len(chunks) == self.batch  # padding windows would hand on the wrong tail
+        self.tail, self.tail_window = (tail, chunks[-1].index) if full else (None, None)
+        return output
 
 
 def paste_faces(frame: np.ndarray, pastes) -> np.ndarray:

@@ -11,8 +11,10 @@
   picks chunk batch, VAE slices, attention backend and Whisper's place before any weights are
   placed; ``memory_plan`` says what it chose.
 - Programs: one compiled ``ChunkProgram`` per sampling setting (steps, guidance, solver, DeepCache,
-  overlap), and its moments twin for avatar-cache jobs, owned by the engine: jobs with the same
-  setting reuse them (the seed's start noise and VAE keys are program inputs). Overlapping windows
+  overlap), owned by the engine: jobs with the same setting reuse it (the seed's start noise, the
+  VAE keys and an avatar's cached VAE moments are program inputs); at most ``max_programs`` are
+  kept (the least recently used is dropped: a shared server cannot be made to hold unbounded
+  compiled programs; the persistent compile cache reloads a dropped one quickly). Overlapping windows
   run on one device: on a multi-device engine their program is compiled for the first device and
   uses that device's copy of the replicated weights (no second copy; not with fsdp > 1).
 - ``engine.run(job, sampling, ...)``: one video + audio -> output file, streamed
@@ -45,7 +47,6 @@ from lipsync_jax.pipeline.memory import (
     with_attention_backend,
 )
 from lipsync_jax.pipeline.models import LipsyncModels
-from lipsync_jax.pipeline.moments import MomentsChunkProgram
 from lipsync_jax.pipeline.placement import (
     DATA_AXIS,
     FSDP_AXIS,
@@ -65,8 +66,9 @@ from lipsync_jax.pipeline.timing import StageTimer
 
 class LipsyncEngine:
     def __init__(self, models: LipsyncModels, run: RunOptions | None = None, *,
-                 sampling: Sampling | None = None, log: Callable[[str], None] | None = None):
+                 sampling: Sampling | None = None, log: Callable[[str], None] | None = None, max_programs: int = 8):
         """``sampling``: the setting the memory plan is made for (default: LatentSync's loop)."""
+        self.max_programs = int(max_programs)
         self.run_options = run = run or RunOptions()
         self.models = models
         self.log = log
@@ -181,24 +183,24 @@ class LipsyncEngine:
 
     def program(self, sampling: Sampling) -> ChunkProgram:
         """The (lazily compiled) device program for this sampling setting, shared by all jobs."""
-        key = ("encode",) + sampling.program_key
+        key = sampling.program_key
         with self._lock:
-            if key not in self._programs:
-                mesh = self._one_device_weights()[0] if sampling.overlap else self.mesh
-                self._programs[key] = ChunkProgram(
-                    self.models, mesh, num_steps=sampling.steps, guidance_scale=sampling.guidance,
-                    chunks_per_device=self.chunk_batch, sampler_options=sampling.sampler_options(),
-                    vae_frames=self.vae_frames, overlap=sampling.overlap)
-            return self._programs[key]
+            if key in self._programs:
+                self._programs[key] = self._programs.pop(key)  # most recently used last
+                return self._programs[key]
+            mesh = self._one_device_weights()[0] if sampling.overlap else self.mesh
+            program = self._programs[key] = ChunkProgram(
+                self.models, mesh, num_steps=sampling.steps, guidance_scale=sampling.guidance,
+                chunks_per_device=self.chunk_batch, sampler_options=sampling.sampler_options(),
+                vae_frames=self.vae_frames, overlap=sampling.overlap)
+            while len(self._programs) > self.max_programs:
+                self._programs.pop(next(iter(self._programs)))
+            return program
 
-    def moments_program(self, sampling: Sampling) -> MomentsChunkProgram:
-        """The program that samples latents from cached VAE moments (moments.py) for this setting."""
-        inner = self.program(sampling)
-        key = ("moments",) + sampling.program_key
-        with self._lock:
-            if key not in self._programs:
-                self._programs[key] = MomentsChunkProgram(inner)
-            return self._programs[key]
+    def has_program(self, sampling: Sampling) -> bool:
+        """Whether this setting's program is compiled already (else the next job compiles it)."""
+        program = self._programs.get(sampling.program_key)
+        return program is not None and program.compiled
 
     def weights_for(self, program) -> tuple[Any, Any]:
         """(UNet, VAE) weights placed for ``program``'s mesh."""

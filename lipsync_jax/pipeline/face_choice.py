@@ -199,10 +199,11 @@ class FacePlan:
 
 def plan_faces(resolution: int, job, *, backend: str, fps: float, max_frames: int | None = None,
                faces: VideoFaceTracks | None = None, landmarkers: LandmarkerPool | None = None,
-               progress: bool = False) -> FacePlan:
+               progress: bool = False, on_frame=None) -> FacePlan:
     """Run the pre-pass when ``job`` (a ``SyncJob``) needs it (or use ``faces``) and resolve its face
     options. ``FaceSelectionError`` for a choice naming no track or two choices naming the same
-    one. ``landmarkers``: lend the pre-pass and the face passes warm face backends."""
+    one. ``landmarkers``: lend the pre-pass and the face passes warm face backends; ``on_frame(done,
+    total)``: the pre-pass's progress."""
     face_audio = dict(job.face_audio)
     choices = face_choices(job.face, face_audio)
     plan = FacePlan(resolution, backend, job.video, choices, landmarkers=landmarkers)
@@ -212,7 +213,8 @@ def plan_faces(resolution: int, job, *, backend: str, fps: float, max_frames: in
         landmarker = landmarkers.borrow(backend, DEFAULT_MAX_NUM_FACES) if landmarkers is not None else None
         try:
             faces = find_face_tracks(job.video, fps=fps, max_frames=max_frames, backend=backend,
-                                     max_num_faces=DEFAULT_MAX_NUM_FACES, landmarker=landmarker, progress=progress)
+                                     max_num_faces=DEFAULT_MAX_NUM_FACES, landmarker=landmarker, progress=progress,
+                                     on_frame=on_frame)
         finally:
             if landmarker is not None:
                 landmarkers.give_back(backend, DEFAULT_MAX_NUM_FACES, landmarker)

@@ -96,12 +96,14 @@ class JobHooks:
     wraps each face pass the job builds; ``moments``: cached VAE moments of the video's faces;
     ``on_chunk(chunk_index, first_output_frame, faces)`` sees each generated chunk's faces ((k, R, R,
     3) float32 in [-1, 1], k real frames) before restore (several faces: once per face, in lane
-    order)."""
+    order); ``on_progress(stage, done, total)`` after each frame of a stage ("finding faces",
+    "lip sync"; from worker threads)."""
 
     face_pass: Callable | None = None
     record_face_pass: Callable | None = None
     moments: FaceMoments | None = None
     on_chunk: Callable[[int, int, np.ndarray], None] | None = None
+    on_progress: Callable[[str, int, int | None], None] | None = None
 
 
 class _Job:
@@ -258,8 +260,11 @@ class _Job:
         return face_pass if hooks.record_face_pass is None else hooks.record_face_pass(face_pass)
 
     def plan_faces(self) -> FacePlan:
+        report = self.hooks.on_progress
+        on_frame = None if report is None else (lambda done, total: report("finding faces", done, total))
         return plan_faces(self.models.resolution, self.job, backend=self.backend, fps=self.fps,
-                          max_frames=self.n_out, progress=self.progress, landmarkers=self.engine.landmarkers)
+                          max_frames=self.n_out, progress=self.progress, landmarkers=self.engine.landmarkers,
+                          on_frame=on_frame)
 
     def face_tracks(self) -> tuple[int, ...]:
         plan = self.face_plan
@@ -387,7 +392,10 @@ class _Job:
                             writer.write(frame)
                         if self.first_frame_at is None:
                             self.first_frame_at = time.perf_counter()
+                            bar.reset()  # the rate and ETA count from the first frame, not from the compile
                         bar.update()
+                        if self.hooks.on_progress is not None:
+                            self.hooks.on_progress("lip sync", bar.n, self.n_out)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 

@@ -8,10 +8,9 @@ cache (avatar_cache.py) stores it once per face: ``encode_moments`` -> (n, r, r,
 
 A job that has them passes ``FaceMoments(faces, moments)`` to the engine; the chunk dispatcher
 (dispatch.py) looks each batch's faces up by a digest of their bytes (so stand-ins and padding
-need no bookkeeping) and runs ``MomentsChunkProgram`` when all are known: it samples the latents
-from the moments with exactly the keys the encoding program uses (``split(fold_in(vae_key,
-chunk), 2f)``: masked frames first, then reference frames) and skips the encoder; any other
-batch runs the usual program. Same results, no encoder FLOPs.
+need no bookkeeping) and, when all are known, hands them to the chunk program, which then samples
+the latents from them with exactly the keys the encoder path uses and skips the encoder
+(program.py; the same compiled program). Same results, no encoder FLOPs.
 """
 
 from __future__ import annotations
@@ -19,22 +18,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import threading
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from lipsync_jax.models.vae import AutoencoderKL, sample_posterior
+from lipsync_jax.models.vae import AutoencoderKL
 from lipsync_jax.pipeline.avatar_cache import tree_fingerprint
-from lipsync_jax.pipeline.chunk import decode_and_paste
-from lipsync_jax.pipeline.placement import DATA_AXIS, shard_chunks
-from lipsync_jax.pipeline.program import mask_arrays, sample_latents
-
-MOMENT_CHANNELS = 16  # 4 latent channels x (masked mean, masked logvar, ref mean, ref logvar)
+from lipsync_jax.pipeline.program import mask_arrays
 
 
 def face_digest(face: np.ndarray) -> bytes:
@@ -85,94 +77,6 @@ def track_moments(models, track, fingerprint: str | None = None) -> FaceMoments 
     if track.vae_fingerprint != (fingerprint or vae_fingerprint(models)):
         return None
     return FaceMoments(track.faces, track.latents)
-
-
-def _scaled_sample(vae: AutoencoderKL, mean: jax.Array, logvar: jax.Array, keys: jax.Array) -> jax.Array:
-    """As ``encode_frames``: one posterior sample per frame from its own key, then the scaling."""
-    z = jax.vmap(lambda m, lv, k: sample_posterior(m[None], lv[None], k)[0])(mean, logvar, keys)
-    return (z - vae.config.shift_factor) * vae.config.scaling_factor
-
-
-def generate_from_moments(models, unet_params, vae_params, faces, moments, audio, chunk_indices, noise,
-                          vae_key_data, keep_mask, latent_mask, *, num_steps, guidance_scale, sampler_options):
-    """The per-device body: like program.generate_chunks with the encoder replaced by sampling
-    from ``moments`` (b, f, r, r, 16)."""
-    b, f = faces.shape[:2]
-    vae_key = jax.random.wrap_key_data(vae_key_data)
-    dtype = models.vae.dtype
-
-    def sample(args):
-        m, index = args
-        keys = jax.random.split(jax.random.fold_in(vae_key, index), 2 * f)
-        m = m.astype(dtype)
-        return (_scaled_sample(models.vae, m[..., 0:4], m[..., 4:8], keys[:f]),
-                _scaled_sample(models.vae, m[..., 8:12], m[..., 12:16], keys[f:]))
-
-    masked, ref = jax.lax.map(sample, (moments, chunk_indices))
-    pixel_values = faces.astype(jnp.float32) / 127.5 - 1.0
-    init = jnp.broadcast_to(noise, (b,) + noise.shape[1:])
-    mask = jnp.broadcast_to(latent_mask, (b, f) + latent_mask.shape)
-    latents = sample_latents(models, unet_params, init, mask, masked, ref, audio, num_steps=num_steps,
-                             guidance_scale=guidance_scale, sampler_options=sampler_options)
-    decode = lambda args: decode_and_paste(models.vae, vae_params, args[0], args[1], keep_mask)  # noqa: E731
-    return jax.lax.map(decode, (latents, pixel_values))
-
-
-class MomentsChunkProgram:
-    """``ChunkProgram``'s twin taking (B, f, r, r, 16) moments next to the faces (jit, compiled on
-    first use; same mesh, shardings and batch)."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        models, mesh = inner.models, inner.mesh
-        self.batch = inner.batch
-        self.sharded = NamedSharding(mesh, P(DATA_AXIS))
-        _pixel, keep, latent = mask_arrays(models)
-        self.host_masks = (keep, latent)
-        self._masks: tuple | None = None
-        body = functools.partial(generate_from_moments, models, num_steps=inner.num_steps,
-                                 guidance_scale=inner.guidance_scale, sampler_options=inner.sampler_options)
-        rep, dat = P(), P(DATA_AXIS)
-        mapped = shard_chunks(body, mesh, in_specs=(rep, rep, dat, dat, dat, dat, rep, rep, rep, rep), out_specs=dat)
-        self._jitted = jax.jit(mapped)
-        self._compiled = None
-        self._compile_lock = threading.Lock()
-
-    def compile(self, unet_params, vae_params):
-        """Compiles once (ahead of time, as ``ChunkProgram``); later calls return the same executable."""
-        with self._compile_lock:
-            if self._compiled is None:
-                self._compiled = self._lower(unet_params, vae_params).compile()
-            return self._compiled
-
-    def _lower(self, unet_params, vae_params):
-        m, f = self.inner.models, self.inner.models.num_frames
-        shapes = self.inner.input_shapes()
-        r = m.latent_size
-        spec = lambda shape, dtype, sharding: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)  # noqa: E731
-        abstract = self.inner._abstract  # the params' own shardings (replicated, or split over fsdp)
-        return self._jitted.lower(abstract(unet_params), abstract(vae_params), spec(*shapes["faces"], self.sharded),
-                           spec((self.batch, f, r, r, MOMENT_CHANNELS), np.float32, self.sharded),
-                           spec(*shapes["audio"], self.sharded), spec(*shapes["chunk_indices"], self.sharded),
-                           spec(*shapes["noise"], self.inner.replicated),
-                           spec(*shapes["vae_key_data"], self.inner.replicated),
-                           *(jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.inner.replicated)
-                             for x in self.host_masks))
-
-    @property
-    def masks(self) -> tuple:
-        if self._masks is None:
-            self._masks = tuple(jax.device_put(m, self.inner.replicated) for m in self.host_masks)
-        return self._masks
-
-    def __call__(self, unet_params, vae_params, faces, moments, audio, chunk_indices, noise, vae_key_data):
-        compiled = self.compile(unet_params, vae_params)
-        faces, audio, chunk_indices = self.inner.put_batch(faces, audio, chunk_indices)
-        moments = jax.device_put(np.ascontiguousarray(moments, np.float32), self.sharded)
-        if not isinstance(noise, jax.Array):
-            noise, vae_key_data = self.inner.put_job(noise, vae_key_data)
-        return compiled(unet_params, vae_params, faces, moments, audio, chunk_indices, noise, vae_key_data,
-                        *self.masks)
 
 
 class FaceMoments:

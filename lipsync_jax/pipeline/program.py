@@ -4,9 +4,10 @@
 (ahead of time, once per shape) a function that takes, for a batch of ``B`` chunks of
 ``f`` (16) aligned faces,
 
-    faces          (B, f, R, R, 3) uint8     the UNet input faces (stand-ins already chosen)
-    audio          (B, f, T, D)    float32   the frames' Whisper windows
-    chunk_indices  (B,)            int32     each chunk's position in the video (for its keys)
+    faces          (B, f, R, R, 3)  uint8     the UNet input faces (stand-ins already chosen)
+    audio          (B, f, T, D)     float32   the frames' Whisper windows
+    chunk_indices  (B,)             int32     each chunk's position in the video (for its keys)
+    moments        (B, f, r, r, 16) float32   cached VAE posterior moments of the faces (optional)
 
 and returns the generated faces (B, f, R, R, 3) float32 in [-1, 1]. Inside ONE compiled program:
 masked + reference VAE encode, the whole DDIM ``lax.scan`` (CFG branches stacked on the batch
@@ -22,6 +23,12 @@ with fsdp > 1, split over ``fsdp`` (``sharding.place_weights``; every fsdp group
 chunks). The body runs per data shard under ``shard_map`` (each shard encodes/decodes its own
 chunks; no collectives over ``data``); with fsdp > 1 the ``fsdp`` axis is left to the compiler.
 A streaming mode calls ``ChunkProgram.__call__`` directly on its own chunk batches.
+
+Cached VAE moments (an avatar cache entry, pipeline/moments.py): when a call passes ``moments``,
+the SAME program skips the encoder and samples the masked and reference latents from them with
+exactly the keys the encoder path uses (``split(fold_in(vae_key, chunk), 2f)``: masked frames
+first, then reference frames), chosen by ``lax.cond`` on a scalar: one compiled program serves
+both (no second compile for the first cache hit), and the result equals encoding again.
 
 Overlapping windows (``overlap`` K > 0): the batch holds CONSECUTIVE 16-frame windows
 of one video in order (stride 16 - K, ``diffusion.window_starts``) denoised by
@@ -48,9 +55,12 @@ from jax.sharding import PartitionSpec as P
 from lipsync_jax.diffusion import empty_tail, initial_latents, sample_chunk, sample_windows
 from lipsync_jax.diffusion.conditioning import latent_mask
 from lipsync_jax.face import load_fixed_mask
+from lipsync_jax.models.vae import sample_posterior
 from lipsync_jax.pipeline.chunk import decode_and_paste, encode_faces
 from lipsync_jax.pipeline.models import LipsyncModels
 from lipsync_jax.pipeline.placement import DATA_AXIS, axis_size, shard_chunks
+
+MOMENT_CHANNELS = 16  # 4 latent channels x (masked mean, masked logvar, ref mean, ref logvar)
 
 
 def data_mesh(devices=None) -> Mesh:
@@ -82,14 +92,21 @@ def start_noise(models: LipsyncModels, seed: int) -> tuple[np.ndarray, np.ndarra
     return np.asarray(noise), np.asarray(jax.random.key_data(vae_key))
 
 
+def _scaled_sample(vae, mean: jax.Array, logvar: jax.Array, keys: jax.Array) -> jax.Array:
+    """As ``encode_frames``: one posterior sample per frame from its own key, then the scaling."""
+    z = jax.vmap(lambda m, lv, k: sample_posterior(m[None], lv[None], k)[0])(mean, logvar, keys)
+    return (z - vae.config.shift_factor) * vae.config.scaling_factor
+
+
 def generate_chunks(models: LipsyncModels, unet_params: Any, vae_params: Any, faces: jax.Array,
-                    audio: jax.Array, chunk_indices: jax.Array, noise: jax.Array, vae_key_data: jax.Array,
-                    pixel_mask: jax.Array, keep_mask: jax.Array, latent_mask: jax.Array, *, num_steps: int,
-                    guidance_scale: float, sampler_options: Mapping[str, Any],
-                    vae_frames: int | None = None, overlap: int = 0, prev_tail: jax.Array | None = None,
-                    use_prev_tail: jax.Array | None = None):
+                    moments: jax.Array, use_moments: jax.Array, audio: jax.Array, chunk_indices: jax.Array,
+                    noise: jax.Array, vae_key_data: jax.Array, pixel_mask: jax.Array, keep_mask: jax.Array,
+                    latent_mask: jax.Array, *, num_steps: int, guidance_scale: float,
+                    sampler_options: Mapping[str, Any], vae_frames: int | None = None, overlap: int = 0,
+                    prev_tail: jax.Array | None = None, use_prev_tail: jax.Array | None = None):
     """The per-device body: (b, f, R, R, 3) uint8 faces -> (b, f, R, R, 3) float32 generated faces
-    (``vae_frames``: frames per VAE encode/decode step, default f; memory, not the result)."""
+    (``vae_frames``: frames per VAE encode/decode step, default f; memory, not the result). With
+    ``use_moments`` the latents come from ``moments`` (b, f, r, r, 16) instead of the encoder."""
     b, f = faces.shape[:2]
     vae_key = jax.random.wrap_key_data(vae_key_data)
 
@@ -98,7 +115,24 @@ def generate_chunks(models: LipsyncModels, unet_params: Any, vae_params: Any, fa
         return encode_faces(models.vae, vae_params, chunk_faces, pixel_mask, jax.random.fold_in(vae_key, index),
                             vae_frames)
 
-    pixel_values, masked, ref = jax.lax.map(encode, (faces, chunk_indices))  # one chunk at a time
+    def encode_all(_):
+        return jax.lax.map(encode, (faces, chunk_indices))  # one chunk at a time
+
+    encoded = jax.eval_shape(encode_all, None)
+
+    def from_moments(_):
+        def sample(args):
+            m, index = args
+            keys = jax.random.split(jax.random.fold_in(vae_key, index), 2 * f)
+            m = m.astype(models.vae.dtype)
+            return (_scaled_sample(models.vae, m[..., 0:4], m[..., 4:8], keys[:f]),
+                    _scaled_sample(models.vae, m[..., 8:12], m[..., 12:16], keys[f:]))
+
+        masked, ref = jax.lax.map(sample, (moments, chunk_indices))
+        pixel_values = faces.astype(jnp.float32) / 127.5 - 1.0
+        return tuple(x.astype(e.dtype) for x, e in zip((pixel_values, masked, ref), encoded))
+
+    pixel_values, masked, ref = jax.lax.cond(use_moments, from_moments, encode_all, None)
     init = jnp.broadcast_to(noise, (b,) + noise.shape[1:])
     mask = jnp.broadcast_to(latent_mask, (b, f) + latent_mask.shape)
     if overlap:  # consecutive windows sharing ``overlap`` frames (module doc)
@@ -158,17 +192,18 @@ class ChunkProgram:
                                  guidance_scale=self.guidance_scale, sampler_options=self.sampler_options,
                                  vae_frames=self.vae_frames)
         rep, dat = P(), P(DATA_AXIS)
+        inputs = (rep, rep, dat, dat, rep, dat, dat, rep, rep, rep, rep, rep)  # weights, faces .. masks
         if self.overlap:
             body = functools.partial(_windows_body, body, self.overlap)
-            mapped = shard_chunks(body, mesh, in_specs=(rep, rep, dat, dat, dat) + (rep,) * 7, out_specs=(dat, rep))
+            mapped = shard_chunks(body, mesh, in_specs=inputs + (rep, rep), out_specs=(dat, rep))
             self.tail_shape = (self.num_steps + 1, self.overlap, models.latent_size, models.latent_size,
                                models.vae.config.latent_channels)
         else:
-            mapped = shard_chunks(body, mesh, in_specs=(rep, rep, dat, dat, dat, rep, rep, rep, rep, rep),
-                                  out_specs=dat)
+            mapped = shard_chunks(body, mesh, in_specs=inputs, out_specs=dat)
         self._jitted = jax.jit(mapped)
         self._compiled = None
         self._empty_tail = None
+        self._no_moments: tuple | None = None
         self._compile_lock = threading.Lock()
         self.compile_seconds: float | None = None
 
@@ -180,7 +215,9 @@ class ChunkProgram:
         tokens = rows * (m.audio.config.n_audio_layer + 1)  # every encoder layer's output + the input
         noise_shape = (1, f, m.latent_size, m.latent_size, m.vae.config.latent_channels)
         key_shape = jax.random.key_data(jax.random.key(0)).shape
+        r = m.latent_size
         return {"faces": ((self.batch, f, res, res, 3), np.uint8),
+                "moments": ((self.batch, f, r, r, MOMENT_CHANNELS), np.float32),
                 "audio": ((self.batch, f, tokens, m.audio.config.n_audio_state), np.float32),
                 "chunk_indices": ((self.batch,), np.int32), "noise": (noise_shape, np.float32),
                 "vae_key_data": (key_shape, np.uint32)}
@@ -206,6 +243,7 @@ class ChunkProgram:
         shapes = self.input_shapes()
         spec = lambda name, sharding: jax.ShapeDtypeStruct(*shapes[name], sharding=sharding)  # noqa: E731
         args = (self._abstract(unet_params), self._abstract(vae_params), spec("faces", self.sharded),
+                spec("moments", self.sharded), jax.ShapeDtypeStruct((), np.bool_, sharding=self.replicated),
                 spec("audio", self.sharded), spec("chunk_indices", self.sharded),
                 spec("noise", self.replicated), spec("vae_key_data", self.replicated),
                 *(jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=self.replicated) for m in self.host_masks))
@@ -213,6 +251,10 @@ class ChunkProgram:
             args += (jax.ShapeDtypeStruct(self.tail_shape, np.float32, sharding=self.replicated),
                      jax.ShapeDtypeStruct((), np.bool_, sharding=self.replicated))
         return self._jitted.lower(*args)
+
+    @property
+    def compiled(self) -> bool:
+        return self._compiled is not None
 
     def _compile(self, unet_params: Any, vae_params: Any):
         if self._compiled is None:
@@ -249,6 +291,17 @@ class ChunkProgram:
                                               self.replicated)
         return self._empty_tail
 
+    def put_moments(self, moments: np.ndarray | None) -> tuple:
+        """(moments, use_moments) on the devices; None: placeholder zeros (placed once) and False."""
+        if moments is None:
+            if self._no_moments is None:
+                shape, dtype = self.input_shapes()["moments"]
+                self._no_moments = (jax.device_put(np.zeros(shape, dtype), self.sharded),
+                                    jax.device_put(np.bool_(False), self.replicated))
+            return self._no_moments
+        return (jax.device_put(np.ascontiguousarray(moments, np.float32), self.sharded),
+                jax.device_put(np.bool_(True), self.replicated))
+
     def put_batch(self, faces: np.ndarray, audio: np.ndarray, chunk_indices: np.ndarray) -> tuple:
         """Host arrays -> device arrays sharded over ``data`` (starts the transfers)."""
         return (jax.device_put(np.ascontiguousarray(faces, np.uint8), self.sharded),
@@ -260,24 +313,25 @@ class ChunkProgram:
                 jax.device_put(np.asarray(vae_key_data, np.uint32), self.replicated))
 
     def __call__(self, unet_params: Any, vae_params: Any, faces, audio, chunk_indices, noise, vae_key_data,
-                 prev_tail=None, use_prev_tail: bool = False):
+                 prev_tail=None, use_prev_tail: bool = False, moments: np.ndarray | None = None):
         """The generated faces; with ``overlap`` > 0 ``(faces, tail)``: pass ``tail`` as the next
         call's ``prev_tail`` with ``use_prev_tail=True`` when its first window follows this call's
-        last one (None / False: the first window is not linked)."""
+        last one (None / False: the first window is not linked). ``moments``: the faces' cached VAE
+        moments (B, f, r, r, 16), which replace the encoder (module doc)."""
         compiled = self.compile(unet_params, vae_params)
         if not isinstance(faces, jax.Array):
             faces, audio, chunk_indices = self.put_batch(faces, audio, chunk_indices)
         if not isinstance(noise, jax.Array):
             noise, vae_key_data = self.put_job(noise, vae_key_data)
+        args = (unet_params, vae_params, faces, *self.put_moments(moments), audio, chunk_indices, noise, vae_key_data,
+                *self.masks)
         if not self.overlap:
-            return compiled(unet_params, vae_params, faces, audio, chunk_indices, noise, vae_key_data, *self.masks)
+            return compiled(*args)
         use = bool(use_prev_tail) and prev_tail is not None
         tail = prev_tail if use else self.empty_tail()
-        return compiled(unet_params, vae_params, faces, audio, chunk_indices, noise, vae_key_data, *self.masks,
-                        tail, jax.device_put(np.bool_(use), self.replicated))
+        return compiled(*args, tail, jax.device_put(np.bool_(use), self.replicated))
 
 
-def _windows_body(body, overlap, unet_params, vae_params, faces, audio, chunk_indices, noise, vae_key_data,
-                  pixel_mask, keep_mask, latent_mask, prev_tail, use_prev_tail):
-    return body(unet_params, vae_params, faces, audio, chunk_indices, noise, vae_key_data, pixel_mask, keep_mask,
-                latent_mask, overlap=overlap, prev_tail=prev_tail, use_prev_tail=use_prev_tail)
+def _windows_body(body, overlap, *args):
+    *inputs, prev_tail, use_prev_tail = args
+    return body(*inputs, overlap=overlap, prev_tail=prev_tail, use_prev_tail=use_prev_tail)

@@ -237,7 +237,7 @@ def prepare(fv: flags.FlagValues):
                                 avatar_cache=fv.avatar_cache, progress=True)
     try:
         print(f"compiling the device program ({sampling.steps} steps) ...", flush=True)
-        warm_up(service.engine, options, moments=avatar.moments is not None)
+        warm_up(service.engine, options)
     except BaseException:
         avatar.close()
         raise

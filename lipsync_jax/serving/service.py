@@ -137,6 +137,7 @@ class LipsyncService:
         self.run_options = run = run or RunOptions()
         if run.max_vram_gb is None and defaults.max_vram_gb is not None:
             self.run_options = run = dataclasses.replace(run, max_vram_gb=defaults.max_vram_gb)
+        self.log = log
         self.engine = LipsyncEngine(models, run, sampling=defaults.sampling, log=log)
         self.avatar_cache = AvatarCache(avatar_cache) if avatar_cache else None
         self._vae_fingerprint: str | None = None
@@ -198,9 +199,11 @@ class LipsyncService:
         """Compile (or load from the persistent cache) a program now (server warm-up)."""
         self.engine.compile(sampling or self.defaults.sampling)
 
-    def run(self, request: Request, *, progress: bool = False, on_chunk=None, timer=None) -> ServiceResult:
+    def run(self, request: Request, *, progress: bool = False, on_chunk=None, on_progress=None,
+            timer=None) -> ServiceResult:
         """Check, then lip-sync one request (waits for the device lock). Raises ``InputError``,
-        ``OptionError`` and friends, each one line naming the file or value."""
+        ``OptionError`` and friends, each one line naming the file or value. ``on_progress(stage, done,
+        total)``: the job's progress ("finding faces", "lip sync"; from worker threads)."""
         request = self.limits.check(request)
         job = request.job
         checked = check_inputs(job.video, job.audio, job.output)  # outside the lock: bad files fail at once
@@ -209,7 +212,12 @@ class LipsyncService:
         with self._lock:
             before = self.monitor.snapshot()["compiles"]
             begin = time.perf_counter()
-            hooks = JobHooks(on_chunk=on_chunk)
+            hooks = JobHooks(on_chunk=on_chunk, on_progress=on_progress)
+            if self.jobs_done and self.log is not None and not self.engine.has_program(request.sampling):
+                s = request.sampling
+                self.log(f"new setting ({s.steps} steps, guidance {s.guidance:g}, {s.solver}"
+                         + (f", DeepCache {s.deepcache_interval}" if s.deepcache_interval else "")
+                         + (f", overlap {s.overlap}" if s.overlap else "") + "): compiling its device program")
             if self.avatar_cache is None:
                 result, avatar = self.engine.run(job, request.sampling, hooks=hooks, progress=progress,
                                                  checked=checked, timer=timer), "off"
