@@ -111,6 +111,7 @@ def test_api_lipsyncs_the_demo_and_second_request_compiles_nothing(client, serve
     assert info.audio_codec == "aac"
     assert abs(len(load_audio(out)) / 16000 - MAX_SECONDS) < 0.06
     assert "16 frames" in status and "RANDOM" in status
+    assert "random weights" in (server["work"] / "server.log").read_text()  # and in the server's log
     first = stats(client)
     assert first["jobs_done"] == 1 and first["compiles"] > 0
 

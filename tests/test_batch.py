@@ -93,6 +93,7 @@ def test_command_line_skips_done_records_failed_and_exits_1(tmp_path, entry):
     assert "Traceback" not in proc.stderr
     assert "skip" in proc.stdout and "missing.mp4: no such file" in proc.stdout
     assert "0 done, 1 skipped, 1 failed" in proc.stdout
+    assert "random weights" in proc.stderr and "meaningless" in proc.stderr  # --random_init says so
     assert done.read_bytes() == b"finished earlier" and not (tmp_path / "new.mp4").exists()
 
 
@@ -172,3 +173,38 @@ def test_face_column_builds_a_face_pass_for_the_chosen_person(clip):
     assert all(a is not None and a.face.shape == (64, 64, 3) for a in aligned)
     with pytest.raises(FaceSelectionError, match="7"):
         face_pass_for("7")
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_batch_within_seconds_with_its_summary_and_leaves_no_partial_output(tmp_path, clip):
+    """A long second job is running: SIGTERM -> exit 143 within 5 s, the summary of what finished,
+    the finished output kept, nothing else in the output folder, no ffmpeg child left running."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    jobs = write_csv(tmp_path / "jobs.csv", "video,audio,output,max_seconds\n"
+                                            f"{clip},{asset_path('demo1_audio.wav')},out/first.mp4,0.6\n"
+                                            f"{clip},{asset_path('demo2_audio.wav')},out/second.mp4,12\n")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen([sys.executable, "-m", "lipsync_jax.batch", jobs, f"--config={TINY}", "--random_init",
+                             "--steps=1", f"--compile_cache={tmp_path / 'xla'}"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 900
+    while time.time() < deadline and proc.poll() is None:  # the second job's work folder fills up
+        folders = [n for n in os.listdir(out) if n.startswith(".lipsync_")] if out.exists() else []
+        if (out / "first.mp4").exists() and folders and any(os.scandir(out / folders[0])):
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    signalled = time.time()
+    stdout, stderr = proc.communicate(timeout=60)
+    assert time.time() - signalled < 5.0 and proc.returncode == 143, (proc.returncode, stderr[-2000:])
+    assert "Traceback" not in stderr and "interrupted (SIGTERM)" in stderr.strip().splitlines()[-1]
+    assert "1 done, 0 skipped, 0 failed, 1 stopped" in stdout, stdout
+    assert sorted(os.listdir(out)) == ["first.mp4"]  # no partial second.mp4, no work folder
+    children = subprocess.run(["pgrep", "-f", f"{out}/"], capture_output=True, text=True).stdout.split()
+    assert children == []  # no ffmpeg encoder left behind
+

@@ -109,6 +109,18 @@ def test_demo_video_with_longer_audio_loops(tmp_path, jax_cache):
     check_output(output, video, audio_seconds, pingpong_indices(250, round(audio_seconds * 25)))
 
 
+def test_avatar_cache_path_says_random_weights_and_reports_like_the_plain_path(tmp_path, jax_cache):
+    video = make_clip(tmp_path / "clip.mp4", seconds=0.8, size="270:480")
+    args = [f"--video={video}", f"--audio={asset_path('demo1_audio.wav')}", "--max_seconds=0.6",
+            f"--avatar_cache={tmp_path / 'avatars'}"]
+    first = run_infer([*args, f"--output={tmp_path / 'a.mp4'}"], jax_cache, tmp_path)
+    second = run_infer([*args, f"--output={tmp_path / 'b.mp4'}"], jax_cache, tmp_path)
+    for proc, avatar in ((first, "stored"), (second, "hit")):
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "random weights" in proc.stderr and "meaningless" in proc.stderr
+        assert f"avatar cache {avatar}" in proc.stdout and "time to first frame" in proc.stdout, proc.stdout
+
+
 def test_short_clip_with_longer_audio_loops_pingpong(tmp_path, jax_cache):
     """The fast variant of the loop test: a 1.2 s downscaled demo clip with 2.8 s of audio."""
     video = make_clip(tmp_path / "clip.mp4", seconds=1.2)

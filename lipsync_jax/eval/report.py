@@ -340,12 +340,19 @@ def write_report(report: Report, out_dir: str) -> dict[str, str]:
     return paths
 
 
+QUICK_SMOKE_FLAGS = "--narrow_by 8 --min_track 10"
+QUICK_SMOKE = ("python -m lipsync_jax.eval.report --generated results/ --reference originals/ --out report/ "
+               f"--random_init {QUICK_SMOKE_FLAGS}")
+
+
 def _parser():
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m lipsync_jax.eval.report",
                                      description="LSE-C / LSE-D / offset, FVD, SSIM and PSNR of generated videos "
-                                                 "against references: CSV, Markdown table and PNG plots")
+                                                 "against references: CSV, Markdown table and PNG plots",
+                                     epilog="quick smoke run without weights (numbers meaningless, minutes on a CPU): "
+                                            f"{QUICK_SMOKE}; details: docs/evaluation.md")
     parser.add_argument("--generated", required=True, help="folder of generated videos")
     parser.add_argument("--reference", required=True, help="folder of reference videos (paired by file name)")
     parser.add_argument("--out", required=True, help="report folder to write")
@@ -354,7 +361,8 @@ def _parser():
     parser.add_argument("--syncnet_checkpoint", default=None, help="syncnet_v2.model or a converted folder")
     parser.add_argument("--s3fd_checkpoint", default=None, help="sfd_face.pth or a converted folder")
     parser.add_argument("--i3d_checkpoint", default=None, help="rgb_imagenet.pt or a converted folder")
-    parser.add_argument("--random_init", action="store_true", help="random weights for all networks (smoke tests)")
+    parser.add_argument("--random_init", action="store_true", help="random weights for all networks (smoke tests; "
+                        f"add {QUICK_SMOKE_FLAGS} for a quick one)")
     parser.add_argument("--narrow_by", type=int, default=1, help="with --random_init: divide the network widths")
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed for --random_init")
     parser.add_argument("--region", default="frame", choices=("frame", "mouth"), help="SSIM/PSNR region")
@@ -390,6 +398,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SyncEvalError(f"{args.generated}: no videos to evaluate")
         if args.random_init:
             print(RANDOM_WARNING, file=sys.stderr)
+            if args.narrow_by == 1:
+                print(f"note: full-width random networks are slow on a CPU (S3FD ~3 s per 1080p frame); for a quick "
+                      f"smoke run add {QUICK_SMOKE_FLAGS}", file=sys.stderr)
         nets = load_report_nets(*checkpoints, random_init=args.random_init, narrow_by=args.narrow_by, seed=args.seed,
                                 i3d_batch_size=args.i3d_batch_size)
         options = ReportOptions(DetectSettings(scale=args.detect_scale, min_track=args.min_track), args.vshift,
