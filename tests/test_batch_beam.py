@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import psutil
@@ -25,13 +26,17 @@ from conftest import asset_path
 from lipsync_jax import config_utils
 from lipsync_jax.media import ffmpeg_exe, probe_video
 from lipsync_jax.media.atomic import atomic_output
+from lipsync_jax.pipeline.inputs import check_inputs
 from lipsync_jax.pipeline.job import RunOptions
 from lipsync_jax.serving.batch import read_jobs
 from lipsync_jax.serving.batch_jobs import BatchFileError, read_results
 from lipsync_jax.serving.fingerprint import record_path
 
 beam = pytest.importorskip("apache_beam", reason="optional extra: pip install -r requirements-beam.txt")
-from lipsync_jax.serving import batch_beam  # noqa: E402 - needs apache_beam
+from apache_beam.io.filesystem import FileMetadata  # noqa: E402 - needs apache_beam
+from apache_beam.io.localfilesystem import LocalFileSystem  # noqa: E402
+
+from lipsync_jax.serving import batch_beam  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "unet", "tiny.py")
@@ -78,6 +83,7 @@ class StandInService:
         return "stand-in service"
 
     def run(self, request, progress=False):
+        check_inputs(request.job.video, request.job.audio, request.job.output)  # as the service does
         with atomic_output(request.job.output) as tmp, open(tmp, "wb") as f:
             f.write(f"seed {request.job.seed}".encode())
         return _Done(num_frames=7, seconds=0.25)
@@ -143,6 +149,61 @@ def test_model_copies_share_one_service_across_processes(tmp_path, clip):
     outcomes, _ = batch_beam.run_pipeline(rows, stand_in_spec(), results_path=str(tmp_path / "r.csv"),
                                           model_copies=1)
     assert [o.status for o in outcomes] == ["done", "done"] and len(BUILDS) == 1
+
+
+class FakeBucket(LocalFileSystem):
+    """``testfs://a/b`` is ``FakeBucket.root/a/b``: a file system the batch reaches only through Beam's
+    FileSystems, as it reaches gs:// (Beam finds file systems by their class's scheme)."""
+
+    root = ""
+
+    @classmethod
+    def scheme(cls):
+        return "testfs"
+
+    def _local(self, path):  # LocalFileSystem's methods call each other with the local path
+        return os.path.join(self.root, path.split("://", 1)[1]) if "://" in path else path
+
+    def create(self, path, *args, **kwargs):
+        return super().create(self._local(path), *args, **kwargs)
+
+    def open(self, path, *args, **kwargs):
+        return super().open(self._local(path), *args, **kwargs)
+
+    def exists(self, path):
+        return super().exists(self._local(path))
+
+    def metadata(self, path):
+        local = super().metadata(self._local(path))
+        return FileMetadata(path, local.size_in_bytes, local.last_updated_in_seconds)
+
+
+def test_media_given_as_urls_are_staged_through_a_local_folder(tmp_path, clip):
+    bucket = tmp_path / "bucket"
+    (bucket / "media").mkdir(parents=True)
+    (bucket / "tables").mkdir()
+    shutil.copy(clip, bucket / "media" / "clip.mp4")
+    shutil.copy(asset_path("demo1_audio.wav"), bucket / "media" / "speech.wav")
+    (bucket / "media" / "broken.mp4").write_bytes(b"not a video")
+    (bucket / "tables" / "jobs.csv").write_text(
+        "id,video,audio,output,seed\n"
+        "one,../media/clip.mp4,../media/speech.wav,out/one.mp4,1\n"
+        "gone,../media/clip.mp4,../media/nope.wav,out/gone.mp4,2\n"
+        "broken,../media/broken.mp4,../media/speech.wav,out/broken.mp4,3\n")
+    FakeBucket.root = str(bucket)
+    rows = read_jobs("testfs://tables/jobs.csv")
+    assert (rows[0].video, rows[0].output) == ("testfs://media/clip.mp4", "testfs://tables/out/one.mp4")
+    stage_folders = set(os.listdir(tempfile.gettempdir()))
+    outcomes, _ = batch_beam.run_pipeline(rows, stand_in_spec(), results_path="testfs://tables/results.csv")
+    assert [o.status for o in outcomes] == ["done", "failed", "failed"]
+    assert outcomes[1].message == "audio testfs://media/nope.wav: no such file"
+    assert outcomes[2].message.startswith("video testfs://media/broken.mp4")  # the URL, not the local copy
+    assert (bucket / "tables" / "out" / "one.mp4").read_bytes() == b"seed 1"
+    assert os.path.exists(bucket / "tables" / "out" / ".one.mp4.lipsync.json")
+    assert [r["status"] for r in read_results("testfs://tables/results.csv")] == ["done", "failed", "failed"]
+    assert not [n for n in set(os.listdir(tempfile.gettempdir())) - stage_folders if n.startswith("lipsync_stage_")]
+    again, _ = batch_beam.run_pipeline(rows, stand_in_spec(), results_path="testfs://tables/results.csv")
+    assert [o.status for o in again] == ["skipped", "failed", "failed"]
 
 
 def test_unknown_beam_options_and_missing_results_are_one_line_errors(tmp_path):

@@ -6,11 +6,12 @@
     python infer.py --batch jobs.csv ...
 
 The jobs table (CSV with a header row, or JSONL: one JSON object per line; a local file, or with
-Apache Beam installed one on any file system it reads, e.g. gs://) has the columns ``video``,
+Apache Beam installed a URL on any file system it reads, e.g. gs://) has the columns ``video``,
 ``audio``, ``output`` (required) and optionally ``id`` (the job's name in the result table; default
 its line number), ``seed``, ``guidance``, ``steps``, ``face``, ``scheduler``, ``deepcache_interval``,
 ``overlap``, ``audio_windows``, ``max_seconds`` (empty = the command line's value, else the
-config's). Relative paths are relative to the table's folder. Every row's values are parsed when
+config's). Relative paths are relative to the table's folder; media given as URLs are staged through
+a local temp folder (files.py). Every row's values are parsed when
 the table is read (pipeline/job.py: the same messages as infer.py's flags, plus the file and line),
 so a bad table fails before any model is loaded.
 
@@ -46,15 +47,13 @@ from lipsync_jax.serving.batch_jobs import (
     BatchFileError,
     BatchOutcome,
     BatchRow,
-    file_exists,
-    is_local,
-    open_text,
     plan_job,
     row_values,
     run_job,
     write_results,
 )
 from lipsync_jax.serving.cli import run_command
+from lipsync_jax.serving.files import dirname, file_exists, join, open_text
 from lipsync_jax.serving.fingerprint import job_settings, model_identity
 from lipsync_jax.serving.service import RANDOM_WEIGHTS_WARNING, LipsyncService
 
@@ -96,15 +95,8 @@ def read_jobs(path: str) -> list[BatchRow]:
     """Rows of a jobs table; ``BatchFileError`` naming the file and line for a bad table."""
     if not file_exists(path):
         raise BatchFileError(f"jobs file {path}: no such file")
-    base = os.path.dirname(os.path.abspath(path)) if is_local(path) else None
-
-    def resolve(p: str, line: int) -> str:
-        if os.path.isabs(p):
-            return p
-        if base is None:  # media are read and written with ordinary file I/O: paths every worker mounts
-            raise BatchFileError(f"{path} line {line}: {p} is relative; a table on {path.split('://')[0]}:// needs "
-                                 f"absolute paths on a file system every worker mounts")
-        return os.path.normpath(os.path.join(base, p))
+    base = dirname(path)
+    resolve = lambda p: p if os.path.isabs(p) or "://" in p else join(base, p)  # noqa: E731
 
     rows = []
     for line, values in _records(path):
@@ -117,8 +109,8 @@ def read_jobs(path: str) -> list[BatchRow]:
         if empty:
             raise BatchFileError(f"{path} line {line}: empty {', '.join(empty)}")
         extra = {COLUMN_FIELDS.get(k, k): v for k, v in values.items() if k in OPTIONAL and k != "id" and v}
-        rows.append(BatchRow(line, resolve(values["video"], line), resolve(values["audio"], line),
-                             resolve(values["output"], line), extra, values.get("id") or str(line)))
+        rows.append(BatchRow(line, resolve(values["video"]), resolve(values["audio"]), resolve(values["output"]),
+                             extra, values.get("id") or str(line)))
     if not rows:
         raise BatchFileError(f"jobs file {path}: no jobs")
     for name, key in (("output", lambda r: r.output), ("id", lambda r: r.job_id)):

@@ -45,7 +45,6 @@ from lipsync_jax.serving.batch_jobs import (
     BatchFileError,
     BatchOutcome,
     BatchRow,
-    file_exists,
     plan_job,
     read_results,
     row_values,
@@ -53,6 +52,7 @@ from lipsync_jax.serving.batch_jobs import (
     write_results,
 )
 from lipsync_jax.serving.cli import error_line
+from lipsync_jax.serving.files import file_exists, is_local
 from lipsync_jax.serving.fingerprint import job_settings, model_identity, remove_leftovers
 from lipsync_jax.serving.service import LipsyncService
 
@@ -259,7 +259,7 @@ def stop_workers(rows: Sequence[BatchRow]) -> None:
         with contextlib.suppress(psutil.Error):
             child.kill()
     psutil.wait_procs(children, timeout=5)
-    folders = sorted({os.path.dirname(os.path.abspath(row.output)) for row in rows})
+    folders = sorted({os.path.dirname(os.path.abspath(row.output)) for row in rows if is_local(row.output)})
     for row in rows:
         remove_leftovers(row.output)
     for folder in folders:

@@ -1,6 +1,7 @@
 """One job of a batch, the same whichever runner runs it (the local loop in batch.py, Beam's workers in
 batch_beam.py): its table row, its outcome, the steps (skip a finished output, check the inputs, run
-on a ``LipsyncService`` and record the settings), the log line, and the result table.
+on a ``LipsyncService`` and record the settings), the log line, and the result table. A job whose
+video, audio or output is a URL (gs://...) is staged through a local temp folder (files.py).
 
 Result table (``--summary_csv``; CSV, or JSONL when the name ends in ``.jsonl``; a path on any file
 system Apache Beam reads, e.g. ``gs://``, when Beam is installed): one row per job in table order
@@ -11,6 +12,7 @@ the device excluded); ``message`` is the failure's one line, or what was done or
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -18,12 +20,15 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import IO, Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
+from lipsync_jax.cleanup import tracked_path
+from lipsync_jax.pipeline.errors import InputError
 from lipsync_jax.pipeline.inputs import check_inputs
 from lipsync_jax.pipeline.job import Request
 from lipsync_jax.serving.cli import error_line
+from lipsync_jax.serving.files import basename, download, file_exists, is_local, open_text, upload, write_text
 from lipsync_jax.serving.fingerprint import check_finished, remove_leftovers, write_record
 
 RESULT_COLUMNS = ("id", "line", "status", "frames", "seconds", "output", "video", "audio", "message")
@@ -73,7 +78,12 @@ def plan_job(row: BatchRow, settings: Mapping[str, Any], *, force: bool = False,
         if finished.reason:
             log(f"{tag} redo {row.output}: {finished.reason}")
     try:
-        check_inputs(row.video, row.audio, row.output)
+        if is_staged(row):  # probed once copied (run_job); here only whether they are there
+            for role, path in (("video", row.video), ("audio", row.audio)):
+                if not file_exists(path):
+                    raise InputError(f"{role} {path}: no such file")
+        else:
+            check_inputs(row.video, row.audio, row.output)
     except Exception as error:  # noqa: BLE001 - recorded, the batch goes on
         outcome = BatchOutcome(row, "failed", 0.0, error_line(error))
         log(f"{tag} FAILED line {row.line}: {outcome.message}")
@@ -84,15 +94,23 @@ def plan_job(row: BatchRow, settings: Mapping[str, Any], *, force: bool = False,
 
 def run_job(service: Any, row: BatchRow, request: Request, settings: Mapping[str, Any], *, progress: bool = False,
             tag: str = "", log: Callable[[str], None] = print) -> BatchOutcome:
-    """Run one job on ``service`` (a ``LipsyncService``) and record its settings beside the output;
-    never raises for a failed job."""
+    """Run one job on ``service`` (a ``LipsyncService``; files that are URLs staged through a local
+    temp folder) and record its settings beside the output; never raises for a failed job."""
     begin = time.perf_counter()
-    try:
-        done = service.run(request, progress=progress)
-    except Exception as error:  # noqa: BLE001 - recorded, the batch goes on
-        outcome = BatchOutcome(row, "failed", time.perf_counter() - begin, error_line(error))
-        log(f"{tag} FAILED line {row.line}: {outcome.message}")
-        return outcome
+    local: StagedRequest | None = None
+    with contextlib.ExitStack() as stack:
+        try:
+            local = stack.enter_context(staged(request)) if is_staged(row) else None
+            done = service.run(request if local is None else local.request, progress=progress)
+            if local is not None:
+                upload(local.request.job.output, row.output)
+        except Exception as error:  # noqa: BLE001 - recorded, the batch goes on
+            message = error_line(error)
+            for remote, path in ({} if local is None else local.names).items():
+                message = message.replace(path, remote)
+            outcome = BatchOutcome(row, "failed", time.perf_counter() - begin, message)
+            log(f"{tag} FAILED line {row.line}: {outcome.message}")
+            return outcome
     note = f"{done.num_frames} frames" + (f", avatar cache {done.avatar}" if done.avatar != "off" else "")
     try:
         write_record(row.output, settings, frames=done.num_frames, seconds=done.seconds)
@@ -104,48 +122,34 @@ def run_job(service: Any, row: BatchRow, request: Request, settings: Mapping[str
     return BatchOutcome(row, "done", done.seconds, note, done.num_frames)
 
 
-# ---------------------------------------------------------------------------- files on any file system
-def is_local(path: str) -> bool:
-    return "://" not in path
+# ---------------------------------------------------------------------------- files given as URLs
+def is_staged(row: BatchRow) -> bool:
+    """Whether the job's media are URLs (gs://...): copied to a local temp folder to run."""
+    return not all(is_local(path) for path in (row.video, row.audio, row.output))
 
 
-def _filesystems():
-    try:  # optional dependency (pip install -r requirements-beam.txt): only paths such as gs://... need it
-        from apache_beam.io.filesystems import FileSystems
-    except ImportError:
-        raise BatchFileError("paths such as gs://... need Apache Beam: pip install -r requirements-beam.txt") from None
-    return FileSystems
+@dataclasses.dataclass(frozen=True)
+class StagedRequest:
+    request: Request  # the job on local copies, its output in the temp folder
+    names: Mapping[str, str]  # URL -> its local copy (to name the URL in messages)
 
 
-def file_exists(path: str) -> bool:
-    return os.path.isfile(path) if is_local(path) else _filesystems().exists(path)
-
-
-def open_text(path: str) -> IO[str]:
-    """Read a local file, or one on any file system Beam reads (gs://, s3://, hdfs://, ...)."""
-    if is_local(path):
-        return open(path, newline="", encoding="utf-8-sig")
-    return io.TextIOWrapper(_filesystems().open(path), newline="", encoding="utf-8-sig")
-
-
-def write_text(path: str, text: str) -> None:
-    """Write a whole file: locally to a temp file renamed into place, elsewhere through Beam (an
-    object appears when it is closed)."""
-    if not is_local(path):
-        with _filesystems().create(path, mime_type="text/plain") as f:
-            f.write(text.encode("utf-8"))
-        return
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+@contextlib.contextmanager
+def staged(request: Request) -> Iterator[StagedRequest]:
+    """``request`` with each URL among its video, audio and output replaced by a path in a local temp
+    folder (inputs copied there); the folder is deleted at the end (and on a stop)."""
+    job = request.job
+    with tracked_path(tempfile.mkdtemp(prefix="lipsync_stage_")) as folder:
+        names = {}
+        for n, (field, path) in enumerate((("video", job.video), ("audio", job.audio), ("output", job.output))):
+            if is_local(path):
+                continue
+            names[path] = os.path.join(folder, f"{n}_{basename(path)}")
+            if field != "output":
+                download(path, names[path])
+        local = dataclasses.replace(job, **{field: names.get(getattr(job, field), getattr(job, field))
+                                            for field in ("video", "audio", "output")})
+        yield StagedRequest(dataclasses.replace(request, job=local), names)
 
 
 # ---------------------------------------------------------------------------- the result table
@@ -173,7 +177,7 @@ def write_results(path: str, outcomes: Sequence[BatchOutcome]) -> None:
     try:
         write_text(path, format_results(path, outcomes))
     except OSError as error:
-        raise BatchFileError(f"result table {path}: cannot write it ({error.strerror or error})") from None
+        raise BatchFileError(f"result table {path}: cannot write it ({error_line(error)})") from None
 
 
 def read_results(path: str) -> list[dict[str, str]]:

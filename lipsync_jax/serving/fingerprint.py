@@ -29,13 +29,22 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-from lipsync_jax.cleanup import remove_path, track_path, untrack_path
+from lipsync_jax.cleanup import remove_path
 from lipsync_jax.config_utils import config_to_dict, resolve_path
 from lipsync_jax.pipeline.job import Request, RunOptions
+from lipsync_jax.serving.files import (
+    basename,
+    beside,
+    file_exists,
+    file_size,
+    file_stat,
+    is_local,
+    open_text,
+    write_text,
+)
 from lipsync_jax.serving.service import default_dtype
 
 RECORD_SUFFIX = ".lipsync.json"
@@ -93,19 +102,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _size(path: str) -> int | None:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return None
-
-
 def job_settings(request: Request, model: Mapping[str, Any]) -> dict[str, Any]:
     """The recorded settings of ``request`` run by ``model`` (its ``model_identity``)."""
     job = request.job
     fields = {f.name: getattr(job, f.name) for f in dataclasses.fields(job) if f.name != "output"}
     inputs = [job.video, job.audio, *job.face_audio.values()]
-    return _plain({"job": fields, "inputs": {path: _size(path) for path in inputs},
+    return _plain({"job": fields, "inputs": {path: file_size(path) for path in inputs},
                    "sampling": dataclasses.asdict(request.sampling), "model": model})
 
 
@@ -127,31 +129,14 @@ def changed_settings(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str
 
 # ---------------------------------------------------------------------------- the record beside the output
 def record_path(output: str) -> str:
-    folder, name = os.path.split(os.path.abspath(output))
-    return os.path.join(folder, f".{name}{RECORD_SUFFIX}")
-
-
-def _stat(output: str) -> dict[str, int]:
-    info = os.stat(output)
-    return {"bytes": info.st_size, "mtime_ns": info.st_mtime_ns}
+    return beside(output, f".{basename(output)}{RECORD_SUFFIX}")
 
 
 def write_record(output: str, settings: Mapping[str, Any], *, frames: int, seconds: float) -> None:
-    """The record of a finished ``output`` (written to a temp file and renamed into place)."""
+    """The record of a finished ``output`` (a local one written to a temp file renamed into place)."""
     record = {"version": RECORD_VERSION, "fingerprint": fingerprint(settings), "settings": settings,
-              "frames": int(frames), "seconds": round(float(seconds), 3), "output": _stat(output)}
-    path = record_path(output)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path))
-    track_path(tmp)  # deleted on a stop (lipsync_jax/cleanup.py)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=1, sort_keys=True)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a record is readable like the output beside it
-        os.replace(tmp, path)
-    except BaseException:
-        remove_path(tmp)
-        raise
-    untrack_path(tmp)
+              "frames": int(frames), "seconds": round(float(seconds), 3), "output": file_stat(output)}
+    write_text(record_path(output), json.dumps(record, indent=1, sort_keys=True))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,13 +150,13 @@ class Finished:
 
 def check_finished(output: str, settings: Mapping[str, Any]) -> Finished:
     """Skip or redo ``output`` (see the module docstring)."""
-    if not os.path.exists(output):
+    if not file_exists(output):
         return Finished(False)
     path = record_path(output)
-    if not os.path.exists(path):
+    if not file_exists(path):
         return Finished(True, "exists (no settings record: kept; --force redoes it)")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open_text(path) as f:
             record = json.load(f)
         recorded, stat, frames = record["fingerprint"], record["output"], int(record["frames"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -179,16 +164,18 @@ def check_finished(output: str, settings: Mapping[str, Any]) -> Finished:
     if recorded != fingerprint(settings):
         changed = changed_settings(record.get("settings") or {}, settings)
         return Finished(False, f"settings changed ({', '.join(changed) or 'fingerprint'})")
-    if stat != _stat(output):
+    if stat != file_stat(output):
         return Finished(False, "the output was replaced after its settings were recorded")
     return Finished(True, "finished with the same settings", frames)
 
 
 def remove_leftovers(output: str) -> list[str]:
-    """Delete the hidden temp files (``.name.*.partial.ext``) a killed writer of ``output`` left beside
-    it; returns their paths. Called right before the job runs again, so a pipeline cancelled on a
-    cluster leaves nothing behind after its re-run (the job's work folders of processes that are gone
-    are removed by pipeline/work_dirs.py when the job starts)."""
+    """Delete the hidden temp files (``.name.*.partial.ext``) a killed writer of a local ``output`` left
+    beside it; returns their paths. Called right before the job runs again, so a pipeline cancelled on
+    a cluster leaves nothing behind after its re-run (the job's work folders of processes that are
+    gone are removed by pipeline/work_dirs.py when the job starts; an upload never leaves a part)."""
+    if not is_local(output):
+        return []
     folder, name = os.path.split(os.path.abspath(output))
     stem, ext = os.path.splitext(name)
     # media/atomic.py's names: mkstemp(prefix=".STEM.", suffix=".partial.EXT"), 8 random [a-z0-9_] between, so
