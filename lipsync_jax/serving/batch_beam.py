@@ -200,9 +200,10 @@ def build_pipeline(pipeline: beam.Pipeline, jobs: Sequence[BatchJob], handler: L
 # ---------------------------------------------------------------------------- the driver
 def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
     """Beam's own options (``--runner``, ``--direct_num_workers``, Dataflow's, ...). Without ``--runner``:
-    the FnApiRunner, the DirectRunner's local engine (``--runner=DirectRunner`` in Beam 2.77 first
-    tries to download and start the Prism runner, which ignores ``--direct_running_mode``). An
-    option Beam does not know is refused with one line."""
+    the FnApiRunner, the DirectRunner's local engine, whose ``--direct_running_mode`` and
+    ``--direct_num_workers`` set the worker processes (``--runner=DirectRunner`` in Beam 2.77 first
+    tries to download and start the Prism runner). An option Beam does not know is refused with one
+    line."""
     options = PipelineOptions(list(beam_args))
     unknown = options.get_all_options(retain_unknown_options=True).keys() - options.get_all_options().keys()
     if unknown:
