@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -143,11 +144,22 @@ def test_a_service_that_cannot_be_built_fails_rows_not_the_pipeline(tmp_path, cl
     assert len(BUILDS) == 1 and metrics["jobs_failed"] == 2  # tried once per worker, not once per job
 
 
+def shared_model_files() -> set[str]:
+    """The address and lock files Beam's multi_process_shared leaves in the temp folder per model tag."""
+    pattern = re.compile(r"[0-9a-f]{32}(\d+|_model_status)\.(address|lock)")
+    return {name for name in os.listdir(tempfile.gettempdir()) if pattern.fullmatch(name)}
+
+
 def test_model_copies_share_one_service_across_processes(tmp_path, clip):
     rows = read_jobs(write_table(tmp_path, clip, bad_line=None))
     BUILDS.clear()
-    outcomes, _ = batch_beam.run_pipeline(rows, stand_in_spec(), results_path=str(tmp_path / "r.csv"),
-                                          model_copies=1)
+    before = shared_model_files()
+    try:
+        outcomes, _ = batch_beam.run_pipeline(rows, stand_in_spec(), results_path=str(tmp_path / "r.csv"),
+                                              model_copies=1)
+    finally:
+        for name in shared_model_files() - before:
+            os.remove(os.path.join(tempfile.gettempdir(), name))
     assert [o.status for o in outcomes] == ["done", "done"] and len(BUILDS) == 1
 
 
