@@ -227,6 +227,15 @@ def test_unknown_beam_options_and_missing_results_are_one_line_errors(tmp_path):
         batch_beam.outcomes_from_results(str(tmp_path / "nothing.csv"), [])
 
 
+def test_a_stopped_launcher_of_a_remote_pipeline_touches_nothing(tmp_path):
+    """Its workers run on in the cluster, maybe writing beside the outputs: nothing is deleted."""
+    (tmp_path / ".out.abcd1234.partial.mp4").write_bytes(b"a worker's upload in progress")
+    rows = [batch_beam.BatchRow(2, "v.mp4", "a.wav", str(tmp_path / "out.mp4"), {})]
+    line = batch_beam.stop_workers(rows, ["--runner=DataflowRunner"])
+    assert "runs on in DataflowRunner (cancel it there)" in line
+    assert os.listdir(tmp_path) == [".out.abcd1234.partial.mp4"]  # (the local runner's stop: the slow test below)
+
+
 # ---------------------------------------------------------------- the real tiny model, command line
 
 def batch_command(jobs, cache, *extra):

@@ -227,20 +227,18 @@ def _run_on_beam(jobs_path: str, rows: Sequence[BatchRow], fv, state: dict, *, c
                                   dict(command_line))
     results_path = fv["summary_csv"].value or batch_beam.default_results_path(jobs_path)
     copies = fv["model_copies"].value
-    state["stop"] = lambda: batch_beam.stop_workers(rows)
-    outcomes, _metrics = batch_beam.run_pipeline(rows, spec, results_path=results_path,
-                                                 beam_args=shlex.split(fv["beam_args"].value or ""),
+    beam_args = shlex.split(fv["beam_args"].value or "")
+    state["stop"] = lambda: batch_beam.stop_workers(rows, beam_args)
+    outcomes, _metrics = batch_beam.run_pipeline(rows, spec, results_path=results_path, beam_args=beam_args,
                                                  force=fv["force"].value, model_copies=copies or None)
     return outcomes
 
 
 def stopped_summary(state: dict) -> None:
-    """A stopped batch: the local runner prints what finished (the rest "stopped"); the Beam runner
-    stops its worker processes and deletes what they left (batch_beam.stop_workers)."""
+    """A stopped batch: the local runner prints what finished (the rest "stopped"); on Beam's local
+    runner the worker processes are stopped and what they left deleted (batch_beam.stop_workers)."""
     if state.get("stop"):
-        state["stop"]()
-        print("beam: stopped; finished outputs and their settings records kept, rerun the same command to do the "
-              "rest", flush=True)
+        print(state["stop"](), flush=True)
     elif state.get("rows"):
         print(summary_table(stopped_outcomes(state["rows"], state.get("outcomes", {}))), flush=True)
 

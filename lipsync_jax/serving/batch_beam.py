@@ -251,10 +251,16 @@ def outcomes_from_results(path: str, rows: Sequence[BatchRow]) -> list[BatchOutc
     return outcomes
 
 
-def stop_workers(rows: Sequence[BatchRow]) -> None:
-    """A stopped driver: kill the worker processes it started (the DirectRunner's
-    ``multi_processing`` workers and their ffmpeg), then delete what they left beside the outputs
-    (temp files, work folders). Finished outputs and their records stay."""
+def stop_workers(rows: Sequence[BatchRow], beam_args: Sequence[str] = ()) -> str:
+    """A stopped driver; returns what it did, in one line. On Beam's local runner: kill the worker
+    processes it started (``multi_processing`` workers and their ffmpeg), then delete what they
+    left beside the outputs (temp files, work folders); finished outputs and their records stay. On
+    any other runner the pipeline runs on in the cluster (cancel it there) and nothing is touched:
+    its workers may be writing beside the outputs."""
+    runner = str(pipeline_options(beam_args).view_as(StandardOptions).runner)
+    if runner not in LOCAL_RUNNERS:
+        return (f"beam: this launcher stopped; the pipeline runs on in {runner} (cancel it there); rerun the same "
+                f"command after it ends to do what is missing")
     children = psutil.Process().children(recursive=True)
     for child in children:
         with contextlib.suppress(psutil.Error):
@@ -266,6 +272,7 @@ def stop_workers(rows: Sequence[BatchRow]) -> None:
     for folder in folders:
         for path in stale_folders(folder):
             remove_path(path)
+    return "beam: stopped; finished outputs and their settings records kept, rerun the same command to do the rest"
 
 
 def run_pipeline(rows: Sequence[BatchRow], spec: ServiceSpec, *, results_path: str, beam_args: Sequence[str] = (),
