@@ -6,9 +6,14 @@
 Silenced (each by the library's own control where it has one):
 
 - JAX's "Unable to initialize backend 'tpu': ... libtpu.so" (an INFO record of the logger
-  ``jax._src.xla_bridge``, shown because absl's ``app.run`` puts Python logging at INFO) and
-  orbax's INFO records (logger ``absl``): both loggers are set to WARNING, so their warnings
-  (e.g. "a GPU is present but no CUDA jaxlib") still show.
+  ``jax._src.xla_bridge``, shown because absl's ``app.run`` puts Python logging at INFO),
+  orbax's INFO records (logger ``absl``) and Apache Beam's (``apache_beam``: a line per type hint
+  and stage): these loggers are set to WARNING, so their warnings (e.g. "a GPU is present but no
+  CUDA jaxlib") still show.
+- Apache Beam's warnings on the root logger that say nothing to act on (``LIBRARY_NOISE``:
+  "apitools not found" at import when the GCP extras are absent, and RunInference's "Resource
+  module is not available" once per bundle when torch is absent): a filter on the root logger
+  (``drop_library_noise()``; Beam worker processes install it themselves).
 - XLA's C++ INFO lines: ``TF_CPP_MIN_LOG_LEVEL=1`` (read by jaxlib when its backend starts; set
   with ``setdefault``, so a user's own value wins; warnings and errors still show).
 - MediaPipe's C++ lines (TFLite's "Created TensorFlow Lite XNNPACK delegate for CPU", absl's
@@ -37,7 +42,10 @@ import threading
 from collections.abc import Iterator
 
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "1"}
-QUIET_LOGGERS = ("jax._src.xla_bridge", "absl", "httpx")  # httpx: the web app's per-request INFO lines
+QUIET_LOGGERS = ("jax._src.xla_bridge", "absl", "apache_beam", "httpx")  # httpx: the web app's per-request lines
+# Root-logger warnings of a library that we drop (message prefixes).
+LIBRARY_NOISE = ("apitools not found, and bigquery client libraries are not available",
+                 "Resource module is not available for current platform")
 
 # Lines a third-party C++ library writes straight to fd 2 (see the module docstring).
 NATIVE_NOISE = re.compile(
@@ -59,10 +67,25 @@ def configure_terminal(verbose: bool = False, environ=None) -> dict[str, str]:
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(level)
     if verbose:
+        for noise in [f for f in logging.getLogger().filters if isinstance(f, _LibraryNoise)]:
+            logging.getLogger().removeFilter(noise)
         return {}
+    drop_library_noise()
     added = {k: v for k, v in QUIET_ENV.items() if k not in environ}
     environ.update(added)
     return added
+
+
+class _LibraryNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(LIBRARY_NOISE)
+
+
+def drop_library_noise() -> None:
+    """Drop the ``LIBRARY_NOISE`` warnings from the root logger (idempotent)."""
+    root = logging.getLogger()
+    if not any(isinstance(f, _LibraryNoise) for f in root.filters):
+        root.addFilter(_LibraryNoise())
 
 
 class _Fd2Filter:

@@ -1,9 +1,13 @@
-"""Batch jobs (lipsync_jax/serving/batch.py): the table formats, the command lines (``python -m
-lipsync_jax.batch`` and ``infer.py --batch``) and a batch on one service: a failed row is recorded
-and the others go on, finished outputs are skipped on rerun, the models are compiled once."""
+"""Batch jobs (lipsync_jax/serving/batch.py, batch_jobs.py, fingerprint.py): the table formats, the
+settings records that decide what a rerun skips, the command lines (``python -m lipsync_jax.batch``
+and ``infer.py --batch``) and a batch on one service: a failed row is recorded and the others go
+on, finished outputs are skipped on rerun, the models are compiled once. The Beam runner:
+tests/test_batch_beam.py."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -11,9 +15,20 @@ import sys
 import pytest
 
 from conftest import asset_path
+from lipsync_jax import config_utils
 from lipsync_jax.media import ffmpeg_exe, probe_video
 from lipsync_jax.pipeline import JobDefaults
+from lipsync_jax.pipeline.job import Request, Sampling, SyncJob
 from lipsync_jax.serving.batch import BatchFileError, parse_rows, read_jobs, run_jobs, summary_table
+from lipsync_jax.serving.batch_jobs import BatchOutcome, format_results, read_results, write_results
+from lipsync_jax.serving.fingerprint import (
+    check_finished,
+    job_settings,
+    model_identity,
+    record_path,
+    remove_leftovers,
+    write_record,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "unet", "tiny.py")
@@ -32,7 +47,7 @@ def test_read_jobs_resolves_paths_and_optional_columns(tmp_path):
                                             "\n"
                                             f"{tmp_path}/b.mp4,b.wav,out/b.mp4,,,\n")
     rows = read_jobs(jobs)
-    assert [r.line for r in rows] == [2, 4]
+    assert [r.line for r in rows] == [2, 4] and [r.job_id for r in rows] == ["2", "4"]
     assert rows[0].video == str(tmp_path / "a.mp4") and rows[0].output == str(tmp_path / "out" / "a.mp4")
     first, second = parse_rows(jobs, rows, JobDefaults(seed=5), {"steps": "4"})
     assert (first.job.seed, first.sampling.guidance, first.sampling.steps, first.job.face) == (3, 2.0, 4, "left")
@@ -55,6 +70,7 @@ def test_jsonl_tables_read_like_csv(tmp_path):
     ("video,audio,output,speed\na,b,c.mp4,1\n", "unknown column(s) speed"),
     ("video,audio,output\na,,c.mp4\n", "line 2: empty audio"),
     ("video,audio,output\na,b,c.mp4\nd,e,c.mp4\n", "line 3: output"),
+    ("id,video,audio,output\nx,a,b,c.mp4\nx,d,e,f.mp4\n", "line 3: id x is also the id of line 2"),
     ("video,audio,output\n", "no jobs"),
 ])
 def test_bad_jobs_files_are_refused_with_the_line(tmp_path, text, needle):
@@ -76,6 +92,103 @@ def test_bad_values_are_refused_with_the_line_and_the_same_message_as_the_flags(
     assert needle in str(caught.value) and "jobs.csv" in str(caught.value)
 
 
+def test_id_column_names_jobs_and_is_not_a_setting(tmp_path):
+    jobs = write_csv(tmp_path / "jobs.csv", "id,video,audio,output,seed\nanna_es,a.mp4,a.wav,a.mp4,3\n")
+    (row,) = read_jobs(jobs)
+    assert row.job_id == "anna_es" and row.values == {"seed": "3"}
+
+
+def test_result_table_as_csv_and_jsonl(tmp_path):
+    jobs = write_csv(tmp_path / "jobs.csv", "id,video,audio,output\nanna,a.mp4,a.wav,a.mp4\n,b.mp4,b.wav,b.mp4\n")
+    rows = read_jobs(jobs)
+    outcomes = [BatchOutcome(rows[0], "done", 12.345, "16 frames", 16),
+                BatchOutcome(rows[1], "failed", 0.0, "audio b.wav: no such file")]
+    for name in ("results.csv", "results.jsonl"):
+        write_results(str(tmp_path / name), outcomes)
+        table = read_results(str(tmp_path / name))
+        assert [(r["id"], r["line"], r["status"], r["frames"], r["message"]) for r in table] == [
+            ("anna", "2", "done", "16", "16 frames"), ("3", "3", "failed", "0", "audio b.wav: no such file")]
+        assert float(table[0]["seconds"]) == 12.35 and table[1]["output"] == str(tmp_path / "b.mp4")
+    header = format_results("x.csv", outcomes).splitlines()[0]
+    assert header == "id,line,status,frames,seconds,output,video,audio,message"
+    assert all(json.loads(line) for line in format_results("x.jsonl", outcomes).splitlines())
+
+
+# ---------------------------------------------------------------- settings records: what a rerun skips
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return model_identity(config_utils.load_config(TINY), random_init=True)
+
+
+def _request(tmp_path, **changes):
+    video, audio = tmp_path / "v.mp4", tmp_path / "a.wav"
+    for path in (video, audio):
+        if not path.exists():
+            path.write_bytes(b"media")
+    job = SyncJob(str(video), str(audio), str(tmp_path / "out.mp4"), seed=changes.pop("seed", 1))
+    return Request(job, dataclasses.replace(Sampling(), **changes))
+
+
+def test_settings_record_decides_skip_or_redo(tmp_path, tiny_model):
+    request = _request(tmp_path)
+    settings = job_settings(request, tiny_model)
+    output = tmp_path / "out.mp4"
+    assert check_finished(str(output), settings).skip is False  # no output
+    output.write_bytes(b"made by hand")
+    kept = check_finished(str(output), settings)
+    assert kept.skip and "no settings record" in kept.reason  # kept as the batch always did
+
+    write_record(str(output), settings, frames=16, seconds=1.5)
+    assert os.path.basename(record_path(str(output))) == ".out.mp4.lipsync.json"
+    assert json.loads(open(record_path(str(output))).read())["settings"] == settings
+    same = check_finished(str(output), job_settings(_request(tmp_path), tiny_model))
+    assert same.skip and same.frames == 16 and same.reason == "finished with the same settings"
+
+    for changes, named in (({"seed": 2}, "job.seed"), ({"steps": 3}, "sampling.steps"),
+                           ({"guidance": 2.0}, "sampling.guidance")):
+        redo = check_finished(str(output), job_settings(_request(tmp_path, **changes), tiny_model))
+        assert not redo.skip and redo.reason == f"settings changed ({named})"
+    other_dtype = {**tiny_model, "dtype": "bfloat16"}
+    assert check_finished(str(output), job_settings(request, other_dtype)).reason == "settings changed (model.dtype)"
+    (tmp_path / "a.wav").write_bytes(b"another audio")  # an input replaced by one of another size
+    assert "inputs." in check_finished(str(output), job_settings(_request(tmp_path), tiny_model)).reason
+    (tmp_path / "a.wav").write_bytes(b"media")
+
+    output.write_bytes(b"replaced by a run stopped before its record")
+    assert check_finished(str(output), settings).reason == "the output was replaced after its settings were recorded"
+    open(record_path(str(output)), "w").write("{")
+    assert check_finished(str(output), settings).reason == "its settings record is unreadable"
+
+
+def test_model_identity_names_weights_by_content(tmp_path):
+    config = config_utils.load_config(TINY)
+    for name in ("unet", "vae", "whisper"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metadata.json").write_text(json.dumps({"source": name}))
+    sources = {f"{name}_checkpoint": str(tmp_path / name) for name in ("unet", "vae", "whisper")}
+    first = model_identity(config, **sources)
+    (tmp_path / "copy").mkdir()
+    for name in ("unet", "vae", "whisper"):  # the same files elsewhere (a copy baked into an image)
+        (tmp_path / "copy" / name).mkdir()
+        (tmp_path / "copy" / name / "metadata.json").write_text(json.dumps({"source": name}))
+    assert model_identity(config, **{k: v.replace(str(tmp_path), str(tmp_path / "copy")) for k, v in
+                                     sources.items()}) == first
+    (tmp_path / "vae" / "metadata.json").write_text(json.dumps({"source": "another vae"}))
+    assert model_identity(config, **sources)["weights"]["vae"] != first["weights"]["vae"]
+    assert model_identity(config, random_init=True)["weights"] == {"random_init": True, "seed": 1247}
+
+
+def test_leftovers_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
+    names = [".out.abcd12345.partial.mp4", ".out.b.abcd1234.partial.mp4", ".out.abcd1234.partial.mp4", "out.mp4",
+             ".out.mp4.lipsync.json", ".outer.abcd1234.partial.mp4", ".out.abcd_123.partial.mp4"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    removed = remove_leftovers(str(tmp_path / "out.mp4"))
+    assert [os.path.basename(p) for p in removed] == [".out.abcd1234.partial.mp4", ".out.abcd_123.partial.mp4"]
+    assert sorted(os.listdir(tmp_path)) == sorted(set(names) - {os.path.basename(p) for p in removed})
+
+
 # ---------------------------------------------------------------- the command lines (no model needed)
 
 @pytest.mark.parametrize("entry", ["module", "infer"])
@@ -91,7 +204,7 @@ def test_command_line_skips_done_records_failed_and_exits_1(tmp_path, entry):
                           capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
-    assert "skip" in proc.stdout and "missing.mp4: no such file" in proc.stdout
+    assert "skip" in proc.stdout and "no settings record" in proc.stdout and "missing.mp4: no such file" in proc.stdout
     assert "0 done, 1 skipped, 1 failed" in proc.stdout
     assert "random weights" in proc.stderr and "meaningless" in proc.stderr  # --random_init says so
     assert done.read_bytes() == b"finished earlier" and not (tmp_path / "new.mp4").exists()
@@ -133,7 +246,8 @@ def test_batch_goes_on_after_a_failure_and_resumes(tmp_path, clip, service):
     rows = read_jobs(jobs)
     requests = parse_rows(jobs, rows, service.defaults, {"max_seconds": 0.6})
     lines = []
-    outcomes = run_jobs(service, rows, requests, log=lines.append)
+    model = model_identity(config_utils.load_config(TINY), random_init=True)
+    outcomes = run_jobs(service, rows, requests, model=model, log=lines.append)
     compiles = [int(line.split("compiled ")[1].split(" ")[0]) if "compiled" in line else 0
                 for line in lines if " wrote " in line]
     assert [o.status for o in outcomes] == ["done", "failed", "done"]
@@ -149,8 +263,16 @@ def test_batch_goes_on_after_a_failure_and_resumes(tmp_path, clip, service):
     assert "2 done, 0 skipped, 1 failed" in table
 
     again = run_jobs(lambda: pytest.fail("no job to run: the models must not be loaded"), rows, requests,
-                     log=lines.append)
+                     model=model, log=lines.append)
     assert [o.status for o in again] == ["skipped", "failed", "skipped"]
+    assert [o.frames for o in again] == [15, 0, 15]
+    # a changed setting redoes exactly the jobs it changes
+    changed = parse_rows(jobs, rows, service.defaults, {"max_seconds": 0.6, "guidance": "2.0"})
+    requests[2] = changed[2]
+    lines.clear()
+    third = run_jobs(service, rows, requests, model=model, log=lines.append)
+    assert [o.status for o in third] == ["skipped", "failed", "done"]
+    assert any("redo" in line and "settings changed (sampling.guidance)" in line for line in lines)
 
 
 def test_face_column_builds_a_face_pass_for_the_chosen_person(clip):
