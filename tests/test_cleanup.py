@@ -10,7 +10,7 @@ import sys
 import tempfile
 
 from lipsync_jax import cleanup
-from lipsync_jax.pipeline.work_dirs import PREFIX, make_work_dir, remove_work_dir, stale_folders
+from lipsync_jax.pipeline.work_dirs import HOST, PREFIX, make_work_dir, remove_work_dir, stale_folders
 
 
 def dead_pid() -> int:
@@ -40,16 +40,18 @@ def test_paths_removed_by_their_owner_are_forgotten(tmp_path):
 
 def test_a_new_job_removes_the_work_folders_of_processes_that_are_gone(tmp_path):
     output = str(tmp_path / "out.mp4")
-    stale = tmp_path / f"{PREFIX}{dead_pid()}_abcd"  # left by a SIGKILLed run
+    stale = tmp_path / f"{PREFIX}{HOST}_{dead_pid()}_abcd"  # left by a SIGKILLed run on this machine
     (stale / "frames").mkdir(parents=True)
     (stale / "frames" / "000.png").write_bytes(b"png")
-    alive = tmp_path / f"{PREFIX}{os.getppid()}_efgh"  # a running process's (our parent's) folder
+    alive = tmp_path / f"{PREFIX}{HOST}_{os.getppid()}_efgh"  # a running process's (our parent's) folder
     alive.mkdir()
+    elsewhere = tmp_path / f"{PREFIX}other-machine_{dead_pid()}_ijkl"  # another machine's (shared folder)
+    elsewhere.mkdir()
     other = tmp_path / ".lipsync_notes"  # not a work folder
     other.mkdir()
     assert stale_folders(str(tmp_path)) == [str(stale)]
     work = make_work_dir(output)
-    assert os.path.basename(work).startswith(f"{PREFIX}{os.getpid()}_") and work in cleanup.tracked()[0]
-    assert not stale.exists() and alive.exists() and other.exists()
+    assert os.path.basename(work).startswith(f"{PREFIX}{HOST}_{os.getpid()}_") and work in cleanup.tracked()[0]
+    assert not stale.exists() and alive.exists() and other.exists() and elsewhere.exists()
     remove_work_dir(work)
     assert not os.path.exists(work) and work not in cleanup.tracked()[0]
