@@ -72,8 +72,8 @@ class RecordingEngine:
                 def __getattr__(self, name):
                     return getattr(inner, name)
 
-                def __call__(self, *call_args):
-                    out = inner(*call_args)
+                def __call__(self, *call_args, **kwargs):
+                    out = inner(*call_args, **kwargs)
                     calls.append((np.array(call_args[4]), out))
                     return out
             return Recorder()
