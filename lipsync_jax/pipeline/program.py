@@ -158,8 +158,8 @@ class ChunkProgram:
                              f"the mesh has {mesh.size}")
         self.replicated = NamedSharding(mesh, P())
         self.sharded = NamedSharding(mesh, P(DATA_AXIS))
-        pixel, keep, latent = mask_arrays(models)
-        self.masks = tuple(jax.device_put(m, self.replicated) for m in (pixel, keep, latent))
+        self.mask_arrays = mask_arrays(models)  # host arrays; on the devices at the first call
+        self._masks = None
         body = functools.partial(generate_chunks, models, num_steps=self.num_steps,
                                  guidance_scale=self.guidance_scale, sampler_options=self.sampler_options,
                                  vae_frames=self.vae_frames)
@@ -167,8 +167,8 @@ class ChunkProgram:
         if self.overlap:
             body = functools.partial(_windows_body, body, self.overlap)
             mapped = shard_chunks(body, mesh, in_specs=(rep, rep, dat, dat, dat) + (rep,) * 7, out_specs=(dat, rep))
-            self.empty_tail = jax.device_put(empty_tail(self.num_steps, self.overlap, (models.latent_size,) * 2
-                                                        + (models.vae.config.latent_channels,)), self.replicated)
+            self.empty_tail_array = empty_tail(self.num_steps, self.overlap, (models.latent_size,) * 2
+                                               + (models.vae.config.latent_channels,))
         else:
             mapped = shard_chunks(body, mesh, in_specs=(rep, rep, dat, dat, dat, rep, rep, rep, rep, rep),
                                   out_specs=dat)
@@ -176,6 +176,21 @@ class ChunkProgram:
         self._compiled = None
         self._compile_lock = threading.Lock()
         self.compile_seconds: float | None = None
+
+    @property
+    def masks(self) -> tuple:
+        """The (pixel, keep, latent) masks on the devices, placed at first use (``lower`` needs only
+        their shapes, so a compile-only client, pipeline/../aot, never places anything)."""
+        if self._masks is None:
+            self._masks = tuple(jax.device_put(m, self.replicated) for m in self.mask_arrays)
+        return self._masks
+
+    @property
+    def empty_tail(self) -> jax.Array:
+        """The all-zero previous tail of an unlinked first window, on the devices (placed at first use)."""
+        if getattr(self, "_empty_tail", None) is None:
+            self._empty_tail = jax.device_put(self.empty_tail_array, self.replicated)
+        return self._empty_tail
 
     # ------------------------------------------------------------------ shapes
     def input_shapes(self) -> dict[str, tuple[tuple[int, ...], Any]]:
@@ -223,9 +238,10 @@ class ChunkProgram:
         args = (self._abstract(unet_params), self._abstract(vae_params), spec("faces", self.sharded),
                 spec("audio", self.sharded), spec("chunk_indices", self.sharded),
                 spec("noise", self.replicated), spec("vae_key_data", self.replicated),
-                *(jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=self.replicated) for m in self.masks))
+                *(jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=self.replicated) for m in self.mask_arrays))
         if self.overlap:
-            args += (jax.ShapeDtypeStruct(self.empty_tail.shape, self.empty_tail.dtype, sharding=self.replicated),
+            tail = self.empty_tail_array
+            args += (jax.ShapeDtypeStruct(tail.shape, tail.dtype, sharding=self.replicated),
                      jax.ShapeDtypeStruct((), np.bool_, sharding=self.replicated))
         return self._jitted.lower(*args)
 
