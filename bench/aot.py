@@ -85,9 +85,15 @@ class Bench:
             self.models[path] = abstract_models(load_config(resolve_path(path)))
         return self.models[path]
 
-    def add(self, target, program: str, config: str, batch: str, attention: str, compute) -> CompileStats | None:
-        """One row: ``compute()`` -> CompileStats (cached by the caller), or the error it raised."""
+    def add(self, target, program: str, config: str, batch: str, attention: str, compute,
+            key: str | None = None) -> CompileStats | None:
+        """One row: ``compute()`` -> CompileStats (cached by the caller), or the error it raised
+        (``--cached_only``: rows whose ``key`` is not in the cache are listed, not compiled)."""
         row = dict(target=target.name, program=program, config=config, batch=batch, attention=attention)
+        if self.args.cached_only and key is not None and not self.cache.get(key):
+            row["error"] = "not in the cache"
+            self.rows.append(row)
+            return None
         try:
             row["stats"] = compute()
         except AOTUnavailableError as error:
@@ -124,8 +130,10 @@ class Bench:
             name = f"chunk DPM-Solver++ {num_steps}"
         if program == "deepcache":
             name = f"chunk DeepCache {sampler_options['deepcache_interval']}"
-        return self.add(target, name, label, f"chunk_batch {chunk_batch}", attention_label(target, args.attention),
-                        compute)
+        batch = f"chunk_batch {chunk_batch}" + (f", VAE {settings['vae_frames']} frames" if args.vae_frames else "")
+        stats = self.add(target, name, label, batch, attention_label(target, args.attention), compute, key)
+        self.rows[-1].update(chunk_batch=chunk_batch, path=path, vae_frames=settings["vae_frames"])
+        return stats
 
     def whisper(self, target, path: str, batch: int, program: str):
         models = self.abstract(path)
@@ -136,7 +144,7 @@ class Bench:
 
             return cached_compile(self.cache, key, lambda: trace_whisper(target, models, batch), target, log=log)
         return self.add(target, program, "whisper-tiny f32", f"{batch} windows", attention_label(target, "auto"),
-                        compute)
+                        compute, key)
 
     def train(self, target, path: str, program: str):
         key = result_key(kind="train_step", config=config_identity(path), per_chip_batch=1, chips=target.chips,
@@ -154,7 +162,7 @@ class Bench:
 
         resolution = int(load_config(resolve_path(path)).data.resolution)
         return self.add(target, program, f"{os.path.basename(path)} {resolution}px",
-                        f"1 clip/chip x {target.chips}", attention_label(target, self.args.attention), compute)
+                        f"1 clip/chip x {target.chips}", attention_label(target, self.args.attention), compute, key)
 
 
 def deepcache_weighted(stats: CompileStats, target, num_steps: int, interval: int) -> CompileStats:
@@ -241,25 +249,24 @@ def fit_table(bench: Bench, targets, budgets: dict) -> str:
     from lipsync_jax.pipeline.memory import queued_bytes
 
     lines = ["| target | config | chunk_batch | VAE slice | attention | chunk program GiB | Whisper (weights + batch-8 "
-             "working set) GiB | queued batches GiB | whole job GiB | budget GiB | fits |", "|" + "---|" * 11]
+             "working set) GiB | queued batches GiB | whole job GiB | budget GiB | fits | Whisper on the host: GiB, fits |",
+             "|" + "---|" * 12]
     whisper = {r["target"]: r["stats"] for r in bench.rows if r["program"] == "Whisper encoder" and "stats" in r}
     for row in bench.rows:
         if not row["program"].startswith("chunk (") or "stats" not in row:
             continue
         target = next(t for t in targets if t.name == row["target"])
-        path = next(p for p in bench.models if os.path.basename(p) == row["config"].split()[0])
-        models = bench.models[path]
-        cb = int(row["batch"].split()[-1])
+        models, cb = bench.models[row["path"]], row["chunk_batch"]
         w = whisper.get(target.name)
         if w is None:
             continue
         queued = queued_bytes(models, cb, 2)
         total = row["stats"].total_bytes + w.total_bytes + queued
         budget = budgets.get((target.name, models.resolution), target.memory_bytes / GIB)
-        vae = int(bench.args.vae_frames or models.num_frames)
-        lines.append(f"| {target.name} | {row['config']} | {cb} | {vae} | {row['attention']} | "
+        lines.append(f"| {target.name} | {row['config']} | {cb} | {row['vae_frames']} | {row['attention']} | "
                      f"{row['stats'].total_bytes / GIB:.2f} | {w.total_bytes / GIB:.2f} | {queued / GIB:.2f} | "
-                     f"{total / GIB:.2f} | {budget:g} | {'yes' if total <= budget * GIB else 'NO'} |")
+                     f"{total / GIB:.2f} | {budget:g} | {'yes' if total <= budget * GIB else 'NO'} | "
+                     f"{(total - w.total_bytes) / GIB:.2f}, {'yes' if total - w.total_bytes <= budget * GIB else 'NO'} |")
     return "\n".join(lines)
 
 
@@ -287,6 +294,7 @@ def main() -> None:
     parser.add_argument("--attention", default="auto", help="the UNet's attention backend (models/attention.py)")
     parser.add_argument("--vae_frames", type=int, default=0, help="frames per VAE step (0: the chunk's 16)")
     parser.add_argument("--fit", action="store_true", help="also print the whole-job table (module doc)")
+    parser.add_argument("--cached_only", action="store_true", help="list rows missing from the cache, compile nothing")
     parser.add_argument("--cache", default=DEFAULT_CACHE, help="JSON file of compiled rows ('' = no cache)")
     args = parser.parse_args()
     jax.config.update("jax_enable_compilation_cache", False)  # compile-only executables are not for the disk cache

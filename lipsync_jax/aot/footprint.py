@@ -33,6 +33,10 @@ def result_key(**parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
+class CompileRefused(RuntimeError):
+    """The target's compiler refused the program (e.g. XLA:TPU: it does not fit the chip's HBM)."""
+
+
 class ResultCache:
     """``{key: {"stats": CompileStats dict} | {"error": str}, ...}`` in one JSON file (None: memory only)."""
 
@@ -60,12 +64,22 @@ class ResultCache:
 
 def cached_compile(cache: ResultCache, key: str, trace: Callable[[], tuple], target: Target,
                    log=None) -> CompileStats:
-    """The cached ``CompileStats`` under ``key``, else ``trace()`` -> compile -> cache."""
+    """The cached ``CompileStats`` under ``key``, else ``trace()`` -> compile -> cache. A compile the
+    target refuses for memory (RESOURCE_EXHAUSTED) is cached too and raised as ``CompileRefused``."""
     hit = cache.get(key)
     if hit and "stats" in hit:
         return CompileStats.from_dict(hit["stats"])
+    if hit and "error" in hit:
+        raise CompileRefused(hit["error"])
     traced, items, divisor = trace()
-    stats = compile_traced(traced, target, items, cost_divisor=divisor, log=log)
+    try:
+        stats = compile_traced(traced, target, items, cost_divisor=divisor, log=log)
+    except Exception as error:  # noqa: BLE001
+        if "RESOURCE_EXHAUSTED" not in str(error):
+            raise
+        message = str(error).splitlines()[0]
+        cache.put(key, {"error": message})  # the target's compiler refuses it: as deterministic as a result
+        raise CompileRefused(message) from None
     cache.put(key, {"stats": stats.as_dict()})
     return stats
 
