@@ -265,7 +265,7 @@ def fit_table(bench: Bench, targets, budgets: dict) -> str:
         budget = budgets.get((target.name, models.resolution), target.memory_bytes / GIB)
         lines.append(f"| {target.name} | {row['config']} | {cb} | {row['vae_frames']} | {row['attention']} | "
                      f"{row['stats'].total_bytes / GIB:.2f} | {w.total_bytes / GIB:.2f} | {queued / GIB:.2f} | "
-                     f"{total / GIB:.2f} | {budget:g} | {'yes' if total <= budget * GIB else 'NO'} | "
+                     f"{total / GIB:.2f} | {budget:.1f} | {'yes' if total <= budget * GIB else 'NO'} | "
                      f"{(total - w.total_bytes) / GIB:.2f}, {'yes' if total - w.total_bytes <= budget * GIB else 'NO'} |")
     return "\n".join(lines)
 
@@ -294,7 +294,8 @@ def main() -> None:
     parser.add_argument("--attention", default="auto", help="the UNet's attention backend (models/attention.py)")
     parser.add_argument("--vae_frames", type=int, default=0, help="frames per VAE step (0: the chunk's 16)")
     parser.add_argument("--fit", action="store_true", help="also print the whole-job table (module doc)")
-    parser.add_argument("--cached_only", action="store_true", help="list rows missing from the cache, compile nothing")
+    parser.add_argument("--cached_only", action="store_true", help="print the cached rows, compile nothing")
+    parser.add_argument("--per_target", action="store_true", help="one table per target")
     parser.add_argument("--cache", default=DEFAULT_CACHE, help="JSON file of compiled rows ('' = no cache)")
     args = parser.parse_args()
     jax.config.update("jax_enable_compilation_cache", False)  # compile-only executables are not for the disk cache
@@ -307,7 +308,21 @@ def main() -> None:
             raise SystemExit(f"--configs: {path} does not exist")
     args.cache = args.cache or None
     bench = run(args)
-    print(format_rows(bench.rows, targets))
+    rows = bench.rows
+    missing = [r for r in rows if r.get("error") == "not in the cache"]
+    if args.cached_only:  # only what was compiled; the rest in one line
+        rows = [r for r in rows if r not in missing]
+    if args.per_target:
+        for target in targets:
+            mine = [r for r in rows if r["target"] == target.name]
+            if mine:
+                print(f"\n### {target.name}: {target.device}, {target.memory_gib:.1f} GiB\n")
+                print(format_rows(mine, [target]))
+    else:
+        print(format_rows(rows, targets))
+    if missing:
+        print(f"\nNot compiled yet (not in {args.cache}): " + "; ".join(
+            f"{r['target']} {r['program']} {r['config']} {r['batch']}" for r in missing))
     if args.fit:
         print()
         print(fit_table(bench, targets, default_budgets(targets)))

@@ -11,9 +11,9 @@ their memory analysis says what a program needs on that device, nothing is run.
 from lipsync_jax.aot.compile import CompileStats, compile_traced, tracing_for
 from lipsync_jax.aot.cost import Cost, jaxpr_cost, roofline
 from lipsync_jax.aot.devices import AOTUnavailableError, target_devices, target_mesh
-from lipsync_jax.aot.footprint import ResultCache, program_footprint_for
+from lipsync_jax.aot.footprint import CompileRefused, ResultCache, program_footprint_for, whisper_footprint_for
 from lipsync_jax.aot.targets import TARGETS, Target, UnknownTargetError, get_target, parse_targets
 
-__all__ = ["AOTUnavailableError", "CompileStats", "Cost", "ResultCache", "TARGETS", "Target", "UnknownTargetError",
+__all__ = ["AOTUnavailableError", "CompileRefused", "CompileStats", "Cost", "ResultCache", "TARGETS", "Target", "UnknownTargetError",
            "compile_traced", "get_target", "jaxpr_cost", "parse_targets", "program_footprint_for", "roofline",
-           "target_devices", "target_mesh", "tracing_for"]
+           "target_devices", "target_mesh", "tracing_for", "whisper_footprint_for"]

@@ -123,3 +123,23 @@ def program_footprint_for(target: Target | str, models: Any, *, chunk_batch: int
                 code_bytes=stats.code_bytes, alias_bytes=stats.alias_bytes,
                 compile_seconds=0.0 if hit else stats.compile_seconds, estimate=f"xla:{target.name}",
                 flops=stats.flops, bytes_accessed=stats.bytes_accessed)
+
+
+def whisper_footprint_for(target: Target | str, models: Any, *, batch: int = 8, cache_dir: str | None = None,
+                          use_cache: bool = True) -> dict:
+    """The Whisper encoder's compiled footprint on one chip of ``target`` for ``batch`` 30 s mel
+    windows per call (offline jobs: up to 8, ``AudioFeatureExtractor.max_batch``; live mode: 1):
+    the same fields as ``program_footprint_for``. Its arguments are Whisper's weights + the mels."""
+    from lipsync_jax.aot.programs import trace_whisper
+    from lipsync_jax.pipeline.memory import estimates_path
+
+    target = get_target(target) if isinstance(target, str) else target
+    key = result_key(kind="whisper", audio=repr(models.audio.config), batch=int(batch), **target_identity(target))
+    path = os.path.join(os.path.dirname(estimates_path(cache_dir)), ESTIMATES_FILE) if use_cache else None
+    cache = ResultCache(path)
+    hit = cache.get(key)
+    stats = cached_compile(cache, key, lambda: trace_whisper(target, models, int(batch)), target)
+    return dict(argument_bytes=stats.argument_bytes, output_bytes=stats.output_bytes, temp_bytes=stats.temp_bytes,
+                code_bytes=stats.code_bytes, alias_bytes=stats.alias_bytes,
+                compile_seconds=0.0 if hit else stats.compile_seconds, estimate=f"xla:{target.name}",
+                flops=stats.flops, bytes_accessed=stats.bytes_accessed)
