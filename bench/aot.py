@@ -321,7 +321,7 @@ def main() -> None:
     else:
         print(format_rows(rows, targets))
     if missing:
-        print(f"\nNot compiled yet (not in {args.cache}): " + "; ".join(
+        print(f"\nNot compiled yet (not in {os.path.relpath(args.cache)}): " + "; ".join(
             f"{r['target']} {r['program']} {r['config']} {r['batch']}" for r in missing))
     if args.fit:
         print()
