@@ -40,7 +40,7 @@ import jax  # noqa: E402
 
 from lipsync_jax.aot import AOTUnavailableError, ResultCache, parse_targets  # noqa: E402
 from lipsync_jax.aot.compile import CompileStats  # noqa: E402
-from lipsync_jax.aot.cost import interpolate_branches, jaxpr_cost, roofline  # noqa: E402
+from lipsync_jax.aot.cost import Cost, interpolate_branches, roofline  # noqa: E402
 from lipsync_jax.aot.footprint import chunk_program_key, cached_compile, result_key, target_identity  # noqa: E402
 from lipsync_jax.aot.targets import GIB, UnknownTargetError  # noqa: E402
 
@@ -173,17 +173,12 @@ def deepcache_weighted(stats: CompileStats, target, num_steps: int, interval: in
     full = float(sum(deepcache_full_steps(num_steps, interval))) / num_steps
     if stats.flops_low is None:
         return stats
-    cost = interpolate_branches(jaxpr_cost_like(stats), full)
+    cost = interpolate_branches(Cost(stats.flops, stats.bytes_accessed, stats.unknown_loops, stats.flops_low,
+                                     stats.bytes_low), full)
     line = roofline(cost.flops, cost.bytes, stats.items_per_call, target.peak_bf16_flops, target.memory_bandwidth)
     values = dict(stats.as_dict(), flops=cost.flops, bytes_accessed=cost.bytes, roofline_compute_s=line.seconds_compute,
                   roofline_memory_s=line.seconds_memory)
     return CompileStats.from_dict(values)
-
-
-def jaxpr_cost_like(stats: CompileStats):
-    from lipsync_jax.aot.cost import Cost
-
-    return Cost(stats.flops, stats.bytes_accessed, stats.unknown_loops, stats.flops_low, stats.bytes_low)
 
 
 def run(args) -> Bench:
@@ -248,8 +243,9 @@ def fit_table(bench: Bench, targets, budgets: dict) -> str:
     """Whole inference job per target/config/chunk_batch (module doc)."""
     from lipsync_jax.pipeline.memory import queued_bytes
 
-    lines = ["| target | config | chunk_batch | VAE slice | attention | chunk program GiB | Whisper (weights + batch-8 "
-             "working set) GiB | queued batches GiB | whole job GiB | budget GiB | fits | Whisper on the host: GiB, fits |",
+    lines = ["| target | config | chunk_batch | VAE slice | attention | chunk program GiB | Whisper (weights + "
+             "batch-8 working set) GiB | queued batches GiB | whole job GiB | budget GiB | fits | "
+             "Whisper on the host: GiB, fits |",
              "|" + "---|" * 12]
     whisper = {r["target"]: r["stats"] for r in bench.rows if r["program"] == "Whisper encoder" and "stats" in r}
     for row in bench.rows:
@@ -263,10 +259,11 @@ def fit_table(bench: Bench, targets, budgets: dict) -> str:
         queued = queued_bytes(models, cb, 2)
         total = row["stats"].total_bytes + w.total_bytes + queued
         budget = budgets.get((target.name, models.resolution), target.memory_bytes / GIB)
+        on_host = total - w.total_bytes
+        fits = lambda n: "yes" if n <= budget * GIB else "NO"  # noqa: E731
         lines.append(f"| {target.name} | {row['config']} | {cb} | {row['vae_frames']} | {row['attention']} | "
                      f"{row['stats'].total_bytes / GIB:.2f} | {w.total_bytes / GIB:.2f} | {queued / GIB:.2f} | "
-                     f"{total / GIB:.2f} | {budget:.1f} | {'yes' if total <= budget * GIB else 'NO'} | "
-                     f"{(total - w.total_bytes) / GIB:.2f}, {'yes' if total - w.total_bytes <= budget * GIB else 'NO'} |")
+                     f"{total / GIB:.2f} | {budget:.1f} | {fits(total)} | {on_host / GIB:.2f}, {fits(on_host)} |")
     return "\n".join(lines)
 
 

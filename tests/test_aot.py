@@ -5,7 +5,6 @@ tiny chunk program and stage-1 train step for the H100 target (heavy: needs requ
 import importlib.util
 import os
 import re
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -174,4 +173,4 @@ def test_footprint_for_a_target_has_the_planner_fields_and_is_cached(tmp_path):
     assert first["compile_seconds"] > 0 and again["compile_seconds"] == 0.0 and first["estimate"] == "xla:h100"
     fields = {k: first[k] for k in ("argument_bytes", "output_bytes", "temp_bytes", "code_bytes", "alias_bytes")}
     assert Footprint(**fields).total_bytes == Footprint(**{k: again[k] for k in fields}).total_bytes > 0
-    assert sys.modules.get("jax") is jax and np.isfinite(first["flops"])
+    assert np.isfinite(first["flops"]) and first["flops"] > 0

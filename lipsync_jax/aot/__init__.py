@@ -14,6 +14,6 @@ from lipsync_jax.aot.devices import AOTUnavailableError, target_devices, target_
 from lipsync_jax.aot.footprint import CompileRefused, ResultCache, program_footprint_for, whisper_footprint_for
 from lipsync_jax.aot.targets import TARGETS, Target, UnknownTargetError, get_target, parse_targets
 
-__all__ = ["AOTUnavailableError", "CompileRefused", "CompileStats", "Cost", "ResultCache", "TARGETS", "Target", "UnknownTargetError",
-           "compile_traced", "get_target", "jaxpr_cost", "parse_targets", "program_footprint_for", "roofline",
-           "target_devices", "target_mesh", "tracing_for", "whisper_footprint_for"]
+__all__ = ["AOTUnavailableError", "CompileRefused", "CompileStats", "Cost", "ResultCache", "TARGETS", "Target",
+           "UnknownTargetError", "compile_traced", "get_target", "jaxpr_cost", "parse_targets", "program_footprint_for",
+           "roofline", "target_devices", "target_mesh", "tracing_for", "whisper_footprint_for"]

@@ -127,5 +127,5 @@ def compile_traced(traced: Any, target: Target, items_per_call: float, *, cost_d
     return CompileStats(target=target.name, **memory_parts(compiled), compile_seconds=round(seconds, 1), flops=flops,
                         bytes_accessed=traffic, items_per_call=float(items_per_call),
                         roofline_compute_s=line.seconds_compute, roofline_memory_s=line.seconds_memory,
-                        unknown_loops=cost.unknown_loops, compiler_options=options, flops_low=cost.flops_low / cost_divisor,
-                        bytes_low=cost.bytes_low / cost_divisor)
+                        unknown_loops=cost.unknown_loops, compiler_options=options,
+                        flops_low=cost.flops_low / cost_divisor, bytes_low=cost.bytes_low / cost_divisor)

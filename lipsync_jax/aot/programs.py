@@ -19,7 +19,6 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lipsync_jax.aot.compile import tracing_for
@@ -122,7 +121,3 @@ def trace_train_step(target: Target, config_path: str, *, per_chip_batch: int = 
         traced = jitted.trace(state, frozen, batch)
     frames = int(config.data.num_frames)
     return traced, per_chip_batch * frames, math.prod(mesh.devices.shape)
-
-
-def whisper_weight_bytes(models: Any) -> int:
-    return int(sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(models.audio.params)))
