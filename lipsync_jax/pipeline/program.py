@@ -237,9 +237,9 @@ class ChunkProgram:
         with self._compile_lock:
             return self._compile(unet_params, vae_params)
 
-    def lower(self, unet_params: Any, vae_params: Any):
-        """The program lowered for abstract inputs of these parameters' shapes (``jax.stages.Lowered``;
-        ``compile()`` compiles it once; pipeline/memory.py compiles it with its own options)."""
+    def abstract_args(self, unet_params: Any, vae_params: Any) -> tuple:
+        """Every argument of the program as a ``jax.ShapeDtypeStruct`` with its sharding on this mesh
+        (no device needed: a compile-only client's devices work too)."""
         shapes = self.input_shapes()
         spec = lambda name, sharding: jax.ShapeDtypeStruct(*shapes[name], sharding=sharding)  # noqa: E731
         args = (self._abstract(unet_params), self._abstract(vae_params), spec("faces", self.sharded),
@@ -250,7 +250,17 @@ class ChunkProgram:
         if self.overlap:
             args += (jax.ShapeDtypeStruct(self.tail_shape, np.float32, sharding=self.replicated),
                      jax.ShapeDtypeStruct((), np.bool_, sharding=self.replicated))
-        return self._jitted.lower(*args)
+        return args
+
+    def trace(self, unet_params: Any, vae_params: Any):
+        """The program traced for abstract inputs (``jax.stages.Traced``: its jaxpr for cost counting,
+        ``.lower()`` for compiling)."""
+        return self._jitted.trace(*self.abstract_args(unet_params, vae_params))
+
+    def lower(self, unet_params: Any, vae_params: Any):
+        """The program lowered for abstract inputs of these parameters' shapes (``jax.stages.Lowered``;
+        ``compile()`` compiles it once; pipeline/memory.py compiles it with its own options)."""
+        return self._jitted.lower(*self.abstract_args(unet_params, vae_params))
 
     @property
     def compiled(self) -> bool:
