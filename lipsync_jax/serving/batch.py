@@ -284,4 +284,5 @@ def entry() -> None:
     """The console script (``lipsync-batch``) and ``python -m lipsync_jax.batch``."""
     configure_gpu_memory()
     define_flags(flags.FLAGS)
+    shared.show_in_help(flags.FLAGS)
     app.run(main)

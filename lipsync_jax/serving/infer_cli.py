@@ -133,4 +133,5 @@ def entry() -> None:
     """The console script (``lipsync-infer``) and ``python infer.py``."""
     configure_gpu_memory()  # before jax starts: grow on demand instead of preallocating 75% of the GPU
     define_flags()
+    shared.show_in_help(flags.FLAGS)
     app.run(main)

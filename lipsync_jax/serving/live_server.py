@@ -272,6 +272,7 @@ def entry(argv: list[str] | None = None) -> None:
     ``python app.py --live``."""
     configure_gpu_memory()
     define_flags(flags.FLAGS)
+    shared.show_in_help(flags.FLAGS)
     app.run(main, argv=sys.argv if argv is None else argv)
 
 

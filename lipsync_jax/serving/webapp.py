@@ -345,4 +345,5 @@ def entry(argv: list[str] | None = None) -> None:
 
         return live_entry([a for a in argv if a != "--live"])
     define_flags(flags.FLAGS)
+    shared.show_in_help(flags.FLAGS)
     app.run(main, argv=argv)
