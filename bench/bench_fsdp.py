@@ -48,8 +48,8 @@ def main(argv=None) -> None:
     from lipsync_jax.config_utils import load_config
     from lipsync_jax.pipeline.memory import tree_bytes
     from lipsync_jax.pipeline.models import abstract_models
-    from lipsync_jax.pipeline.program import ChunkProgram
     from lipsync_jax.pipeline.placement import engine_mesh, fsdp_choices, weight_shardings
+    from lipsync_jax.pipeline.program import ChunkProgram
 
     config = load_config(args.config)
     if args.one_level_width:

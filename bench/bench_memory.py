@@ -88,9 +88,14 @@ def main() -> None:
     import jax.numpy as jnp
 
     from lipsync_jax.config_utils import load_config
+    from lipsync_jax.pipeline.memory import (
+        estimate_compiler_options,
+        plan_memory,
+        program_footprint,
+        queued_bytes,
+        tree_bytes,
+    )
     from lipsync_jax.pipeline.models import abstract_models
-    from lipsync_jax.pipeline.memory import (estimate_compiler_options, plan_memory, program_footprint,
-                                             queued_bytes, tree_bytes)
 
     device = jax.local_devices()[0]
     kind = f"{device.platform}:{getattr(device, 'device_kind', '')}"

@@ -23,11 +23,18 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from lipsync_jax.config_utils import load_config  # noqa: E402
-from lipsync_jax.diffusion import (DDIMScheduler, ModuleApply, initial_latents, new_frames, sample_chunk,  # noqa: E402
-                                   sample_windows, window_starts)
-from lipsync_jax.tree_utils import random_params  # noqa: E402
+from lipsync_jax.diffusion import (  # noqa: E402
+    DDIMScheduler,
+    ModuleApply,
+    initial_latents,
+    new_frames,
+    sample_chunk,
+    sample_windows,
+    window_starts,
+)
 from lipsync_jax.models.unet3d import UNet3DConditionModel, abstract_params, dummy_inputs  # noqa: E402
 from lipsync_jax.models.unet_config import UNet3DConfig  # noqa: E402
+from lipsync_jax.tree_utils import random_params  # noqa: E402
 
 RUNS = (("ddim", 20, 0), ("ddim", 20, 2), ("ddim", 20, 3), ("ddim", 20, 5), ("dpmsolver++", 10, 0),
         ("dpmsolver++", 10, 3))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 RANDOM_WARNING = ("WARNING: --random_init: the I3D has RANDOM weights. The FVD below is MEANINGLESS "
                   "(smoke test only); use --i3d_checkpoint with pytorch-i3d's rgb_imagenet.pt (or its conversion).")

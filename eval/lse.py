@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 TABLE_COLUMNS = ("video", "audio", "track", "lse_c", "lse_d", "av_offset", "num_windows", "start_frame",
                  "end_frame", "error")

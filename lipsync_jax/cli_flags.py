@@ -19,7 +19,7 @@ Then ``python train.py --config=configs/unet/stage2.py --config.optimizer.lr=3e-
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from collections.abc import Sequence
 
 import ml_collections
 from absl import flags

@@ -20,7 +20,8 @@ import copy
 import importlib.util
 import os
 import types
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import ml_collections
 from absl import flags

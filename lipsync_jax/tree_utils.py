@@ -6,7 +6,8 @@ joins them with ``/`` as converters, manifests and error messages spell them.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

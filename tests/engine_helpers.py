@@ -6,6 +6,7 @@ import os
 import subprocess
 
 from conftest import asset_path
+
 from lipsync_jax.media import ffmpeg_exe
 
 TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "unet", "tiny.py")

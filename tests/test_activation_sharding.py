@@ -9,8 +9,8 @@ import sys
 
 from jax.sharding import AbstractMesh
 
-from lipsync_jax.config_utils import PROJECT_ROOT
 from lipsync_jax import sharding as sharding_lib
+from lipsync_jax.config_utils import PROJECT_ROOT
 
 # Lowers (no compile) the tiny UNet on a (4, 2) data x fsdp mesh of 8 fake CPU devices; prints one
 # line per program: its name and every sharding constraint as "mesh axes|tensor type".

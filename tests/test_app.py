@@ -22,8 +22,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import asset_path
+
 from lipsync_jax.audio import load_audio
 from lipsync_jax.media import ffmpeg_exe, probe_video
 
@@ -146,7 +146,6 @@ def test_page_in_headless_chromium(server, tmp_path):
     """What a person sees (1280x900 window): the examples show their first frame, a portrait upload
     keeps the button in the window, a video is accepted as the audio, the progress bar moves."""
     import cv2
-
     from browser import Browser, chromium
 
     if chromium() is None:

@@ -15,8 +15,15 @@ from lipsync_jax.audio.cache import FeatureCache
 from lipsync_jax.audio.features import AudioFeatureExtractor, frame_chunk_indices, gather_frame_windows
 from lipsync_jax.audio.whisper_encoder import WhisperEncoder, WhisperEncoderConfig
 from lipsync_jax.audio.whisper_mel import log_mel_spectrogram
-from lipsync_jax.audio.windows import (AUDIO_WINDOWS, check_audio_windows, row_sources, seam_ratios, source_ids,
-                                       window_count, window_start_rows)
+from lipsync_jax.audio.windows import (
+    AUDIO_WINDOWS,
+    check_audio_windows,
+    row_sources,
+    seam_ratios,
+    source_ids,
+    window_count,
+    window_start_rows,
+)
 
 TINY = WhisperEncoderConfig(n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=2)
 SR = 16000

@@ -11,13 +11,18 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from conftest import asset_path
+
 from lipsync_jax.face import AlignedFace
 from lipsync_jax.media import ffmpeg_exe
 from lipsync_jax.pipeline import avatar_cache as ac
-from lipsync_jax.pipeline.avatar_cache import (AvatarCache, AvatarCacheMiss, AvatarTrack, CachedFacePass,
-                                               RecordingFacePass)
+from lipsync_jax.pipeline.avatar_cache import (
+    AvatarCache,
+    AvatarCacheMiss,
+    AvatarTrack,
+    CachedFacePass,
+    RecordingFacePass,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "unet", "tiny.py")

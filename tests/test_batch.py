@@ -13,8 +13,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import asset_path
+
 from lipsync_jax import config_utils
 from lipsync_jax.media import ffmpeg_exe, probe_video
 from lipsync_jax.pipeline import JobDefaults

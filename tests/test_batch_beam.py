@@ -22,8 +22,8 @@ import time
 
 import psutil
 import pytest
-
 from conftest import asset_path
+
 from lipsync_jax import config_utils
 from lipsync_jax.media import ffmpeg_exe, probe_video
 from lipsync_jax.media.atomic import atomic_output

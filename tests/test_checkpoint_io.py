@@ -7,12 +7,12 @@ import os
 import ml_dtypes
 import numpy as np
 import pytest
-
 from conftest import DATA_DIR
-from lipsync_jax.convert.checkpoint_io import read_state_dict
-from lipsync_jax.checkpoints import CheckpointFormatError, CheckpointNotFoundError
-from lipsync_jax.convert.safetensors_io import save_safetensors
 from torch_pt_writer import save_torch_checkpoint
+
+from lipsync_jax.checkpoints import CheckpointFormatError, CheckpointNotFoundError
+from lipsync_jax.convert.checkpoint_io import read_state_dict
+from lipsync_jax.convert.safetensors_io import save_safetensors
 
 
 def _tensors(seed=0):

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 import lipsync_jax
-from lipsync_jax.checkpoints import NotAConvertedCheckpointError, cast_floating, read_metadata, restore_params, save_params
+from lipsync_jax.checkpoints import (
+    NotAConvertedCheckpointError,
+    cast_floating,
+    read_metadata,
+    restore_params,
+    save_params,
+)
 
 
 def _params():

@@ -8,8 +8,8 @@ import subprocess
 import pytest
 from conftest import asset_path
 
-from data_prep.clips import PrepOptions
 from data_prep.cli import main
+from data_prep.clips import PrepOptions
 from data_prep.prepare import prepare
 from data_prep.stats import read_table
 from lipsync_jax.data import records

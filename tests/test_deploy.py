@@ -9,13 +9,11 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 import pytest
 import yaml
-from packaging.requirements import Requirement
-
 from conftest import asset_path
+from packaging.requirements import Requirement
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "unet", "tiny.py")

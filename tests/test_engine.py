@@ -22,9 +22,9 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import asset_path
 from engine_helpers import GUIDANCE, ROUNDOFF, SEED, STEPS, TINY, build_tiny_models, make_clip
+
 from lipsync_jax.media import read_frames
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -26,8 +26,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import asset_path
+
 from lipsync_jax.media import ffmpeg_exe, probe_audio_duration, probe_video
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -13,8 +13,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from conftest import asset_path
+
 from lipsync_jax.media import read_frames
 
 SR = 16000

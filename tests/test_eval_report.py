@@ -10,9 +10,9 @@ import wave
 
 import numpy as np
 import pytest
+from conftest import asset_path
 from PIL import Image
 
-from conftest import asset_path
 from lipsync_jax.eval import report as report_mod
 from lipsync_jax.media import ffmpeg_exe
 

@@ -7,9 +7,22 @@ import numpy as np
 import pytest
 from conftest import asset_path, golden_path
 
-from lipsync_jax.face import (AlignTemplate, FaceAligner, FaceBackendError, FaceInputError, FaceTracker,
-                              InsightFaceLandmarker, MediaPipeLandmarker, NoFaceError, align_video,
-                              load_fixed_mask, make_landmarker, paste_back, resize_to_crop, similarity_transform)
+from lipsync_jax.face import (
+    AlignTemplate,
+    FaceAligner,
+    FaceBackendError,
+    FaceInputError,
+    FaceTracker,
+    InsightFaceLandmarker,
+    MediaPipeLandmarker,
+    NoFaceError,
+    align_video,
+    load_fixed_mask,
+    make_landmarker,
+    paste_back,
+    resize_to_crop,
+    similarity_transform,
+)
 from lipsync_jax.golden import check_face
 from lipsync_jax.golden.core import load_fixture
 

@@ -6,14 +6,30 @@ import numpy as np
 import pytest
 from conftest import TWO_PEOPLE_HALF_WIDTH, TWO_PEOPLE_HEIGHT, TWO_PEOPLE_SECONDS, golden_path
 
-from lipsync_jax.face import (FaceAligner, FaceDetection, FaceSelectionError, FaceTracker, InsightFaceLandmarker,
-                              MediaPipeLandmarker, MultiTrackAligner, NoFaceError, TrackAnchorSelector, TrackFacePass,
-                              TrackLandmarker, build_tracks, choose_track, detect_faces, face_pass_for_tracks,
-                              find_face_tracks, select_track_anchors)
+from lipsync_jax.face import (
+    FaceAligner,
+    FaceDetection,
+    FaceSelectionError,
+    FaceTracker,
+    InsightFaceLandmarker,
+    MediaPipeLandmarker,
+    MultiTrackAligner,
+    NoFaceError,
+    TrackAnchorSelector,
+    TrackFacePass,
+    TrackLandmarker,
+    build_tracks,
+    choose_track,
+    detect_faces,
+    face_pass_for_tracks,
+    find_face_tracks,
+    select_track_anchors,
+)
 from lipsync_jax.face.landmarks import box_from_anchors
-from lipsync_jax.golden.core import load_fixture
-from lipsync_jax.face.list_faces import list_faces, main as list_faces_main
+from lipsync_jax.face.list_faces import list_faces
+from lipsync_jax.face.list_faces import main as list_faces_main
 from lipsync_jax.face.tracks import TrackBuilder, iou
+from lipsync_jax.golden.core import load_fixture
 from lipsync_jax.media import read_frames
 
 CLIP_SECONDS = TWO_PEOPLE_SECONDS  # the session fixture demo_clips (conftest.py)

@@ -10,8 +10,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import asset_path
+
 from lipsync_jax.config_utils import PROJECT_ROOT
 from lipsync_jax.media.ffmpeg import ffmpeg_exe
 from lipsync_jax.train.metrics import read_metrics

@@ -8,11 +8,9 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from conftest import ASSETS_DIR, golden_path
 
-from lipsync_jax.eval.fvd import (FVD_NUM_FRAMES, FVD_SIZE, FVDError, frechet_distance, load_i3d,
-                                  read_fvd_clip)
+from lipsync_jax.eval.fvd import FVD_NUM_FRAMES, FVD_SIZE, FVDError, frechet_distance, load_i3d, read_fvd_clip
 from lipsync_jax.golden.check_eval_models import check_fixture, check_manifest
 from lipsync_jax.golden.core import load_fixture, load_manifest
 

@@ -7,7 +7,7 @@ import sys
 
 from conftest import GOLDEN_DIR
 
-from lipsync_jax.golden.__main__ import check_file, main
+from lipsync_jax.golden.__main__ import main
 from lipsync_jax.golden.core import compare_rel, rel_l2
 from lipsync_jax.golden.registry import CHECK_MODULES, manifest_kind
 

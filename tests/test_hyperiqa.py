@@ -5,12 +5,20 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from conftest import ASSETS_DIR, golden_path
 
-from lipsync_jax.eval.quality import (IMAGENET_MEAN, IMAGENET_STD, QualityError, clip_quality, load_hyperiqa,
-                                      passes_quality, preprocess_frames, quality_frame_indices,
-                                      read_quality_frames, video_quality)
+from lipsync_jax.eval.quality import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    QualityError,
+    clip_quality,
+    load_hyperiqa,
+    passes_quality,
+    preprocess_frames,
+    quality_frame_indices,
+    read_quality_frames,
+    video_quality,
+)
 from lipsync_jax.golden.check_eval_models import check_fixture, check_manifest
 from lipsync_jax.golden.core import load_fixture, load_manifest
 

@@ -14,8 +14,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import asset_path
+
 from lipsync_jax.audio import load_audio
 from lipsync_jax.media import ffmpeg_exe, probe_video, read_frames
 from lipsync_jax.pipeline import InputError, LipsyncEngine, Sampling, SyncJob, check_inputs

@@ -106,8 +106,9 @@ def test_bfloat16_close_to_float32(fixture, params):
 
 
 def test_convert_files_from_torchvision_and_lin_checkpoints(fixture, params, tmp_path):
-    from lipsync_jax.convert.lpips import convert_file, convert_files
     from torch_pt_writer import save_torch_checkpoint
+
+    from lipsync_jax.convert.lpips import convert_file, convert_files
 
     vgg = {f"features.{k.split('.', 2)[2]}": np.asarray(v) for k, v in fixture.weights.items()
            if k.startswith("net.slice")}
@@ -131,9 +132,10 @@ def test_convert_files_from_torchvision_and_lin_checkpoints(fixture, params, tmp
 def test_convert_cli_takes_two_comma_separated_files(fixture, params, tmp_path):
     import json
 
+    from torch_pt_writer import save_torch_checkpoint
+
     from lipsync_jax.checkpoints import restore_params
     from lipsync_jax.convert.__main__ import main
-    from torch_pt_writer import save_torch_checkpoint
 
     save_torch_checkpoint({f"features.{k.split('.', 2)[2]}": np.asarray(v) for k, v in fixture.weights.items()
                            if k.startswith("net.slice")}, tmp_path / "vgg16.pth")

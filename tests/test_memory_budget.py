@@ -11,10 +11,17 @@ import numpy as np
 import pytest
 
 from lipsync_jax.config_utils import load_config
-from lipsync_jax.pipeline import LipsyncEngine, RunOptions, build_models, decode_and_paste, encode_faces
-from lipsync_jax.pipeline import memory
-from lipsync_jax.pipeline.memory import (GB, Footprint, MemoryBudgetError, plan_memory, program_footprint,
-                                         queued_bytes, tree_bytes, vae_slice_candidates)
+from lipsync_jax.pipeline import LipsyncEngine, RunOptions, build_models, decode_and_paste, encode_faces, memory
+from lipsync_jax.pipeline.memory import (
+    GB,
+    Footprint,
+    MemoryBudgetError,
+    plan_memory,
+    program_footprint,
+    queued_bytes,
+    tree_bytes,
+    vae_slice_candidates,
+)
 from lipsync_jax.pipeline.models import abstract_models
 from lipsync_jax.pipeline.program import mask_arrays
 

@@ -22,8 +22,7 @@ import urllib.request
 import pytest
 from absl import flags
 
-from lipsync_jax.pipeline import JobDefaults, OptionError, RunOptions
-from lipsync_jax.pipeline import memory
+from lipsync_jax.pipeline import JobDefaults, OptionError, RunOptions, memory
 from lipsync_jax.pipeline.memory import Footprint
 from lipsync_jax.serving import flags as shared
 

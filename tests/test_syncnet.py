@@ -6,13 +6,20 @@ import numpy as np
 import pytest
 from conftest import golden_path
 from random_params_util import random_params
+from torch_pt_writer import save_torch_checkpoint
 
 from lipsync_jax.convert.rules import ConversionError
 from lipsync_jax.convert.syncnet import convert_file
-from torch_pt_writer import save_torch_checkpoint
-from lipsync_jax.eval.sync_score import (SyncScoreError, audio_window_embeddings, audio_window_starts,
-                                         score_from_embeddings, sync_score, sync_score_with,
-                                         visual_window_embeddings, SyncNetTower)
+from lipsync_jax.eval.sync_score import (
+    SyncNetTower,
+    SyncScoreError,
+    audio_window_embeddings,
+    audio_window_starts,
+    score_from_embeddings,
+    sync_score,
+    sync_score_with,
+    visual_window_embeddings,
+)
 from lipsync_jax.golden import check_syncnet
 from lipsync_jax.golden.core import load_fixture, load_manifest, rel_l2
 from lipsync_jax.losses.sync import sync_loss, syncnet_sync_loss

@@ -9,8 +9,8 @@ import os
 import cv2
 import numpy as np
 import pytest
-
 from conftest import asset_path
+
 from lipsync_jax.audio.load import load_audio
 from lipsync_jax.data import records
 from lipsync_jax.media.video import read_frames

@@ -10,17 +10,24 @@ import subprocess
 
 import jax.numpy as jnp
 import pytest
-
 from conftest import asset_path
+
 from lipsync_jax.config_utils import load_config
 from lipsync_jax.eval.sync_eval import load_syncnet
 from lipsync_jax.media import ffmpeg_exe
-from lipsync_jax.models.unet3d import UNet3DConditionModel, abstract_params as unet_abstract_params
+from lipsync_jax.models.unet3d import UNet3DConditionModel
+from lipsync_jax.models.unet3d import abstract_params as unet_abstract_params
 from lipsync_jax.models.unet_config import UNet3DConfig
-from lipsync_jax.tree_utils import random_params
 from lipsync_jax.train.metrics import MetricsLogger, read_metrics
-from lipsync_jax.train.validation import (METRIC_PREFIX, UNetValidator, ValidationSettings, error_metrics,
-                                          make_validator, validation_video_path)
+from lipsync_jax.train.validation import (
+    METRIC_PREFIX,
+    UNetValidator,
+    ValidationSettings,
+    error_metrics,
+    make_validator,
+    validation_video_path,
+)
+from lipsync_jax.tree_utils import random_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "unet", "tiny.py")

@@ -121,6 +121,7 @@ def test_bfloat16_close_to_float32(fixture, config, params):
 @pytest.mark.parametrize("wrapper", ["model", "module", None])
 def test_convert_file_unwraps_checkpoint(fixture, params, tmp_path, wrapper):
     from torch_pt_writer import save_torch_checkpoint
+
     from lipsync_jax.convert.videomae import convert_file
 
     weights = {k: np.asarray(v) for k, v in fixture.weights.items()}
@@ -133,8 +134,9 @@ def test_convert_file_unwraps_checkpoint(fixture, params, tmp_path, wrapper):
 
 
 def test_convert_file_names_a_config_mismatch(fixture, tmp_path):
-    from lipsync_jax.convert.rules import ConversionError
     from torch_pt_writer import save_torch_checkpoint
+
+    from lipsync_jax.convert.rules import ConversionError
     from lipsync_jax.convert.videomae import convert_file
 
     path = tmp_path / "videomae.pth"

@@ -10,15 +10,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import golden_path
+
 from lipsync_jax.convert.rules import ConversionError, manifest_state_dict
 from lipsync_jax.convert.unet import convert_state_dict, load_unet_config
 from lipsync_jax.golden import check_unet
 from lipsync_jax.golden.core import load_fixture, load_manifest, rel_l2
 from lipsync_jax.models.motion_module import TooManyFramesError, temporal_position_table
-from lipsync_jax.models.unet3d import (UNet3DConditionModel, dummy_inputs, trainable_mask, logical_axes,
-                                       abstract_params as unet_abstract_params)
+from lipsync_jax.models.unet3d import UNet3DConditionModel, dummy_inputs, logical_axes, trainable_mask
+from lipsync_jax.models.unet3d import abstract_params as unet_abstract_params
 from lipsync_jax.models.unet_config import UNet3DConfig, UNetConfigError
 from lipsync_jax.tree_utils import count_params
 

@@ -16,8 +16,15 @@ from lipsync_jax.convert.safetensors_io import save_safetensors
 from lipsync_jax.convert.vae import convert_file, convert_state_dict
 from lipsync_jax.golden import check_vae
 from lipsync_jax.golden.core import load_fixture, load_manifest, rel_l2
-from lipsync_jax.models.vae import (AutoencoderKL, VAEConfigError, decode_frames, decode_latents,
-                                    encode_frames, encode_to_latents, abstract_params)
+from lipsync_jax.models.vae import (
+    AutoencoderKL,
+    VAEConfigError,
+    abstract_params,
+    decode_frames,
+    decode_latents,
+    encode_frames,
+    encode_to_latents,
+)
 
 
 @pytest.fixture(scope="module")

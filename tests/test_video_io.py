@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 from conftest import asset_path
 
-from lipsync_jax.media import (MediaError, VideoWriter, count_frames, ffmpeg_exe, mux_audio,
-                               probe_audio_duration, probe_video, read_frames)
+from lipsync_jax.media import (
+    MediaError,
+    VideoWriter,
+    count_frames,
+    ffmpeg_exe,
+    mux_audio,
+    probe_audio_duration,
+    probe_video,
+    read_frames,
+)
 from lipsync_jax.media.probe import parse_ffmpeg_info
 
 DEMO = asset_path("demo1_video.mp4")

@@ -14,10 +14,10 @@ and raises ``ConversionError`` (the checkpoint does not fit the config) or
 
 from lipsync_jax.checkpoints import CheckpointFormatError
 from lipsync_jax.convert.rules import (
+    TRANSFORMS,
     ConversionError,
     ConversionReport,
     Rule,
-    TRANSFORMS,
     manifest_state_dict,
 )
 

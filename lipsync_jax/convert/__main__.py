@@ -19,7 +19,8 @@ import importlib
 import json
 import os
 import sys
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from lipsync_jax.checkpoints import CheckpointFormatError, UnsafeCheckpointError
 from lipsync_jax.convert.rules import ConversionError

@@ -10,9 +10,11 @@ state dict LatentSync's visual quality filter loads) -> bare Flax params of
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from lipsync_jax.convert.rules import ConversionReport, Rule, convert_state_dict as apply_rules
+from lipsync_jax.convert.rules import ConversionReport, Rule
+from lipsync_jax.convert.rules import convert_state_dict as apply_rules
 from lipsync_jax.tree_utils import param_shapes
 
 _BN = (("weight", "scale"), ("bias", "bias"), ("running_mean", "mean"), ("running_var", "var"))

@@ -9,9 +9,11 @@ channels-last), ``*.bn.{weight,bias,running_mean,running_var}`` -> ``*/bn/{scale
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from lipsync_jax.convert.rules import ConversionReport, Rule, convert_state_dict as apply_rules
+from lipsync_jax.convert.rules import ConversionReport, Rule
+from lipsync_jax.convert.rules import convert_state_dict as apply_rules
 from lipsync_jax.tree_utils import param_shapes
 
 # a Unit3D is a stem layer ("Conv3d_2c_3x3") or an inception branch ("Mixed_4c.b1b" -> Mixed_4c/b1b)

@@ -10,7 +10,8 @@ The scaling-layer buffers come from the file when present, else lpips' constants
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

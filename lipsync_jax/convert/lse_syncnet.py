@@ -9,7 +9,8 @@ Key names are the ``nn.Sequential`` indices (``netcnnaud.N``, ``netcnnlip.N``, `
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from lipsync_jax.convert.rules import ConversionReport, Rule
 from lipsync_jax.convert.rules import convert_state_dict as apply_rules

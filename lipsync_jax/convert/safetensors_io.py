@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import ml_dtypes
 import numpy as np

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from lipsync_jax.convert.rules import ConversionError, ConversionReport, Rule
 from lipsync_jax.convert.rules import convert_state_dict as apply_rules

@@ -20,7 +20,8 @@ import io
 import os
 import pickle
 import zipfile
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

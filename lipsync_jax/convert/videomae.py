@@ -7,7 +7,8 @@ a fixed sinusoid we compute).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

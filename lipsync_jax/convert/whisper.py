@@ -16,7 +16,8 @@ the checkpoint when present and computed (``sinusoids``) when not.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from lipsync_jax.audio.whisper_encoder import WhisperEncoderConfig, abstract_params, sinusoids
 from lipsync_jax.convert.rules import ConversionError, ConversionReport, Rule

@@ -19,7 +19,8 @@ default: shard = ``jax.process_index()``), each process reads its own.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import grain.python as grain
 

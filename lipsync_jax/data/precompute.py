@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from lipsync_jax.data.audio_features import SyncNetMel, WhisperFeatures
 from lipsync_jax.data.records import ClipDataSource, record_to_float_audio

@@ -34,7 +34,8 @@ import dataclasses
 import math
 import os
 import shutil
-from typing import Any, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 

@@ -21,7 +21,8 @@ sample is reproducible. Clips too short for a sample give ``{"skip": True}`` and
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import cv2
 import grain.python as grain
@@ -31,8 +32,15 @@ from lipsync_jax.audio.features import DEFAULT_FEAT_LENGTH, gather_frame_windows
 from lipsync_jax.audio.syncnet_mel import syncnet_mel_crop
 from lipsync_jax.data.audio_features import ClipEmbedder, SyncNetMel
 from lipsync_jax.data.records import decode_frames, record_to_float_audio
-from lipsync_jax.data.windows import (ClipTooShortError, apply_mask, audio_row_indices, max_mel_start,
-                                      sample_syncnet_windows, sample_target_and_reference, to_pixels)
+from lipsync_jax.data.windows import (
+    ClipTooShortError,
+    apply_mask,
+    audio_row_indices,
+    max_mel_start,
+    sample_syncnet_windows,
+    sample_target_and_reference,
+    to_pixels,
+)
 from lipsync_jax.face.mask import load_fixed_mask
 
 SKIP = {"skip": True}

@@ -22,7 +22,7 @@ another clip when the crop falls short, which with full-length audio never happe
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

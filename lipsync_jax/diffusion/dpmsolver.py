@@ -28,15 +28,22 @@ are first order.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from lipsync_jax.diffusion.ddim import (DDIMConfig, SchedulerConfigError, check_beta_schedule, make_alphas_cumprod,
-                                        make_betas, scheduler_config_from_dict)
+from lipsync_jax.diffusion.ddim import (
+    DDIMConfig,
+    SchedulerConfigError,
+    check_beta_schedule,
+    make_alphas_cumprod,
+    make_betas,
+    scheduler_config_from_dict,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,12 +76,12 @@ class DPMSolverConfig:
     rescale_betas_zero_snr: bool = False
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> "DPMSolverConfig":
+    def from_dict(cls, config: Mapping[str, Any]) -> DPMSolverConfig:
         """A DPM-Solver config dict (diffusers names); unknown keys are ignored."""
         return scheduler_config_from_dict(cls, config)
 
     @classmethod
-    def from_ddim_config(cls, config: Mapping[str, Any] | DDIMConfig, **overrides) -> "DPMSolverConfig":
+    def from_ddim_config(cls, config: Mapping[str, Any] | DDIMConfig, **overrides) -> DPMSolverConfig:
         """``DPMSolverMultistepScheduler.from_config(ddim_config)`` (see the module docstring),
         then ``overrides`` (e.g. ``solver_order=1``)."""
         if isinstance(config, DDIMConfig):
@@ -155,13 +162,13 @@ class DPMSolverScheduler:
     init_noise_sigma = 1.0
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | DPMSolverConfig) -> "DPMSolverScheduler":
+    def from_config(cls, config: Mapping[str, Any] | DPMSolverConfig) -> DPMSolverScheduler:
         cfg = config if isinstance(config, DPMSolverConfig) else DPMSolverConfig.from_dict(config)
         cfg.validate()
         return cls(alphas_cumprod=jnp.asarray(make_alphas_cumprod(make_betas(cfg))), config=cfg)
 
     @classmethod
-    def from_ddim_config(cls, config: Mapping[str, Any] | DDIMConfig, **overrides) -> "DPMSolverScheduler":
+    def from_ddim_config(cls, config: Mapping[str, Any] | DDIMConfig, **overrides) -> DPMSolverScheduler:
         return cls.from_config(DPMSolverConfig.from_ddim_config(config, **overrides))
 
     def timesteps(self, num_inference_steps: int) -> np.ndarray:

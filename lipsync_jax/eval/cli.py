@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 
 def run_main(run: Callable[[argparse.Namespace], int], args: argparse.Namespace,

@@ -26,7 +26,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -96,7 +97,7 @@ class FaceBoxCropper:
     def close(self) -> None:
         self._detector.close()
 
-    def __enter__(self) -> "FaceBoxCropper":
+    def __enter__(self) -> FaceBoxCropper:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -28,8 +28,14 @@ from typing import Any
 import numpy as np
 
 from lipsync_jax.eval.lse_score import DEFAULT_VSHIFT, SAMPLES_PER_FRAME, LSEInputError, LSEScore, lse_score
-from lipsync_jax.eval.lse_tracks import (DetectSettings, FaceTrackLSE, ShotDetector, crop_tracks, detect_frames,
-                                         track_faces)
+from lipsync_jax.eval.lse_tracks import (
+    DetectSettings,
+    FaceTrackLSE,
+    ShotDetector,
+    crop_tracks,
+    detect_frames,
+    track_faces,
+)
 from lipsync_jax.models.lse_syncnet import LSESyncNet, LSESyncNetConfig
 from lipsync_jax.models.s3fd import S3FDConfig, S3FDNet
 

@@ -15,13 +15,14 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from lipsync_jax.audio import AudioLoadError
-from lipsync_jax.config_utils import ConfigError
 from lipsync_jax.checkpoints import CheckpointFormatError
+from lipsync_jax.config_utils import ConfigError
 from lipsync_jax.eval.frame_metrics import FrameMetricsError
 from lipsync_jax.eval.sync_eval import SyncEvalError
 from lipsync_jax.eval.sync_score import SyncScoreError

@@ -15,7 +15,8 @@ the functions work the same in scripts, tests and notebooks (where the inline ba
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -78,8 +79,8 @@ def _check_params_fit(params: Mapping[str, Any], model: Any, where: str) -> None
 def random_params(model: Any, seed: int = 0) -> dict[str, Any]:
     """Random numpy params for ``model`` without compiling its init (``tree_utils.random_params``:
     smoke tests; seconds instead of a long init)."""
-    from lipsync_jax.models.syncnet import abstract_params
     from lipsync_jax import tree_utils
+    from lipsync_jax.models.syncnet import abstract_params
 
     return tree_utils.random_params(abstract_params(model), seed)
 

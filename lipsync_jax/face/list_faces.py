@@ -16,8 +16,14 @@ import dataclasses
 import os
 import sys
 
-from lipsync_jax.face.tracks import (DEFAULT_MAX_GAP, DEFAULT_MIN_FRAMES, CHOICES, VideoFaceTracks,
-                                     choose_track, find_face_tracks)
+from lipsync_jax.face.tracks import (
+    CHOICES,
+    DEFAULT_MAX_GAP,
+    DEFAULT_MIN_FRAMES,
+    VideoFaceTracks,
+    choose_track,
+    find_face_tracks,
+)
 
 
 @dataclasses.dataclass

@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from lipsync_jax.golden.core import Comparison, Fixture, compare_param_tree, compare_rel
 from lipsync_jax.convert.rules import manifest_state_dict
+from lipsync_jax.golden.core import Comparison, Fixture, compare_param_tree, compare_rel
 
 TOL = 1e-4
 FVD_TOL = 1e-6  # float64 arithmetic on given features (eigen/sqrtm roundoff only)

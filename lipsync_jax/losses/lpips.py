@@ -9,13 +9,14 @@ without bias. Inputs are in [-1, 1] (``normalize=False`` in the lpips package).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lipsync_jax.models.vgg import SLICE_CONVS, VGG16Features, VGG16_WIDTHS
+from lipsync_jax.models.vgg import SLICE_CONVS, VGG16_WIDTHS, VGG16Features
 
 # lpips' ScalingLayer buffers (ImageNet mean/std expressed for [-1, 1] inputs)
 SCALING_SHIFT = (-0.030, -0.088, -0.188)
@@ -56,7 +57,7 @@ class LPIPS(nn.Module):
     param_dtype: Any = jnp.float32
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], **kwargs) -> "LPIPS":
+    def from_config(cls, config: Mapping[str, Any], **kwargs) -> LPIPS:
         """From an lpips config mapping (``net`` must be vgg; ``vgg_widths`` optional)."""
         net = config.get("net", "vgg")
         if net != "vgg":

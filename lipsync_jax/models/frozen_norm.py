@@ -9,7 +9,8 @@ buffers, not parameters: ``count_weights`` leaves them out, as the manifests do.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -22,7 +22,8 @@ Names follow ``koniq_pretrained.pkl`` (``res.layer3.2.conv2`` -> ``res/layer3_2/
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -51,7 +52,7 @@ class HyperIQAConfig:
     narrow_by: int = 1  # test fixtures: backbone widths divided by this
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | None) -> "HyperIQAConfig":
+    def from_config(cls, config: Mapping[str, Any] | None) -> HyperIQAConfig:
         """From a fixture meta (``args``: HyperNet's 8 positional arguments, ``narrow_by``) or a
         dict of the fields above."""
         config = dict(config or {})

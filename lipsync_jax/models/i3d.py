@@ -19,7 +19,8 @@ so converting ``rgb_imagenet.pt`` is a rename plus the Conv3d transpose.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -59,7 +60,7 @@ class I3DConfig:
     in_channels: int = 3
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | None) -> "I3DConfig":
+    def from_config(cls, config: Mapping[str, Any] | None) -> I3DConfig:
         """From a fixture meta / manifest / config dict (unknown keys are ignored)."""
         config = dict(config or {})
         names = {f.name for f in dataclasses.fields(cls)}

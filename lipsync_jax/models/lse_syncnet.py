@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -56,7 +57,7 @@ class LSESyncNetConfig:
     embed_dim: int = EMBED_DIM
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | None = None) -> "LSESyncNetConfig":
+    def from_config(cls, config: Mapping[str, Any] | None = None) -> LSESyncNetConfig:
         """``{"narrow_by": n, "num_layers_in_fc_layers": d}`` (both optional; syncnet_v2: 1, 1024)."""
         config = dict(config or {})
         narrow_by = int(config.get("narrow_by", 1))

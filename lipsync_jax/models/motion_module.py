@@ -10,6 +10,7 @@ copies are skipped by the converter) -> self-attention -> residual; then LayerNo
 from __future__ import annotations
 
 import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -17,8 +18,7 @@ import numpy as np
 
 from lipsync_jax.models import Dtype
 from lipsync_jax.models.unet_config import MotionModuleConfig
-from lipsync_jax.models.unet_layers import (TEMPORAL_TOKEN_AXES, VIDEO_AXES, VideoGroupNorm, constrain,
-                                              dense, layer_norm)
+from lipsync_jax.models.unet_layers import TEMPORAL_TOKEN_AXES, VIDEO_AXES, VideoGroupNorm, constrain, dense, layer_norm
 from lipsync_jax.models.unet_transformer import Attention, FeedForward
 
 

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -54,7 +55,7 @@ class S3FDConfig:
     narrow_by: int = 1
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | None = None) -> "S3FDConfig":
+    def from_config(cls, config: Mapping[str, Any] | None = None) -> S3FDConfig:
         return cls(int(dict(config or {}).get("narrow_by", 1)))
 
     def to_dict(self) -> dict[str, Any]:

@@ -18,7 +18,8 @@ h*w, GEGLU feed-forward, 1x1 conv, residual); the attention blocks take their ow
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -54,7 +55,7 @@ class EncoderConfig:
     dropout: float = 0.0
 
     @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any], what: str = "encoder") -> "EncoderConfig":
+    def from_dict(cls, cfg: Mapping[str, Any], what: str = "encoder") -> EncoderConfig:
         try:
             channels = tuple(int(c) for c in cfg["block_out_channels"])
             factors = tuple(_factor(f) for f in cfg["downsample_factors"])
@@ -74,7 +75,7 @@ class SyncNetConfig:
     visual_encoder: EncoderConfig
 
     @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any]) -> "SyncNetConfig":
+    def from_dict(cls, cfg: Mapping[str, Any]) -> SyncNetConfig:
         cfg = cfg.get("model", cfg)  # accept the whole LatentSync yaml or just its "model" part
         for part in ("audio_encoder", "visual_encoder"):
             if part not in cfg:
@@ -207,7 +208,7 @@ class StableSyncNet(nn.Module):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | SyncNetConfig, dtype: Dtype = jnp.float32,
-                    param_dtype: Dtype = jnp.float32) -> "StableSyncNet":
+                    param_dtype: Dtype = jnp.float32) -> StableSyncNet:
         cfg = config if isinstance(config, SyncNetConfig) else SyncNetConfig.from_dict(config)
         return cls(cfg, dtype=dtype, param_dtype=param_dtype)
 

@@ -15,7 +15,7 @@ constraints act only when traced under a mesh and rules (training), never at inf
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -25,8 +25,14 @@ from lipsync_jax.models import Dtype
 from lipsync_jax.models.attention import parse_backend
 from lipsync_jax.models.unet_blocks import DownBlock3D, MidBlock3D, UpBlock3D
 from lipsync_jax.models.unet_config import UNet3DConfig
-from lipsync_jax.models.unet_layers import (VIDEO_AXES, TimestepEmbedding, VideoGroupNorm, constrain, frame_conv,
-                                            timestep_sinusoids)
+from lipsync_jax.models.unet_layers import (
+    VIDEO_AXES,
+    TimestepEmbedding,
+    VideoGroupNorm,
+    constrain,
+    frame_conv,
+    timestep_sinusoids,
+)
 
 AUDIO_WINDOW = 50  # Whisper embedding rows per video frame (LatentSync's audio feature window)
 DEEPCACHE_MODES = (None, "full", "shallow")  # UNet3DConditionModel.__call__(..., deepcache=)

@@ -8,7 +8,8 @@ frozen, hashable dataclass the Flax modules can hold as an attribute.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 class UNetConfigError(ValueError):
@@ -49,7 +50,7 @@ class MotionModuleConfig:
     norm_num_groups: int = 32  # fixed in LatentSync (not a kwarg there); independent of the UNet's
 
     @classmethod
-    def from_dict(cls, kwargs: Mapping[str, Any]) -> "MotionModuleConfig":
+    def from_dict(cls, kwargs: Mapping[str, Any]) -> MotionModuleConfig:
         kwargs = dict(kwargs)
         if kwargs.pop("cross_frame_attention_mode", None) is not None:
             raise UNetConfigError("motion_module_kwargs.cross_frame_attention_mode is not supported")
@@ -98,7 +99,7 @@ class UNet3DConfig:
     add_audio_layer: bool = False
 
     @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any]) -> "UNet3DConfig":
+    def from_dict(cls, cfg: Mapping[str, Any]) -> UNet3DConfig:
         cfg = {k: v for k, v in dict(cfg).items() if not k.startswith("_")}  # diffusers "_class_name"...
         for key, default in _FIXED_FIELDS.items():
             value = cfg.pop(key, default)

@@ -27,13 +27,13 @@ checks) they return their input unchanged.
 from __future__ import annotations
 
 import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lipsync_jax.models import Dtype
 from lipsync_jax.diffusion.conditioning import nearest_resize
-
+from lipsync_jax.models import Dtype
 
 VIDEO_AXES = ("activation_batch", "activation_frames", "activation_height", "activation_width", "activation_embed")
 TOKEN_AXES = ("activation_batch", "activation_length", "activation_embed")

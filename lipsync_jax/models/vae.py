@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from lipsync_jax.models import Dtype
-from lipsync_jax.models.vae_blocks import (Downsample2D, GroupNorm32, MidBlock2D, ResnetBlock2D,
-                                           Upsample2D, conv)
-
+from lipsync_jax.models.vae_blocks import Downsample2D, GroupNorm32, MidBlock2D, ResnetBlock2D, Upsample2D, conv
 
 SCALING_FACTOR = 0.18215  # LatentSync's latent scale for sd-vae-ft-mse
 LOGVAR_RANGE = (-30.0, 20.0)  # diffusers' DiagonalGaussianDistribution clamp
@@ -51,7 +50,7 @@ class VAEConfig:
     shift_factor: float = 0.0
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> "VAEConfig":
+    def from_dict(cls, config: Mapping[str, Any]) -> VAEConfig:
         """Build from a diffusers/LatentSync config dict; unknown keys (``_class_name``,
         ``sample_size``, ``force_upcast``, ...) are ignored, unsupported structure is refused."""
         for key, allowed in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
@@ -119,7 +118,7 @@ class AutoencoderKL(nn.Module):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | VAEConfig, dtype: Dtype = jnp.float32,
-                    param_dtype: Dtype = jnp.float32) -> "AutoencoderKL":
+                    param_dtype: Dtype = jnp.float32) -> AutoencoderKL:
         cfg = config if isinstance(config, VAEConfig) else VAEConfig.from_dict(config)
         return cls(cfg, dtype=dtype, param_dtype=param_dtype)
 

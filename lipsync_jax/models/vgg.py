@@ -8,7 +8,8 @@ a rename. Stages 2..5 start with a 2x2/2 max pool (torchvision indices 4, 9, 16,
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

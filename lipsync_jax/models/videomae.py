@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -42,7 +43,7 @@ class VideoMAEConfig:
     use_mean_pooling: bool = True
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "VideoMAEConfig":
+    def from_config(cls, config: Mapping[str, Any]) -> VideoMAEConfig:
         """From a fixture config (``{"vit": {...}}``), a manifest config (``{"model":
         "vit_giant_patch14_224", ...}``) or a flat mapping of the fields above."""
         config = dict(config.get("vit", config))

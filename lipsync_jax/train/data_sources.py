@@ -5,7 +5,8 @@ Every source is an iterator of per-process numpy batches with ``get_state``/``se
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 from lipsync_jax.train.syncnet_step import SYNCNET_BATCH_FIELDS as SYNCNET_FIELDS
 from lipsync_jax.train.synthetic import SyntheticSyncNetSource, SyntheticUNetSource

@@ -13,7 +13,8 @@ Pair accuracy counts a pair as predicted "in sync" when its cosine similarity ex
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -20,7 +20,8 @@ process layout sees the same global batches. The iterator state is ``{"next_step
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

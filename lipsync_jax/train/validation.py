@@ -20,7 +20,8 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +45,7 @@ class ValidationSettings:
     seed: int
 
     @classmethod
-    def from_config(cls, config: Any, num_steps: int | None = None) -> "ValidationSettings":
+    def from_config(cls, config: Any, num_steps: int | None = None) -> ValidationSettings:
         cfg = config_utils.config_to_dict(config)
         run, data = cfg["run"], cfg["data"]
         return cls(enabled=bool(run.get("val_inference", False)),
