@@ -72,7 +72,8 @@ def extractor_for(weights: str, seed: int, checkpoint: str = ""):
         params, report = convert_state_dict(fixture.weights_f32(), fixture.config)
         report.raise_if_problems("fixture weights")
         return AudioFeatureExtractor(params, fixture.config)
-    dims = WhisperEncoderConfig.from_config(config_to_dict(load_config(os.path.join(ROOT, "configs/whisper/tiny.py")))["dims"])
+    config = config_to_dict(load_config(os.path.join(ROOT, "configs/whisper/tiny.py")))
+    dims = WhisperEncoderConfig.from_config(config["dims"])
     return AudioFeatureExtractor(init_params(jax.random.key(seed), dims), dims)
 
 

@@ -73,7 +73,8 @@ def main() -> None:
             rows["first run, cache on"].append(run(args.video, f"first{r}.mp4", args.seconds))
             rows["cached"].append(run(args.video, f"cached{r}.mp4", args.seconds))
         info = probe_video(args.video)
-        print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}); config {os.path.basename(args.config)} "
+        print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}); "
+              f"config {os.path.basename(args.config)} "
               f"({service.models.resolution} px faces, {service.models.dtype}); video {info.width}x{info.height}; "
               f"{args.seconds:g} s of audio ({rows['cached'][0][1].num_frames} frames); {args.steps} steps; "
               f"compiles during the timed runs: {service.monitor.snapshot()['compiles'] - compiles}")

@@ -173,7 +173,7 @@ def seams(args, tmp: str, overlaps=(0, 2, 4)) -> list[dict]:
     rows = []
     for k in overlaps:
         chunks = {}
-        record = lambda index, start, faces: chunks.__setitem__(start, np.array(faces))  # noqa: E731
+        record = lambda index, start, faces, chunks=chunks: chunks.__setitem__(start, np.array(faces))  # noqa: E731
         begin = time.perf_counter()
         engine.run(SyncJob(args.video, args.audio, os.path.join(tmp, f"seams{k}.mp4"), max_seconds=args.seconds,
                            preset="ultrafast"), sampling(args, k), hooks=JobHooks(on_chunk=record))
@@ -255,8 +255,8 @@ def main() -> None:
         print(f"\n{frames} output frames in {wall:.2f} s: {frames / wall:.2f} frames/s end to end "
               f"(time to first frame {result.time_to_first_frame:.2f} s in a warm engine)")
         print(f"device program alone: {per_call:.3f} s per call x {result.chunk_batches} calls = "
-              f"{device_seconds:.2f} s ({frames / device_seconds:.2f} frames/s); device busy {device_seconds / wall:.0%}"
-              f"; end to end / device = {wall / device_seconds:.2f}")
+              f"{device_seconds:.2f} s ({frames / device_seconds:.2f} frames/s); "
+              f"device busy {device_seconds / wall:.0%}; end to end / device = {wall / device_seconds:.2f}")
         if flops:
             print(f"XLA cost analysis: {flops / 1e9:.1f} GFLOP per call ({flops / 1e9 / (engine.batch * f):.1f} per "
                   f"frame); achieved {flops / per_call / 1e12:.2f} TFLOP/s on the device alone, "

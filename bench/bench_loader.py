@@ -58,7 +58,7 @@ def build(root: str, clips: int, frames: int, resolution: int) -> None:
         float_audio = records.audio_to_float(audio)
         embed_cache.get_or_compute(float_audio, EMBED_IDENTITY,
                                    lambda: rng.standard_normal((frames * 2, 5, 384)).astype(np.float32))
-        mel_cache.get_or_compute(float_audio, MEL_IDENTITY, lambda: SyncNetMel()(float_audio))
+        mel_cache.get_or_compute(float_audio, MEL_IDENTITY, lambda audio=float_audio: SyncNetMel()(audio))
         record = records.ClipRecord(f"bench{c}", jpegs, audio, 25.0, resolution, "synthetic", resolution,
                                     resolution, 0.0)
         serialized.append(records.serialize(record, feature_dict))

@@ -82,7 +82,7 @@ def seam_metrics(config_path: str, num_frames: int, overlaps, window: int = 16, 
     rows = []
     for k in overlaps:
         starts = window_starts(num_frames, window, k)
-        take = lambda name: jnp.stack([timeline[name][s:s + window] for s in starts])
+        take = lambda name, starts=starts: jnp.stack([timeline[name][s:s + window] for s in starts])
         n = len(starts)
         latents, _ = sample_windows(ModuleApply(module), params, jnp.broadcast_to(noise, (n,) + noise.shape[1:]),
                                     jnp.ones((n, window, latent, latent, 1)), take("masked"), take("ref"),
@@ -113,9 +113,9 @@ def time_sampling(config_path: str, frames: int, repeats: int, runs=RUNS) -> lis
     apply = ModuleApply(module)
     rows = []
     for solver, steps, interval in runs:
-        run = lambda: jax.block_until_ready(sample_chunk(apply, params, *args, scheduler=scheduler, num_steps=steps,
-                                                         guidance_scale=1.5, solver=solver,
-                                                         deepcache_interval=interval))
+        def run(solver=solver, steps=steps, interval=interval):
+            return jax.block_until_ready(sample_chunk(apply, params, *args, scheduler=scheduler, num_steps=steps,
+                                                      guidance_scale=1.5, solver=solver, deepcache_interval=interval))
         start = time.perf_counter()
         run()
         first = time.perf_counter() - start

@@ -4,9 +4,10 @@ self-reconstruction with the original audio against the original video).
     python eval/frame_metrics.py --generated OUT.mp4 --reference IN.mp4 [--region frame|mouth|both] \\
         [--resolution 256] [--max_frames N] [--json out.json]
 
-(--video is an alias of --generated.) --region mouth compares the lower half of the aligned face (faces found in the reference; the
-same crop is taken from both videos). Library: lipsync_jax.eval.video_metrics (video_metrics)
-and lipsync_jax.eval.frame_metrics (psnr, ssim on arrays). Exit status: 0 done, 1 bad input.
+(--video is an alias of --generated.) --region mouth compares the lower half of the aligned face
+(faces found in the reference; the same crop is taken from both videos). Library:
+lipsync_jax.eval.video_metrics (video_metrics) and lipsync_jax.eval.frame_metrics (psnr, ssim on
+arrays). Exit status: 0 done, 1 bad input.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     i3d = load_i3d(args.i3d_checkpoint, random_init=args.random_init, seed=args.seed, batch_size=args.batch_size,
                    config=config)
     result = fvd_of_videos(generated, reference, i3d, progress=not args.noprogress)
-    for video, error in result.errors.items():
+    for error in result.errors.values():
         print(f"skipped: {error}", file=sys.stderr)
     print(f"FVD: {result.fvd:.3f} ({len(result.generated)} generated vs {len(result.reference)} reference clips, "
           f"I3D logits, {i3d.source})")

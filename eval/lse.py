@@ -7,7 +7,8 @@ One video (against its own audio track, or --audio):
 A folder (each video against the audio file with the same stem in --audio_dir, default the
 same folder, else its own track); one CSV row per face track, a video that cannot be scored
 gets one row with its error:
-    python eval/lse.py --video_dir results/ --csv lse.csv [--json lse.json] --syncnet_checkpoint ... --s3fd_checkpoint ...
+    python eval/lse.py --video_dir results/ --csv lse.csv [--json lse.json] \\
+        --syncnet_checkpoint ... --s3fd_checkpoint ...
 
 Checkpoints: the original files or folders from `python -m lipsync_jax.convert lse_syncnet|s3fd`.
 --random_init uses random weights for both networks (smoke tests only: the numbers are
@@ -33,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--video", help="video to score")
     what.add_argument("--video_dir", help="folder of videos to score")
     parser.add_argument("--audio", default=None, help="audio for --video (default: its own track)")
-    parser.add_argument("--audio_dir", default=None, help="folder with audio named like the videos (default: --video_dir)")
+    parser.add_argument("--audio_dir", default=None,
+                        help="folder with audio named like the videos (default: --video_dir)")
     parser.add_argument("--syncnet_checkpoint", default=None, help="syncnet_v2.model or a converted folder")
     parser.add_argument("--s3fd_checkpoint", default=None, help="sfd_face.pth or a converted folder")
     parser.add_argument("--random_init", action="store_true", help="random weights for both networks (smoke tests)")

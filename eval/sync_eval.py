@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--video", help="video to score")
     what.add_argument("--video_dir", help="folder of videos to score")
     parser.add_argument("--audio", default=None, help="audio to score --video against (default: its own track)")
-    parser.add_argument("--audio_dir", default=None, help="folder with audio named like the videos (default: --video_dir)")
+    parser.add_argument("--audio_dir", default=None,
+                        help="folder with audio named like the videos (default: --video_dir)")
     add_syncnet_arguments(parser, "aligned face size (default: the config's data.resolution, else 256)")
     parser.add_argument("--max_offset", type=int, default=15, help="search audio offsets in [-N, N] frames")
     parser.add_argument("--batch_size", type=int, default=16, help="SyncNet windows per batch")

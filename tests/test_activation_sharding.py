@@ -32,7 +32,8 @@ def loss(p, batch):
 
 def batch_of(b):
     names = ("sample", "timesteps", "audio")
-    return {n: jax.ShapeDtypeStruct(x.shape, x.dtype) for n, x in zip(names, dummy_inputs(unet.config, (b, 4, 8, 8, 13)))}
+    inputs = dummy_inputs(unet.config, (b, 4, 8, 8, 13))
+    return {n: jax.ShapeDtypeStruct(x.shape, x.dtype) for n, x in zip(names, inputs)}
 
 programs = {
     "grad_b8": sharding_lib.with_activation_sharding(jax.grad(loss), mesh, sharding_lib.LOGICAL_RULES, 1),

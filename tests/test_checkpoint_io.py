@@ -136,7 +136,8 @@ def test_clear_errors(tmp_path):
         read_state_dict(odd)
     no_tensors = tmp_path / "opt.pt"
     save_torch_checkpoint({"optimizer": {"lr": 0.1}, "epoch": 3}, no_tensors)
-    with pytest.raises(CheckpointFormatError, match="opt.pt: no state dict found: top-level keys are \\['epoch', 'optimizer'\\]"):
+    with pytest.raises(CheckpointFormatError,
+                       match="opt.pt: no state dict found: top-level keys are \\['epoch', 'optimizer'\\]"):
         read_state_dict(no_tensors)
     a_list = tmp_path / "list.pt"
     save_torch_checkpoint([np.ones(1)], a_list)

@@ -32,7 +32,8 @@ def _params():
 def test_round_trip_keeps_values_dtypes_config_and_metadata(tmp_path):
     params = _params()
     config = {"block_out_channels": (32, 64), "use_motion_module": True, "np_value": np.int64(3)}
-    out = save_params(tmp_path / "unet", params, config, metadata={"source": "/x/latentsync_unet.pt", "report": "9 converted"})
+    out = save_params(tmp_path / "unet", params, config,
+                      metadata={"source": "/x/latentsync_unet.pt", "report": "9 converted"})
     assert out == str(tmp_path / "unet")
     restored, restored_config = restore_params(tmp_path / "unet")
     assert restored_config == {"block_out_channels": [32, 64], "use_motion_module": True, "np_value": 3}

@@ -56,7 +56,8 @@ def _config_py(tmp_path, body="model=dict(layers=2, widths=(8, 16)), run=dict(se
 
 def test_dispatch_passes_model_section_casts_and_saves(tmp_path, src, fake_converter, capsys):
     dst = tmp_path / "out"
-    code = cli.main(["syncnet", "--src", src, "--config", _config_py(tmp_path), "--dst", str(dst), "--dtype", "bfloat16"])
+    code = cli.main(["syncnet", "--src", src, "--config", _config_py(tmp_path), "--dst", str(dst),
+                     "--dtype", "bfloat16"])
     assert code == 0
     assert fake_converter == [(src, {"layers": 2, "widths": [8, 16]})]
     params, config = restore_params(dst)
@@ -72,7 +73,8 @@ def test_dispatch_passes_model_section_casts_and_saves(tmp_path, src, fake_conve
 
 
 def test_whole_config_without_model_section_and_json_config(tmp_path, src, fake_converter):
-    cli.main(["syncnet", "--src", src, "--config", _config_py(tmp_path, "dims=dict(n_mels=80)"), "--dst", str(tmp_path / "a")])
+    cli.main(["syncnet", "--src", src, "--config", _config_py(tmp_path, "dims=dict(n_mels=80)"),
+              "--dst", str(tmp_path / "a")])
     json_path = tmp_path / "cfg.json"
     json_path.write_text(json.dumps({"width": 4}))
     cli.main(["syncnet", "--src", src, "--config", str(json_path), "--dst", str(tmp_path / "b")])

@@ -61,7 +61,8 @@ def _assert_same_tree(a, b):
 
 
 def test_openai_layout_uses_the_stored_position_table(fixture, openai_params):
-    np.testing.assert_array_equal(openai_params["positional_embedding"], fixture.weights["encoder.positional_embedding"])
+    np.testing.assert_array_equal(openai_params["positional_embedding"],
+                                  fixture.weights["encoder.positional_embedding"])
     # conv kernels channels-last (k, in, out), linear kernels (in, out), k without bias
     np.testing.assert_array_equal(openai_params["conv1"]["kernel"],
                                   fixture.weights_f32()["encoder.conv1.weight"].transpose(2, 1, 0))

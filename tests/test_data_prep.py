@@ -34,7 +34,8 @@ def sources(tmp_path_factory):
         _ffmpeg("-i", asset_path(f"{name}_video.mp4"), "-t", str(SECONDS), "-vf", "scale=360:640",
                 "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", "-c:a", "aac", str(folder / f"{name}.mp4"))
     _ffmpeg("-f", "lavfi", "-i", "testsrc=size=320x240:rate=25",
-            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000", "-t", str(SECONDS), "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac",
+            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000", "-t", str(SECONDS),
+            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac",
             "-shortest", str(folder / "no_face.mp4"))
     (folder / "corrupt.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 30000, np.uint8).tobytes())
     return folder
@@ -82,7 +83,7 @@ def test_record_contents(prepared, sources):
     source = records.ClipDataSource(str(out))
     by_source = {os.path.basename(source[i]["source"].decode()): source[i] for i in range(len(source))}
     assert sorted(by_source) == ["demo1.mp4", "demo2.mp4"]
-    for name, record in by_source.items():
+    for record in by_source.values():
         n = SECONDS * 25
         assert record["num_frames"] == n and len(record["frames"]) == n
         assert record["audio"].dtype == np.int16 and record["audio"].shape == (n * 640,)

@@ -151,8 +151,8 @@ def test_signal_mid_run_leaves_nothing_behind(sig, code, name, tmp_path, looped_
     # no Ctrl-C handler: exec infer.py with SIGINT back at its default, as in a terminal.
     restore_sigint = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
                       "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
-    cmd = [sys.executable, "-c", restore_sigint, os.path.join(ROOT, "infer.py"), f"--config={TINY}", "--random_init", "--steps=2",
-           "--noprogress", f"--video={looped_clip}", f"--audio={asset_path('demo2_audio.wav')}",
+    cmd = [sys.executable, "-c", restore_sigint, os.path.join(ROOT, "infer.py"), f"--config={TINY}", "--random_init",
+           "--steps=2", "--noprogress", f"--video={looped_clip}", f"--audio={asset_path('demo2_audio.wav')}",
            f"--output={output}", "--max_seconds=2.8", f"--compile_cache={tmp_path / 'cache'}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600

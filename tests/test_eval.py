@@ -209,6 +209,7 @@ def test_load_syncnet_from_converted_folder_and_mismatches(tmp_path):
     with pytest.raises(SyncEvalError, match="does not take 64 px faces"):
         load_syncnet(str(tmp_path / "ckpt"), resolution=64)
     with pytest.raises(SyncEvalError, match="params do not fit the SyncNet config"):
-        load_syncnet(str(tmp_path / "ckpt"), config=os.path.join(ROOT, "configs", "syncnet", "syncnet_16_pixel_attn.py"))
+        load_syncnet(str(tmp_path / "ckpt"),
+                     config=os.path.join(ROOT, "configs", "syncnet", "syncnet_16_pixel_attn.py"))
     with pytest.raises(SyncEvalError, match="either"):
         load_syncnet(str(tmp_path / "ckpt"), random_init=True)

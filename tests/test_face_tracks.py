@@ -290,7 +290,7 @@ def test_two_people_give_two_stable_tracks(two_people, multi_landmarker):
     builder = TrackBuilder()  # the pre-pass is association of these detections plus the retry
     for index, (frame, found) in enumerate(zip(frames, detections)):
         builder.update(index, found, retry=lambda box, frame=frame: multi_landmarker.detect_in_box(frame, box),
-                       retry_before=lambda i, box: multi_landmarker.detect_in_box(frames[i], box)
+                       retry_before=lambda i, box, index=index: multi_landmarker.detect_in_box(frames[i], box)
                        if i > index - builder.max_gap - 1 else None)
     rebuilt = builder.finish()
     assert [t.frames.tolist() for t in rebuilt] == [t.frames.tolist() for t in faces.tracks]

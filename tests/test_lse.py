@@ -196,15 +196,19 @@ def _write_legacy_torch(path, state_dict, monkeypatch):
         refs[str(i)] = StorageRef(str(i), array)
         obj[key] = Tensor(refs[str(i)])
 
+    def persistent_id(o):
+        if not isinstance(o, StorageRef):
+            return None
+        storage = storage_types["LongStorage" if o.array.dtype == np.int64 else "FloatStorage"]
+        return ("storage", storage, o.key, "cpu", o.array.size, None)
+
     with open(path, "wb") as f:
         pickle.dump(0x1950A86A20F9469CFC6C, f, protocol=2)
         pickle.dump(1001, f, protocol=2)
         pickle.dump({"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}},
                     f, protocol=2)
         pickler = pickle.Pickler(f, protocol=2)
-        pickler.persistent_id = lambda o: (("storage", storage_types["LongStorage" if o.array.dtype == np.int64
-                                                                     else "FloatStorage"], o.key, "cpu", o.array.size, None)
-                                           if isinstance(o, StorageRef) else None)
+        pickler.persistent_id = persistent_id
         pickler.dump(obj)
         keys = sorted(refs)
         pickle.dump(keys, f, protocol=2)

@@ -228,7 +228,8 @@ def test_infer_list_faces_prints_two_tracks_and_generates_nothing(demo_clips, tm
     mixed = _infer([f"--video={demo_clips['two']}", f"--audio={asset_path('demo2_audio.wav')}",
                     f"--output={tmp_path / 'out.mp4'}", "--face=left", "--faces=all"], tmp_path)
     assert mixed.returncode == 1
-    assert mixed.stderr.strip().splitlines()[-1] == "error: use one of --face, --faces, --face_audio (got --face, --faces)"
+    assert (mixed.stderr.strip().splitlines()[-1]
+            == "error: use one of --face, --faces, --face_audio (got --face, --faces)")
 
 
 @pytest.mark.slow

@@ -41,8 +41,9 @@ def _demo_dataset(root):
 def test_syncnet_learns_demo_pairs_above_chance(tmp_path, tmp_path_factory):
     data_dir = _demo_dataset(tmp_path_factory.mktemp("demo_clips"))
     steps = 40
-    run_train(tmp_path, ["--config=configs/syncnet/tiny.py", "--data=grain_fixed", f"--config.data.train_data_dir={data_dir}",
-                         "--config.data.batch_size=16", "--config.optimizer.lr=1e-3",
+    run_train(tmp_path, ["--config=configs/syncnet/tiny.py", "--data=grain_fixed",
+                         f"--config.data.train_data_dir={data_dir}", "--config.data.batch_size=16",
+                         "--config.optimizer.lr=1e-3",
                          f"--config.run.max_train_steps={steps}", f"--config.run.validation_steps={steps}",
                          "--noprogress"], tmp_path_factory.mktemp("cache"))
     accuracy, loss = losses(tmp_path, "accuracy"), losses(tmp_path)

@@ -6,8 +6,8 @@ frozen VAE that encodes the faces during training: a converted folder (``python 
 lipsync_jax.convert vae``) or the original; the latents are posterior samples times 0.18215, as the
 UNet's. Train with ``python train.py --config=configs/syncnet/syncnet_16_latent.py ...``; a UNet
 uses it for its SyncNet loss in latent space (``run.pixel_space_supervise`` false,
-``data.syncnet_config_path`` pointing here). Paths: ``data.train_fileslist`` (or train_data_dir) and ``data.val_data_dir`` (or
-val_fileslist) "" are required for training.
+``data.syncnet_config_path`` pointing here). Paths: ``data.train_fileslist`` (or train_data_dir)
+and ``data.val_data_dir`` (or val_fileslist) "" are required for training.
 """
 
 import ml_collections

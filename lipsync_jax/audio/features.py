@@ -108,9 +108,10 @@ def _bucket(n: int, max_batch: int) -> int:
 class AudioFeatureExtractor:
     """Whisper-encoder features for LatentSync.
 
-    ``params``: encoder params (a bare tree, e.g. from ``lipsync_jax.convert.whisper``); ``dims``: a ``WhisperEncoderConfig`` or a config mapping (OpenAI
-    ``dims``, optionally under "dims"). Windows are encoded by one jitted call per batch of up
-    to ``max_batch`` 30 s windows (batches padded to a power of two, so few shapes compile).
+    ``params``: encoder params (a bare tree, e.g. from ``lipsync_jax.convert.whisper``); ``dims``: a
+    ``WhisperEncoderConfig`` or a config mapping (OpenAI ``dims``, optionally under "dims").
+    Windows are encoded by one jitted call per batch of up to ``max_batch`` 30 s windows
+    (batches padded to a power of two, so few shapes compile).
     ``cache``: optional ``FeatureCache`` for ``clip_embeddings``.
     """
 
@@ -190,7 +191,8 @@ class AudioFeatureExtractor:
         return self.cache.get_or_compute(audio, identity, compute)
 
     def frame_windows(self, audio: np.ndarray, fps: float = 25.0,
-                      audio_feat_length: Sequence[int] = DEFAULT_FEAT_LENGTH, windows: str = "latentsync") -> np.ndarray:
+                      audio_feat_length: Sequence[int] = DEFAULT_FEAT_LENGTH,
+                      windows: str = "latentsync") -> np.ndarray:
         """16 kHz mono audio -> (N, 10 * (n_layer + 1), d) per-video-frame windows ((N, 50, 384)
         for tiny), N as LatentSync counts frames (see the module docstring); ``windows`` as in
         ``clip_embeddings``."""

@@ -71,6 +71,7 @@ def syncnet_mel_crop(mel: np.ndarray, start_frame: int, num_frames: int = 16, fp
     start = int(80.0 * (start_frame / float(fps)))
     length = mel_window_length(num_frames)
     if start < 0 or start + length > mel.shape[-1]:
-        raise ValueError(f"mel crop [{start}, {start + length}) for frames {start_frame}..{start_frame + num_frames - 1} "
-                         f"is outside the mel's {mel.shape[-1]} columns (audio too short for these frames)")
+        raise ValueError(f"mel crop [{start}, {start + length}) for frames "
+                         f"{start_frame}..{start_frame + num_frames - 1} is outside the mel's "
+                         f"{mel.shape[-1]} columns (audio too short for these frames)")
     return np.asarray(mel[None, :, start:start + length], np.float32)

@@ -124,8 +124,9 @@ class WhisperEncoder(nn.Module):
         # Whisper's position table is a fixed sinusoid (a torch buffer). It lives in the params so a
         # checkpoint's stored table is used verbatim (its float32 sin/cos rounding differs from any
         # recomputation by ~1e-4); the converter fills it from ``sinusoids`` when a file lacks it.
-        positions = self.param("positional_embedding",
-                               lambda _key: jnp.asarray(sinusoids(cfg.n_audio_ctx, cfg.n_audio_state), self.param_dtype))
+        positions = self.param(
+            "positional_embedding",
+            lambda _key: jnp.asarray(sinusoids(cfg.n_audio_ctx, cfg.n_audio_state), self.param_dtype))
         x = x + jax.lax.stop_gradient(positions).astype(self.dtype)  # (b, n_ctx, d)
         layers = [x]
         for i in range(cfg.n_audio_layer):

@@ -76,7 +76,8 @@ def _unwrap(obj: Any, keys: Sequence[str], path: str, extras: dict[str, Any]
         else:
             extras["state_dict_non_tensors"] = others
     if not tensors:
-        raise CheckpointFormatError(f"{path}: the state dict{f' under {wrapper!r}' if wrapper else ''} holds no tensors")
+        under = f" under {wrapper!r}" if wrapper else ""
+        raise CheckpointFormatError(f"{path}: the state dict{under} holds no tensors")
     if all(key.startswith("module.") for key in tensors):  # saved from a DDP-wrapped model
         tensors = {key[len("module."):]: value for key, value in tensors.items()}
     return tensors, extras
@@ -120,5 +121,6 @@ def _read_shards(folder: str, index_path: str) -> dict[str, np.ndarray]:
         state.update(_load_weights_file(os.path.join(folder, shard)))
     missing = [key for key in weight_map if key not in state]
     if missing:
-        raise CheckpointFormatError(f"{index_path}: {len(missing)} indexed tensors not in the shards, e.g. {missing[:3]}")
+        raise CheckpointFormatError(
+            f"{index_path}: {len(missing)} indexed tensors not in the shards, e.g. {missing[:3]}")
     return state

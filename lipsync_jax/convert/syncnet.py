@@ -23,7 +23,8 @@ def syncnet_rules() -> list[Rule]:
     rules += _rules(rf"{_TOWER}\.conv_in", r"\1/conv_in", "kernel", "conv2d")
     rules += _rules(rf"{_TOWER}\.norm_out", r"\1/norm_out", "scale", "none")
     # residual blocks
-    rules += _rules(rf"{_BLOCK}\.(conv1|conv2|conv_shortcut|downsample_conv)", r"\1/down_blocks_\2/\3", "kernel", "conv2d")
+    rules += _rules(rf"{_BLOCK}\.(conv1|conv2|conv_shortcut|downsample_conv)", r"\1/down_blocks_\2/\3",
+                    "kernel", "conv2d")
     # norm1 is a GroupNorm in both block kinds, norm2/norm3 GroupNorm or LayerNorm: all scale/bias
     rules += _rules(rf"{_BLOCK}\.(norm1|norm2|norm3)", r"\1/down_blocks_\2/\3", "scale", "none")
     # attention blocks: 1x1 convs used as Dense layers, 8-head attention, GEGLU feed-forward

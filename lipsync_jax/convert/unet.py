@@ -124,18 +124,22 @@ def _diagnose(report: ConversionReport, config: UNet3DConfig) -> list[str]:
                 "(motion_module_resolutions / motion_module_mid_block / motion_module_decoder_only differ)")
         lines.append(f"{len(unexpected_mm)} unexpected keys like {_like(unexpected_mm)}: {hint}")
     if missing_mm:
+        no_motion_modules = not unexpected_mm and not any("motion_modules" in k for k in report.skipped)
         hint = ("the config has use_motion_module=True but the checkpoint has no motion modules "
-                "(a stage1 checkpoint?)" if not unexpected_mm and not any("motion_modules" in k for k in report.skipped)
-                else "the config expects motion modules where the checkpoint has none (motion module placement differs)")
+                "(a stage1 checkpoint?)" if no_motion_modules
+                else "the config expects motion modules where the checkpoint has none "
+                "(motion module placement differs)")
         lines.append(f"{len(missing_mm)} parameters unfilled like {_like(missing_mm)}: {hint}")
     if unexpected_audio:
         hint = (": the checkpoint has audio cross-attention layers but the config has add_audio_layer=False"
                 if not config.add_audio_layer else "")
-        lines.append(f"{len(unexpected_audio)} unexpected audio cross-attention keys like {_like(unexpected_audio)}{hint}")
+        lines.append(f"{len(unexpected_audio)} unexpected audio cross-attention keys like "
+                     f"{_like(unexpected_audio)}{hint}")
     if missing_audio:
         hint = (": the config has add_audio_layer=True but the checkpoint has no audio cross-attention layers"
                 if config.add_audio_layer else "")
-        lines.append(f"{len(missing_audio)} audio cross-attention parameters unfilled like {_like(missing_audio)}{hint}")
+        lines.append(f"{len(missing_audio)} audio cross-attention parameters unfilled like "
+                     f"{_like(missing_audio)}{hint}")
     other_unexpected = [k for k in report.unexpected if k not in unexpected_mm and k not in unexpected_audio]
     other_missing = [p for p in missing if p not in missing_mm and p not in missing_audio]
     if other_unexpected:

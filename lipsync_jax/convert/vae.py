@@ -45,7 +45,8 @@ def vae_rules() -> list[Rule]:
         rules += _param_rules(rf"{m}\.resnets\.(\d+)\.{_NORM}", rf"{part}/mid_block/resnets_\1/\2", "norm")
         rules += _param_rules(rf"{m}\.attentions\.0\.group_norm", f"{part}/mid_block/attentions_0/group_norm", "norm")
         for torch_name, ours in _ATTN.items():
-            rules += _param_rules(rf"{m}\.attentions\.0\.{torch_name}", f"{part}/mid_block/attentions_0/{ours}", "linear")
+            rules += _param_rules(rf"{m}\.attentions\.0\.{torch_name}", f"{part}/mid_block/attentions_0/{ours}",
+                                  "linear")
         rules += _param_rules(rf"{part}\.(conv_in|conv_out)", rf"{part}/\1", "conv")
         rules += _param_rules(rf"{part}\.conv_norm_out", f"{part}/conv_norm_out", "norm")
     rules += _param_rules(r"(quant_conv|post_quant_conv)", r"\1", "conv")

@@ -54,7 +54,8 @@ def huggingface_rules() -> list[Rule]:
     rules = [
         *_param(rf"{enc}\.(conv1|conv2)", r"\1", "conv1d"),
         Rule(rf"{enc}\.embed_positions\.weight", "positional_embedding"),
-        *[r for hf, ours in projections.items() for r in _param(rf"{block}\.self_attn\.{hf}", rf"blocks_\1/attn/{ours}", "linear")],
+        *[r for hf, ours in projections.items()
+          for r in _param(rf"{block}\.self_attn\.{hf}", rf"blocks_\1/attn/{ours}", "linear")],
         *_param(rf"{block}\.fc1", r"blocks_\1/mlp_0", "linear"),
         *_param(rf"{block}\.fc2", r"blocks_\1/mlp_2", "linear"),
         *_param(rf"{block}\.self_attn_layer_norm", r"blocks_\1/attn_ln", "norm"),

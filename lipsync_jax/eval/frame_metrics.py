@@ -104,7 +104,8 @@ def ssim(x, y, data_range: float = 255.0, window: int = SSIM_WINDOW, sigma: floa
     """Mean SSIM per frame, (n,) float64 (computed in float32); 1.0 for identical frames."""
     x, y = _check_pair(x, y)
     if min(x.shape[1], x.shape[2]) < window:
-        raise FrameMetricsError(f"frames of {x.shape[1]}x{x.shape[2]} are smaller than the {window}x{window} SSIM window")
+        raise FrameMetricsError(
+            f"frames of {x.shape[1]}x{x.shape[2]} are smaller than the {window}x{window} SSIM window")
     taps = tuple(float(t) for t in gaussian_window(window, sigma))
     scale = np.float32(1.0 / data_range)
     xs = jnp.asarray(x, jnp.float32) * scale

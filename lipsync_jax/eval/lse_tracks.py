@@ -272,7 +272,8 @@ def crop_face(frame: np.ndarray, window: np.ndarray, max_window_pixels: int = 16
     return np.ascontiguousarray(resized[..., ::-1])  # RGB -> BGR
 
 
-def crop_tracks(frames: Iterable[np.ndarray], tracks: Sequence[FaceTrackLSE], settings: DetectSettings) -> list[np.ndarray]:
+def crop_tracks(frames: Iterable[np.ndarray], tracks: Sequence[FaceTrackLSE],
+                settings: DetectSettings) -> list[np.ndarray]:
     """One (n, 224, 224, 3) uint8 BGR array per track, from a second pass over the frames."""
     windows = [crop_windows(track, settings) for track in tracks]
     crops = [np.zeros((len(track.frames), FACE_SIZE, FACE_SIZE, 3), np.uint8) for track in tracks]

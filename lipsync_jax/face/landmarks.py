@@ -152,7 +152,8 @@ class MediaPipeLandmarker:
             try:
                 import mediapipe as mp
             except ImportError as e:  # pragma: no cover - mediapipe is a dependency
-                raise FaceBackendError(f"the mediapipe face backend needs `pip install mediapipe==0.10.21` ({e})") from e
+                raise FaceBackendError(
+                    f"the mediapipe face backend needs `pip install mediapipe==0.10.21` ({e})") from e
             face_mesh = mp.solutions.face_mesh
             self._mesh = _QuietStart(face_mesh.FaceMesh(
                 static_image_mode=not tracking, max_num_faces=self.max_num_faces, refine_landmarks=True,

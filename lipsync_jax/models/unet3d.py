@@ -90,7 +90,8 @@ class UNet3DConditionModel(nn.Module):
         skip_hw: list[tuple[int, int]] = [h.shape[2:4]]
         for i, kind in enumerate(cfg.down_block_types):
             block = wrap(DownBlock3D)(out_channels=cfg.block_out_channels[i], heads=cfg.attention_head_dim[i],
-                                      has_cross_attention=kind.startswith("CrossAttn"), has_motion=cfg.down_has_motion(i),
+                                      has_cross_attention=kind.startswith("CrossAttn"),
+                                      has_motion=cfg.down_has_motion(i),
                                       num_layers=cfg.layers_per_block, add_downsample=i < n - 1,
                                       name=f"down_blocks_{i}", **stage_kw)
             h, block_skips = block(h, temb, audio)

@@ -59,7 +59,8 @@ class VAEConfig:
                 raise VAEConfigError(f"VAE config {key} has unsupported block types {bad}; only {allowed}")
         if config.get("act_fn", "silu") != "silu":
             raise VAEConfigError(f"VAE config act_fn {config['act_fn']!r} is not supported (only 'silu')")
-        if len(config.get("down_block_types", ())) not in (0, len(config.get("block_out_channels", cls.block_out_channels))):
+        num_channels = len(config.get("block_out_channels", cls.block_out_channels))
+        if len(config.get("down_block_types", ())) not in (0, num_channels):
             raise VAEConfigError("VAE config: down_block_types and block_out_channels differ in length")
         fields = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in config.items() if k in fields and v is not None}
