@@ -237,7 +237,7 @@ def denoise_loop(unet_apply: UNetApply, params: Any, init_latents: jax.Array, co
             noise = guided_noise_pred(unet_apply, params, model_input, t, audio_embeds, guidance_scale)
         if solver == "dpmsolver++":
             latents, carry["prev_x0"] = scheduler.update(noise, latents, carry["prev_x0"], x["row"])
-        elif solver == "lcm":  # one step: no fresh noise (its scale is 0 after the last step anyway)
+        elif solver == "lcm":  # without a noise_key (1 step) no fresh noise: its scale is 0 at the last step
             fresh = (initial_latents(x["key"], latents.shape) if "key" in x
                      else jnp.zeros(latents.shape, jnp.float32))
             latents, _ = scheduler.update(noise, latents, fresh, x["row"])
