@@ -5,11 +5,13 @@
         "--config.mesh.shape=(4, 2)"
     python train.py --config=configs/syncnet/tiny.py --workdir=/tmp/s
 
-A UNet config has ``model.in_channels``; a SyncNet config has ``model.audio_encoder``. A
-``--workdir`` that holds a checkpoint resumes from it (same data position and RNG). SIGTERM saves
-a checkpoint and exits cleanly (with several processes, a SIGTERM to any of them makes all save the
-same step). A non-finite loss term or grad norm stops the run with one line naming the step and
-the term, saving nothing new. ``--profile_steps=10:15`` writes a jax.profiler trace of those steps. Several processes (one per host): pass --coordinator_address,
+A UNet config has ``model.in_channels``; a SyncNet config has ``model.audio_encoder``; a
+config with a ``distill`` section distils a UNet teacher into a consistency student
+(configs/unet/distill.py). A ``--workdir`` that holds a checkpoint resumes from it (same data
+position and RNG). SIGTERM saves a checkpoint and exits with status 143 (with several processes, a
+SIGTERM to any of them makes all save the same step and exit 143); 0 means training finished
+(``run.max_train_steps``), 1 a non-finite loss. A non-finite loss term or grad norm stops the run
+with one line naming the step and the term, saving nothing new. ``--profile_steps=10:15`` writes a jax.profiler trace of those steps. Several processes (one per host): pass --coordinator_address,
 --num_processes and --process_id (or let ``jax.distributed.initialize()`` read the cluster's
 environment: set --distributed); each process reads its own share of every batch.
 """
@@ -57,7 +59,8 @@ def main(argv):
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
     init_distributed()
     from lipsync_jax.train.data_sources import resolve_source
-    from lipsync_jax.train.loop import NonFiniteError, parse_profile_steps, run_training
+    from lipsync_jax.train.loop import (PREEMPTED_EXIT_STATUS, NonFiniteError, TrainingPreempted, parse_profile_steps,
+                                        run_training)
     from lipsync_jax.train.tasks import build_task
 
     config = cli_flags.resolved_config(FLAGS)
@@ -72,6 +75,9 @@ def main(argv):
     except NonFiniteError as error:  # one clear line; the last good checkpoint stays as it was
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except TrainingPreempted as stopped:  # saved; a distinct status so a scheduler requeues the job
+        print(str(stopped), file=sys.stderr)
+        return PREEMPTED_EXIT_STATUS
     return 0
 
 

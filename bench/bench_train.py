@@ -48,7 +48,7 @@ def abstract_state(task, config):
 
     def build():
         params = task.init_params(jax.random.key(0))
-        return TrainState.create(params, tx, jax.random.PRNGKey(1)), task.init_frozen(jax.random.key(2))
+        return TrainState.create(params, tx, jax.random.key(1)), task.init_frozen(jax.random.key(2))
     return jax.eval_shape(build)
 
 

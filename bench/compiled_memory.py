@@ -66,9 +66,9 @@ def compile_step(config, mesh: Mesh, per_device_batch: int, piece: str, attentio
     rules = sharding_lib.rules_from_config(config.mesh)
     tx, _ = make_optimizer(config.optimizer, 1000, 1, task.trainable)
     boxed = sharding_lib.box_params(task.param_shapes, task.logical_specs)
-    abstract_state = jax.eval_shape(lambda p: TrainState.create(p, tx, jax.random.PRNGKey(0)), boxed)
+    abstract_state = jax.eval_shape(lambda p: TrainState.create(p, tx, jax.random.key(0)), boxed)
     state_sh = sharding_lib.state_shardings(abstract_state, mesh, rules)
-    state = _with(jax.eval_shape(lambda p: TrainState.create(p, tx, jax.random.PRNGKey(0)), task.param_shapes),
+    state = _with(jax.eval_shape(lambda p: TrainState.create(p, tx, jax.random.key(0)), task.param_shapes),
                   state_sh)
     global_batch = per_device_batch * math.prod(mesh.shape[a] for a in sharding_lib.batch_axes(
         mesh, per_device_batch * mesh.devices.size))

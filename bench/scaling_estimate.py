@@ -60,7 +60,7 @@ def estimate(config_path: str, meshes: list[tuple[int, int]], flops: bool) -> di
         frozen = jax.eval_shape(task.init_frozen, jax.random.key(0))
         params = task.param_shapes
         batch = abstract_batch(config)
-        rng = jax.random.PRNGKey(1)
+        rng = jax.random.key(1)
 
         def loss(p, fz, b):
             return trainer.loss(p, fz, b, rng)[0]
@@ -72,8 +72,8 @@ def estimate(config_path: str, meshes: list[tuple[int, int]], flops: bool) -> di
         if remat:
             tx, _ = make_optimizer(config.optimizer, 1000, 1, task.trainable)
             boxed = sharding_lib.box_params(params, task.logical_specs)
-            state = jax.eval_shape(lambda p: TrainState.create(p, tx, jax.random.PRNGKey(0)), boxed)
-            unboxed = jax.eval_shape(lambda p: TrainState.create(p, tx, jax.random.PRNGKey(0)), params)
+            state = jax.eval_shape(lambda p: TrainState.create(p, tx, jax.random.key(0)), boxed)
+            unboxed = jax.eval_shape(lambda p: TrainState.create(p, tx, jax.random.key(0)), params)
             out["params"] = dict(unet=int(sum(math.prod(x.shape) for x in jax.tree.leaves(params))),
                                  trainable=int(sum(math.prod(x.shape) for x, t in zip(
                                      jax.tree.leaves(params), jax.tree.leaves(task.trainable)) if t))

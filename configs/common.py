@@ -206,8 +206,10 @@ LOOP_RUN_FIELDS = dict(log_every_steps=10, prefetch_batches=2, skip_nonfinite_up
 
 
 def mesh(**changes) -> ml_collections.ConfigDict:
-    """``axes`` names and ``shape`` sizes (-1 = the remaining devices): data parallel x FSDP."""
-    section = dict(axes=("data", "fsdp"), shape=(-1, 1))
+    """``axes`` names and ``shape`` sizes (-1 = the remaining devices): data parallel x FSDP;
+    frozen networks of ``frozen_shard_min_mib`` MiB or more are sharded like the trained UNet
+    (lipsync_jax.sharding.FROZEN_SHARD_MIN_MIB), smaller ones replicated."""
+    section = dict(axes=("data", "fsdp"), shape=(-1, 1), frozen_shard_min_mib=64.0)
     _update_known(section, changes, "mesh")
     return ml_collections.ConfigDict(section)
 

@@ -63,7 +63,7 @@ def toy_unet(params, sample, timesteps, audio_embeds):
 
 
 def _toy_inputs():
-    keys = jax.random.split(jax.random.PRNGKey(0), 5)
+    keys = jax.random.split(jax.random.key(0), 5)
     shape = (1, 3, 4, 4, 4)
     params = {"w": 0.3 * jax.random.normal(keys[0], (13, 4))}
     mask = (jax.random.uniform(keys[1], shape[:-1] + (1,)) > 0.5).astype(jnp.float32)

@@ -8,6 +8,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # each distinct layout compiles the tiny UNet step: minutes on 2 shared cores
 
+from lipsync_jax.train.loop import PREEMPTED_EXIT_STATUS
 from lipsync_jax.train.metrics import read_metrics
 from train_helpers import TINY_FAST, free_port, losses, run_train, start_train
 
@@ -56,10 +57,13 @@ def test_mesh_4x2_matches_single_device_and_shards_params(reference_run, tmp_pat
 
 def test_sigterm_at_step_3_then_resume_equals_uninterrupted(reference_run, tmp_path, cache):
     args = TINY_FAST + ["--config.run.max_train_steps=6"]
-    first = run_train(tmp_path, args + ["--stop_after_steps=3"], cache)
+    first = run_train(tmp_path, args + ["--stop_after_steps=3"], cache, check=False)
+    assert first.returncode == PREEMPTED_EXIT_STATUS == 143, first.stderr[-2000:]  # saved, not finished
+    assert "preempted: saved step 3" in first.stderr
     assert sorted(losses(tmp_path)) == [1, 2, 3], first.stderr[-2000:]
     assert (tmp_path / "checkpoints" / "3").is_dir()
-    run_train(tmp_path, args, cache)  # resumes automatically from step 3
+    second = run_train(tmp_path, args, cache)  # resumes automatically from step 3
+    assert second.returncode == 0  # finished
     steps = [r["step"] for r in read_metrics(str(tmp_path))]
     assert steps == [1, 2, 3, 4, 5, 6]
     ref, resumed = losses(reference_run), losses(tmp_path)
@@ -67,9 +71,10 @@ def test_sigterm_at_step_3_then_resume_equals_uninterrupted(reference_run, tmp_p
         assert resumed[step] == ref[step], (step, resumed[step], ref[step])  # bit-exact
 
 
-def run_pair(workdir, args, cache, extra_for_first=(), timeout=1800):
-    """train.py as two processes (gloo collectives on 127.0.0.1); both must exit 0. Returns
-    their (stdout, stderr); kills both if one fails or the pair runs past ``timeout``."""
+def run_pair(workdir, args, cache, extra_for_first=(), timeout=1800, expect_status=0):
+    """train.py as two processes (gloo collectives on 127.0.0.1); both must exit with
+    ``expect_status``. Returns their (stdout, stderr); kills both if one fails or the pair runs
+    past ``timeout``."""
     pair = args + [f"--coordinator_address=127.0.0.1:{free_port()}", "--num_processes=2"]
     procs = [start_train(workdir, pair + [f"--process_id={i}"] + (list(extra_for_first) if i == 0 else []), cache)
              for i in range(2)]
@@ -81,7 +86,7 @@ def run_pair(workdir, args, cache, extra_for_first=(), timeout=1800):
                 p.kill()
                 p.communicate()
     for i, (p, (_out, err)) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0, f"process {i} exited {p.returncode}:\n{err[-4000:]}"
+        assert p.returncode == expect_status, f"process {i} exited {p.returncode}:\n{err[-4000:]}"
     return outs
 
 
@@ -90,12 +95,13 @@ def run_pair(workdir, args, cache, extra_for_first=(), timeout=1800):
 def test_sigterm_to_one_of_two_processes_saves_both_then_resume_matches(reference_run, tmp_path, cache):
     """Two processes (batch 2 each = the reference's 4) follow the single-device run. A SIGTERM to
     process 0 only (after step 1) makes both agree at the next log step (2) through a collective;
-    both save step 2 and exit 0. Rerunning both resumes there (process 0 then finds the programs
+    both save step 2 and exit 143 (preempted). Rerunning both resumes there (process 0 then finds the programs
     in the compile cache, process 1 compiles them again: the start-up barriers keep the gloo
     collectives in step) and steps 3-4 follow the uninterrupted single-device run."""
     args = TINY_FAST + ["--config.run.max_train_steps=4", "--config.data.batch_size=2",
                         "--config.run.log_every_steps=2"]
-    outs = run_pair(tmp_path, args, cache, extra_for_first=["--stop_after_steps=1"])
+    outs = run_pair(tmp_path, args, cache, extra_for_first=["--stop_after_steps=1"],
+                    expect_status=PREEMPTED_EXIT_STATUS)
     assert sorted(losses(tmp_path)) == [1, 2]
     saved = sorted(int(d.name) for d in (tmp_path / "checkpoints").iterdir() if d.name.isdigit())
     assert saved == [2]  # one agreed step, written by both processes

@@ -1,7 +1,9 @@
 """The training loop itself (lipsync_jax.train.loop) on a toy regression task, in process, one
 device: metrics leave the device only at log steps, a non-finite loss stops the run with one
 line and leaves the last checkpoint as it was, skipped non-finite updates, the prefetch queue's
-data state, --profile_steps parsing."""
+data state, --profile_steps parsing, SIGTERM (TrainingPreempted) + exact resume with an EMA of
+the params, and a checkpoint written with a raw uint32 key (the loop before typed keys) resuming
+exactly."""
 
 import json
 import os
@@ -41,7 +43,9 @@ class ToyData:
         self.next_step = int(state["next_step"])
 
 
-def toy_task(nan_at=None):
+def toy_task(nan_at=None, noisy=False, ema_decay=None):
+    """``noisy``: the targets get noise from the step key ``fold_in(state.rng, state.step)``
+    (as the UNet steps draw theirs), so a wrong key after a resume changes the losses."""
     shapes = {"w": jax.ShapeDtypeStruct((IN, OUT), jnp.float32)}
 
     def loss(params, batch):
@@ -49,6 +53,9 @@ def toy_task(nan_at=None):
         return jnp.mean(err ** 2), {"mse": jnp.mean(err ** 2)}
 
     def train_step(state, frozen, batch):
+        if noisy:
+            key = jax.random.fold_in(state.rng, state.step)
+            batch = dict(batch, y=batch["y"] + jax.random.normal(key, batch["y"].shape))
         (value, terms), grads = jax.value_and_grad(loss, has_aux=True)(state.params, batch)
         return state.apply_gradients(grads), dict(loss=value, grad_norm=masked_global_norm(grads, None), **terms)
 
@@ -59,7 +66,7 @@ def toy_task(nan_at=None):
     return TrainTask(name="toy", param_shapes=shapes, logical_specs={"w": P("embed", "mlp")},
                      init_params=lambda key: {"w": jnp.zeros((IN, OUT))}, pretrained=lambda: None, trainable=None,
                      init_frozen=lambda key: {}, pretrained_frozen=dict, train_step=train_step, eval_step=eval_step,
-                     make_data=lambda p, n: ToyData(nan_at))
+                     make_data=lambda p, n: ToyData(nan_at), ema_decay=ema_decay)
 
 
 def toy_config(steps, log_every=10, save_every=1000, **run):
@@ -158,3 +165,43 @@ def test_profile_steps_parsing_and_sharding_record(tmp_path):
     assert os.listdir(tmp_path / "profile")  # a trace was written
     shardings = json.loads((tmp_path / "state_shardings.json").read_text())
     assert shardings[".params['w']"]["shape"] == [IN, OUT]
+
+
+def test_sigterm_raises_preempted_after_saving_and_resume_is_exact_with_ema(tmp_path):
+    task = toy_task(noisy=True, ema_decay=0.9)
+    reference = loop_lib.run_training(task, toy_config(6, log_every=2), str(tmp_path / "ref"), progress=False)
+    workdir = str(tmp_path / "stopped")
+    with pytest.raises(loop_lib.TrainingPreempted) as info:
+        loop_lib.run_training(task, toy_config(6, log_every=2), workdir, progress=False, stop_after_steps=3)
+    assert info.value.step == 3 and "\n" not in str(info.value)
+    assert sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()) == [3]
+    resumed = loop_lib.run_training(task, toy_config(6, log_every=2), workdir, progress=False)
+    ref_losses = {r["step"]: r["loss"] for r in read_metrics(str(tmp_path / "ref"))}
+    got = {r["step"]: r["loss"] for r in read_metrics(workdir)}
+    assert got == ref_losses  # bit-exact, steps 1-6
+    np.testing.assert_array_equal(resumed.params["w"], reference.params["w"])
+    np.testing.assert_array_equal(resumed.ema_params["w"], reference.ema_params["w"])
+    # the EMA is a real average of the trajectory, not a copy of the params
+    assert float(jnp.abs(reference.ema_params["w"] - reference.params["w"]).max()) > 1e-3
+    assert jax.dtypes.issubdtype(resumed.rng.dtype, jax.dtypes.prng_key)
+
+
+def test_checkpoint_with_a_raw_uint32_key_resumes_exactly(tmp_path, monkeypatch):
+    """The loop used ``jax.random.PRNGKey`` (raw uint32 key data in the state and its
+    checkpoints) before typed keys; such a checkpoint resumes with the same step keys."""
+    import orbax.checkpoint as ocp
+
+    task = toy_task(noisy=True)
+    loop_lib.run_training(task, toy_config(6, log_every=2), str(tmp_path / "ref"), progress=False)
+    workdir = str(tmp_path / "old")
+    with monkeypatch.context() as patch:  # the old loop: raw keys from PRNGKey
+        patch.setattr(jax.random, "key", jax.random.PRNGKey)
+        old = loop_lib.run_training(task, toy_config(3, log_every=2), workdir, progress=False)
+    assert old.rng.dtype == jnp.uint32 and old.rng.shape == (2,)
+    saved = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", "3", "state"))
+    assert np.asarray(saved["rng"]).dtype == np.uint32  # what the old loop wrote
+    resumed = loop_lib.run_training(task, toy_config(6, log_every=2), workdir, progress=False)
+    assert jax.dtypes.issubdtype(resumed.rng.dtype, jax.dtypes.prng_key)
+    ref_losses = {r["step"]: r["loss"] for r in read_metrics(str(tmp_path / "ref"))}
+    got = {r["step"]: r["loss"] for r in read_metrics(workdir)}
+    assert got == ref_losses

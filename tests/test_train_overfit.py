@@ -19,10 +19,10 @@ def test_overfitting_one_batch_reduces_diffusion_loss_10x():
     task = build_unet_task(config, "synthetic_fixed")
     trainer = task.train_step.__self__
     tx, _ = make_optimizer(config.optimizer, 1000, 1, task.trainable)
-    state = TrainState.create(jax.jit(task.init_params)(jax.random.PRNGKey(0)), tx, jax.random.PRNGKey(1))
-    frozen = jax.jit(task.init_frozen)(jax.random.PRNGKey(2))
+    state = TrainState.create(jax.jit(task.init_params)(jax.random.key(0)), tx, jax.random.key(1))
+    frozen = jax.jit(task.init_frozen)(jax.random.key(2))
     batch = next(task.make_data(0, 1))
-    rng = jax.random.PRNGKey(3)  # the same noise and timestep every step: a fixed regression target
+    rng = jax.random.key(3)  # the same noise and timestep every step: a fixed regression target
 
     @jax.jit
     def step(state):

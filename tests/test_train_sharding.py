@@ -47,7 +47,7 @@ def test_state_shardings_put_adam_moments_like_their_params_by_name():
                "conv": {"kernel": P("conv_h", "conv_w", "embed_in", "embed_out")}}
     tx, _ = make_optimizer(dict(lr=1e-4), 10)
     boxed = sharding_lib.box_params(params, logical)
-    abstract = jax.eval_shape(lambda p: TrainState.create(p, tx, jax.random.PRNGKey(0)), boxed)
+    abstract = jax.eval_shape(lambda p: TrainState.create(p, tx, jax.random.key(0)), boxed)
     shardings = sharding_lib.state_shardings(abstract, MESH)
     assert shardings.params["attn"]["to_q"]["kernel"].spec == P(None, "fsdp")
     assert shardings.params["conv"]["kernel"].spec == P(None, None, None, None)  # 9 % 2: fallback

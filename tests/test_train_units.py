@@ -82,7 +82,7 @@ def test_frozen_params_get_no_update_and_no_adam_moments():
     trainable = unet_trainable(params, model_cfg, {"trainable_modules": ("motion_modules.",)})
     assert trainable == {"motion_modules_0": {"kernel": True}, "resnets_0": {"kernel": False}}
     tx, _ = make_optimizer(dict(lr=0.1, max_grad_norm=1.0), 10, trainable=trainable)
-    state = TrainState.create(params, tx, jax.random.PRNGKey(0))
+    state = TrainState.create(params, tx, jax.random.key(0))
     moments = [x for x in jax.tree.leaves(state.opt_state) if getattr(x, "shape", ()) == (4, 4)]
     assert len(moments) == 2  # mu and nu of the trainable kernel only
     grads = jax.tree.map(jnp.ones_like, params)
@@ -148,7 +148,7 @@ def test_task_dispatch_and_clear_config_errors(tmp_path):
     assert unet.name == "unet" and unet.trainable is not None
     latent = build_task(load_config(resolve_path("configs/syncnet/syncnet_16_latent.py")))
     assert latent.name == "syncnet"  # latent space trains now (tests/test_train_syncnet.py): a frozen VAE
-    assert set(jax.eval_shape(latent.init_frozen, jax.random.PRNGKey(0))) == {"vae"}
+    assert set(jax.eval_shape(latent.init_frozen, jax.random.key(0))) == {"vae"}
 
 
 def test_converted_weights_are_checked_against_the_model(tmp_path):

@@ -52,3 +52,20 @@ def free_port() -> int:
 
 def losses(workdir, key="loss"):
     return {r["step"]: r[key] for r in read_metrics(str(workdir)) if key in r}
+
+
+def random_teacher(folder, config_path):
+    """A converted-weights folder with a random UNet of the config's model (numpy draws, nothing
+    compiled): the frozen teacher of distillation tests. Returns its path."""
+    from lipsync_jax.checkpoints import save_params
+    from lipsync_jax.config_utils import load_config, resolve_path
+    from lipsync_jax.models.unet3d import UNet3DConditionModel, abstract_params
+    from lipsync_jax.models.unet_config import UNet3DConfig
+    from lipsync_jax.train.unet_setup import INIT_SHAPE
+    from lipsync_jax.tree_utils import random_params
+
+    config = load_config(resolve_path(config_path))
+    unet = UNet3DConditionModel(UNet3DConfig.from_dict(config.model.to_dict()))
+    params = random_params(abstract_params(unet, INIT_SHAPE + (unet.config.in_channels,)), seed=0)
+    return save_params(os.path.join(str(folder), "teacher"), params, config.model.to_dict(),
+                       {"source": "random tiny teacher (test)"})

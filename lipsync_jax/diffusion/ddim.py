@@ -134,7 +134,7 @@ class DDIMStepOutput(NamedTuple):
     pred_original_sample: jax.Array  # x_0 estimate
 
 
-def _per_sample(values: jax.Array, like: jax.Array) -> jax.Array:
+def per_sample(values: jax.Array, like: jax.Array) -> jax.Array:
     """(b,) or () schedule values -> broadcastable against ``like`` (b, ...)."""
     values = jnp.asarray(values)
     if values.ndim == 0:
@@ -181,10 +181,16 @@ class DDIMScheduler:
         ``t`` is a scalar (python or traced int); arrays are any shape, computed in float32.
         """
         t = jnp.asarray(t, jnp.int32)
-        prev_t = t - self.num_train_timesteps // num_inference_steps
-        alpha_t = self.alphas_cumprod[t]
-        alpha_prev = jnp.where(prev_t >= 0, self.alphas_cumprod[jnp.maximum(prev_t, 0)],
-                               self.final_alpha_cumprod)
+        return self.step_to(model_output, t, t - self.num_train_timesteps // num_inference_steps, sample)
+
+    def step_to(self, model_output: jax.Array, t: jax.Array | int, prev_t: jax.Array | int,
+                sample: jax.Array) -> DDIMStepOutput:
+        """The DDIM update x_t -> x_{prev_t} (eta 0) with ``t``, ``prev_t`` () or per sample (b,);
+        a negative ``prev_t`` lands on ``final_alpha_cumprod`` (distillation's skip steps)."""
+        t, prev_t = jnp.asarray(t, jnp.int32), jnp.asarray(prev_t, jnp.int32)
+        alpha_t = per_sample(self.alphas_cumprod[t], sample)
+        alpha_prev = per_sample(jnp.where(prev_t >= 0, self.alphas_cumprod[jnp.maximum(prev_t, 0)],
+                                          self.final_alpha_cumprod), sample)
         x0, eps = self._split_prediction(model_output, sample, alpha_t)
         if self.config.clip_sample:
             r = self.config.clip_sample_range
@@ -210,10 +216,10 @@ class DDIMScheduler:
 
     def add_noise(self, x0: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array:
         """Forward diffusion q(x_t | x_0); ``t`` is () or (b,) (one timestep per sample)."""
-        alpha = _per_sample(self.alphas_cumprod[jnp.asarray(t, jnp.int32)], x0)
+        alpha = per_sample(self.alphas_cumprod[jnp.asarray(t, jnp.int32)], x0)
         return jnp.sqrt(alpha) * x0 + jnp.sqrt(1.0 - alpha) * noise
 
     def one_step_x0(self, x_t: jax.Array, pred_noise: jax.Array, t: jax.Array) -> jax.Array:
         """Training-time x0 estimate ``(x_t - sqrt(1 - a_t) * eps) / sqrt(a_t)``, per-sample t."""
-        alpha = _per_sample(self.alphas_cumprod[jnp.asarray(t, jnp.int32)], x_t)
+        alpha = per_sample(self.alphas_cumprod[jnp.asarray(t, jnp.int32)], x_t)
         return (x_t - jnp.sqrt(1.0 - alpha) * pred_noise) / jnp.sqrt(alpha)

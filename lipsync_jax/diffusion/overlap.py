@@ -75,11 +75,12 @@ def sample_windows(unet_apply: UNetApply, params: Any, init_latents: jax.Array, 
                    masked_latents: jax.Array, ref_latents: jax.Array, audio_embeds: jax.Array, *,
                    scheduler: Any, num_steps: int = 20, guidance_scale: float = 1.5, solver: str = "ddim",
                    deepcache_interval: int = 0, overlap: int = 0, prev_tail: jax.Array | None = None,
-                   use_prev_tail: jax.Array | bool = True) -> tuple[jax.Array, jax.Array | None]:
+                   use_prev_tail: jax.Array | bool = True,
+                   noise_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
     """``sample_chunk`` over a batch of n CONSECUTIVE windows (batch axis = windows, in order)
     sharing ``overlap`` frames, linked as the module docstring describes.
 
-    Inputs as ``sample_chunk`` with b = n; ``prev_tail`` (num_steps + 1, overlap, h, w, 4) from
+    Inputs as ``sample_chunk`` with b = n (``noise_key``: "lcm"'s fresh noise); ``prev_tail`` (num_steps + 1, overlap, h, w, 4) from
     the previous batch (None or ``use_prev_tail=False``: window 0 is not linked). Returns
     (latents (n, f, h, w, 4), tail trajectory (num_steps + 1, overlap, h, w, 4) of window n-1
     for the next batch; None when overlap is 0, then latents equal ``sample_chunk``'s exactly).
@@ -88,22 +89,24 @@ def sample_windows(unet_apply: UNetApply, params: Any, init_latents: jax.Array, 
     if overlap == 0:  # LatentSync's disjoint chunks: the very same compiled program
         return sample_chunk(unet_apply, params, init_latents, mask, masked_latents, ref_latents, audio_embeds,
                             scheduler=scheduler, num_steps=num_steps, guidance_scale=guidance_scale,
-                            solver=solver, deepcache_interval=deepcache_interval), None
+                            solver=solver, deepcache_interval=deepcache_interval, noise_key=noise_key), None
     return _sample_windows(unet_apply, params, init_latents, mask, masked_latents, ref_latents, audio_embeds,
                            scheduler=scheduler, num_steps=int(num_steps), guidance_scale=float(guidance_scale),
                            solver=solver, deepcache_interval=int(deepcache_interval) if deepcache_interval > 1 else 0,
-                           overlap=int(overlap), prev_tail=prev_tail, use_prev_tail=use_prev_tail)
+                           overlap=int(overlap), prev_tail=prev_tail, use_prev_tail=use_prev_tail,
+                           noise_key=noise_key if solver == "lcm" else None)
 
 
 @functools.partial(jax.jit, static_argnames=("unet_apply", "num_steps", "guidance_scale", "solver",
                                              "deepcache_interval", "overlap"))
 def _sample_windows(unet_apply, params, init_latents, mask, masked_latents, ref_latents, audio_embeds, *,
                     scheduler, num_steps, guidance_scale, solver, deepcache_interval, overlap, prev_tail,
-                    use_prev_tail):
+                    use_prev_tail, noise_key=None):
     conditioning = conditioning_channels(mask, masked_latents, ref_latents, init_latents.dtype)
     run = functools.partial(denoise_loop, unet_apply, params, init_latents, conditioning, audio_embeds,
                             scheduler=scheduler, num_steps=num_steps, guidance_scale=guidance_scale,
-                            solver=solver, deepcache_interval=deepcache_interval)
+                            solver=solver, deepcache_interval=deepcache_interval, noise_key=noise_key)
+
     def link(latents, step_index):
         head = None if prev_tail is None else prev_tail[step_index]
         latents = link_windows(latents, overlap, head, use_prev_tail)

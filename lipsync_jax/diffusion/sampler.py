@@ -11,14 +11,23 @@ uses all-zero audio embeds and runs in the same UNet call as the conditional one
 runs once per step on the conditional input only (the scale is then not applied, as in LatentSync).
 
 Sampler options (all inside the one ``lax.scan``; the defaults are LatentSync's loop exactly):
-- ``solver``: "ddim" (LatentSync) or "dpmsolver++" (DPM-Solver++ 2M built from the DDIM
+- ``solver``: "ddim" (LatentSync), "dpmsolver++" (DPM-Solver++ 2M built from the DDIM
   scheduler's config like diffusers' ``DPMSolverMultistepScheduler.from_config``; its previous
-  data prediction rides in the scan carry). See ``diffusion/dpmsolver.py``.
+  data prediction rides in the scan carry; see ``diffusion/dpmsolver.py``) or "lcm" (multistep
+  consistency sampling of a distilled student, 1-8 steps typically; each step but the last adds
+  fresh noise drawn from ``noise_key``, one frame per sample repeated over the frames like the
+  starting noise; see ``diffusion/lcm.py``). A guidance-distilled student runs with
+  ``guidance_scale`` 1 (one UNet call per step; ``lipsync_jax.distilled.student_sampling``
+  settles that at the edges).
 - ``deepcache_interval`` N (0 or 1 = off): DeepCache (LatentSync's ``--enable_deepcache`` is 3).
   Steps with index % N == 0 run the full UNet (``deepcache="full"``) and keep the hidden input of
   the last up block's last layer in the carry; the other steps run the shallow branch
   (``deepcache="shallow"``), chosen by ``lax.cond``. The UNet batch (CFG included) is unchanged.
-- overlapping windows: ``lipsync_jax.diffusion.overlap.sample_windows``.
+  Refused with "lcm": a consistency student's few steps are hundreds of timesteps apart (999,
+  759, 499, 259), where the deep features of the previous step are no stand-in for this one's
+  (DeepCache's premise is adjacent steps of a 20-50 step trajectory).
+- overlapping windows: ``lipsync_jax.diffusion.overlap.sample_windows`` (every solver, "lcm"
+  included: the windows' shared frames are substituted before each step, after the fresh noise).
 """
 
 from __future__ import annotations
@@ -33,9 +42,10 @@ import numpy as np
 
 from lipsync_jax.diffusion.ddim import DDIMScheduler
 from lipsync_jax.diffusion.dpmsolver import DPMSolverScheduler
+from lipsync_jax.diffusion.lcm import LCMScheduler
 
 UNetApply = Callable[..., Any]
-SOLVERS = ("ddim", "dpmsolver++")
+SOLVERS = ("ddim", "dpmsolver++", "lcm")
 # link(latents, step_index) -> (latents, record): applied before every step and after the last
 # one (step_index == num_steps); the records of the steps are stacked (see overlap.py).
 LinkFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, Any]]
@@ -87,16 +97,22 @@ def validate_sampler_options(solver: str = "ddim", deepcache_interval: int = 0, 
                                  f"consecutive {num_frames}-frame windows), got {overlap!r}")
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
         raise SamplerOptionError(f"the number of inference steps must be an integer >= 1, got {num_steps!r}")
+    if solver == "lcm" and deepcache_interval > 1:
+        raise SamplerOptionError(f"deepcache_interval {deepcache_interval} does not combine with scheduler lcm: a "
+                                 "consistency student's steps are hundreds of timesteps apart, so the previous "
+                                 "step's cached features do not stand in for this one's; use fewer lcm steps")
 
 
 def _cfg_inputs(model_input, t, audio_embeds, guidance_scale):
-    """The UNet batch for one step: (inputs, timesteps, audio), [uncond, cond] under guidance."""
+    """The UNet batch for one step: (inputs, timesteps, audio), [uncond, cond] under guidance;
+    ``t`` is one timestep () or one per sample (b,) (distillation)."""
     b = model_input.shape[0]
+    timesteps = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (b,))
     if not uses_guidance(guidance_scale):
-        return model_input, jnp.full((b,), t, jnp.int32), audio_embeds
+        return model_input, timesteps, audio_embeds
     both_inputs = jnp.concatenate([model_input, model_input], axis=0)  # (2b, f, h, w, 13)
     both_audio = jnp.concatenate([jnp.zeros_like(audio_embeds), audio_embeds], axis=0)
-    return both_inputs, jnp.full((2 * b,), t, jnp.int32), both_audio
+    return both_inputs, jnp.concatenate([timesteps, timesteps]), both_audio
 
 
 def _cfg_combine(noise, b, guidance_scale):
@@ -139,12 +155,18 @@ def deepcache_full_steps(num_steps: int, interval: int) -> np.ndarray:
 
 
 def resolve_scheduler(scheduler: Any, solver: str):
-    """The scheduler object for ``solver``: "dpmsolver++" from a DDIM scheduler's config (or a
-    ``DPMSolverScheduler`` as given); "ddim" needs a ``DDIMScheduler``."""
+    """The scheduler object for ``solver``: "dpmsolver++" / "lcm" from a DDIM scheduler's config
+    (or a ``DPMSolverScheduler`` / ``LCMScheduler`` as given: a student distilled with other
+    ``LCMConfig`` values needs its own, ``lipsync_jax.distilled.student_scheduler``); "ddim"
+    needs a ``DDIMScheduler``."""
     if solver == "dpmsolver++":
         if isinstance(scheduler, DPMSolverScheduler):
             return scheduler
         return DPMSolverScheduler.from_ddim_config(scheduler.config)
+    if solver == "lcm":
+        if isinstance(scheduler, LCMScheduler):
+            return scheduler
+        return LCMScheduler.from_ddim_config(scheduler.config)
     if not isinstance(scheduler, DDIMScheduler):
         raise SamplerOptionError(f"scheduler 'ddim' needs a DDIMScheduler, got {type(scheduler).__name__}")
     return scheduler
@@ -152,13 +174,17 @@ def resolve_scheduler(scheduler: Any, solver: str):
 
 def denoise_loop(unet_apply: UNetApply, params: Any, init_latents: jax.Array, conditioning: jax.Array,
                  audio_embeds: jax.Array, *, scheduler: Any, num_steps: int, guidance_scale: float,
-                 solver: str = "ddim", deepcache_interval: int = 0, link: LinkFn | None = None):
+                 solver: str = "ddim", deepcache_interval: int = 0, link: LinkFn | None = None,
+                 noise_key: jax.Array | None = None):
     """The whole sampling loop as one ``lax.scan`` (call it inside ``jax.jit``).
 
     conditioning (b, f, h, w, 9) = [mask, masked latents, reference latents]. Returns the final
     latents (b, f, h, w, 4) in ``init_latents.dtype``, or with ``link`` a tuple
-    (latents, stacked step records (num_steps, ...), final record)."""
+    (latents, stacked step records (num_steps, ...), final record). ``noise_key``: the fresh
+    noise of "lcm" (needed from 2 steps on; step i draws from ``split(noise_key, num_steps)[i]``)."""
     validate_sampler_options(solver, deepcache_interval, 0, init_latents.shape[1], num_steps)
+    if solver == "lcm" and num_steps > 1 and noise_key is None:
+        raise SamplerOptionError(f"scheduler lcm with {num_steps} steps needs a noise_key (fresh noise between steps)")
     scheduler = resolve_scheduler(scheduler, solver)
     deepcache = deepcache_interval > 1
     if deepcache and not getattr(unet_apply, "supports_deepcache", False):
@@ -185,6 +211,11 @@ def denoise_loop(unet_apply: UNetApply, params: Any, init_latents: jax.Array, co
         xs["row"] = jax.tree_util.tree_map(jnp.asarray, scheduler.step_tables(num_steps))
         xs["t"] = xs["row"].t
         carry["prev_x0"] = jnp.zeros(init_latents.shape, jnp.float32)
+    elif solver == "lcm":
+        xs["row"] = jax.tree_util.tree_map(jnp.asarray, scheduler.step_tables(num_steps))
+        xs["t"] = xs["row"].t
+        if noise_key is not None:
+            xs["key"] = jax.random.split(noise_key, num_steps)
     else:
         xs["t"] = timesteps
     if deepcache:
@@ -206,6 +237,10 @@ def denoise_loop(unet_apply: UNetApply, params: Any, init_latents: jax.Array, co
             noise = guided_noise_pred(unet_apply, params, model_input, t, audio_embeds, guidance_scale)
         if solver == "dpmsolver++":
             latents, carry["prev_x0"] = scheduler.update(noise, latents, carry["prev_x0"], x["row"])
+        elif solver == "lcm":  # without a noise_key (1 step) no fresh noise: its scale is 0 at the last step
+            fresh = (initial_latents(x["key"], latents.shape) if "key" in x
+                     else jnp.zeros(latents.shape, jnp.float32))
+            latents, _ = scheduler.update(noise, latents, fresh, x["row"])
         else:
             latents = scheduler.step(noise, t, latents, num_inference_steps=num_steps).prev_sample
         carry["latents"] = latents.astype(dtype)
@@ -235,28 +270,34 @@ def conditioning_channels(mask: jax.Array, masked_latents: jax.Array, ref_latent
 def sample_chunk(unet_apply: UNetApply, params: Any, init_latents: jax.Array, mask: jax.Array,
                  masked_latents: jax.Array, ref_latents: jax.Array, audio_embeds: jax.Array, *,
                  scheduler: DDIMScheduler, num_steps: int = 20, guidance_scale: float = 1.5,
-                 solver: str = "ddim", deepcache_interval: int = 0) -> jax.Array:
+                 solver: str = "ddim", deepcache_interval: int = 0,
+                 noise_key: jax.Array | None = None) -> jax.Array:
     """Runs all ``num_steps`` steps for one chunk (or a batch of chunks) inside one compiled call.
 
     init_latents (b, f, h, w, 4), mask (b, f, h, w, 1), masked_latents and ref_latents
     (b, f, h, w, 4), audio_embeds (b, f, tokens, dim) -> final latents (b, f, h, w, 4) float32.
-    ``scheduler`` is the DDIM scheduler (config.scheduler); ``solver`` "ddim" | "dpmsolver++"
-    (config.run.scheduler), ``deepcache_interval`` (config.run.deepcache_interval; 0/1 = off).
+    ``scheduler`` is the DDIM scheduler (config.scheduler) or, for a student distilled with other
+    LCM settings, its ``LCMScheduler``; ``solver`` "ddim" | "dpmsolver++" | "lcm"
+    (config.run.scheduler), ``deepcache_interval`` (config.run.deepcache_interval; 0/1 = off),
+    ``noise_key`` (typed key; "lcm" from 2 steps on: the fresh noise between steps).
     ``unet_apply`` must be a stable (hashable) function: a new closure per call recompiles.
     The defaults run LatentSync's DDIM loop, bit for bit as before these options existed.
     Options are checked here (``SamplerOptionError``) before anything is traced.
     """
     validate_sampler_options(solver, deepcache_interval, 0, init_latents.shape[1], num_steps)
+    if solver == "lcm" and num_steps > 1 and noise_key is None:
+        raise SamplerOptionError(f"scheduler lcm with {num_steps} steps needs a noise_key (fresh noise between steps)")
     return _sample_chunk(unet_apply, params, init_latents, mask, masked_latents, ref_latents, audio_embeds,
                          scheduler=scheduler, num_steps=int(num_steps), guidance_scale=float(guidance_scale),
-                         solver=solver, deepcache_interval=int(deepcache_interval) if deepcache_interval > 1 else 0)
+                         solver=solver, deepcache_interval=int(deepcache_interval) if deepcache_interval > 1 else 0,
+                         noise_key=noise_key if solver == "lcm" else None)
 
 
 @functools.partial(jax.jit, static_argnames=("unet_apply", "num_steps", "guidance_scale", "solver",
                                              "deepcache_interval"))
 def _sample_chunk(unet_apply, params, init_latents, mask, masked_latents, ref_latents, audio_embeds, *,
-                  scheduler, num_steps, guidance_scale, solver, deepcache_interval):
+                  scheduler, num_steps, guidance_scale, solver, deepcache_interval, noise_key=None):
     conditioning = conditioning_channels(mask, masked_latents, ref_latents, init_latents.dtype)
     return denoise_loop(unet_apply, params, init_latents, conditioning, audio_embeds, scheduler=scheduler,
                         num_steps=num_steps, guidance_scale=guidance_scale, solver=solver,
-                        deepcache_interval=deepcache_interval)
+                        deepcache_interval=deepcache_interval, noise_key=noise_key)

@@ -1,8 +1,8 @@
 """Training checkpoints with orbax: async saves every ``ckpt.save_ckpt_steps`` steps, the last
 ``keep`` kept, a forced save on SIGTERM, automatic resume from ``<workdir>/checkpoints``.
 
-Layout: ``<workdir>/checkpoints/<step>/state`` (orbax: params, opt_state, step, rng, sharded
-arrays written by every process) and ``<workdir>/checkpoints/data_state/<step>.p<process>.json``
+Layout: ``<workdir>/checkpoints/<step>/state`` (orbax: params, opt_state, step, rng and, for
+tasks that keep one, ema_params; sharded arrays written by every process) and ``<workdir>/checkpoints/data_state/<step>.p<process>.json``
 (each process's data-iterator state, written by that process when the step is saved).
 
     ckpt = TrainCheckpointer(workdir, save_every=config.ckpt.save_ckpt_steps)
@@ -101,13 +101,29 @@ class TrainCheckpointer:
         self.manager.close()
 
 
+def _is_typed_key(x: Any) -> bool:
+    return jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key)
+
+
 def _savable(state: Any) -> dict:
-    """The arrays of a TrainState as a plain dict (the optax transform is not saved)."""
-    return dict(step=state.step, params=state.params, opt_state=state.opt_state, rng=state.rng)
+    """The arrays of a TrainState as a plain dict (the optax transform is not saved). The typed
+    PRNG key is stored as its raw uint32 key data: the layout checkpoints of raw-key states have,
+    so both restore into a typed-key state."""
+    rng = jax.random.key_data(state.rng) if _is_typed_key(state.rng) else state.rng
+    tree = dict(step=state.step, params=state.params, opt_state=state.opt_state, rng=rng)
+    if getattr(state, "ema_params", None) is not None:
+        tree["ema_params"] = state.ema_params
+    return tree
 
 
 def _unsavable(template: Any, tree: dict) -> Any:
-    return template.replace(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"], rng=tree["rng"])
+    rng = tree["rng"]
+    if _is_typed_key(template.rng):
+        rng = jax.random.wrap_key_data(rng, impl=jax.random.key_impl(template.rng))
+    state = template.replace(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"], rng=rng)
+    if "ema_params" in tree:
+        state = state.replace(ema_params=tree["ema_params"])
+    return state
 
 
 def _abstract(x: Any) -> Any:

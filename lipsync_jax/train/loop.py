@@ -3,7 +3,8 @@ with donated state, checkpoints (periodic, on SIGTERM, automatic resume), metric
 (loss terms on a held-out batch and, for the UNet with ``run.val_inference``, inference on the
 val clip + SyncNet score: lipsync_jax.train.validation).
 
-    run_training(task, config, workdir)   # returns the final TrainState
+    run_training(task, config, workdir)   # returns the final TrainState; TrainingPreempted
+                                          # after a SIGTERM's checkpoint
 
 The host never waits on the device between log steps: each step's metrics stay on the device
 and are fetched every ``run.log_every_steps`` (default 10) steps in one ``jax.device_get``; the
@@ -16,7 +17,9 @@ instead (``skipped_update`` = 1 in that step's metrics) and the run goes on.
 
 Preemption: SIGTERM sets a flag. One process checks it after every step; several processes
 agree at every log step (an all-gather of the flags), so a signal to ANY process makes all of
-them save the same step and exit.
+them save the same step and stop; ``run_training`` then raises ``TrainingPreempted`` (train.py
+exits with ``PREEMPTED_EXIT_STATUS``, 143, so that a scheduler can tell a preemption from a
+finished run, which exits 0).
 """
 
 from __future__ import annotations
@@ -47,6 +50,17 @@ DEFAULT_PREFETCH = 2
 # How long a process waits for the others at a start-up barrier (one may compile for many
 # minutes while another one finds everything in its compile cache).
 BARRIER_TIMEOUT_S = 3600
+# train.py's exit status after a preemption save (128 + SIGTERM, the shell's code for a process
+# ended by SIGTERM); 0 means the run reached run.max_train_steps
+PREEMPTED_EXIT_STATUS = 128 + int(signal.SIGTERM)
+
+
+class TrainingPreempted(RuntimeError):
+    """A SIGTERM stopped the run after its checkpoint at ``step`` was saved (rerun to resume)."""
+
+    def __init__(self, step: int, directory: str):
+        super().__init__(f"preempted: saved step {step} to {directory}; rerun the same command to resume")
+        self.step, self.directory = step, directory
 
 
 class NonFiniteError(RuntimeError):
@@ -78,10 +92,10 @@ def create_state(task: TrainTask, config: Any, mesh) -> tuple[TrainState, Any, A
     run = config["run"]
     seed = int(run["seed"])
     rules = sharding_lib.rules_from_config(config["mesh"])
-    key_params, key_frozen, key_state = jax.random.split(jax.random.PRNGKey(seed), 3)
+    key_params, key_frozen, key_state = jax.random.split(jax.random.key(seed), 3)
     tx, schedule = make_optimizer(config["optimizer"], int(run["max_train_steps"]), jax.process_count(),
                                   task.trainable)
-    create = lambda p, r: TrainState.create(p, tx, r)  # noqa: E731
+    create = lambda p, r: TrainState.create(p, tx, r, ema_decay=task.ema_decay)  # noqa: E731
     boxed = sharding_lib.box_params(task.param_shapes, task.logical_specs)
     target = sharding_lib.state_shardings(jax.eval_shape(create, boxed, key_state), mesh, rules)
     pretrained = task.pretrained()
@@ -116,8 +130,9 @@ def write_shardings(path: str, tree: Any) -> None:
 
 def guarded_step(train_step: Callable, schedule: Callable, skip_nonfinite: bool) -> Callable:
     """The task's step plus ``lr`` in its metrics and, with ``skip_nonfinite``, the update kept
-    only when the loss and grad norm are finite (``jnp.where`` on params and optimizer state;
-    ``skipped_update`` 1.0 when it was dropped). The step counter advances either way."""
+    only when the loss and grad norm are finite (``jnp.where`` on params, optimizer state and
+    the EMA params; ``skipped_update`` 1.0 when it was dropped). The step counter advances
+    either way."""
     def step(state: TrainState, frozen: Any, batch: Any):
         new_state, metrics = train_step(state, frozen, batch)
         metrics = dict(metrics, lr=jnp.asarray(schedule(state.step), jnp.float32))
@@ -125,7 +140,8 @@ def guarded_step(train_step: Callable, schedule: Callable, skip_nonfinite: bool)
             finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
             keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
             new_state = new_state.replace(params=jax.tree.map(keep, new_state.params, state.params),
-                                          opt_state=jax.tree.map(keep, new_state.opt_state, state.opt_state))
+                                          opt_state=jax.tree.map(keep, new_state.opt_state, state.opt_state),
+                                          ema_params=jax.tree.map(keep, new_state.ema_params, state.ema_params))
             metrics["skipped_update"] = 1.0 - finite.astype(jnp.float32)
         return new_state, metrics
     return step
@@ -270,6 +286,7 @@ def run_training(task: TrainTask, config: Any, workdir: str, stop_after_steps: i
     if multi:  # all processes start the step's collectives together (see wait_for_all_processes)
         step_fn = compile_together(step_fn, "train_step_compiled", state, frozen, batches.peek())
     preempted = PreemptionFlag()
+    preempted_at = None
     window = dict(time=time.perf_counter(), step=start, wait=0.0)
     tracing = False
 
@@ -321,6 +338,7 @@ def run_training(task: TrainTask, config: Any, workdir: str, stop_after_steps: i
                 last_saved = done
             if stop:
                 log.warning("%s", preemption_message(signalled, done, ckpt.directory))
+                preempted_at = done
                 break
             if validate:
                 if task.make_val_data is not None:
@@ -329,8 +347,8 @@ def run_training(task: TrainTask, config: Any, workdir: str, stop_after_steps: i
                                                                                  jax.process_count())), mesh)
                         if multi:
                             eval_fn = compile_together(eval_fn, "eval_step_compiled", state.params, frozen,
-                                                       val_batch, jax.random.PRNGKey(0))
-                    val = jax.device_get(eval_fn(state.params, frozen, val_batch, jax.random.PRNGKey(0)))
+                                                       val_batch, jax.random.key(0))
+                    val = jax.device_get(eval_fn(state.params, frozen, val_batch, jax.random.key(0)))
                     logger.log(done, val, prefix="val/")
                 if validator is not None:  # inference on the val clip; never raises
                     params = host_params(state.params)
@@ -342,4 +360,6 @@ def run_training(task: TrainTask, config: Any, workdir: str, stop_after_steps: i
         preempted.restore_handlers()
         ckpt.close()
         logger.close()
+    if preempted_at is not None:
+        raise TrainingPreempted(preempted_at, ckpt.directory)
     return state

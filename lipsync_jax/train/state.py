@@ -36,17 +36,29 @@ class TrainState:
     step: jax.Array        # () int32: optimizer steps taken
     params: Any            # float32 master parameters
     opt_state: Any
-    rng: jax.Array         # (2,) uint32 base key; step keys are fold_in(rng, step)
+    rng: jax.Array         # typed base key (jax.random.key); step keys are fold_in(rng, step)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    # exponential moving average of params, updated after every optimizer step (the target
+    # network of consistency distillation); None when the task keeps none
+    ema_params: Any = None
+    ema_decay: float | None = struct.field(pytree_node=False, default=None)
 
     @classmethod
-    def create(cls, params: Any, tx: optax.GradientTransformation, rng: jax.Array) -> "TrainState":
-        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng, tx=tx)
+    def create(cls, params: Any, tx: optax.GradientTransformation, rng: jax.Array,
+               ema_decay: float | None = None) -> "TrainState":
+        """``ema_decay`` (e.g. 0.95): keep ``ema_params``, starting as a copy of ``params``."""
+        ema = None if ema_decay is None else jax.tree.map(jnp.copy, params)
+        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng, tx=tx,
+                   ema_params=ema, ema_decay=ema_decay)
 
     def apply_gradients(self, grads: Any) -> "TrainState":
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-        return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
-                            opt_state=opt_state)
+        params = optax.apply_updates(self.params, updates)
+        ema = self.ema_params
+        if ema is not None:
+            decay = jnp.float32(self.ema_decay)
+            ema = jax.tree.map(lambda e, p: (decay * e + (1 - decay) * p).astype(e.dtype), ema, params)
+        return self.replace(step=self.step + 1, params=params, opt_state=opt_state, ema_params=ema)
 
 
 def learning_rate_schedule(optimizer_config: Mapping[str, Any], max_train_steps: int,

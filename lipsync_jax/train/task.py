@@ -23,7 +23,7 @@ class TrainConfigError(ValueError):
 
 @dataclasses.dataclass
 class TrainTask:
-    name: str                                   # "unet" or "syncnet"
+    name: str                                   # "unet", "distill" or "syncnet"
     param_shapes: Any                           # tree of ShapeDtypeStruct (trained params)
     logical_specs: Any                          # tree of logical PartitionSpecs, or None (replicate)
     init_params: Callable[[jax.Array], Any]     # jittable: key -> params
@@ -36,6 +36,7 @@ class TrainTask:
     make_data: Callable[[int, int], Iterator[Mapping[str, np.ndarray]]]  # (process, count) -> iterator
     make_val_data: Callable[[int, int], Iterator[Mapping[str, np.ndarray]]] | None = None
     validation_every: int = 0
+    ema_decay: float | None = None              # keep TrainState.ema_params with this decay (None: none)
 
 
 def load_converted(path: str, what: str, shapes: Any = None, kind: str | None = None,

@@ -1,12 +1,14 @@
 """Builds the UNet ``TrainTask`` from a UNet config (configs/unet/*.py): the trained UNet, the
 frozen VAE / SyncNet / LPIPS / TREPA networks (converted weights from their ``ckpt_path``
 fields, or random weights when "" — for tests and smoke runs only), the trainable mask and
-the data source."""
+the data source. ``unet_parts`` is the same minus the task: the distillation task
+(``train/distill_setup.py``) builds on it."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +45,22 @@ def _vae_config(config) -> dict:
     return dict(vae["model"], scaling_factor=vae["scaling_factor"], shift_factor=vae["shift_factor"])
 
 
-def build_unet_task(config: Any, data_source: str = "synthetic") -> TrainTask:
+@dataclasses.dataclass(frozen=True)
+class UNetParts:
+    """What a UNet training task is made of (see ``build_unet_task``)."""
+
+    cfg: dict                      # the config as plain dicts
+    unet: UNet3DConditionModel
+    init_shape: tuple[int, ...]    # (b, f, h, w, c) of the dummy init input
+    shapes: Any                    # abstract UNet params
+    trainer: UNetTrainer           # encode / noise / losses of stage 2
+    trainable: Any                 # bool tree or None (all)
+    init_frozen: Callable[[jax.Array], dict]   # random frozen networks (vae, syncnet, lpips, trepa)
+    pretrained_frozen: Callable[[], dict]      # their converted weights, where configured
+    pretrained: Callable[[], Any]              # ckpt.resume_ckpt_path's UNet, or None
+
+
+def unet_parts(config: Any) -> UNetParts:
     cfg = config_utils.config_to_dict(config)
     run, data = cfg["run"], cfg["data"]
     dtype = compute_dtype(cfg)
@@ -114,11 +131,17 @@ def build_unet_task(config: Any, data_source: str = "synthetic") -> TrainTask:
     trainable = unet_trainable(shapes, cfg["model"], run)
     trainer = UNetTrainer(unet=unet, vae=vae, scheduler=scheduler, settings=settings, syncnet=syncnet,
                           lpips=lpips, trepa=trepa, trainable=trainable)
+    return UNetParts(cfg=cfg, unet=unet, init_shape=init_shape, shapes=shapes, trainer=trainer, trainable=trainable,
+                     init_frozen=init_frozen, pretrained_frozen=pretrained_frozen, pretrained=pretrained)
 
-    return TrainTask(name="unet", param_shapes=shapes, logical_specs=logical_axes(unet, init_shape),
-                     init_params=lambda key: init_unet(key, unet, init_shape), pretrained=pretrained,
-                     trainable=trainable, init_frozen=init_frozen, pretrained_frozen=pretrained_frozen,
-                     train_step=trainer.train_step, eval_step=trainer.eval_step,
-                     make_data=lambda p, n: unet_data_source(cfg, data_source, p, n),
+
+def build_unet_task(config: Any, data_source: str = "synthetic") -> TrainTask:
+    parts = unet_parts(config)
+    cfg, unet, init_shape, trainer = parts.cfg, parts.unet, parts.init_shape, parts.trainer
+    return TrainTask(name="unet", param_shapes=parts.shapes, logical_specs=logical_axes(unet, init_shape),
+                     init_params=lambda key: init_unet(key, unet, init_shape), pretrained=parts.pretrained,
+                     trainable=parts.trainable, init_frozen=parts.init_frozen,
+                     pretrained_frozen=parts.pretrained_frozen, train_step=trainer.train_step,
+                     eval_step=trainer.eval_step, make_data=lambda p, n: unet_data_source(cfg, data_source, p, n),
                      make_val_data=lambda p, n: unet_data_source(cfg, data_source, p, n, validation=True),
                      validation_every=int(cfg["ckpt"]["save_ckpt_steps"]))

@@ -23,7 +23,7 @@ Per batch (shapes channels-last; see ``lipsync_jax.train.synthetic`` for the bat
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -99,6 +99,24 @@ def mixed_noise(key: jax.Array, shape: tuple[int, ...], use_mixed: bool, alpha: 
     return shared * shared_std + jax.random.normal(k_ind, shape, jnp.float32) * ind_std
 
 
+class EncodedBatch(NamedTuple):
+    """A batch on the latent grid, as the UNet is conditioned on it (step 1 of the module docstring)."""
+
+    gt_latents: jax.Array      # (b, f, h, w, 4) scaled posterior samples of the target frames
+    masks: jax.Array           # (b, f, h, w, 1) the mask channel
+    masked_latents: jax.Array  # (b, f, h, w, 4)
+    ref_latents: jax.Array     # (b, f, h, w, 4)
+
+    @property
+    def conditioning(self) -> jax.Array:
+        """(b, f, h, w, 9) = [mask, masked latents, reference latents] (the sampler's order)."""
+        return jnp.concatenate([self.masks, self.masked_latents, self.ref_latents], axis=-1)
+
+    def unet_input(self, noisy: jax.Array) -> jax.Array:
+        """(b, f, h, w, 13) = [noisy latents, mask, masked latents, reference latents]."""
+        return jnp.concatenate([noisy, self.masks, self.masked_latents, self.ref_latents], axis=-1)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity (holds arrays)
 class UNetTrainer:
     """Static pieces of the step; ``frozen`` params (``vae``, ``syncnet``, ``lpips``, ``trepa``)
@@ -128,6 +146,21 @@ class UNetTrainer:
         latents = encode_to_latents(self.vae, vae_params, frames.reshape((b * f,) + frames.shape[2:]), key)
         return jax.lax.stop_gradient(latents.reshape((b, f) + latents.shape[1:]).astype(jnp.float32))
 
+    def encode_batch(self, vae_params: Any, batch: Mapping[str, jax.Array],
+                     keys: tuple[jax.Array, jax.Array, jax.Array]) -> EncodedBatch:
+        """Target, masked and reference frames -> latents (keys: their posterior samples), and
+        the pixel mask on the latent grid (nearest, as torch's ``F.interpolate`` default)."""
+        k_gt, k_masked, k_ref = keys
+        gt_latents = self.encode(vae_params, batch["gt_frames"].astype(jnp.float32), k_gt)  # (b, f, h, w, 4)
+        masked_latents = self.encode(vae_params, batch["masked_frames"].astype(jnp.float32), k_masked)
+        ref_latents = self.encode(vae_params, batch["ref_frames"].astype(jnp.float32), k_ref)
+        masks = latent_mask(batch["masks"].astype(jnp.float32), gt_latents.shape[2:4])  # (b, f, h, w, 1)
+        return EncodedBatch(gt_latents, masks, masked_latents, ref_latents)
+
+    def noise_like(self, key: jax.Array, latents: jax.Array) -> jax.Array:
+        """The training noise for ``latents`` (``run.use_mixed_noise``, ``mixed_noise_alpha``)."""
+        return mixed_noise(key, latents.shape, self.settings.use_mixed_noise, self.settings.mixed_noise_alpha)
+
     def decode(self, vae_params: Any, latents: jax.Array) -> jax.Array:
         """(b, f, h, w, 4) -> frames (b, f, 8h, 8w, 3); differentiable w.r.t. the latents."""
         b, f = latents.shape[:2]
@@ -144,6 +177,14 @@ class UNetTrainer:
         return jnp.mean(syncnet_sync_loss(self.syncnet, jax.lax.stop_gradient(syncnet_params), frames,
                                           jax.lax.stop_gradient(mel), lower_half=self.settings.syncnet_lower_half))
 
+    def sync_of_latents(self, frozen: Mapping[str, Any], latents: jax.Array, mel: jax.Array) -> jax.Array:
+        """The SyncNet loss of predicted clean latents (b, f, h, w, 4): decoded by the VAE for a
+        pixel SyncNet (``pixel_space_supervise``), else on the latents themselves, as ``loss``."""
+        if not self.settings.pixel_space_supervise:
+            return self.sync_term(frozen["syncnet"], latents, mel)
+        frames = self.decode(jax.lax.stop_gradient(frozen["vae"]), latents)
+        return self.sync_term(frozen["syncnet"], frames, mel)
+
     # ---------------------------------------------------------------- loss
     def loss(self, params: Any, frozen: Mapping[str, Any], batch: Mapping[str, jax.Array],
              rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -151,17 +192,14 @@ class UNetTrainer:
         k_gt, k_masked, k_ref, k_noise, k_t = jax.random.split(rng, 5)
         vae_params = jax.lax.stop_gradient(frozen["vae"])
         gt_frames = batch["gt_frames"].astype(jnp.float32)
-        gt_latents = self.encode(vae_params, gt_frames, k_gt)  # (b, f, h, w, 4)
-        masked_latents = self.encode(vae_params, batch["masked_frames"].astype(jnp.float32), k_masked)
-        ref_latents = self.encode(vae_params, batch["ref_frames"].astype(jnp.float32), k_ref)
-        masks = latent_mask(batch["masks"].astype(jnp.float32), gt_latents.shape[2:4])  # (b, f, h, w, 1)
+        encoded = self.encode_batch(vae_params, batch, (k_gt, k_masked, k_ref))
+        gt_latents = encoded.gt_latents
 
         b = gt_latents.shape[0]
-        noise = mixed_noise(k_noise, gt_latents.shape, s.use_mixed_noise, s.mixed_noise_alpha)
+        noise = self.noise_like(k_noise, gt_latents)
         timesteps = jax.random.randint(k_t, (b,), 0, self.scheduler.num_train_timesteps)
         noisy = self.scheduler.add_noise(gt_latents, noise, timesteps)
-        unet_input = jnp.concatenate([noisy, masks, masked_latents, ref_latents], axis=-1)
-        pred_noise = self.unet.apply({"params": params}, unet_input, timesteps, batch["audio_embeds"])
+        pred_noise = self.unet.apply({"params": params}, encoded.unet_input(noisy), timesteps, batch["audio_embeds"])
 
         terms = {name: jnp.zeros((), jnp.float32) for name in LOSS_TERMS}
         terms["recon"] = jnp.mean(jnp.square(pred_noise.astype(jnp.float32) - noise))
