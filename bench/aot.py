@@ -5,7 +5,7 @@
     python bench/aot.py --targets rtx4060-8g --configs configs/unet/stage2_512.py --programs chunk --chunk_batch 1 \
         --vae_frames 4 --attention chunked:256 --fit
 
-XLA:GPU (the CUDA plugin describing the target from lipsync_jax/aot/gpu_specs/) and XLA:TPU
+XLA:GPU (the CUDA plugin describing the target from lipsync_jax/accelerators/gpu_specs/) and XLA:TPU
 (libtpu) compile each program from abstract shapes (no weights, nothing allocated, nothing run).
 Per row: the compiled memory analysis of one chip (arguments = weights + one call's inputs,
 outputs, temporaries; total = their sum - aliased), the compile time, FLOPs and modelled memory
@@ -42,7 +42,7 @@ from lipsync_jax.aot import AOTUnavailableError, ResultCache, parse_targets  # n
 from lipsync_jax.aot.compile import CompileStats  # noqa: E402
 from lipsync_jax.aot.cost import Cost, interpolate_branches, roofline  # noqa: E402
 from lipsync_jax.aot.footprint import cached_compile, chunk_program_key, result_key, target_identity  # noqa: E402
-from lipsync_jax.aot.targets import GIB, UnknownTargetError  # noqa: E402
+from lipsync_jax.accelerators import GIB, UnknownTargetError  # noqa: E402
 
 DEFAULT_CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "aot_results.json")
 PROGRAMS = ("chunk", "dpmsolver", "deepcache", "live", "whisper", "train")
@@ -80,7 +80,7 @@ class Bench:
     def abstract(self, path: str):
         if path not in self.models:
             from lipsync_jax.config_utils import load_config, resolve_path
-            from lipsync_jax.pipeline.memory import abstract_models
+            from lipsync_jax.pipeline.models import abstract_models
 
             self.models[path] = abstract_models(load_config(resolve_path(path)))
         return self.models[path]

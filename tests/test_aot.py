@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lipsync_jax import aot
+from lipsync_jax import accelerators, aot
 from lipsync_jax.aot import devices as aot_devices
 from lipsync_jax.aot.compile import CompileStats
 from lipsync_jax.aot.cost import Cost, interpolate_branches, jaxpr_cost, roofline
@@ -46,8 +46,8 @@ def test_targets_table_names_every_required_target_with_its_figures():
 
 def test_gpu_specs_are_package_data():
     with open(os.path.join(os.path.dirname(__file__), "..", "pyproject.toml")) as f:
-        assert '"lipsync_jax.aot" = ["gpu_specs/*.txtpb"]' in f.read()
-    assert sorted(os.listdir(aot.targets.SPEC_DIR)) == sorted(
+        assert '"lipsync_jax.accelerators" = ["gpu_specs/*.txtpb"]' in f.read()
+    assert sorted(os.listdir(accelerators.SPEC_DIR)) == sorted(
         t.spec_file for t in aot.TARGETS.values() if t.spec_file)
 
 
@@ -142,7 +142,8 @@ def test_tiny_chunk_program_and_train_step_compile_for_h100_without_a_gpu():
     _cuda_plugin()
     from lipsync_jax.aot.programs import trace_chunk_program, trace_train_step
     from lipsync_jax.config_utils import load_config, resolve_path
-    from lipsync_jax.pipeline.memory import abstract_models, tree_bytes
+    from lipsync_jax.pipeline.memory import tree_bytes
+    from lipsync_jax.pipeline.models import abstract_models
 
     target = aot.get_target("h100")
     devices = aot.target_devices(target, 1)
@@ -165,7 +166,8 @@ def test_tiny_chunk_program_and_train_step_compile_for_h100_without_a_gpu():
 def test_footprint_for_a_target_has_the_planner_fields_and_is_cached(tmp_path):
     _cuda_plugin()
     from lipsync_jax.config_utils import load_config, resolve_path
-    from lipsync_jax.pipeline.memory import Footprint, abstract_models
+    from lipsync_jax.pipeline.memory import Footprint
+    from lipsync_jax.pipeline.models import abstract_models
 
     models = abstract_models(load_config(resolve_path("configs/unet/tiny.py")))
     first = aot.program_footprint_for("h100", models, chunk_batch=1, cache_dir=str(tmp_path))

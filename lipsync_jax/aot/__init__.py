@@ -12,7 +12,7 @@ from lipsync_jax.aot.compile import CompileStats, compile_traced, tracing_for
 from lipsync_jax.aot.cost import Cost, jaxpr_cost, roofline
 from lipsync_jax.aot.devices import AOTUnavailableError, target_devices, target_mesh
 from lipsync_jax.aot.footprint import CompileRefused, ResultCache, program_footprint_for, whisper_footprint_for
-from lipsync_jax.aot.targets import TARGETS, Target, UnknownTargetError, get_target, parse_targets
+from lipsync_jax.accelerators import TARGETS, Target, UnknownTargetError, get_target, parse_targets
 
 __all__ = ["AOTUnavailableError", "CompileRefused", "CompileStats", "Cost", "ResultCache", "TARGETS", "Target",
            "UnknownTargetError", "compile_traced", "get_target", "jaxpr_cost", "parse_targets", "program_footprint_for",

@@ -17,7 +17,7 @@ import os
 import numpy as np
 from jax.sharding import Mesh
 
-from lipsync_jax.aot.targets import Target, get_target
+from lipsync_jax.accelerators import Target, get_target
 
 REQUIREMENTS = "requirements-aot.txt"
 

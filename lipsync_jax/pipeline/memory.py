@@ -143,6 +143,14 @@ def _estimate_key(models, device, **settings) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
+def program_inputs(models, chunk_batch: int) -> list:
+    """The chunk program's inputs ``[name, shape, dtype]`` for ``chunk_batch`` chunks on one device:
+    part of every estimate's key (a program that takes another input is another program)."""
+    cpu = jax.local_devices(backend="cpu")[:1]  # only the shapes are read: any device will do
+    program = ChunkProgram(models, data_mesh(cpu), num_steps=1, guidance_scale=1.0, chunks_per_device=chunk_batch)
+    return sorted([name, list(shape), np.dtype(dtype).name] for name, (shape, dtype) in program.input_shapes().items())
+
+
 def _read_estimates(path: str) -> dict:
     try:
         with open(path) as f:
@@ -196,7 +204,7 @@ def program_footprint(models, *, chunk_batch: int, vae_frames: int | None = None
     extra = {"compiler_options": options} if options else {}  # raw: the keys of earlier (raw) estimates
     key = _estimate_key(models, device, chunk_batch=int(chunk_batch), vae_frames=vae_frames,
                         attention=attention_backend, num_steps=int(num_steps), cfg=float(guidance_scale) > 1.0,
-                        sampler=sampler_options, **extra)
+                        sampler=sampler_options, inputs=program_inputs(models, int(chunk_batch)), **extra)
     path = estimates_path(cache_dir)
     if use_cache:
         cached = _read_estimates(path).get(key)
