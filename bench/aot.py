@@ -17,8 +17,9 @@ Programs (``--programs``):
   deepcache  the same with DeepCache interval ``--deepcache`` (first chunk_batch)
   live       the live mode's program: the chunk program at chunk_batch 1 + Whisper on one window
   whisper    the offline Whisper encoder over 8 windows per call (AudioFeatureExtractor's batch)
-  train      the stage-1 and stage-2 train steps (stage1*.py next to the stage-2 config), one clip
-             per chip, every chip of the target data-parallel (docs/scaling.md)
+  train      the stage-1 and stage-2 train steps (stage1*.py next to the stage-2 config;
+             ``--train_stages``), one clip per chip, every chip of the target data-parallel
+             (docs/scaling.md)
 ``--fit``: the whole inference job per (target, config) at each chunk_batch: chunk program +
 Whisper (weights and its batch-8 working set) + the queued batches (pipeline/memory.py's
 ``queued_bytes``, 2 batches), against ``--budgets`` (default v1.5 6 GiB, v1.6 8 GiB on consumer
@@ -207,7 +208,8 @@ def run(args) -> Bench:
                 elif program == "whisper":
                     bench.whisper(target, path, WHISPER_OFFLINE_BATCH, "Whisper encoder")
                 elif program == "train":
-                    for train_path in (stage1_config(path), path):
+                    stages = {"1": stage1_config(path), "2": path}
+                    for train_path in (stages[s] for s in args.train_stages.split(",")):
                         if train_path:
                             stage = "stage-1" if "stage1" in os.path.basename(train_path) else "stage-2"
                             bench.train(target, train_path, f"{stage} train step")
@@ -287,6 +289,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--dpm_steps", type=int, default=10)
     parser.add_argument("--deepcache", type=int, default=3, help="DeepCache interval of the deepcache row")
+    parser.add_argument("--train_stages", default="1,2", choices=("1,2", "1", "2"),
+                        help="train: the stage-1 step (stage1*.py beside the config), the stage-2 step (the config), both")
     parser.add_argument("--guidance", type=float, default=1.5)
     parser.add_argument("--attention", default="auto", help="the UNet's attention backend (models/attention.py)")
     parser.add_argument("--vae_frames", type=int, default=0, help="frames per VAE step (0: the chunk's 16)")
