@@ -39,11 +39,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
+from lipsync_jax.accelerators import GIB, UnknownTargetError  # noqa: E402
 from lipsync_jax.aot import AOTUnavailableError, ResultCache, parse_targets  # noqa: E402
 from lipsync_jax.aot.compile import CompileStats  # noqa: E402
 from lipsync_jax.aot.cost import Cost, interpolate_branches, roofline  # noqa: E402
 from lipsync_jax.aot.footprint import cached_compile, chunk_program_key, result_key, target_identity  # noqa: E402
-from lipsync_jax.accelerators import GIB, UnknownTargetError  # noqa: E402
 
 DEFAULT_CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "aot_results.json")
 PROGRAMS = ("chunk", "dpmsolver", "deepcache", "live", "whisper", "train")
@@ -290,7 +290,7 @@ def main() -> None:
     parser.add_argument("--dpm_steps", type=int, default=10)
     parser.add_argument("--deepcache", type=int, default=3, help="DeepCache interval of the deepcache row")
     parser.add_argument("--train_stages", default="1,2", choices=("1,2", "1", "2"),
-                        help="train: the stage-1 step (stage1*.py beside the config), the stage-2 step (the config), both")
+                        help="train: stage 1 (stage1*.py beside the config), stage 2 (the config), or both")
     parser.add_argument("--guidance", type=float, default=1.5)
     parser.add_argument("--attention", default="auto", help="the UNet's attention backend (models/attention.py)")
     parser.add_argument("--vae_frames", type=int, default=0, help="frames per VAE step (0: the chunk's 16)")

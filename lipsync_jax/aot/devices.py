@@ -29,7 +29,10 @@ class AOTUnavailableError(RuntimeError):
 def _gpu_plugin_installed() -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+    try:
+        return importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+    except ModuleNotFoundError:  # no jax_plugins package at all
+        return False
 
 
 def _libtpu_installed() -> bool:

@@ -16,8 +16,8 @@ from typing import Any
 
 import jax
 
-from lipsync_jax.aot.compile import CompileStats, compile_traced
 from lipsync_jax.accelerators import Target, get_target
+from lipsync_jax.aot.compile import CompileStats, compile_traced
 
 ESTIMATES_FILE = "aot_estimates.json"
 _lock = threading.Lock()

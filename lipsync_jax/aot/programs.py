@@ -23,9 +23,9 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lipsync_jax.accelerators import Target
 from lipsync_jax.aot.compile import tracing_for
 from lipsync_jax.aot.devices import target_mesh
-from lipsync_jax.accelerators import Target
 
 
 def _with_sharding(tree: Any, sharding: Any) -> Any:
