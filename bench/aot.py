@@ -5,7 +5,7 @@
     python bench/aot.py --targets rtx4060-8g --configs configs/unet/stage2_512.py --programs chunk --chunk_batch 1 \
         --vae_frames 4 --attention chunked:256 --fit
 
-XLA:GPU (the CUDA plugin describing the target from lipsync_jax/aot/gpu_specs/) and XLA:TPU
+XLA:GPU (the CUDA plugin describing the target from lipsync_jax/accelerators/gpu_specs/) and XLA:TPU
 (libtpu) compile each program from abstract shapes (no weights, nothing allocated, nothing run).
 Per row: the compiled memory analysis of one chip (arguments = weights + one call's inputs,
 outputs, temporaries; total = their sum - aliased), the compile time, FLOPs and modelled memory
@@ -17,8 +17,9 @@ Programs (``--programs``):
   deepcache  the same with DeepCache interval ``--deepcache`` (first chunk_batch)
   live       the live mode's program: the chunk program at chunk_batch 1 + Whisper on one window
   whisper    the offline Whisper encoder over 8 windows per call (AudioFeatureExtractor's batch)
-  train      the stage-1 and stage-2 train steps (stage1*.py next to the stage-2 config), one clip
-             per chip, every chip of the target data-parallel (docs/scaling.md)
+  train      the stage-1 and stage-2 train steps (stage1*.py next to the stage-2 config;
+             ``--train_stages``), one clip per chip, every chip of the target data-parallel
+             (docs/scaling.md)
 ``--fit``: the whole inference job per (target, config) at each chunk_batch: chunk program +
 Whisper (weights and its batch-8 working set) + the queued batches (pipeline/memory.py's
 ``queued_bytes``, 2 batches), against ``--budgets`` (default v1.5 6 GiB, v1.6 8 GiB on consumer
@@ -38,11 +39,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
+from lipsync_jax.accelerators import GIB, UnknownTargetError  # noqa: E402
 from lipsync_jax.aot import AOTUnavailableError, ResultCache, parse_targets  # noqa: E402
 from lipsync_jax.aot.compile import CompileStats  # noqa: E402
 from lipsync_jax.aot.cost import Cost, interpolate_branches, roofline  # noqa: E402
 from lipsync_jax.aot.footprint import cached_compile, chunk_program_key, result_key, target_identity  # noqa: E402
-from lipsync_jax.aot.targets import GIB, UnknownTargetError  # noqa: E402
 
 DEFAULT_CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "aot_results.json")
 PROGRAMS = ("chunk", "dpmsolver", "deepcache", "live", "whisper", "train")
@@ -80,7 +81,7 @@ class Bench:
     def abstract(self, path: str):
         if path not in self.models:
             from lipsync_jax.config_utils import load_config, resolve_path
-            from lipsync_jax.pipeline.memory import abstract_models
+            from lipsync_jax.pipeline.models import abstract_models
 
             self.models[path] = abstract_models(load_config(resolve_path(path)))
         return self.models[path]
@@ -207,7 +208,8 @@ def run(args) -> Bench:
                 elif program == "whisper":
                     bench.whisper(target, path, WHISPER_OFFLINE_BATCH, "Whisper encoder")
                 elif program == "train":
-                    for train_path in (stage1_config(path), path):
+                    stages = {"1": stage1_config(path), "2": path}
+                    for train_path in (stages[s] for s in args.train_stages.split(",")):
                         if train_path:
                             stage = "stage-1" if "stage1" in os.path.basename(train_path) else "stage-2"
                             bench.train(target, train_path, f"{stage} train step")
@@ -287,6 +289,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--dpm_steps", type=int, default=10)
     parser.add_argument("--deepcache", type=int, default=3, help="DeepCache interval of the deepcache row")
+    parser.add_argument("--train_stages", default="1,2", choices=("1,2", "1", "2"),
+                        help="train: stage 1 (stage1*.py beside the config), stage 2 (the config), or both")
     parser.add_argument("--guidance", type=float, default=1.5)
     parser.add_argument("--attention", default="auto", help="the UNet's attention backend (models/attention.py)")
     parser.add_argument("--vae_frames", type=int, default=0, help="frames per VAE step (0: the chunk's 16)")

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lipsync_jax import aot
+from lipsync_jax import accelerators, aot
 from lipsync_jax.aot import devices as aot_devices
 from lipsync_jax.aot.compile import CompileStats
 from lipsync_jax.aot.cost import Cost, interpolate_branches, jaxpr_cost, roofline
@@ -46,8 +46,8 @@ def test_targets_table_names_every_required_target_with_its_figures():
 
 def test_gpu_specs_are_package_data():
     with open(os.path.join(os.path.dirname(__file__), "..", "pyproject.toml")) as f:
-        assert '"lipsync_jax.aot" = ["gpu_specs/*.txtpb"]' in f.read()
-    assert sorted(os.listdir(aot.targets.SPEC_DIR)) == sorted(
+        assert '"lipsync_jax.accelerators" = ["gpu_specs/*.txtpb"]' in f.read()
+    assert sorted(os.listdir(accelerators.SPEC_DIR)) == sorted(
         t.spec_file for t in aot.TARGETS.values() if t.spec_file)
 
 
@@ -142,7 +142,8 @@ def test_tiny_chunk_program_and_train_step_compile_for_h100_without_a_gpu():
     _cuda_plugin()
     from lipsync_jax.aot.programs import trace_chunk_program, trace_train_step
     from lipsync_jax.config_utils import load_config, resolve_path
-    from lipsync_jax.pipeline.memory import abstract_models, tree_bytes
+    from lipsync_jax.pipeline.memory import tree_bytes
+    from lipsync_jax.pipeline.models import abstract_models
 
     target = aot.get_target("h100")
     devices = aot.target_devices(target, 1)
@@ -165,7 +166,8 @@ def test_tiny_chunk_program_and_train_step_compile_for_h100_without_a_gpu():
 def test_footprint_for_a_target_has_the_planner_fields_and_is_cached(tmp_path):
     _cuda_plugin()
     from lipsync_jax.config_utils import load_config, resolve_path
-    from lipsync_jax.pipeline.memory import Footprint, abstract_models
+    from lipsync_jax.pipeline.memory import Footprint
+    from lipsync_jax.pipeline.models import abstract_models
 
     models = abstract_models(load_config(resolve_path("configs/unet/tiny.py")))
     first = aot.program_footprint_for("h100", models, chunk_batch=1, cache_dir=str(tmp_path))
@@ -174,3 +176,29 @@ def test_footprint_for_a_target_has_the_planner_fields_and_is_cached(tmp_path):
     fields = {k: first[k] for k in ("argument_bytes", "output_bytes", "temp_bytes", "code_bytes", "alias_bytes")}
     assert Footprint(**fields).total_bytes == Footprint(**{k: again[k] for k in fields}).total_bytes > 0
     assert np.isfinite(first["flops"]) and first["flops"] > 0
+
+
+@pytest.mark.heavy  # one tiny chunk program and Whisper compiled for the H100 (2-4 min on 2 cores)
+def test_plan_for_h100_is_the_xla_gpu_compile(tmp_path):
+    _cuda_plugin()
+    from lipsync_jax.config_utils import load_config, resolve_path
+    from lipsync_jax.pipeline.job import RunOptions, Sampling
+    from lipsync_jax.pipeline.memory import queued_bytes
+    from lipsync_jax.pipeline.models import abstract_models
+    from lipsync_jax.serving.plan import plan_run
+
+    config = load_config(resolve_path("configs/unet/tiny.py"))
+    lines = []
+    plan, fsdp = plan_run(config, RunOptions(plan_for="h100", compile_cache=str(tmp_path)), Sampling(),
+                          log=lines.append)
+    assert fsdp == 1 and plan.target == "h100" and plan.footprint.estimate == "xla:h100"
+    assert (plan.chunk_batch, plan.vae_frames, plan.whisper_on_host) == (2, 16, False)  # 79 GiB: the first choice
+    assert plan.describe().endswith(f"of {aot.get_target('h100').memory_gib:.2f} GB "
+                                    f"(XLA:GPU compile for h100, NVIDIA H100 SXM5 80 GB)")
+    models = abstract_models(config)
+    whisper = aot.whisper_footprint_for("h100", models, batch=models.audio.max_batch, cache_dir=str(tmp_path))
+    assert whisper["compile_seconds"] == 0.0  # the plan compiled it: cached
+    whisper_bytes = sum(whisper[k] for k in ("argument_bytes", "output_bytes", "temp_bytes", "code_bytes"))
+    assert plan.whisper_bytes == whisper_bytes - whisper["alias_bytes"] > whisper["argument_bytes"]
+    assert plan.device_bytes == plan.footprint.total_bytes + plan.whisper_bytes + queued_bytes(models, 2, 2)
+    assert len(lines) == 1 and lines[0].startswith("estimate: chunk_batch 2")

@@ -57,6 +57,8 @@ from lipsync_jax.pipeline import memory
 temp = 1 << 20
 memory.program_footprint = lambda m, **kw: memory.Footprint(argument_bytes=per_device[1], output_bytes=0,
                                                              temp_bytes=temp)
+memory.whisper_footprint = lambda m, windows, **kw: memory.Footprint(argument_bytes=1 << 20, output_bytes=0,
+                                                                     temp_bytes=windows << 20)
 need = per_device[2] + temp + memory.queued_bytes(models, 1, 2)  # Whisper on the host
 planned = LipsyncEngine(models, RunOptions(chunk_batch=1, max_vram_gb=(need + 1024) / memory.GB))
 report["planned"] = [planned.fsdp, dict(planned.mesh.shape), planned.memory_plan.device_bytes == need,

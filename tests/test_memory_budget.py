@@ -21,6 +21,7 @@ from lipsync_jax.pipeline.memory import (
     queued_bytes,
     tree_bytes,
     vae_slice_candidates,
+    whisper_footprint,
 )
 from lipsync_jax.pipeline.models import abstract_models
 from lipsync_jax.pipeline.program import mask_arrays
@@ -50,6 +51,11 @@ def tiny_abstract():
     return abstract_models(load_config(os.path.join(ROOT, "configs/unet/tiny.py")), jnp.float32)
 
 
+def fake_whisper(models, windows, **_):
+    """Whisper's weights + 8 MB of mels and working set per window."""
+    return Footprint(argument_bytes=tree_bytes(models.audio.params), output_bytes=0, temp_bytes=8 * MB * windows)
+
+
 @pytest.fixture
 def stand_in(monkeypatch, tiny_abstract):
     tiny = tiny_abstract
@@ -60,8 +66,14 @@ def stand_in(monkeypatch, tiny_abstract):
         return fake_footprint(models, **kw)
 
     monkeypatch.setattr(memory, "program_footprint", record)
-    extra = lambda cb: tree_bytes(tiny.audio.params) + queued_bytes(tiny, cb, 2)  # noqa: E731
+    monkeypatch.setattr(memory, "whisper_footprint", fake_whisper)
+    extra = lambda cb: whisper_total(tiny) + queued_bytes(tiny, cb, 2)  # noqa: E731
     return calls, extra
+
+
+def whisper_total(models) -> int:
+    """What the planner counts for Whisper on the device: weights + working set at 8 windows."""
+    return fake_whisper(models, models.audio.max_batch).total_bytes
 
 
 def test_plan_prefers_the_fastest_setting_that_fits(tiny_abstract, stand_in):
@@ -72,7 +84,7 @@ def test_plan_prefers_the_fastest_setting_that_fits(tiny_abstract, stand_in):
     assert len(calls) == 1  # one estimate when the default fits
 
     need = lambda cb, frames: fake_footprint(tiny, chunk_batch=cb, vae_frames=frames).total_bytes + extra(cb)  # noqa: E731
-    whisper = tree_bytes(tiny.audio.params)  # Whisper off the device comes first (it runs once, before sampling)
+    whisper = whisper_total(tiny)  # Whisper off the device comes first (it runs once, before sampling)
     budget = (need(2, 4) + need(2, 8)) / 2 - whisper  # chunk_batch 2 fits with slices of 4 frames, not 8
     plan = plan_memory(tiny, budget / GB, chunk_batch=2)
     assert (plan.chunk_batch, plan.vae_frames) == (2, 4) and plan.device_bytes <= budget
@@ -87,16 +99,19 @@ def test_plan_prefers_the_fastest_setting_that_fits(tiny_abstract, stand_in):
 def test_plan_moves_whisper_off_the_device_only_when_needed(tiny_abstract, stand_in):
     tiny = tiny_abstract
     _, extra = stand_in
-    whisper = tree_bytes(tiny.audio.params)
+    whisper = whisper_total(tiny)  # its working set (64 MB here) leaves the device with its weights
     need = fake_footprint(tiny, chunk_batch=1, vae_frames=16).total_bytes + extra(1)
     plan = plan_memory(tiny, (need - whisper / 2) / GB, chunk_batch=1)
     assert plan.whisper_on_host and plan.vae_frames == 16 and plan.device_bytes == need - whisper
+    assert plan.whisper_bytes == whisper > tree_bytes(tiny.audio.params) + 60 * MB
+    live = plan_memory(tiny, None, chunk_batch=1, whisper_windows=1)  # the live mode: one window per call
+    assert live.device_bytes == need - whisper + fake_whisper(tiny, 1).total_bytes
 
 
 def test_impossible_budget_fails_in_the_engine_before_any_work(tiny_abstract, stand_in):
     tiny = tiny_abstract
     _, extra = stand_in
-    smallest = fake_footprint(tiny, chunk_batch=1, vae_frames=1).total_bytes + extra(1) - tree_bytes(tiny.audio.params)
+    smallest = fake_footprint(tiny, chunk_batch=1, vae_frames=1).total_bytes + extra(1) - whisper_total(tiny)
     with pytest.raises(MemoryBudgetError) as error:
         LipsyncEngine(tiny, RunOptions(chunk_batch=2, max_vram_gb=0.05))
     message = str(error.value)
@@ -149,16 +164,17 @@ def test_compiled_footprint_parts_and_vae_slices(tiny, footprints, cache_dir):
 @pytest.mark.slow
 def test_compiled_budget_picks_smaller_vae_slices(tiny, footprints, cache_dir):
     full, sliced = footprints
-    whisper = tree_bytes(tiny.audio.params)
-    budget = (whole(tiny, full) + whole(tiny, sliced)) / 2 - whisper  # Whisper off the device is not enough
+    whisper = whisper_footprint(tiny, tiny.audio.max_batch, cache_dir=cache_dir).total_bytes
+    assert whisper > tree_bytes(tiny.audio.params)  # its working set is counted, not only its weights
+    budget = (whole(tiny, full, whisper) + whole(tiny, sliced, whisper)) / 2 - whisper  # on the host is not enough
     plan = plan_memory(tiny, budget / GB, chunk_batch=1, num_steps=STEPS, guidance_scale=GUIDANCE, cache_dir=cache_dir)
     assert plan.chunk_batch == 1 and plan.vae_frames < tiny.num_frames
     assert plan.vae_frames in vae_slice_candidates(tiny.num_frames)
     assert plan.device_bytes <= budget
 
 
-def whole(models, fp, chunk_batch=1):
-    return fp.total_bytes + tree_bytes(models.audio.params) + queued_bytes(models, chunk_batch, 2)
+def whole(models, fp, whisper, chunk_batch=1):
+    return fp.total_bytes + whisper + queued_bytes(models, chunk_batch, 2)
 
 
 @pytest.mark.slow
@@ -250,6 +266,7 @@ def test_plan_skips_settings_whose_attention_logits_cannot_fit(monkeypatch, v16_
         return Footprint(argument_bytes=int(2.6 * GB), output_bytes=0, temp_bytes=int(6 * GB))
 
     monkeypatch.setattr(memory, "program_footprint", record)
+    monkeypatch.setattr(memory, "whisper_footprint", fake_whisper)
     lines = []
     plan = plan_memory(models, 12.0, chunk_batch=2, log=lines.append)
     assert (plan.chunk_batch, plan.attention_backend) == (2, "chunked")  # 2.5 + 2 x 4 GiB of logits < 12

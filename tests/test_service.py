@@ -62,6 +62,7 @@ def stand_in_footprint(monkeypatch):
         return Footprint(argument_bytes=100 * MB, output_bytes=MB, temp_bytes=40 * MB * chunk_batch)
 
     monkeypatch.setattr(memory, "program_footprint", footprint)
+    monkeypatch.setattr(memory, "whisper_footprint", lambda models, windows, **kw: Footprint(MB, MB, 8 * MB * windows))
     return calls
 
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import jax
 
+from lipsync_jax.accelerators import GIB, Target
 from lipsync_jax.aot.cost import Cost, jaxpr_cost, roofline
-from lipsync_jax.aot.targets import GIB, Target
 
 _TRACING_LOCK = threading.Lock()
 TRITON_TILE_ERROR = "Couldn't find output tile sizes"

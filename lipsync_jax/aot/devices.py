@@ -17,7 +17,7 @@ import os
 import numpy as np
 from jax.sharding import Mesh
 
-from lipsync_jax.aot.targets import Target, get_target
+from lipsync_jax.accelerators import Target, get_target
 
 REQUIREMENTS = "requirements-aot.txt"
 
@@ -29,7 +29,10 @@ class AOTUnavailableError(RuntimeError):
 def _gpu_plugin_installed() -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+    try:
+        return importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+    except ModuleNotFoundError:  # no jax_plugins package at all
+        return False
 
 
 def _libtpu_installed() -> bool:

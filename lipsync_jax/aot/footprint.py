@@ -16,8 +16,8 @@ from typing import Any
 
 import jax
 
+from lipsync_jax.accelerators import Target, get_target
 from lipsync_jax.aot.compile import CompileStats, compile_traced
-from lipsync_jax.aot.targets import Target, get_target
 
 ESTIMATES_FILE = "aot_estimates.json"
 _lock = threading.Lock()
@@ -86,12 +86,15 @@ def cached_compile(cache: ResultCache, key: str, trace: Callable[[], tuple], tar
 
 
 def chunk_program_key(target: Target, models: Any, **settings: Any) -> str:
-    from lipsync_jax.pipeline.memory import _estimate_key
+    """The key of a chunk-program row: the planner's estimate key (models, settings, the program's
+    inputs) with the target's identity."""
+    from lipsync_jax.pipeline.memory import _estimate_key, program_inputs
 
     class _Device:  # the estimate key's device fields, for a target
         platform, device_kind = target.platform, target.device
 
-    return result_key(kind="chunk_program", models=_estimate_key(models, _Device(), **settings),
+    inputs = program_inputs(models, int(settings["chunk_batch"]))
+    return result_key(kind="chunk_program", models=_estimate_key(models, _Device(), inputs=inputs, **settings),
                       **target_identity(target))
 
 

@@ -23,9 +23,9 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lipsync_jax.accelerators import Target
 from lipsync_jax.aot.compile import tracing_for
 from lipsync_jax.aot.devices import target_mesh
-from lipsync_jax.aot.targets import Target
 
 
 def _with_sharding(tree: Any, sharding: Any) -> Any:
@@ -37,7 +37,7 @@ def trace_chunk_program(target: Target, models: Any, *, chunk_batch: int, vae_fr
                         attention_backend: str = "auto", num_steps: int = 20, guidance_scale: float = 1.5,
                         sampler_options: Mapping[str, Any] | None = None):
     """The chunk program for one chip of ``target`` (module doc). ``models``: ``LipsyncModels``
-    whose parameters may be ``ShapeDtypeStruct`` s (``pipeline.memory.abstract_models``)."""
+    whose parameters may be ``ShapeDtypeStruct`` s (``pipeline.models.abstract_models``)."""
     from lipsync_jax.pipeline.memory import with_attention_backend
     from lipsync_jax.pipeline.program import ChunkProgram
 

@@ -40,6 +40,7 @@ from lipsync_jax.pipeline.face_choice import LandmarkerPool
 from lipsync_jax.pipeline.job import InferenceResult, OptionError, RunOptions, Sampling, SyncJob
 from lipsync_jax.pipeline.job_runner import JobHooks, run_job
 from lipsync_jax.pipeline.memory import (
+    FootprintSource,
     MemoryBudgetError,
     MemoryPlan,
     move_whisper_to_host,
@@ -64,12 +65,45 @@ from lipsync_jax.pipeline.program import ChunkProgram, start_noise
 from lipsync_jax.pipeline.timing import StageTimer
 
 
+def check_runs_here(run: RunOptions) -> None:
+    """``OptionError`` for options that only plan (``--plan_only``, ``--plan_for``: serving/plan.py
+    prints the plan): nothing is built or run with them."""
+    if run.plans_only:
+        what = f"plan_for {run.plan_for}" if run.plan_for else "plan_only"
+        raise OptionError(f"{what}: the memory plan is printed (serving.plan.print_plan); nothing runs with it")
+
+
+def fit_memory(models: LipsyncModels, run: RunOptions, sampling: Sampling, *, device_count: int, fsdp: int,
+               chunk_batch: int, device=None, footprints: FootprintSource | None = None,
+               whisper_windows: int | None = None, log: Callable[[str], None] | None = None
+               ) -> tuple[MemoryPlan, int]:
+    """(memory plan within ``run.max_vram_gb``, fsdp) for ``device_count`` devices: the planner with
+    the weights' fsdp share taken off; an automatic fsdp (``run.fsdp`` None) grows from ``fsdp``
+    over the divisors of the device count until a plan fits; the last one's error otherwise.
+    ``footprints``: where the footprints come from (default: ``device``'s own compile);
+    ``whisper_windows``: Whisper's windows per call (default: an offline job's batch)."""
+    choices = [fsdp] if run.fsdp is not None else [d for d in fsdp_choices(device_count) if d >= fsdp]
+    for i, size in enumerate(choices):
+        saved = weight_bytes(models) - sharded_weight_bytes(models, size, device_count)  # not held per device
+        try:
+            plan = plan_memory(models, run.max_vram_gb, chunk_batch=chunk_batch, num_steps=sampling.steps,
+                               guidance_scale=sampling.guidance, sampler_options=sampling.sampler_options(),
+                               device=device, queue_batches=run.queue_batches, weight_bytes_saved=saved,
+                               footprints=footprints, whisper_windows=whisper_windows, log=log)
+            return plan, size
+        except MemoryBudgetError:
+            if i == len(choices) - 1:
+                raise
+    raise AssertionError("unreachable: fsdp_choices is never empty")
+
+
 class LipsyncEngine:
     def __init__(self, models: LipsyncModels, run: RunOptions | None = None, *,
                  sampling: Sampling | None = None, log: Callable[[str], None] | None = None, max_programs: int = 8):
         """``sampling``: the setting the memory plan is made for (default: LatentSync's loop)."""
         self.max_programs = int(max_programs)
         self.run_options = run = run or RunOptions()
+        check_runs_here(run)
         self.models = models
         self.log = log
         local = jax.local_devices()
@@ -108,22 +142,9 @@ class LipsyncEngine:
         return choose_fsdp(models, device_memory_bytes(self.devices[0]), n)
 
     def _fit_memory(self, models: LipsyncModels, sampling: Sampling) -> LipsyncModels:
-        """The memory plan with the weights' fsdp share: an automatic fsdp grows (divisors of the
-        device count) until a plan fits; the last one's error otherwise."""
-        n = len(self.devices)
-        run = self.run_options
-        choices = [self.fsdp] if run.fsdp is not None else [d for d in fsdp_choices(n) if d >= self.fsdp]
-        for i, fsdp in enumerate(choices):
-            saved = weight_bytes(models) - sharded_weight_bytes(models, fsdp, n)  # not held per device
-            try:
-                plan = plan_memory(models, run.max_vram_gb, chunk_batch=self.chunk_batch,
-                                          num_steps=sampling.steps, guidance_scale=sampling.guidance,
-                                          sampler_options=sampling.sampler_options(), device=self.devices[0],
-                                          queue_batches=run.queue_batches, weight_bytes_saved=saved)
-                break
-            except MemoryBudgetError:
-                if i == len(choices) - 1:
-                    raise
+        """The memory plan (``fit_memory``) applied: mesh, chunk batch, VAE slices, Whisper's place."""
+        plan, fsdp = fit_memory(models, self.run_options, sampling, device_count=len(self.devices), fsdp=self.fsdp,
+                                chunk_batch=self.chunk_batch, device=self.devices[0])
         if fsdp != self.fsdp:
             self.fsdp, self.mesh = fsdp, engine_mesh(self.devices, fsdp)
         self.memory_plan, self.chunk_batch, self.vae_frames = plan, plan.chunk_batch, plan.vae_frames

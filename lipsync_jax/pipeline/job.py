@@ -25,6 +25,7 @@ import types
 from collections.abc import Mapping
 from typing import Any
 
+from lipsync_jax.accelerators import TARGETS
 from lipsync_jax.audio.features import DEFAULT_INFERENCE_WINDOWS
 from lipsync_jax.audio.windows import AUDIO_WINDOWS
 from lipsync_jax.diffusion.sampler import SOLVERS
@@ -151,6 +152,16 @@ def parse_face_audio(value: Any) -> Mapping[str, str]:
     return types.MappingProxyType(result)
 
 
+def parse_plan_for(value: Any) -> str | None:
+    """A named accelerator (lipsync_jax/accelerators) to plan the memory for, None: the local device."""
+    if not _given(value):
+        return None
+    name = str(value).strip().lower()
+    if name not in TARGETS:
+        raise OptionError(f"plan_for {_show(value)}: choose one of {', '.join(TARGETS)}")
+    return name
+
+
 def parse_max_seconds(value: Any) -> float | None:
     """Seconds of the audio to use (None: all); at least one video frame's worth."""
     if not _given(value):
@@ -238,8 +249,11 @@ class RunOptions:
     on GPU/TPU); ``fsdp``: devices the weights are split over (None: automatic); ``max_vram_gb``:
     the device-memory budget the planner fits (None: no limit); ``devices``: use the first N local
     devices (None: all); ``dtype``: None = bfloat16 on GPU/TPU, float32 on CPU; ``compile_cache``:
-    the persistent XLA cache folder (None: the default one; "" : off). ``vae_frames``,
-    ``queue_batches`` and ``restore_threads`` tune memory and host threads (no flags)."""
+    the persistent XLA cache folder (None: the default one; "" : off). ``plan_for``: a named
+    accelerator (``lipsync_jax.accelerators.TARGETS``) the memory plan is made for instead of the
+    local devices; ``plan_only``: print the plan and run nothing (``plan_for`` implies it:
+    serving/plan.py). ``vae_frames``, ``queue_batches`` and ``restore_threads`` tune memory and
+    host threads (no flags)."""
 
     chunk_batch: int | None = None
     fsdp: int | None = None
@@ -248,6 +262,8 @@ class RunOptions:
     dtype: str | None = None
     compile_cache: str | None = None
     face_backend: str = "mediapipe"
+    plan_for: str | None = None
+    plan_only: bool = False
     vae_frames: int | None = None
     queue_batches: int = 2
     restore_threads: int | None = None
@@ -263,6 +279,14 @@ class RunOptions:
         set_("dtype", None if not _given(self.dtype) else parse_choice("dtype", self.dtype, DTYPES))
         set_("face_backend", parse_choice("face_backend", self.face_backend, FACE_BACKENDS))
         set_("queue_batches", parse_int("queue_batches", self.queue_batches, low=1))
+        set_("plan_for", parse_plan_for(self.plan_for))
+        if not isinstance(self.plan_only, bool):
+            raise OptionError(f"plan_only {_show(self.plan_only)}: must be True or False")
+
+    @property
+    def plans_only(self) -> bool:
+        """Print the memory plan and run nothing (``plan_only``, or a plan for another device)."""
+        return self.plan_only or self.plan_for is not None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,16 +11,24 @@ everything the program depends on (model configs, dtypes, parameter shapes, reso
 batch, VAE slice, attention backend, sampler settings, jax version and device kind).
 
 The engine's whole-device estimate (``MemoryPlan.device_bytes``) adds to the program's total what
-lives beside it: the Whisper weights (unless moved to the host) and the chunk batches queued
-between the host stages (``queue_batches`` x one call's inputs + outputs).
+lives beside it: Whisper's encoder (unless moved to the host), its compiled footprint too (weights,
+mels, output and working set: 1.01 GiB at 8 windows per call on a GPU, of which 0.03 GiB weights),
+counted as live beside the chunk program (an upper bound for an offline job, which encodes the
+audio before sampling; the live mode runs both at once), and the chunk batches queued between the
+host stages (``queue_batches`` x one call's inputs + outputs).
+
+Where the footprints come from is a ``FootprintSource``: by default the first local device's own
+compile (``local_footprints``); for a named accelerator that is not here (``--plan_for``) XLA's
+GPU/TPU compiler for it, ``lipsync_jax.aot.target_footprints``, which falls back to the CPU model
+below when that compiler is not installed. ``MemoryPlan.describe()`` names the source.
 
 ``plan_memory(models, budget_gb, ...)`` picks, before any work, the fastest setting that fits:
 the largest ``chunk_batch`` (from the default down to 1), then the largest VAE encode/decode
 slice (frames per ``lax.map`` step, from the chunk's 16 down to 1), the attention backends in
 order of preference ("auto": on GPU in bf16 cuDNN flash attention, whose memory is linear in the
 tokens, else XLA; then "chunked": XLA over blocks of 1024 queries, the logits of one block at a
-time), and, only when that is what makes it fit, Whisper's
-weights on the host (Whisper runs once per job, before sampling). If nothing fits:
+time), and, only when that is what makes it fit, Whisper
+on the host (its weights and working set off the device: it runs once per job, before sampling). If nothing fits:
 ``MemoryBudgetError`` naming the budget and the smallest footprint.
 
 Estimates on CPU model a device with native bfloat16 (``estimate="native_bf16"``, the default):
@@ -44,7 +52,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -99,19 +107,54 @@ class MemoryPlan:
     chunk_batch: int  # chunks per device per program call
     vae_frames: int  # frames per VAE encode/decode step
     attention_backend: str  # the UNet's attention backend
-    whisper_on_host: bool  # Whisper's weights moved off the device (it runs before sampling)
+    whisper_on_host: bool  # Whisper moved off the device (it runs before sampling)
     footprint: Footprint  # the chosen program's compiled analysis
     device_bytes: int  # the whole estimate: program + Whisper (if on device) + queued batches
     budget_bytes: int | None = None
+    whisper_bytes: int = 0  # Whisper's compiled footprint (weights + working set), on the device or not
+    source: str = ""  # how the footprints were made (``FootprintSource.label``)
+    target: str | None = None  # the named accelerator planned for (None: a local device)
 
     def describe(self) -> str:
+        """One line: the setting, the estimate, the budget and which estimate it is."""
         parts = [f"chunk_batch {self.chunk_batch}", f"VAE slices of {self.vae_frames} frames",
                  f"attention {self.attention_backend}"]
         if self.whisper_on_host:
             parts.append("Whisper on the host")
-        budget = f" of {self.budget_bytes / GB:.2f} GB" if self.budget_bytes else ""
-        how = " (CPU compile modelling a native-bf16 device)" if self.footprint.estimate == "native_bf16" else ""
-        return f"memory plan: {', '.join(parts)}: {self.device_bytes / GB:.2f} GB estimated{how}{budget}"
+        budget = f" of {self.budget_bytes / GB:.2f} GB" if self.budget_bytes else " (no budget)"
+        where = f" for {self.target}" if self.target else ""
+        how = f" ({self.source})" if self.source else ""
+        return f"memory plan{where}: {', '.join(parts)}: {self.device_bytes / GB:.2f} GB estimated{budget}{how}"
+
+
+@dataclasses.dataclass(frozen=True)
+class FootprintSource:
+    """Where the planner's footprints come from. ``program(models, chunk_batch=, vae_frames=,
+    attention_backend=, num_steps=, guidance_scale=, sampler_options=)`` and ``whisper(models,
+    windows)`` return ``Footprint`` s for ONE device; ``platform``: the platform whose compile they
+    are (it decides what attention "auto" is there, so which settings cannot fit, and the default
+    chunk batch); ``label``: how they are made, in words; ``target``: the named accelerator
+    (lipsync_jax/accelerators) they are for, None for a local device."""
+
+    platform: str
+    program: Callable[..., Footprint]
+    whisper: Callable[[Any, int], Footprint]
+    label: str
+    target: str | None = None
+
+
+def local_footprints(device=None, *, cache_dir: str | None = None, estimate: str = "native_bf16",
+                     use_cache: bool = True) -> FootprintSource:
+    """Footprints compiled for ``device`` (default: the first local one) on this host (module doc)."""
+    device = device or jax.local_devices()[0]
+    modelled = bool(estimate_compiler_options(device.platform, estimate))
+    label = ("CPU compile modelling a native-bf16 device" if modelled else "CPU compile" if device.platform == "cpu"
+             else f"XLA compile for this {device.platform} ({getattr(device, 'device_kind', '')})")
+    kw = dict(device=device, cache_dir=cache_dir, use_cache=use_cache)
+    return FootprintSource(  # the module's functions looked up at each call (tests put stand-ins there)
+        platform=device.platform, label=label,
+        program=lambda models, **settings: program_footprint(models, estimate=estimate, **kw, **settings),
+        whisper=lambda models, windows: whisper_footprint(models, windows, **kw))
 
 
 def tree_bytes(tree: Any) -> int:
@@ -141,6 +184,14 @@ def _estimate_key(models, device, **settings) -> str:
         **{k: (sorted((str(a), str(b)) for a, b in v.items()) if isinstance(v, Mapping) else v)
            for k, v in settings.items()}}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def program_inputs(models, chunk_batch: int) -> list:
+    """The chunk program's inputs ``[name, shape, dtype]`` for ``chunk_batch`` chunks on one device:
+    part of every estimate's key (a program that takes another input is another program)."""
+    cpu = jax.local_devices(backend="cpu")[:1]  # only the shapes are read: any device will do
+    program = ChunkProgram(models, data_mesh(cpu), num_steps=1, guidance_scale=1.0, chunks_per_device=chunk_batch)
+    return sorted([name, list(shape), np.dtype(dtype).name] for name, (shape, dtype) in program.input_shapes().items())
 
 
 def _read_estimates(path: str) -> dict:
@@ -196,7 +247,7 @@ def program_footprint(models, *, chunk_batch: int, vae_frames: int | None = None
     extra = {"compiler_options": options} if options else {}  # raw: the keys of earlier (raw) estimates
     key = _estimate_key(models, device, chunk_batch=int(chunk_batch), vae_frames=vae_frames,
                         attention=attention_backend, num_steps=int(num_steps), cfg=float(guidance_scale) > 1.0,
-                        sampler=sampler_options, **extra)
+                        sampler=sampler_options, inputs=program_inputs(models, int(chunk_batch)), **extra)
     path = estimates_path(cache_dir)
     if use_cache:
         cached = _read_estimates(path).get(key)
@@ -204,16 +255,45 @@ def program_footprint(models, *, chunk_batch: int, vae_frames: int | None = None
             return Footprint(**{"estimate": mode, **cached})
     program = ChunkProgram(models, data_mesh([device]), num_steps=num_steps, guidance_scale=guidance_scale,
                            chunks_per_device=chunk_batch, sampler_options=sampler_options, vae_frames=vae_frames)
+    footprint = _compiled_footprint(program.lower(models.unet_params, models.vae_params), options, mode)
+    if use_cache:
+        _write_estimate(path, key, footprint.as_dict())
+    return footprint
+
+
+def _compiled_footprint(lowered, options: dict, estimate: str) -> Footprint:
     begin = time.perf_counter()
-    lowered = program.lower(models.unet_params, models.vae_params)
     stats = (lowered.compile(compiler_options=options) if options else lowered.compile()).memory_analysis()
-    seconds = time.perf_counter() - begin
-    footprint = Footprint(argument_bytes=int(stats.argument_size_in_bytes),
-                          output_bytes=int(stats.output_size_in_bytes),
-                          temp_bytes=int(stats.temp_size_in_bytes),
-                          code_bytes=int(getattr(stats, "generated_code_size_in_bytes", 0) or 0),
-                          alias_bytes=int(getattr(stats, "alias_size_in_bytes", 0) or 0), compile_seconds=seconds,
-                          estimate=mode)
+    return Footprint(argument_bytes=int(stats.argument_size_in_bytes), output_bytes=int(stats.output_size_in_bytes),
+                     temp_bytes=int(stats.temp_size_in_bytes),
+                     code_bytes=int(getattr(stats, "generated_code_size_in_bytes", 0) or 0),
+                     alias_bytes=int(getattr(stats, "alias_size_in_bytes", 0) or 0),
+                     compile_seconds=time.perf_counter() - begin, estimate=estimate)
+
+
+def whisper_footprint(models, windows: int, *, device=None, cache_dir: str | None = None,
+                      use_cache: bool = True) -> Footprint:
+    """XLA's compiled memory analysis of the Whisper encoder over ``windows`` 30 s mel windows per
+    call on ONE device (``device``, default the first local one): arguments = its weights + the
+    mels, temporaries = its working set. Float32, so a CPU compile needs no modelling. Cached with
+    the chunk-program estimates."""
+    device = device or jax.local_devices()[0]
+    audio = models.audio
+    windows = int(windows)
+    key = hashlib.sha256(json.dumps({"kind": "whisper", "audio": repr(audio.config), "dtype": str(audio.model.dtype),
+                                     "windows": windows, "jax": jax.__version__, "platform": device.platform,
+                                     "device_kind": getattr(device, "device_kind", "")},
+                                    sort_keys=True).encode()).hexdigest()[:24]
+    path = estimates_path(cache_dir)
+    if use_cache:
+        cached = _read_estimates(path).get(key)
+        if cached:
+            return Footprint(**cached)
+    on_device = jax.sharding.SingleDeviceSharding(device)
+    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_device), audio.params)
+    mels = jax.ShapeDtypeStruct((windows, audio.config.n_frames, audio.config.n_mels), jnp.float32, sharding=on_device)
+    lowered = jax.jit(lambda p, mel: audio.model.apply({"params": p}, mel)[0]).lower(params, mels)
+    footprint = _compiled_footprint(lowered, {}, "raw")
     if use_cache:
         _write_estimate(path, key, footprint.as_dict())
     return footprint
@@ -280,28 +360,34 @@ def plan_memory(models, budget_gb: float | None, *, chunk_batch: int | None = No
                 guidance_scale: float = 1.5, sampler_options: Mapping[str, Any] | None = None, device=None,
                 queue_batches: int = 2, cache_dir: str | None = None,
                 chunk_batches: Sequence[int] | None = None, log=None, estimate: str = "native_bf16",
-                weight_bytes_saved: int = 0) -> MemoryPlan:
+                weight_bytes_saved: int = 0, footprints: FootprintSource | None = None,
+                whisper_windows: int | None = None) -> MemoryPlan:
     """The fastest setting whose estimated device memory fits ``budget_gb`` (GiB; None: no limit, the
-    default setting). ``chunk_batch``: the largest to try (default ``default_chunk_batch()``);
-    ``estimate``: how CPU estimates are compiled (module doc); ``weight_bytes_saved``: bytes of the
+    default setting). ``chunk_batch``: the largest to try (default ``default_chunk_batch()`` of the
+    footprints' platform); ``footprints``: where the footprints come from (default
+    ``local_footprints(device, cache_dir=, estimate=)``: ``estimate`` is how CPU estimates are
+    compiled, module doc); ``whisper_windows``: Whisper's windows per call (default its
+    ``max_batch``, an offline job's; the live mode: 1); ``weight_bytes_saved``: bytes of the
     UNet/VAE weights each device does NOT hold (the engine's fsdp shards, pipeline/placement.py),
     taken off the one-device estimate."""
-    device = device or jax.local_devices()[0]
-    largest = int(chunk_batch or default_chunk_batch(device.platform))
+    source = footprints or local_footprints(device, cache_dir=cache_dir, estimate=estimate)
+    platform = source.platform
+    largest = int(chunk_batch or default_chunk_batch(platform))
     batches = list(chunk_batches or range(largest, 0, -1))
-    whisper = tree_bytes(models.audio.params) if models.audio.params is not None else 0
+    whisper = 0
+    if models.audio.params is not None:  # its weights, mels, output and working set
+        whisper = source.whisper(models, int(whisper_windows or models.audio.max_batch)).total_bytes
     slices = vae_slice_candidates(models.num_frames)
-    backends = attention_candidates(device.platform, models.dtype, models.latent_size ** 2)
+    backends = attention_candidates(platform, models.dtype, models.latent_size ** 2)
     budget = None if budget_gb is None else int(float(budget_gb) * GB)
-    kw = dict(num_steps=num_steps, guidance_scale=guidance_scale, sampler_options=sampler_options, device=device,
-              cache_dir=cache_dir, estimate=estimate)
+    kw = dict(num_steps=num_steps, guidance_scale=guidance_scale, sampler_options=sampler_options)
     smallest: tuple[int, MemoryPlan] | None = None
 
     weights = tree_bytes(models.unet_params) + tree_bytes(models.vae_params) - int(weight_bytes_saved)
 
     def hopeless(cb: int, backend: str) -> bool:  # certainly over budget: no need to compile it
         floor = weights + attention_logits_bytes(models, cb, backend, guidance_scale=guidance_scale,
-                                                 platform=device.platform)
+                                                 platform=platform)
         if budget is not None and floor > budget:
             if log:
                 log(f"skipped: chunk_batch {cb}, attention {backend}: weights + attention logits alone are "
@@ -311,14 +397,15 @@ def plan_memory(models, budget_gb: float | None, *, chunk_batch: int | None = No
 
     def candidate(cb: int, frames: int, backend: str) -> MemoryPlan | None:
         nonlocal smallest
-        fp = program_footprint(models, chunk_batch=cb, vae_frames=frames, attention_backend=backend, **kw)
+        fp = source.program(models, chunk_batch=cb, vae_frames=frames, attention_backend=backend, **kw)
         base = fp.total_bytes + queued_bytes(models, cb, queue_batches) - int(weight_bytes_saved)
         if log:
             log(f"estimate: chunk_batch {cb}, VAE slices of {frames}, attention {backend}: "
                 f"{(base + whisper) / GB:.2f} GB")
         for on_host in (False, True):
             total = base + (0 if on_host else whisper)
-            plan = MemoryPlan(cb, frames, backend, on_host, fp, total, budget)
+            plan = MemoryPlan(cb, frames, backend, on_host, fp, total, budget, whisper_bytes=whisper,
+                              source=source.label, target=source.target)
             if smallest is None or total < smallest[0]:
                 smallest = (total, plan)
             if budget is None or total <= budget:
@@ -346,10 +433,11 @@ def plan_memory(models, budget_gb: float | None, *, chunk_batch: int | None = No
         candidate(batches[-1], slices[-1], backends[-1])
     assert smallest is not None
     least = smallest[1]
+    where = f" for {source.target}" if source.target else ""
     raise MemoryBudgetError(
-        f"--max_vram {budget_gb:g} GB is too small: the smallest footprint of this model at {models.resolution} px "
-        f"is {smallest[0] / GB:.2f} GB (chunk_batch {least.chunk_batch}, VAE slices of {least.vae_frames} frames, "
-        f"attention {least.attention_backend}, Whisper on the host; "
+        f"--max_vram {budget_gb:g} GB is too small{where}: the smallest footprint of this model at "
+        f"{models.resolution} px is {smallest[0] / GB:.2f} GB (chunk_batch {least.chunk_batch}, VAE slices of "
+        f"{least.vae_frames} frames, attention {least.attention_backend}, Whisper on the host; "
         f"weights {least.footprint.argument_bytes / GB:.2f} GB)")
 
 

@@ -39,7 +39,7 @@ from typing import Any
 from absl import app, flags
 
 from lipsync_jax.device_memory import configure_gpu_memory
-from lipsync_jax.pipeline.job import JobDefaults, OptionError, Request, parse_request
+from lipsync_jax.pipeline.job import JobDefaults, OptionError, Request, parse_request, parse_sampling
 from lipsync_jax.quiet import configure_terminal
 from lipsync_jax.serving import flags as shared
 from lipsync_jax.serving.batch_jobs import (
@@ -55,6 +55,7 @@ from lipsync_jax.serving.batch_jobs import (
 from lipsync_jax.serving.cli import run_command
 from lipsync_jax.serving.files import dirname, file_exists, join, open_text
 from lipsync_jax.serving.fingerprint import job_settings, model_identity
+from lipsync_jax.serving.plan import print_plan
 from lipsync_jax.serving.service import RANDOM_WEIGHTS_WARNING, LipsyncService
 
 REQUIRED = ("video", "audio", "output")
@@ -184,11 +185,13 @@ def run_batch_command(jobs_path: str, fv, state: dict | None = None) -> int:
     the outcomes so far (for the summary of a stopped batch: ``stopped_summary``). Returns the exit
     status."""
     state = {} if state is None else state
+    config, defaults = shared.config_and_defaults(fv)
+    run_options = shared.run_options(fv, defaults)
+    if run_options.plans_only:  # --plan_only / --plan_for: the plan for the command line's sampling, no jobs run
+        return print_plan(config, run_options, parse_sampling(shared.sampling_values(fv), defaults))
 
     rows = state["rows"] = read_jobs(jobs_path)  # a bad table fails before loading models
     state["outcomes"] = {}
-    config, defaults = shared.config_and_defaults(fv)
-    run_options = shared.run_options(fv, defaults)
     command_line = {**shared.job_values(fv), **shared.sampling_values(fv)}
     requests = parse_rows(jobs_path, rows, defaults, command_line)
     if fv["random_init"].value:

@@ -16,6 +16,7 @@ from typing import Any
 from absl import flags
 
 from lipsync_jax import cli_flags
+from lipsync_jax.accelerators import TARGETS
 from lipsync_jax.pipeline.job import JobDefaults, RunOptions, parse_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -74,6 +75,13 @@ def define_run_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     text("max_vram", "Device-memory budget in GB (GiB): the memory planner picks settings that fit it "
                      "(default: the config's run.max_vram_gb, 0 = no limit).")
     text("devices", "Use the first N local devices (default: all).")
+    text("plan_for", f"Make the memory plan for this accelerator instead of the local devices, print it and exit "
+                     f"(no weights loaded, nothing run): {', '.join(TARGETS)}. Footprints from XLA's compiler for it "
+                     f"(pip install -r requirements-aot.txt), else the CPU-modelled estimate; --max_vram defaults to "
+                     f"its memory (docs/aot.md).")
+    flags.DEFINE_bool("plan_only", False, "Print the memory plan this run would use (chunk batch, VAE slices, "
+                      "attention, Whisper's place, estimated GB) and exit without loading weights or running.",
+                      flag_values=fv)
     flags.DEFINE_enum("dtype", None, ["bfloat16", "float32"], "Compute dtype (default: bfloat16 on GPU/TPU, "
                       "float32 on CPU).", flag_values=fv)
     flags.DEFINE_enum("face_backend", "mediapipe", ["mediapipe", "insightface"], "Face landmarks: MediaPipe "
@@ -117,7 +125,7 @@ def job_values(fv: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:
 def run_options(fv: flags.FlagValues, defaults: JobDefaults) -> RunOptions:
     """``RunOptions`` from the run flags (the config's run.max_vram_gb when --max_vram is not given)."""
     values = {name: fv[name].value for name in ("chunk_batch", "fsdp", "max_vram", "devices", "dtype",
-                                                "face_backend") if name in fv}
+                                                "face_backend", "plan_for", "plan_only") if name in fv}
     values["compile_cache"] = "" if fv["nocompile_cache"].value else fv["compile_cache"].value
     return parse_run(values, defaults)
 

@@ -20,11 +20,12 @@ from lipsync_jax.device_memory import configure_gpu_memory
 from lipsync_jax.face.list_faces import list_faces as find_and_list
 from lipsync_jax.face.tracks import CHOICES
 from lipsync_jax.pipeline.inputs import check_inputs, check_video
-from lipsync_jax.pipeline.job import parse_max_seconds, parse_request
+from lipsync_jax.pipeline.job import parse_max_seconds, parse_request, parse_sampling
 from lipsync_jax.quiet import configure_terminal
 from lipsync_jax.serving import flags as shared
 from lipsync_jax.serving.batch import run_batch_command, stopped_summary
 from lipsync_jax.serving.cli import run_command
+from lipsync_jax.serving.plan import print_plan
 from lipsync_jax.serving.service import RANDOM_WEIGHTS_WARNING, LipsyncService
 
 FLAGS = flags.FLAGS
@@ -59,6 +60,10 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
 
 
 def run() -> int:
+    config, defaults = shared.config_and_defaults(FLAGS)
+    run_options = shared.run_options(FLAGS, defaults)
+    if run_options.plans_only:  # --plan_only / --plan_for: the memory plan, nothing loaded or run
+        return print_plan(config, run_options, parse_sampling(shared.sampling_values(FLAGS), defaults))
     if FLAGS.batch:  # many jobs, models compiled once
 
         return run_batch_command(FLAGS.batch, FLAGS, BATCH_STATE)
@@ -66,9 +71,7 @@ def run() -> int:
         return list_faces()
     missing = [f"--{name}" for name in ("video", "audio", "output") if not FLAGS[name].value]
     if missing:
-        raise ValueError(f"{', '.join(missing)} required (or --batch JOBS.csv, or --list_faces --video V)")
-    config, defaults = shared.config_and_defaults(FLAGS)
-    run_options = shared.run_options(FLAGS, defaults)
+        raise ValueError(f"{', '.join(missing)} required (or --batch JOBS.csv, --list_faces --video V, --plan_only)")
     values = {**shared.job_values(FLAGS), **shared.sampling_values(FLAGS)}
     request = parse_request(FLAGS.video, FLAGS.audio, FLAGS.output, values, defaults)  # every value, before work
     check_inputs(FLAGS.video, FLAGS.audio, FLAGS.output)

@@ -44,10 +44,11 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from lipsync_jax.device_memory import configure_gpu_memory
 from lipsync_jax.live.avatar import LiveAvatar
 from lipsync_jax.live.session import StreamClosed, StreamOptions, StreamOverflow, StreamSession, warm_up
-from lipsync_jax.pipeline.job import parse_sampling, parse_seed
+from lipsync_jax.pipeline.job import RunOptions, parse_sampling, parse_seed
 from lipsync_jax.quiet import configure_terminal
 from lipsync_jax.serving import flags as shared
 from lipsync_jax.serving.cli import run_command
+from lipsync_jax.serving.plan import LIVE_WHISPER_WINDOWS, print_plan
 from lipsync_jax.serving.service import RANDOM_WEIGHTS_WARNING, LipsyncService
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -214,6 +215,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_bool("traceback", False, "On an error, print the full traceback (for bug reports).", flag_values=fv)
 
 
+def live_run_options(fv: flags.FlagValues, defaults) -> RunOptions:
+    """The run flags, with one chunk per call unless --chunk_batch says otherwise (a session runs
+    one chunk at a time)."""
+    run = shared.run_options(fv, defaults)
+    return run if run.chunk_batch is not None else dataclasses.replace(run, chunk_batch=1)
+
+
 def prepare(fv: flags.FlagValues):
     """The service (models, engine, memory plan), the session options and the prepared avatar."""
     if not fv.avatar:
@@ -224,9 +232,7 @@ def prepare(fv: flags.FlagValues):
     config, defaults = shared.config_and_defaults(fv)
     sampling = parse_sampling(shared.sampling_values(fv), defaults)
     seed = parse_seed(fv.seed) if fv.seed else defaults.seed
-    run = shared.run_options(fv, defaults)
-    if run.chunk_batch is None:  # a session runs one chunk at a time
-        run = dataclasses.replace(run, chunk_batch=1)
+    run = live_run_options(fv, defaults)
     if fv.random_init:
         print(RANDOM_WEIGHTS_WARNING, file=sys.stderr, flush=True)
     service = LipsyncService.from_config(config, **shared.model_sources(fv), run=run, log=print)
@@ -252,6 +258,11 @@ def main(argv) -> None:
         sys.exit(2)
 
     def serve() -> int:
+        config, defaults = shared.config_and_defaults(fv)
+        run = live_run_options(fv, defaults)
+        if run.plans_only:  # --plan_only / --plan_for: the live mode's plan (Whisper on one window per call)
+            return print_plan(config, run, parse_sampling(shared.sampling_values(fv), defaults),
+                              whisper_windows=LIVE_WHISPER_WINDOWS)
         service, avatar, options = prepare(fv)
         try:
             app = create_app(service.engine, avatar, options=options, max_sessions=fv.max_sessions,

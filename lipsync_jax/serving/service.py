@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from lipsync_jax import config_utils
 from lipsync_jax.pipeline.avatar_cache import AvatarCache, AvatarCacheMiss, CachedFacePass, RecordingFacePass
 from lipsync_jax.pipeline.compile_cache import CompileMonitor, configure_compile_cache
-from lipsync_jax.pipeline.engine import LipsyncEngine
+from lipsync_jax.pipeline.engine import LipsyncEngine, check_runs_here
 from lipsync_jax.pipeline.inputs import check_inputs
 from lipsync_jax.pipeline.job import (
     InferenceResult,
@@ -152,7 +152,8 @@ class LipsyncService:
         run = run or RunOptions()
         if isinstance(config, str):
             config = config_utils.load_config(config, overrides=list(overrides))
-        check_devices(run)  # one line before the models are loaded
+        check_runs_here(run)  # one line before the models are loaded
+        check_devices(run)
         configure_compile_cache(run.compile_cache)
         defaults = JobDefaults.from_config(config)
         models = build_models(config, unet_checkpoint=unet_checkpoint, vae_checkpoint=vae_checkpoint,
@@ -185,7 +186,8 @@ class LipsyncService:
                 "memory_plan": None if plan is None else {
                     "chunk_batch": plan.chunk_batch, "vae_frames": plan.vae_frames,
                     "attention_backend": plan.attention_backend, "whisper_on_host": plan.whisper_on_host,
-                    "estimated_gb": round(plan.device_bytes / 2 ** 30, 3),
+                    "estimated_gb": round(plan.device_bytes / 2 ** 30, 3), "estimate": plan.source,
+                    "whisper_gb": round(plan.whisper_bytes / 2 ** 30, 3),
                     "budget_gb": None if plan.budget_bytes is None else round(plan.budget_bytes / 2 ** 30, 3)},
                 "random_weights": self.random_weights,
                 "avatar_cache": self.avatar_cache.root if self.avatar_cache else None}

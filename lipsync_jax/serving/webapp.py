@@ -33,6 +33,7 @@ from lipsync_jax.quiet import configure_terminal
 from lipsync_jax.serving import flags as shared
 from lipsync_jax.serving.cli import error_line, is_known, run_command
 from lipsync_jax.serving.live_server import entry as live_entry
+from lipsync_jax.serving.plan import print_plan
 from lipsync_jax.serving.service import RANDOM_WEIGHTS_WARNING, LipsyncService, ServiceLimits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -297,7 +298,12 @@ def make_service(fv: flags.FlagValues):
 
 
 def serve(fv: flags.FlagValues) -> int:
-    """Build the service and serve until stopped (runs in run_command's worker thread)."""
+    """Build the service and serve until stopped (runs in run_command's worker thread); with
+    --plan_only / --plan_for print the memory plan instead (nothing loaded or served)."""
+    config, defaults = shared.config_and_defaults(fv)
+    run = shared.run_options(fv, defaults)
+    if run.plans_only:
+        return print_plan(config, run, defaults.sampling)
     if fv.random_init:
         print(RANDOM_WEIGHTS_WARNING, file=sys.stderr, flush=True)
     service = make_service(fv)

@@ -1,4 +1,7 @@
-"""The named accelerators the ahead-of-time compile (lipsync_jax/aot) can target without having one.
+"""The named accelerators a plan or a compile can target without having one (``--plan_for``, bench/aot.py).
+
+The memory planner (``--plan_for TARGET``: pipeline/memory.py, serving/plan.py) and the
+ahead-of-time compiler (lipsync_jax/aot) both read this table; it imports nothing of the package.
 
 Each ``Target`` gives what XLA needs to describe the device on a CPU host (a GPU's
 ``GpuTargetConfigProto`` text in ``gpu_specs/``, a TPU's libtpu topology) and the public figures
