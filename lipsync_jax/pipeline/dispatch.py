@@ -9,7 +9,8 @@ program, paste the generated faces back. The offline engine (job_runner.py), liv
   stacks up to ``engine.batch`` chunks (padding the batch with the last chunk), runs the moments
   program when every face of the batch has cached VAE moments (moments.py) and the encoding
   program otherwise, and for overlapping windows links the first window of a call to the last
-  window of the previous call when it follows it (the tail trajectory stays on the device).
+  window of the previous call when it follows it (the tail trajectory stays on the device,
+  whichever of the two programs made it).
   Returns the device array of generated faces (B, f, R, R, 3) float32 without waiting for it.
 - ``paste_faces(frame, pastes)``: each (aligned face, generated face) pasted into the frame in lane
   order.
@@ -63,8 +64,7 @@ class ChunkSubmitter:
         self.overlap = int(sampling.overlap)
         self.program = engine.program(sampling)
         self.params = engine.weights_for(self.program)
-        # cached VAE moments replace the encoder; overlapping windows always encode (their program)
-        self.moments = moments if moments and not self.overlap else None
+        self.moments = moments or None  # cached VAE moments replace the encoder where they cover a batch
         self.moments_program = engine.moments_program(sampling) if self.moments is not None else None
         self.batch = self.program.batch
         self.noise, self.key_data = self.program.put_job(*start_noise(engine.models, seed))
@@ -83,20 +83,17 @@ class ChunkSubmitter:
         padded = chunks + [chunks[-1]] * (self.batch - len(chunks))
         faces, audio = np.stack([c.faces for c in padded]), np.stack([c.audio for c in padded])
         indices = np.array([c.index for c in padded], np.int32)
-        if self.overlap:
-            linked = self.tail is not None and self.tail_window == chunks[0].index - 1
-            output, tail = self.program(*self.params, faces, audio, indices, self.noise, self.key_data,
-                                        self.tail if linked else None, linked)
-            full = len(chunks) == self.batch  # padding windows would hand on the wrong tail
-            self.tail, self.tail_window = (tail, chunks[-1].index) if full else (None, None)
-            self.calls["encode"] += 1
-            return output
         moments = self.moments.lookup(faces) if self.moments is not None else None
-        if moments is not None:
-            self.calls["moments"] += 1
-            return self.moments_program(*self.params, faces, moments, audio, indices, self.noise, self.key_data)
-        self.calls["encode"] += 1
-        return self.program(*self.params, faces, audio, indices, self.noise, self.key_data)
+        self.calls["encode" if moments is None else "moments"] += 1
+        inputs = (faces, audio, indices) if moments is None else (faces, moments, audio, indices)
+        program = self.program if moments is None else self.moments_program
+        if not self.overlap:
+            return program(*self.params, *inputs, self.noise, self.key_data)
+        linked = self.tail is not None and self.tail_window == chunks[0].index - 1
+        output, tail = program(*self.params, *inputs, self.noise, self.key_data, self.tail if linked else None, linked)
+        full = len(chunks) == self.batch  # padding windows would hand on the wrong tail
+        self.tail, self.tail_window = (tail, chunks[-1].index) if full else (None, None)
+        return output
 
 
 def paste_faces(frame: np.ndarray, pastes) -> np.ndarray:

@@ -11,7 +11,9 @@ A job that has them passes ``FaceMoments(faces, moments)`` to the engine; the ch
 need no bookkeeping) and runs ``MomentsChunkProgram`` when all are known: it samples the latents
 from the moments with exactly the keys the encoding program uses (``split(fold_in(vae_key,
 chunk), 2f)``: masked frames first, then reference frames) and skips the encoder; any other
-batch runs the usual program. Same results, no encoder FLOPs.
+batch runs the usual program. Same results, no encoder FLOPs. Overlapping windows (``overlap`` K
+> 0: program.py's module doc) too: the twin then takes and returns the tail trajectory like the
+encoding program, so a chain of windows may switch between the two programs.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from lipsync_jax.models.vae import AutoencoderKL, sample_posterior
 from lipsync_jax.pipeline.avatar_cache import tree_fingerprint
 from lipsync_jax.pipeline.chunk import decode_and_paste
 from lipsync_jax.pipeline.placement import DATA_AXIS, shard_chunks
-from lipsync_jax.pipeline.program import mask_arrays, sample_latents
+from lipsync_jax.pipeline.program import denoise, mask_arrays
 
 MOMENT_CHANNELS = 16  # 4 latent channels x (masked mean, masked logvar, ref mean, ref logvar)
 
@@ -94,9 +96,10 @@ def _scaled_sample(vae: AutoencoderKL, mean: jax.Array, logvar: jax.Array, keys:
 
 
 def generate_from_moments(models, unet_params, vae_params, faces, moments, audio, chunk_indices, noise,
-                          vae_key_data, keep_mask, latent_mask, *, num_steps, guidance_scale, sampler_options):
+                          vae_key_data, keep_mask, latent_mask, prev_tail=None, use_prev_tail=None, *, num_steps,
+                          guidance_scale, sampler_options, overlap=0):
     """The per-device body: like program.generate_chunks with the encoder replaced by sampling
-    from ``moments`` (b, f, r, r, 16)."""
+    from ``moments`` (b, f, r, r, 16); with ``overlap`` it returns (faces, tail) as that does."""
     b, f = faces.shape[:2]
     vae_key = jax.random.wrap_key_data(vae_key_data)
     dtype = models.vae.dtype
@@ -112,15 +115,18 @@ def generate_from_moments(models, unet_params, vae_params, faces, moments, audio
     pixel_values = faces.astype(jnp.float32) / 127.5 - 1.0
     init = jnp.broadcast_to(noise, (b,) + noise.shape[1:])
     mask = jnp.broadcast_to(latent_mask, (b, f) + latent_mask.shape)
-    latents = sample_latents(models, unet_params, init, mask, masked, ref, audio, num_steps=num_steps,
-                             guidance_scale=guidance_scale, sampler_options=sampler_options)
+    latents, tail = denoise(models, unet_params, init, mask, masked, ref, audio, num_steps=num_steps,
+                            guidance_scale=guidance_scale, sampler_options=sampler_options, overlap=overlap,
+                            prev_tail=prev_tail, use_prev_tail=use_prev_tail)
     decode = lambda args: decode_and_paste(models.vae, vae_params, args[0], args[1], keep_mask)  # noqa: E731
-    return jax.lax.map(decode, (latents, pixel_values))
+    faces = jax.lax.map(decode, (latents, pixel_values))
+    return faces if tail is None else (faces, tail)
 
 
 class MomentsChunkProgram:
     """``ChunkProgram``'s twin taking (B, f, r, r, 16) moments next to the faces (jit, compiled on
-    first use; same mesh, shardings and batch)."""
+    first use; same mesh, shardings, batch and overlap: with overlap it takes ``prev_tail`` /
+    ``use_prev_tail`` and returns ``(faces, tail)`` as ``ChunkProgram`` does)."""
 
     def __init__(self, inner):
         self.inner = inner
@@ -130,10 +136,16 @@ class MomentsChunkProgram:
         _pixel, keep, latent = mask_arrays(models)
         self.host_masks = (keep, latent)
         self._masks: tuple | None = None
+        self.overlap = inner.overlap
         body = functools.partial(generate_from_moments, models, num_steps=inner.num_steps,
-                                 guidance_scale=inner.guidance_scale, sampler_options=inner.sampler_options)
+                                 guidance_scale=inner.guidance_scale, sampler_options=inner.sampler_options,
+                                 overlap=self.overlap)
         rep, dat = P(), P(DATA_AXIS)
-        mapped = shard_chunks(body, mesh, in_specs=(rep, rep, dat, dat, dat, dat, rep, rep, rep, rep), out_specs=dat)
+        specs = (rep, rep, dat, dat, dat, dat, rep, rep, rep, rep)
+        if self.overlap:
+            mapped = shard_chunks(body, mesh, in_specs=specs + (rep, rep), out_specs=(dat, rep))
+        else:
+            mapped = shard_chunks(body, mesh, in_specs=specs, out_specs=dat)
         self._jitted = jax.jit(mapped)
         self._compiled = None
         self._compile_lock = threading.Lock()
@@ -151,13 +163,15 @@ class MomentsChunkProgram:
         r = m.latent_size
         spec = lambda shape, dtype, sharding: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)  # noqa: E731
         abstract = self.inner._abstract  # the params' own shardings (replicated, or split over fsdp)
-        return self._jitted.lower(abstract(unet_params), abstract(vae_params), spec(*shapes["faces"], self.sharded),
-                           spec((self.batch, f, r, r, MOMENT_CHANNELS), np.float32, self.sharded),
-                           spec(*shapes["audio"], self.sharded), spec(*shapes["chunk_indices"], self.sharded),
-                           spec(*shapes["noise"], self.inner.replicated),
-                           spec(*shapes["vae_key_data"], self.inner.replicated),
-                           *(jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.inner.replicated)
-                             for x in self.host_masks))
+        rep = self.inner.replicated
+        args = (abstract(unet_params), abstract(vae_params), spec(*shapes["faces"], self.sharded),
+                spec((self.batch, f, r, r, MOMENT_CHANNELS), np.float32, self.sharded),
+                spec(*shapes["audio"], self.sharded), spec(*shapes["chunk_indices"], self.sharded),
+                spec(*shapes["noise"], rep), spec(*shapes["vae_key_data"], rep),
+                *(jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep) for x in self.host_masks))
+        if self.overlap:
+            args += (spec(self.inner.tail_shape, np.float32, rep), spec((), np.bool_, rep))
+        return self._jitted.lower(*args)
 
     @property
     def masks(self) -> tuple:
@@ -165,14 +179,19 @@ class MomentsChunkProgram:
             self._masks = tuple(jax.device_put(m, self.inner.replicated) for m in self.host_masks)
         return self._masks
 
-    def __call__(self, unet_params, vae_params, faces, moments, audio, chunk_indices, noise, vae_key_data):
+    def __call__(self, unet_params, vae_params, faces, moments, audio, chunk_indices, noise, vae_key_data,
+                 prev_tail=None, use_prev_tail: bool = False):
         compiled = self.compile(unet_params, vae_params)
         faces, audio, chunk_indices = self.inner.put_batch(faces, audio, chunk_indices)
         moments = jax.device_put(np.ascontiguousarray(moments, np.float32), self.sharded)
         if not isinstance(noise, jax.Array):
             noise, vae_key_data = self.inner.put_job(noise, vae_key_data)
-        return compiled(unet_params, vae_params, faces, moments, audio, chunk_indices, noise, vae_key_data,
-                        *self.masks)
+        args = (unet_params, vae_params, faces, moments, audio, chunk_indices, noise, vae_key_data, *self.masks)
+        if not self.overlap:
+            return compiled(*args)
+        use = bool(use_prev_tail) and prev_tail is not None
+        return compiled(*args, prev_tail if use else self.inner.empty_tail(),
+                        jax.device_put(np.bool_(use), self.inner.replicated))
 
 
 class FaceMoments:
