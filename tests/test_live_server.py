@@ -2,14 +2,13 @@
 WebSocket client: every bad message gets an ``error`` naming the problem (the job parsers' own
 words), is logged, and the socket closes normally (1000, never 1006); a disconnect frees its slot
 at once while the abandoned window is still running; strides and ``max_latency`` per client; the
-random-weights warning in ``/status``. The engine is ``StandInEngine`` (live/stand_in.py: the
+random-weights warning in ``/status``. The engine is ``StandInEngine`` (tests/live_stand_in.py: the
 device program and the Whisper encoder take a set time), so nothing compiles and these run in
 the fast tier; the real server, its signals and the page in Chromium: tests/test_live_real.py."""
 
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 
@@ -18,6 +17,7 @@ import pytest
 
 from conftest import asset_path
 from engine_helpers import SEED, build_tiny_models, make_clip
+from live_helpers import Server, exchange, pcm
 from lipsync_jax.pipeline import Sampling
 
 DEVICE_SECONDS = 0.02  # the stand-in device's time per window
@@ -45,42 +45,9 @@ def speech(tiny_models):
     return prepare_audio(tiny_models, asset_path("demo1_audio.wav"), 25.0, 2.0).samples
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """create_app(...) served by uvicorn in a thread on a free loopback port."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        port = free_port()
-        self.app, self.url, self.ws = app, f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                                    ws="websockets-sansio"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started and time.time() < deadline:
-            time.sleep(0.05)
-        assert self.server.started
-
-    def status(self) -> dict:
-        import httpx
-
-        return httpx.get(self.url + "/status").json()
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(10)
-
-
 def serve(tiny_models, avatar, log, **options):
     from lipsync_jax.live import StreamOptions, warm_up
-    from lipsync_jax.live.stand_in import StandInEngine
+    from live_stand_in import StandInEngine
     from lipsync_jax.serving.live_server import create_app
 
     engine = StandInEngine(tiny_models, device_seconds=DEVICE_SECONDS, encoder_seconds=0.002)
@@ -99,34 +66,6 @@ def server(tiny_models, avatar):
     srv.log = log
     yield srv
     srv.stop()
-
-
-def exchange(url, messages, timeout=30.0):
-    """Send ``messages`` (str / bytes), then read until the server closes: (text messages, number
-    of frames, close code)."""
-    from websockets.exceptions import ConnectionClosed
-    from websockets.sync.client import connect
-
-    texts, frames = [], 0
-    with connect(url, open_timeout=30) as ws:
-        try:
-            for message in messages:
-                ws.send(message)
-            deadline = time.time() + timeout
-            while time.time() < deadline:
-                reply = ws.recv(timeout=max(0.1, deadline - time.time()))
-                if isinstance(reply, bytes):
-                    frames += 1
-                else:
-                    texts.append(json.loads(reply))
-        except ConnectionClosed:
-            pass
-        code = ws.close_code
-    return texts, frames, code
-
-
-def pcm(samples) -> bytes:
-    return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
 
 
 def job_message(parse, value) -> str:
@@ -167,7 +106,8 @@ def bad_messages():
         "NaN float32 audio": ([start_f32, nan], "audio: 1 of 3 samples are NaN or infinite"),
         "infinite float32 audio": ([start_f32, inf], "audio: 4 of 4 samples are NaN or infinite"),
         "odd bytes as the first message": ([b"\xff\x7f" * 4 + b"\x00"], "audio message of 9 bytes: int16 audio"),
-        "format 'mp3'": ([json.dumps({"type": "start", "format": "mp3"})], "format 'mp3': choose one of int16, float32"),
+        "format 'mp3'": ([json.dumps({"type": "start", "format": "mp3"})],
+                         "format 'mp3': choose one of int16, float32"),
         "pace 'yes'": ([json.dumps({"type": "start", "pace": "yes"})], "pace 'yes': must be true or false"),
         "stride 17": ([json.dumps({"type": "start", "stride": 17})], "stride 17: must be a whole number in 1..16"),
         "stride not offered": ([json.dumps({"type": "start", "stride": 3})], "stride 3: this server offers 16, 8, 4"),
@@ -287,3 +227,16 @@ def test_a_second_client_beyond_max_sessions_is_told_busy(server, speech):
         assert texts == [dict(type="error", message="busy: 1 live sessions running, try again later")]
         assert code == 1013
     assert wait_idle(server)
+
+
+def test_a_burst_beyond_max_pending_seconds_is_refused_with_an_error_at_stride_4(tiny_models, avatar, speech):
+    log: list[str] = []
+    srv = serve(tiny_models, avatar, log, max_pending_seconds=1.0)
+    try:
+        burst = pcm(speech[:32000])  # 2 s at once: more than the 1 s a session may hold
+        texts, _, code = exchange(srv.ws, [json.dumps({"type": "start", "stride": 4}), burst])
+        assert [t["type"] for t in texts] == ["started", "error"] and code == 1000
+        assert texts[1]["message"].startswith("2.0 s of audio waiting (limit 1 s)")
+        assert any("error: 2.0 s of audio waiting" in line for line in log)
+    finally:
+        srv.stop()

@@ -28,8 +28,9 @@ SPLIT = ("audio", "look_ahead", "compute", "pacing")
 def frame_split(frame, fps: float) -> dict[str, float]:
     """The four parts of one frame's latency (seconds; see the module docstring)."""
     turn = (frame.index - frame.window_start) / fps
-    return dict(audio=frame.audio_end_at - frame.audio_arrived_at + turn, look_ahead=frame.final_at - frame.audio_end_at,
-                compute=frame.ready_at - frame.final_at, pacing=frame.emitted_at - frame.ready_at - turn)
+    return dict(audio=frame.audio_end_at - frame.audio_arrived_at + turn,
+                look_ahead=frame.final_at - frame.audio_end_at, compute=frame.ready_at - frame.final_at,
+                pacing=frame.emitted_at - frame.ready_at - turn)
 
 
 def latency_metrics(frames: list, fps: float, skip: int = 16) -> dict:

@@ -155,6 +155,7 @@ class StreamSession:
                                          windows=options.sampling.audio_windows)
         self.submitter = ChunkSubmitter(engine, options.program_sampling, options.seed,
                                         moments=getattr(avatar, "moments", None))
+        self.submitter.compile()  # at once when warmed (warm_up); else the compile happens here, before any audio
         self.out: queue.Queue = queue.Queue(maxsize=max(self.f, int(options.queue_frames)))
         self.stop = threading.Event()
         self.cond = threading.Condition()
@@ -466,7 +467,7 @@ class StreamSession:
             if self._released:
                 return
             self._released = True
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)  # idle: only the (ended) worker submits to it
         self._drain()
         if self.owns_avatar:
             self.avatar.close()
