@@ -170,7 +170,8 @@ def test_real_server_answers_bad_messages_serves_and_stops_clean(clip, compile_c
                                    (['{"type": "start", "format": "float32"}', np.full(8, np.nan, "<f4").tobytes()],
                                     "NaN or infinite")):
             texts, _, code = exchange(server.ws, messages)
-            assert code == 1000 and [t["type"] for t in texts] == ["error"] and expected in texts[0]["message"]
+            kinds = [t["type"] for t in texts]  # a start that was fine is answered "started" first
+            assert code == 1000 and kinds in (["error"], ["started", "error"]) and expected in texts[-1]["message"]
         speech = np.zeros(16000, np.float32)
         texts, frames, code = exchange(server.ws, ['{"type": "start", "pace": false}', pcm(speech),
                                                    '{"type": "end"}'], timeout=300)

@@ -132,3 +132,65 @@ def test_protocol_messages_are_parsed_with_the_job_parsers():
     with pytest.raises(OptionError) as got:
         parse_start({"type": "start", "seed": 2 ** 70})
     assert str(got.value) == str(expected.value) == "seed 1180591620717411303424: must be a whole number in 0..4294967295"
+
+
+class VirtualTime:
+    """``time.perf_counter`` / ``time.sleep`` on a simulated clock (pacing without real sleeps)."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def perf_counter(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += max(0.0, seconds)
+
+
+def paced(frames_ready, audio_at, monkeypatch, stride=4, fps=25.0, consumer_delay=None):
+    """Hand out frames through StreamSession's pacing on a virtual clock: each frame once it is
+    ready (and ``consumer_delay[i]`` seconds later); returns the latencies."""
+    import collections
+    import threading
+
+    from lipsync_jax.live import session as session_module
+    from lipsync_jax.live.session import LiveFrame, StreamOptions, StreamSession
+
+    clock = VirtualTime()
+    monkeypatch.setattr(session_module, "time", clock)
+    session = StreamSession.__new__(StreamSession)  # only the pacing state
+    session.options, session.fps, session.stride = StreamOptions(stride=stride), fps, stride
+    session.stop, session.late_frames, session._clock, session._audio_zero = threading.Event(), 0, None, None
+    session._spare, session._last_emit = collections.deque(maxlen=max(8, 2 * stride)), 0.0
+    t0 = clock.now
+    latencies = []
+    for i, (ready, arrived) in enumerate(zip(frames_ready, audio_at)):
+        clock.now = max(clock.now, t0 + ready) + (0.0 if consumer_delay is None else consumer_delay[i])
+        frame = LiveFrame(i, i / fps, None, i // stride, True, i - i % stride, ready_at=t0 + ready,
+                          audio_arrived_at=t0 + arrived)
+        frame.emitted_at = session._pace(frame)
+        latencies.append(frame.latency)
+    return np.array(latencies), session
+
+
+def test_pacing_catches_up_after_a_slow_window_only_when_audio_comes_in_real_time(monkeypatch):
+    fps, n = 25.0, 100
+    ready = np.array([(i - i % 4 + 4) / fps + 0.1 for i in range(n)])  # window's audio + 0.1 s
+    base = 4 / fps + 0.1
+    latency, _ = paced(ready, np.arange(n) / fps, monkeypatch)
+    assert latency == pytest.approx(base)  # every frame: its window's audio + 0.1 s, then its turn
+    ready[8:12] += 0.3  # window 2 is 0.3 s late (one slow device call)
+    latency, session = paced(ready, np.arange(n) / fps, monkeypatch)
+    assert latency[:8] == pytest.approx(base) and latency[8:16] == pytest.approx(base + 0.3)
+    assert session.late_frames == 1  # the frame that re-based the clock
+    assert latency[-40:] == pytest.approx(base + 0.002)  # ... caught up again within 2 s (to the 2 ms slack)
+    emitted = latency + np.arange(n) / fps
+    assert np.diff(emitted).min() == pytest.approx(0.8 / fps)  # at most 20 % faster while catching up
+    # the consumer stalls 0.5 s once (frames ready in time): the clock stays, the frames catch up
+    latency, session = paced(ready * 0 + (np.arange(n) - np.arange(n) % 4 + 4) / fps + 0.1, np.arange(n) / fps,
+                             monkeypatch, consumer_delay=[0.5 if i == 20 else 0.0 for i in range(n)])
+    assert session.late_frames == 0 and latency[20] == pytest.approx(base + 0.5)
+    assert latency[-10:] == pytest.approx(base) and np.diff(latency[20:]).min() >= -0.2 / fps - 1e-9  # 0.5 s / 8 ms
+    # a burst (all audio at once): the same late window, but no catching up: the video rate holds
+    latency, _ = paced(ready, np.zeros(n), monkeypatch)
+    assert np.diff(latency[12:]) == pytest.approx(1 / fps)

@@ -163,7 +163,8 @@ def test_burst_is_paced_at_the_video_rate_and_overflow_is_refused(engine, avatar
         metrics = session.metrics()
     assert [f.index for f in frames] == list(range(70))  # nothing dropped
     emitted = np.array([f.emitted_at for f in frames])
-    assert np.diff(emitted).min() >= 1 / 25 - 0.005  # never faster than the video rate
+    assert np.diff(emitted).min() >= 0.8 / 25 - 0.002  # never more than 25 % faster than the video rate
+    assert metrics["late_frames"] == status["late_frames"]
     assert status["state"] == "ended" and status["frames_emitted"] == 70
     expect = "behind" if status["generation_fps"] < 25 * 0.98 else "realtime"
     # status says which one it is with the rate (the last state before the end)

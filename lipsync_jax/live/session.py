@@ -26,9 +26,9 @@ are equal (tests/test_stream.py forces them equal: stride 16 vs the plain engine
 vs ``--overlap`` 8 and 12 with ``JobHooks(lead_in=True)``).
 
 Pacing and back-pressure: ``next_frame`` hands frames out at the video rate (frame i is due
-``i / fps`` after the first frame); a frame that is late re-bases the clock (never dropped) and
-``status()`` says ``behind``; after that, while frames are ready early and the audio arrives in
-real time, the clock catches up by at most 10 % of a frame interval per frame. The output queue holds
+``i / fps`` after the first frame); a frame that is ready late re-bases the clock (never
+dropped) and ``status()`` says ``behind``; after that, while frames are ready early and the audio
+arrives in real time, the clock catches up by at most 20 % of a frame interval per frame (``_pace``). The output queue holds
 ``queue_frames`` frames (the worker waits when it is full); audio pushed but not yet turned into
 frames is bounded by ``max_pending_seconds`` (``push`` raises ``StreamOverflow`` past it).
 
@@ -63,7 +63,7 @@ from lipsync_jax.pipeline.timeline import window_at, window_frames
 POLL_SECONDS = 0.05
 RECENT_FRAMES = 4500  # frames whose metadata metrics() keeps besides the first window (3 minutes at 25 fps)
 PACE_SLACK = 0.002  # seconds a paced frame may come after its due time without re-basing the clock
-CATCH_UP = 0.1  # at most this fraction of a frame interval earlier per frame when the clock catches up
+CATCH_UP = 0.2  # at most this fraction of a frame interval earlier per frame when the clock catches up
 REALTIME_SLACK = 0.1  # seconds audio may come ahead of real time and still count as a real-time stream
 _END = object()
 
@@ -172,8 +172,9 @@ class StreamSession:
         self._first_emitted: list[LiveFrame] = []
         self._recent_emitted: collections.deque = collections.deque(maxlen=RECENT_FRAMES)
         self._clock: tuple[float, int] | None = None  # (perf_counter, frame index) of the pacing clock
-        self._spare: collections.deque = collections.deque(maxlen=max(int(self.fps), self.stride))  # due - ready
+        self._spare: collections.deque = collections.deque(maxlen=max(8, 2 * self.stride))  # due - ready
         self._audio_zero: float | None = None  # audio clock: arrival of frame 0's sample minus its timestamp
+        self._last_emit = 0.0
         self.late_frames = 0
         self.opened_at = time.perf_counter()
         self._pool = concurrent.futures.ThreadPoolExecutor(max(1, min(4, engine.restore_threads)),
@@ -369,34 +370,42 @@ class StreamSession:
         return item
 
     def _pace(self, frame: LiveFrame) -> float:
-        """Wait until the frame is due; returns the time it is handed out. A late frame re-bases the
-        clock later; while every frame of the last second was ready before its due time and the
-        audio arrives in real time, the clock moves earlier again by up to ``CATCH_UP`` of a frame
-        interval per frame (so one slow window does not raise the latency for good)."""
+        """Wait until the frame is due on the pacing clock; returns the time it is handed out.
+
+        The clock is frame i due at ``clock + (i - clock_frame) / fps``. A frame that becomes
+        ready after its due time re-bases the clock on it (later; never dropped). Handing out late
+        for other reasons (a sleep that overshoots, a busy consumer) leaves the clock alone: the
+        next frames come sooner, at most ``CATCH_UP`` faster than the video rate. While every frame
+        of the last two windows was ready before its due time and the audio arrives in real time,
+        the clock moves earlier by up to ``CATCH_UP`` of a frame interval per frame, so one slow
+        window does not raise the latency for good."""
         if not self.options.pace:
             return time.perf_counter()
-        if self._audio_zero is None:
+        if self._clock is None:
+            now = time.perf_counter()
+            self._clock, self._last_emit = (now, frame.index), now
             self._audio_zero = frame.audio_arrived_at - frame.timestamp
-        due = None
-        if self._clock is not None:
-            due = self._clock[0] + (frame.index - self._clock[1]) / self.fps
-            spare = min(self._spare) if len(self._spare) == self._spare.maxlen else 0.0
-            spare = min(spare, due - frame.ready_at)
-            realtime = frame.audio_arrived_at - self._audio_zero >= frame.timestamp - REALTIME_SLACK
-            if spare > PACE_SLACK and realtime:
-                shift = min(spare - PACE_SLACK, CATCH_UP / self.fps)
-                self._clock = (self._clock[0] - shift, self._clock[1])
-                self._spare = collections.deque((x - shift for x in self._spare), maxlen=self._spare.maxlen)
-                due -= shift
-            while not self.stop.is_set() and time.perf_counter() < due:
-                time.sleep(min(POLL_SECONDS, max(0.0, due - time.perf_counter())))
-        now = time.perf_counter()
-        if due is None or now > due + PACE_SLACK:  # late: show it now and re-base the clock (no frame dropped,
-            if due is not None and now - due > 1.0 / self.fps:  # no two frames closer than 1 / fps - slack)
+            self._spare.append(0.0)
+            return now
+        due = self._clock[0] + (frame.index - self._clock[1]) / self.fps
+        spare = min(min(self._spare) if len(self._spare) == self._spare.maxlen else 0.0, due - frame.ready_at)
+        realtime = frame.audio_arrived_at - self._audio_zero >= frame.timestamp - REALTIME_SLACK
+        if spare > PACE_SLACK and realtime:
+            shift = min(spare - PACE_SLACK, CATCH_UP / self.fps)
+            self._clock = (self._clock[0] - shift, self._clock[1])
+            self._spare = collections.deque((x - shift for x in self._spare), maxlen=self._spare.maxlen)
+            due -= shift
+        if frame.ready_at > due + PACE_SLACK:  # the frame itself is late: the clock moves to it
+            if frame.ready_at - due > 1.0 / self.fps:
                 self.late_frames += 1
-            self._clock = (now, frame.index)
-            due = now
+            due = max(frame.ready_at, self._last_emit + 1.0 / self.fps)
+            self._clock = (due, frame.index)
+        wait_until = max(due, self._last_emit + (1.0 - CATCH_UP) / self.fps)
+        while not self.stop.is_set() and time.perf_counter() < wait_until:
+            time.sleep(min(POLL_SECONDS, max(0.0, wait_until - time.perf_counter())))
+        now = time.perf_counter()
         self._spare.append(max(0.0, due - frame.ready_at))
+        self._last_emit = now
         return now
 
     def frames(self):
