@@ -43,7 +43,7 @@ def warm_up(engine, options, *, moments: bool = False, repeats: int = 0) -> floa
     run = engine.moments_program(sampling) if moments else program
     params = engine.weights_for(program)
     noise, key_data = program.put_job(*start_noise(models, options.seed))
-    f, r, b = models.num_frames, models.resolution, engine.batch
+    f, r, b = models.num_frames, models.resolution, program.batch  # overlap programs: one device
     layers = models.audio.config.n_audio_layer + 1
     rows = sum(models.audio_feat_length) * 2 + 2
     inputs = [np.zeros((b, f, r, r, 3), np.uint8)]

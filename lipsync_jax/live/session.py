@@ -147,14 +147,14 @@ class StreamSession:
         self.f = models.num_frames
         self.stride = options.stride
         self.overlap = self.f - self.stride
-        if self.overlap and engine.batch != 1:
+        self.submitter = ChunkSubmitter(engine, options.program_sampling, options.seed,
+                                        moments=getattr(avatar, "moments", None))
+        if self.overlap and self.submitter.batch != 1:  # padding windows would break the chain of tails
             raise OptionError(f"stride {self.stride}: overlapping windows run one window per device call "
-                              f"(chunk_batch 1 on one device), the engine takes {engine.batch}")
+                              f"(chunk_batch 1), the engine's program takes {self.submitter.batch}")
         self.owns_avatar = owns_avatar
         self.audio = OnlineAudioFeatures(models.audio, self.fps, models.audio_feat_length,
                                          windows=options.sampling.audio_windows)
-        self.submitter = ChunkSubmitter(engine, options.program_sampling, options.seed,
-                                        moments=getattr(avatar, "moments", None))
         self.submitter.compile()  # at once when warmed (warm_up); else the compile happens here, before any audio
         self.out: queue.Queue = queue.Queue(maxsize=max(self.f, int(options.queue_frames)))
         self.stop = threading.Event()
