@@ -240,3 +240,20 @@ def test_a_burst_beyond_max_pending_seconds_is_refused_with_an_error_at_stride_4
         assert any("error: 2.0 s of audio waiting" in line for line in log)
     finally:
         srv.stop()
+
+
+def test_a_session_that_fails_is_reported_with_one_line_and_closed(tiny_models, avatar, speech):
+    def broken(index, start, faces):
+        raise RuntimeError("the device went away")
+
+    log: list[str] = []
+    srv = serve(tiny_models, avatar, log, on_chunk=broken)
+    try:
+        texts, frames, code = exchange(srv.ws, [json.dumps({"type": "start", "stride": 8}), pcm(speech[:16000])])
+        assert [t["type"] for t in texts] == ["started", "error"] and frames == 0 and code == 1011
+        assert texts[1]["message"] == "live session failed: RuntimeError: the device went away"
+        assert len(log) == 1 and log[0].startswith("live session 1 (127.0.0.1:")
+        assert log[0].endswith("): error: live session failed: RuntimeError: the device went away")
+        assert wait_idle(srv)
+    finally:
+        srv.stop()

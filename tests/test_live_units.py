@@ -24,7 +24,7 @@ def test_live_windows_are_the_offline_windows_and_tile_the_output(lead_in):
             assert bounds == [(a, s, min(e, n)) for a, s, e in live]
             assert [i for _, s, e in bounds for i in range(s, e)] == list(range(n))
             assert window_at(len(bounds), 16, overlap, lead_in)[1] >= n  # the live stream's end test
-            for first, start, stop in bounds:
+            for first, _start, stop in bounds:
                 assert 0 < stop - first <= 16 and (stop - first == 16 or stop == n)
         if lead_in:  # every window writes its last S frames; S = 16 is LatentSync's chunks
             assert window_bounds(n, 16, 0, lead_in=True) == [(a, a, b) for a, b in chunk_bounds(n)]
@@ -131,7 +131,8 @@ def test_protocol_messages_are_parsed_with_the_job_parsers():
         parse_seed(2 ** 70)
     with pytest.raises(OptionError) as got:
         parse_start({"type": "start", "seed": 2 ** 70})
-    assert str(got.value) == str(expected.value) == "seed 1180591620717411303424: must be a whole number in 0..4294967295"
+    assert str(got.value) == str(expected.value)
+    assert str(got.value) == "seed 1180591620717411303424: must be a whole number in 0..4294967295"
 
 
 class VirtualTime:

@@ -28,9 +28,10 @@ vs ``--overlap`` 8 and 12 with ``JobHooks(lead_in=True)``).
 Pacing and back-pressure: ``next_frame`` hands frames out at the video rate (frame i is due
 ``i / fps`` after the first frame); a frame that is ready late re-bases the clock (never
 dropped) and ``status()`` says ``behind``; after that, while frames are ready early and the audio
-arrives in real time, the clock catches up by at most 20 % of a frame interval per frame (``_pace``). The output queue holds
-``queue_frames`` frames (the worker waits when it is full); audio pushed but not yet turned into
-frames is bounded by ``max_pending_seconds`` (``push`` raises ``StreamOverflow`` past it).
+arrives in real time, the clock catches up by at most 20 % of a frame interval per frame
+(``_pace``). The output queue holds ``queue_frames`` frames (the worker waits when it is full);
+audio pushed but not yet turned into frames is bounded by ``max_pending_seconds`` (``push``
+raises ``StreamOverflow`` past it).
 
 Latency (``metrics()``, ``status()``; latency.py): for frame i, the time from the arrival of the
 audio sample at its timestamp to the moment it is handed out, split into waiting for audio,

@@ -155,7 +155,7 @@ class _Connection:
         except StreamClosed:
             if self.problem is not None:
                 await self.fail(self.problem, CLOSE_NORMAL)
-            elif self.session is not None and self.session.error is not None:
+            elif self.session is not None and self.session.error is not None and not await self.stopping():
                 error = self.session.error
                 await self.fail(f"live session failed: {type(error).__name__}: {error}", CLOSE_INTERNAL)
         except Exception as error:  # noqa: BLE001 - one line to the client and the log, never a dropped socket
@@ -163,6 +163,16 @@ class _Connection:
         finally:
             if self.session is not None:
                 self.session.close()
+
+    async def stopping(self, wait: float = 2.0) -> bool:
+        """Whether the avatar's frame store goes within ``wait`` seconds: a stop signal's clean-up
+        deleted it under the session (the process exits at once and its stop line says why)."""
+        deadline = asyncio.get_running_loop().time() + wait
+        while not self.server.avatar.gone:
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     def open(self, start: Start) -> None:
         server = self.server
