@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from lipsync_jax import checkpoints
 from lipsync_jax.diffusion.lcm import LCMConfig, LCMScheduler

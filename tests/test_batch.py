@@ -326,7 +326,8 @@ def test_sigterm_stops_the_batch_within_seconds_with_its_summary_and_leaves_no_p
     assert time.time() - signalled < 5.0 and proc.returncode == 143, (proc.returncode, stderr[-2000:])
     assert "Traceback" not in stderr and "interrupted (SIGTERM)" in stderr.strip().splitlines()[-1]
     assert "1 done, 0 skipped, 0 failed, 1 stopped" in stdout, stdout
-    assert sorted(os.listdir(out)) == ["first.mp4"]  # no partial second.mp4, no work folder
+    # the finished output and its settings record; no partial second.mp4, no work folder
+    assert sorted(os.listdir(out)) == sorted([os.path.basename(record_path(str(out / "first.mp4"))), "first.mp4"])
     children = subprocess.run(["pgrep", "-f", f"{out}/"], capture_output=True, text=True).stdout.split()
     assert children == []  # no ffmpeg encoder left behind
 

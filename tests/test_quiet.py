@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from lipsync_jax import quiet
+from lipsync_jax.serving.service import RANDOM_WEIGHTS_WARNING
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASSETS = os.path.join(ROOT, "tests", "data", "assets")
@@ -145,4 +146,4 @@ def test_first_readme_command_prints_none_of_the_library_lines(tmp_path):
     stderr = result.stderr.decode()
     assert result.returncode == 0 and output.is_file(), stderr[-3000:]
     assert not [line for line in NOISE_LINES if line in stderr], stderr
-    assert "RANDOM weights" in stderr
+    assert RANDOM_WEIGHTS_WARNING in stderr

@@ -5,8 +5,15 @@ from lipsync_jax.diffusion.ddim import DDIMConfig, DDIMScheduler, DDIMStepOutput
 from lipsync_jax.diffusion.dpmsolver import DPMSolverConfig, DPMSolverScheduler
 from lipsync_jax.diffusion.lcm import LCMConfig, LCMScheduler
 from lipsync_jax.diffusion.overlap import empty_tail, new_frames, sample_windows, window_starts
-from lipsync_jax.diffusion.sampler import (SOLVERS, ModuleApply, SamplerOptionError, initial_latents,
-                                           sample_chunk, uses_guidance, validate_sampler_options)
+from lipsync_jax.diffusion.sampler import (
+                                           SOLVERS,
+                                           ModuleApply,
+                                           SamplerOptionError,
+                                           initial_latents,
+                                           sample_chunk,
+                                           uses_guidance,
+                                           validate_sampler_options,
+)
 
 __all__ = ["DDIMConfig", "DDIMScheduler", "DDIMStepOutput", "DPMSolverConfig", "DPMSolverScheduler", "LCMConfig",
            "LCMScheduler", "ModuleApply", "SOLVERS", "SamplerOptionError", "SchedulerConfigError", "empty_tail",

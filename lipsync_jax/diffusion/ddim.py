@@ -15,7 +15,8 @@ Float32 details that matter for bit-level parity with diffusers (torch on CPU):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -65,7 +66,7 @@ class DDIMConfig:
     rescale_betas_zero_snr: bool = False
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> "DDIMConfig":
+    def from_dict(cls, config: Mapping[str, Any]) -> DDIMConfig:
         """Reads a diffusers/LatentSync scheduler config; bookkeeping keys (``_class_name``,
         ``skip_prk_steps``...) and fields without effect on DDIM arithmetic are ignored."""
         return scheduler_config_from_dict(cls, config)
@@ -153,7 +154,7 @@ class DDIMScheduler:
     init_noise_sigma = 1.0  # DDIM starts from unit-variance noise
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | DDIMConfig) -> "DDIMScheduler":
+    def from_config(cls, config: Mapping[str, Any] | DDIMConfig) -> DDIMScheduler:
         cfg = config if isinstance(config, DDIMConfig) else DDIMConfig.from_dict(config)
         cfg.validate()
         alphas_cumprod = make_alphas_cumprod(make_betas(cfg))

@@ -20,15 +20,15 @@ shared by distillation (``lipsync_jax.train.distill_step``) and multistep consis
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from lipsync_jax.diffusion.ddim import (DDIMConfig, SchedulerConfigError, per_sample, make_alphas_cumprod,
-                                        make_betas)
+from lipsync_jax.diffusion.ddim import DDIMConfig, SchedulerConfigError, make_alphas_cumprod, make_betas, per_sample
 
 DEFAULT_ORIGIN_STEPS = 50     # LCM: skip-step k = 20 on 1000 training timesteps
 DEFAULT_SIGMA_DATA = 0.5      # LCM / consistency models
@@ -44,7 +44,7 @@ class LCMConfig:
     timestep_scaling: float = DEFAULT_TIMESTEP_SCALING
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> "LCMConfig":
+    def from_dict(cls, config: Mapping[str, Any]) -> LCMConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in config.items() if k in names})
 
@@ -103,7 +103,7 @@ class LCMScheduler:
 
     @classmethod
     def from_ddim_config(cls, config: Mapping[str, Any] | DDIMConfig,
-                         lcm: LCMConfig | Mapping[str, Any] | None = None) -> "LCMScheduler":
+                         lcm: LCMConfig | Mapping[str, Any] | None = None) -> LCMScheduler:
         ddim = config if isinstance(config, DDIMConfig) else DDIMConfig.from_dict(config)
         ddim.validate()
         if ddim.prediction_type != "epsilon":

@@ -29,8 +29,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lipsync_jax.diffusion.sampler import (UNetApply, conditioning_channels, denoise_loop, sample_chunk,
-                                           validate_sampler_options)
+from lipsync_jax.diffusion.sampler import (
+    UNetApply,
+    conditioning_channels,
+    denoise_loop,
+    sample_chunk,
+    validate_sampler_options,
+)
 
 
 def window_starts(num_frames: int, window: int = 16, overlap: int = 0) -> list[int]:

@@ -46,11 +46,17 @@ CONTEXT = 3 * HOP_LENGTH  # samples kept before a window's start (its first mel 
 
 
 def to_float_audio(samples: np.ndarray | bytes, dtype: str | None = None) -> np.ndarray:
-    """16 kHz mono chunk (float32 in [-1, 1] or int16, an array or raw little-endian bytes) -> float32."""
+    """16 kHz mono chunk (float32 in [-1, 1] or int16, an array or raw little-endian bytes) -> float32;
+    a byte count that is not a whole number of samples and NaN / infinite samples are refused
+    (ValueError naming the problem)."""
     if isinstance(samples, (bytes, bytearray, memoryview)):
         kind = dtype or "int16"
         if kind not in ("int16", "float32"):
             raise ValueError(f"audio bytes must be int16 or float32, got {kind!r}")
+        width = 2 if kind == "int16" else 4
+        if len(samples) % width:
+            raise ValueError(f"audio message of {len(samples)} bytes: {kind} audio needs a multiple of {width} "
+                             f"bytes (whole samples)")
         samples = np.frombuffer(bytes(samples), "<i2" if kind == "int16" else "<f4")
     samples = np.asarray(samples)
     if samples.ndim != 1:
@@ -59,7 +65,21 @@ def to_float_audio(samples: np.ndarray | bytes, dtype: str | None = None) -> np.
         return samples.astype(np.float32) / 32768.0
     if not np.issubdtype(samples.dtype, np.floating):
         raise ValueError(f"audio chunks must be float32 or int16, got {samples.dtype}")
+    bad = int(np.count_nonzero(~np.isfinite(samples)))
+    if bad:
+        raise ValueError(f"audio: {bad} of {len(samples)} samples are NaN or infinite (audio must be finite)")
     return samples.astype(np.float32)
+
+
+def samples_needed(frame: int, fps: float = 25.0, right: int = DEFAULT_FEAT_LENGTH[1]) -> int:
+    """Samples that must have arrived before frame ``frame``'s audio window is final (module doc)."""
+    last_row = int(frame * 50 / fps) + 2 * right + 1
+    return HOP_LENGTH * (2 * last_row + 1) + N_FFT // 2
+
+
+def look_ahead_seconds(fps: float = 25.0, right: int = DEFAULT_FEAT_LENGTH[1]) -> float:
+    """Audio needed past the end of a frame before its window is final (82.5 ms at 25 fps)."""
+    return (samples_needed(0, fps, right) - SAMPLE_RATE / fps) / SAMPLE_RATE
 
 
 class OnlineAudioFeatures:
@@ -110,8 +130,7 @@ class OnlineAudioFeatures:
 
     def samples_needed(self, frame: int) -> int:
         """Samples that must have arrived before frame ``frame``'s window is final (see module doc)."""
-        last_row = self.centre_row(frame) + 2 * self.right + 1
-        return HOP_LENGTH * (2 * last_row + 1) + N_FFT // 2
+        return samples_needed(frame, self.fps, self.right)
 
     @property
     def total_rows(self) -> int:

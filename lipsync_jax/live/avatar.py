@@ -15,6 +15,7 @@ rule since a chunk with a face has one within 15 frames).
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -68,6 +69,11 @@ class LiveAvatar:
 
     def stand_in(self, source: int) -> int:
         return int(self.nearest[int(source)])
+
+    @property
+    def gone(self) -> bool:
+        """The frame store is gone: closed, or deleted by a stop signal's clean-up (cleanup.py)."""
+        return not os.path.isdir(self.store.path)
 
     def close(self) -> None:
         with self._lock:

@@ -68,7 +68,7 @@ from lipsync_jax.pipeline.inputs import check_audio, check_inputs
 from lipsync_jax.pipeline.job import InferenceResult, Sampling, SyncJob
 from lipsync_jax.pipeline.moments import FaceMoments
 from lipsync_jax.pipeline.store import FrameStore, SourceRecord
-from lipsync_jax.pipeline.timeline import chunk_bounds, pingpong_indices, window_bounds
+from lipsync_jax.pipeline.timeline import chunk_bounds, pingpong_indices, window_bounds, window_frames
 from lipsync_jax.pipeline.timing import StageTimer
 from lipsync_jax.pipeline.work_dirs import make_work_dir, remove_work_dir
 
@@ -97,13 +97,16 @@ class JobHooks:
     ``on_chunk(chunk_index, first_output_frame, faces)`` sees each generated chunk's faces ((k, R, R,
     3) float32 in [-1, 1], k real frames) before restore (several faces: once per face, in lane
     order); ``on_progress(stage, done, total)`` after each frame of a stage ("finding faces",
-    "lip sync"; from worker threads)."""
+    "lip sync"; from worker threads); ``lead_in``: overlapping windows end at multiples of the
+    stride, the first one padded before frame 0 with frame 0 (the live sessions' layout, so that
+    their output can be compared)."""
 
     face_pass: Callable | None = None
     record_face_pass: Callable | None = None
     moments: FaceMoments | None = None
     on_chunk: Callable[[int, int, np.ndarray], None] | None = None
     on_progress: Callable[[str, int, int | None], None] | None = None
+    lead_in: bool = False  # overlapping windows in the live sessions' layout (timeline.window_bounds)
 
 
 class _Job:
@@ -300,7 +303,8 @@ class _Job:
         pending: list[ChunkWork] = []
         with_faces = 0
         overlap, previous_had_face = self.overlap, False
-        bounds = window_bounds(n_out, f, overlap) if overlap else [(a, a, b) for a, b in chunk_bounds(n_out, f)]
+        bounds = (window_bounds(n_out, f, overlap, lead_in=self.hooks.lead_in) if overlap else
+                  [(a, a, b) for a, b in chunk_bounds(n_out, f)])
         for index, (first, start, stop) in enumerate(bounds):  # window frames first..stop, written start..stop
             pull_until(stop - 1 + f - 1)
             if mapping is None and eof and self.num_source < n_out:
@@ -308,7 +312,8 @@ class _Job:
                     self.refill_store(self.num_source)
                 self.store.flush()
                 mapping = pingpong_indices(self.num_source, n_out)
-            sources = np.arange(first, stop) if mapping is None else mapping[first:stop]
+            frames = window_frames(first, stop)
+            sources = frames if mapping is None else mapping[frames]
             with self.timer.stage("batch_assembly", stop - start):
                 window_records = [record_of(int(s)) for s in sources]
                 records = window_records[start - first:]  # the frames this window writes
@@ -327,7 +332,7 @@ class _Job:
                         def stand_in(s, lane=lane, near=near, lo=lo):  # the face source frame s uses
                             return lane_faces(record_of(int(near[s - lo])).aligned)[lane].face
                         work.faces, work.audio = chunk_inputs(sources, stand_in, self.lane_audio[lane].windows,
-                                                              np.arange(first, stop), f)
+                                                              frames, f)
                         with_faces += 1
                     pending.append(work)
             for old in [k for k in window if k < stop - overlap - (f - 1)]:  # the next window's stand-ins

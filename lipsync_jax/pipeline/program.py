@@ -135,18 +135,27 @@ def generate_chunks(models: LipsyncModels, unet_params: Any, vae_params: Any, fa
     pixel_values, masked, ref = jax.lax.cond(use_moments, from_moments, encode_all, None)
     init = jnp.broadcast_to(noise, (b,) + noise.shape[1:])
     mask = jnp.broadcast_to(latent_mask, (b, f) + latent_mask.shape)
-    if overlap:  # consecutive windows sharing ``overlap`` frames (module doc)
-        latents, tail = sample_windows(
-            models.unet_apply, unet_params, init, mask, masked, ref, audio.astype(jnp.float32),
-            scheduler=models.scheduler, num_steps=num_steps, guidance_scale=guidance_scale, overlap=overlap,
-            prev_tail=prev_tail, use_prev_tail=use_prev_tail, **dict(sampler_options))
-    else:
-        latents, tail = sample_latents(models, unet_params, init, mask, masked, ref, audio, num_steps=num_steps,
-                                       guidance_scale=guidance_scale, sampler_options=sampler_options), None
+    latents, tail = denoise(models, unet_params, init, mask, masked, ref, audio, num_steps=num_steps,
+                            guidance_scale=guidance_scale, sampler_options=sampler_options, overlap=overlap,
+                            prev_tail=prev_tail, use_prev_tail=use_prev_tail)
     decode = lambda args: decode_and_paste(models.vae, vae_params, args[0], args[1], keep_mask,  # noqa: E731
                                            vae_frames)
     faces = jax.lax.map(decode, (latents, pixel_values))
     return faces if tail is None else (faces, tail)
+
+
+def denoise(models: LipsyncModels, unet_params: Any, init: jax.Array, mask: jax.Array, masked: jax.Array,
+            ref: jax.Array, audio: jax.Array, *, num_steps: int, guidance_scale: float,
+            sampler_options: Mapping[str, Any], overlap: int = 0, prev_tail: jax.Array | None = None,
+            use_prev_tail: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
+    """(latents, tail): disjoint chunks (``sample_latents``, tail None), or with ``overlap`` K > 0
+    consecutive windows sharing K frames (``diffusion.sample_windows``, module doc)."""
+    if not overlap:
+        return sample_latents(models, unet_params, init, mask, masked, ref, audio, num_steps=num_steps,
+                              guidance_scale=guidance_scale, sampler_options=sampler_options), None
+    return sample_windows(models.unet_apply, unet_params, init, mask, masked, ref, audio.astype(jnp.float32),
+                          scheduler=models.scheduler, num_steps=num_steps, guidance_scale=guidance_scale,
+                          overlap=overlap, prev_tail=prev_tail, use_prev_tail=use_prev_tail, **dict(sampler_options))
 
 
 def sample_latents(models: LipsyncModels, unet_params: Any, init: jax.Array, mask: jax.Array, masked: jax.Array,

@@ -54,14 +54,39 @@ def pad_to_chunk(indices: np.ndarray, chunk_size: int) -> np.ndarray:
     return np.concatenate([indices, np.repeat(indices[-1:], chunk_size - len(indices))])
 
 
-def window_bounds(num_output: int, chunk_size: int = 16, overlap: int = 0) -> list[tuple[int, int, int]]:
+def window_bounds(num_output: int, chunk_size: int = 16, overlap: int = 0,
+                  lead_in: bool = False) -> list[tuple[int, int, int]]:
     """[(first, start, stop), ...] of overlapping windows (stride ``chunk_size - overlap``,
     ``diffusion.window_starts``): the window covers output frames first..stop (the last may be
     short, padded like a chunk) and writes start..stop (all of the first window, frames
     ``overlap``.. of the others), so the written ranges tile 0..num_output. ``overlap`` 0 gives
-    ``chunk_bounds``."""
+    ``chunk_bounds``.
+
+    ``lead_in``: the windows END at multiples of the stride S instead (window j covers
+    (j + 1) S - chunk_size .. (j + 1) S and writes its last S frames), so the first window needs
+    only S frames; its positions before frame 0 show frame 0 (``window_frames``). Live sessions
+    use this layout: a window can start as soon as the audio of its S new frames is there."""
     if num_output < 1:
         return []
+    if lead_in:
+        stride = chunk_size - overlap
+        return [(start + stride - chunk_size, start, min(start + stride, num_output))
+                for start in range(0, num_output, stride)]
     starts = window_starts(num_output, chunk_size, overlap)
     return [(s, s if j == 0 else s + overlap, min(s + chunk_size, num_output)) for j, s in enumerate(starts)]
 
+
+def window_frames(first: int, stop: int) -> np.ndarray:
+    """The output frame at each position of the window first..stop (a lead-in window's positions
+    before frame 0 repeat frame 0)."""
+    return np.maximum(np.arange(first, stop), 0)
+
+
+def window_at(index: int, chunk_size: int = 16, overlap: int = 0, lead_in: bool = False) -> tuple[int, int, int]:
+    """(first, start, stop) of window ``index`` of an output of unknown length (a live stream):
+    ``window_bounds``' entry before the last window is cut to the output's end."""
+    stride = chunk_size - overlap
+    if lead_in:
+        return (index + 1) * stride - chunk_size, index * stride, (index + 1) * stride
+    first = index * stride
+    return first, first if index == 0 else first + overlap, first + chunk_size

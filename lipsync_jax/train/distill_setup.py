@@ -17,7 +17,8 @@ import jax
 
 from lipsync_jax import config_utils
 from lipsync_jax.diffusion.lcm import LCMScheduler
-from lipsync_jax.models.unet3d import init_params as init_unet, logical_axes
+from lipsync_jax.models.unet3d import init_params as init_unet
+from lipsync_jax.models.unet3d import logical_axes
 from lipsync_jax.train.data_sources import unet_data_source
 from lipsync_jax.train.distill_step import DistillSettings, DistillTrainer
 from lipsync_jax.train.task import TrainConfigError, TrainTask, load_converted

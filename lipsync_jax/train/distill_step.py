@@ -24,7 +24,8 @@ UNet calls per clip: teacher 2 (its CFG batch), target 1, student 1 (+ backward)
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +56,7 @@ class DistillSettings:
     timestep_scaling: float = 10.0
 
     @classmethod
-    def from_config(cls, distill: Mapping[str, Any]) -> "DistillSettings":
+    def from_config(cls, distill: Mapping[str, Any]) -> DistillSettings:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(distill) - names)
         if unknown:

@@ -15,7 +15,8 @@ eps 1e-8, weight decay 1e-2); ``optimizer.scale_lr`` multiplies the LR by the pr
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,13 +46,13 @@ class TrainState:
 
     @classmethod
     def create(cls, params: Any, tx: optax.GradientTransformation, rng: jax.Array,
-               ema_decay: float | None = None) -> "TrainState":
+               ema_decay: float | None = None) -> TrainState:
         """``ema_decay`` (e.g. 0.95): keep ``ema_params``, starting as a copy of ``params``."""
         ema = None if ema_decay is None else jax.tree.map(jnp.copy, params)
         return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng, tx=tx,
                    ema_params=ema, ema_decay=ema_decay)
 
-    def apply_gradients(self, grads: Any) -> "TrainState":
+    def apply_gradients(self, grads: Any) -> TrainState:
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
         params = optax.apply_updates(self.params, updates)
         ema = self.ema_params

@@ -6,7 +6,8 @@ import dataclasses
 import importlib
 import logging
 import os
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import jax
 import numpy as np

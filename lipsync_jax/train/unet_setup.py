@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,15 +21,16 @@ from lipsync_jax.losses.lpips import init_params as init_lpips
 from lipsync_jax.losses.trepa import TREPALoss
 from lipsync_jax.models.syncnet import StableSyncNet
 from lipsync_jax.models.syncnet import init_params as init_syncnet
-from lipsync_jax.models.unet3d import (UNet3DConditionModel, init_params as init_unet, logical_axes,
-                                       abstract_params as unet_abstract_params)
+from lipsync_jax.models.unet3d import UNet3DConditionModel, logical_axes
+from lipsync_jax.models.unet3d import abstract_params as unet_abstract_params
+from lipsync_jax.models.unet3d import init_params as init_unet
 from lipsync_jax.models.unet_config import UNet3DConfig
 from lipsync_jax.models.vae import AutoencoderKL
 from lipsync_jax.models.vae import init_params as init_vae
 from lipsync_jax.models.videomae import VideoMAEConfig, VideoMAEv2
 from lipsync_jax.models.videomae import init_params as init_videomae
-from lipsync_jax.train.state import unet_trainable
 from lipsync_jax.train.data_sources import unet_data_source
+from lipsync_jax.train.state import unet_trainable
 from lipsync_jax.train.task import TrainConfigError, TrainTask, load_converted
 from lipsync_jax.train.unet_step import UNetLossSettings, UNetTrainer
 

@@ -23,7 +23,8 @@ Per batch (shapes channels-last; see ``lipsync_jax.train.synthetic`` for the bat
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +61,7 @@ class UNetLossSettings:
     remat: bool = False                # enable_gradient_checkpointing (UNet, VAE decode, TREPA)
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], syncnet_data: Mapping[str, Any] | None = None) -> "UNetLossSettings":
+    def from_config(cls, config: Mapping[str, Any], syncnet_data: Mapping[str, Any] | None = None) -> UNetLossSettings:
         run = config["run"]
         syncnet_data = syncnet_data or {}
         return cls(recon_weight=float(run["recon_loss_weight"]), sync_weight=float(run["sync_loss_weight"]),
