@@ -25,6 +25,7 @@ two rows of one call and a DeepCache shallow call counts as its share of a full 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -115,7 +116,8 @@ def train_step_flops(config_path: str) -> dict[str, float]:
                      audio_embeds=jax.ShapeDtypeStruct((1, f, 50, int(cfg.model.cross_attention_dim)), jnp.float32),
                      mel=jax.ShapeDtypeStruct((1, 80, 52, 1), jnp.float32))
         tx, _ = make_optimizer(cfg.optimizer, 1000, 1, task.trainable)
-        state = jax.eval_shape(lambda p: TrainState.create(p, tx, jax.random.key(0), ema_decay=task.ema_decay),
+        state = jax.eval_shape(lambda p, tx=tx, task=task: TrainState.create(p, tx, jax.random.key(0),
+                                                                            ema_decay=task.ema_decay),
                                task.param_shapes)
         start = time.perf_counter()
         cost = jax.jit(task.train_step).lower(state, frozen, batch).cost_analysis()
@@ -171,16 +173,16 @@ def main() -> None:
         rows = unet_rows(solver, steps, guidance, interval, shallow_ratio)
         first = best = best_cpu = float("nan")
         if not args.flops_only:
-            run = lambda: jax.block_until_ready(sample_chunk(  # noqa: E731
-                apply, params, *inputs, scheduler=scheduler, num_steps=steps, guidance_scale=guidance, solver=solver,
-                deepcache_interval=interval, noise_key=key if solver == "lcm" else None))
+            run = functools.partial(sample_chunk, apply, params, *inputs, scheduler=scheduler, num_steps=steps,
+                                    guidance_scale=guidance, solver=solver, deepcache_interval=interval,
+                                    noise_key=key if solver == "lcm" else None)
             start = time.perf_counter()
-            run()
+            jax.block_until_ready(run())
             first = time.perf_counter() - start
             best = best_cpu = float("inf")
             for _ in range(args.repeats):
                 start, start_cpu = time.perf_counter(), time.process_time()
-                run()
+                jax.block_until_ready(run())
                 best = min(best, time.perf_counter() - start)
                 best_cpu = min(best_cpu, time.process_time() - start_cpu)
         fps = args.frames / best

@@ -20,8 +20,8 @@ import time
 
 import jax
 
-from lipsync_jax.config_utils import load_config, resolve_path
 from lipsync_jax import sharding as sharding_lib
+from lipsync_jax.config_utils import load_config, resolve_path
 from lipsync_jax.train.loop import create_state
 from lipsync_jax.train.unet_setup import build_unet_task
 

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AbstractMesh
 
-from lipsync_jax.config_utils import load_config, resolve_path
 from lipsync_jax import sharding as sharding_lib
+from lipsync_jax.config_utils import load_config, resolve_path
 from lipsync_jax.train.state import TrainState, make_optimizer
 from lipsync_jax.train.unet_setup import build_unet_task
 
@@ -62,7 +62,7 @@ def estimate(config_path: str, meshes: list[tuple[int, int]], flops: bool) -> di
         batch = abstract_batch(config)
         rng = jax.random.key(1)
 
-        def loss(p, fz, b):
+        def loss(p, fz, b, trainer=trainer, rng=rng):
             return trainer.loss(p, fz, b, rng)[0]
         start = time.perf_counter()
         vjp_fn = jax.eval_shape(lambda p, fz, b: jax.vjp(lambda q: loss(q, fz, b), p)[1], params, frozen, batch)
@@ -72,8 +72,8 @@ def estimate(config_path: str, meshes: list[tuple[int, int]], flops: bool) -> di
         if remat:
             tx, _ = make_optimizer(config.optimizer, 1000, 1, task.trainable)
             boxed = sharding_lib.box_params(params, task.logical_specs)
-            state = jax.eval_shape(lambda p: TrainState.create(p, tx, jax.random.key(0)), boxed)
-            unboxed = jax.eval_shape(lambda p: TrainState.create(p, tx, jax.random.key(0)), params)
+            state = jax.eval_shape(lambda p, tx=tx: TrainState.create(p, tx, jax.random.key(0)), boxed)
+            unboxed = jax.eval_shape(lambda p, tx=tx: TrainState.create(p, tx, jax.random.key(0)), params)
             out["params"] = dict(unet=int(sum(math.prod(x.shape) for x in jax.tree.leaves(params))),
                                  trainable=int(sum(math.prod(x.shape) for x, t in zip(
                                      jax.tree.leaves(params), jax.tree.leaves(task.trainable)) if t))

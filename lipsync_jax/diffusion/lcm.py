@@ -107,7 +107,8 @@ class LCMScheduler:
         ddim = config if isinstance(config, DDIMConfig) else DDIMConfig.from_dict(config)
         ddim.validate()
         if ddim.prediction_type != "epsilon":
-            raise SchedulerConfigError(f"lcm sampling is implemented for epsilon prediction, not {ddim.prediction_type!r}")
+            raise SchedulerConfigError(
+                f"lcm sampling is implemented for epsilon prediction, not {ddim.prediction_type!r}")
         lcm = lcm if isinstance(lcm, LCMConfig) else LCMConfig.from_dict(lcm or {})
         lcm.validate(ddim.num_train_timesteps)
         return cls(alphas_cumprod=jnp.asarray(make_alphas_cumprod(make_betas(ddim))), config=lcm, ddim_config=ddim)

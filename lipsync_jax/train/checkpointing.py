@@ -2,8 +2,9 @@
 ``keep`` kept, a forced save on SIGTERM, automatic resume from ``<workdir>/checkpoints``.
 
 Layout: ``<workdir>/checkpoints/<step>/state`` (orbax: params, opt_state, step, rng and, for
-tasks that keep one, ema_params; sharded arrays written by every process) and ``<workdir>/checkpoints/data_state/<step>.p<process>.json``
-(each process's data-iterator state, written by that process when the step is saved).
+tasks that keep one, ema_params; sharded arrays written by every process) and
+``<workdir>/checkpoints/data_state/<step>.p<process>.json`` (each process's data-iterator state,
+written by that process when the step is saved).
 
     ckpt = TrainCheckpointer(workdir, save_every=config.ckpt.save_ckpt_steps)
     state, data_state = ckpt.restore_latest(abstract_state) or (state, None)
