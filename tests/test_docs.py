@@ -132,6 +132,7 @@ def uses_in(doc: str, text: str) -> list[Use]:
     uses: list[Use] = []
     lines = text.splitlines()
     in_block, block_lang, last_command, last_config = False, "", None, None
+    variables: dict[str, str] = {}  # NAME=value lines of the current code block
     i = 0
     while i < len(lines):
         line, lineno = lines[i], i + 1
@@ -139,6 +140,7 @@ def uses_in(doc: str, text: str) -> list[Use]:
             in_block = not in_block
             block_lang = line.strip()[3:] if in_block else ""
             last_command, last_config = None, None
+            variables = {}
             i += 1
             continue
         if in_block and block_lang in ("", "bash", "sh", "shell", "console"):
@@ -146,6 +148,10 @@ def uses_in(doc: str, text: str) -> list[Use]:
                 i += 1
                 line = line.rstrip()[:-1] + " " + lines[i]
             code, _, comment = line.partition(" #") if not line.lstrip().startswith("#") else ("", "", line)
+            assignment = re.fullmatch(r"\s*([A-Z_][A-Z0-9_]*)=(\S+)\s*", code)
+            if assignment:
+                variables[assignment.group(1)] = assignment.group(2)
+            code = re.sub(r"\$\{?([A-Z_][A-Z0-9_]*)\}?", lambda m: variables.get(m.group(1), m.group(0)), code)
             for segment in split_shell(code):
                 command, rest = parse_command(segment)
                 if command is not None:

@@ -88,7 +88,8 @@ def sample_windows(unet_apply: UNetApply, params: Any, init_latents: jax.Array, 
     Inputs as ``sample_chunk`` with b = n (``noise_key``: "lcm"'s fresh noise); ``prev_tail``
     (num_steps + 1, overlap, h, w, 4) from the previous batch (None or ``use_prev_tail=False``:
     window 0 is not linked). Returns (latents (n, f, h, w, 4), tail trajectory
-    (num_steps + 1, overlap, h, w, 4) of window n-1 for the next batch; None when overlap is 0, then latents equal ``sample_chunk``'s exactly).
+    (num_steps + 1, overlap, h, w, 4) of window n-1 for the next batch; None when overlap is 0,
+    then latents equal ``sample_chunk``'s exactly).
     """
     validate_sampler_options(solver, deepcache_interval, overlap, init_latents.shape[1], num_steps)
     if overlap == 0:  # LatentSync's disjoint chunks: the very same compiled program
