@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# One short run on an H100/H200 answers issue 13's GPU questions (< 8 minutes with compilation):
+# One short run on an H100/H200 measures what only a GPU can tell (< 8 minutes with compilation):
 #   1. cuDNN flash attention vs XLA at the UNet's attention shapes (bf16);
 #   2. the stage-2 inference engine at 256 px (configs/unet/stage2.py) and 512 px (stage2_512.py),
 #      bf16, 20 DDIM steps, CFG 1.5, chunk_batch 1, 2 and 4: end-to-end frames/s, device-busy
 #      fraction, time to first frame, achieved TFLOP/s against XLA's cost analysis;
 #   3. time to first frame of a fresh process with a cold and a warm compile cache (256 px);
-#   4. device memory (issue 18): XLA's compiled estimate and the measured peak_bytes_in_use of the
+#   4. device memory: XLA's compiled estimate and the measured peak_bytes_in_use of the
 #      stage-2 chunk program at 256 and 512 px, chunk_batch 1 and 2 (bench/bench_memory.py --measure).
 # Results: one JSON line per bench run in $OUT.jsonl and a markdown table in $OUT.md.
 #
@@ -73,7 +73,7 @@ att = next((r["attention"] for r in rows if "attention" in r), None)
 if att:
     print("\nattention check:", json.dumps(att))
 EOF
-# 4. issue 18: device memory of the chunk program, compiled estimate vs measured peak (random weights)
+# 4. device memory of the chunk program, compiled estimate vs measured peak (random weights)
 echo "== memory: compiled estimate and measured peak (bench/bench_memory.py)" | tee -a "$OUT.md"
 rm -f "$OUT.memory.jsonl"
 if [[ $DRY == 1 ]]; then
