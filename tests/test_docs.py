@@ -32,6 +32,8 @@ FOREIGN_FLAGS = {
     "--durations": "pytest",
     "--strict": "mkdocs build",
 }
+# Our commands that run a Beam pipeline: Beam's own options pass through them.
+BEAM_COMMANDS = ("-m data_prep", "-m lipsync_jax.batch", "lipsync-batch", "lipsync-data-prep")
 # Commands that are not ours; their flags are not checked.
 FOREIGN_COMMANDS = ("pip", "docker", "cog", "gcloud", "ffmpeg", "mkdocs", "ruff", "git", "apt-get", "curl")
 
@@ -93,7 +95,7 @@ def parse_command(tokens: list[str]) -> tuple[Command | None, list[str]]:
     return None, []
 
 
-FLAG = re.compile(r"(?<![\w-])--[a-zA-Z][\w.-]*")
+FLAG = re.compile(r"(?<![\w=-])--[a-zA-Z][\w.-]*")
 
 
 def flags_in(words: list[str] | str) -> list[str]:
@@ -148,11 +150,12 @@ def uses_in(doc: str, text: str) -> list[Use]:
                 i += 1
                 line = line.rstrip()[:-1] + " " + lines[i]
             code, _, comment = line.partition(" #") if not line.lstrip().startswith("#") else ("", "", line)
-            assignment = re.fullmatch(r"\s*([A-Z_][A-Z0-9_]*)=(\S+)\s*", code)
-            if assignment:
-                variables[assignment.group(1)] = assignment.group(2)
             code = re.sub(r"\$\{?([A-Z_][A-Z0-9_]*)\}?", lambda m: variables.get(m.group(1), m.group(0)), code)
             for segment in split_shell(code):
+                assignment = re.fullmatch(r"([A-Z_][A-Z0-9_]*)=(.*)", segment[0], re.S)
+                if assignment and len(segment) == 1:  # NAME=value: used as $NAME further down the block
+                    variables[assignment.group(1)] = assignment.group(2)
+                    continue
                 command, rest = parse_command(segment)
                 if command is not None:
                     last_command, last_config = command, config_in(rest)
@@ -160,8 +163,8 @@ def uses_in(doc: str, text: str) -> list[Use]:
                 elif segment and segment[0] not in FOREIGN_COMMANDS and flags_in(segment):
                     # a continuation such as "[--steps 20 ...]" belongs to the block's last command
                     uses.append(Use(doc, lineno, last_command, flags_in(segment), last_config))
-            if flags_in(comment):
-                uses.append(Use(doc, lineno, last_command, flags_in(comment), last_config))
+            if flags_in(comment):  # a comment is prose: it may name any of our commands' flags
+                uses.append(Use(doc, lineno, None, flags_in(comment)))
         elif not in_block:
             for span in re.findall(r"`([^`]+)`", line):
                 segments = split_shell(span)
@@ -177,11 +180,26 @@ def uses_in(doc: str, text: str) -> list[Use]:
 HELP_FLAG = re.compile(r"^\s+(?:-\w,\s+)?--(\[no\])?([\w.-]+)")
 
 
+def help_output(command: Command, flag: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*command.help_argv, flag], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+@functools.cache
+def beam_options() -> frozenset[str]:
+    """The flags of Beam's pipeline options (``--runner``, ``--project``, ...), which the Beam
+    commands pass on to Beam."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    return frozenset("--" + name for name in PipelineOptions([]).get_all_options())
+
+
 @functools.cache
 def command_flags(command: Command) -> frozenset[str]:
     """The flags a command's --help lists (absl's ``--[no]x`` gives ``--x`` and ``--nox``)."""
-    proc = subprocess.run([*command.help_argv, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    proc = help_output(command, "--help")
+    if "--helpfull" in proc.stdout:  # absl lists the key flags; --helpfull also those of the modules it uses
+        proc = help_output(command, "--helpfull")
     names = set()  # (absl's --help exits 1, argparse's 0: the listing is what counts)
     for line in proc.stdout.splitlines():
         m = HELP_FLAG.match(line)
@@ -191,7 +209,9 @@ def command_flags(command: Command) -> frozenset[str]:
                 names.add("--no" + m.group(2))
     if not names:
         raise AssertionError(f"{command.key} --help lists no flags:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    return frozenset(names)
+    if command.key in BEAM_COMMANDS:
+        names |= beam_options()
+    return frozenset(names | {"--help", "--helpfull"})
 
 
 def listed_or_none(command: Command) -> frozenset[str] | None:
@@ -238,8 +258,8 @@ def unknown_flags(uses: list[Use], flags_of) -> list[str]:
     for use in uses:
         if use.command in broken:
             continue
-        candidates = [use.command] if use.command is not None else sorted(
-            (page_commands.get(use.doc) or all_commands) - broken, key=lambda c: c.key)
+        # prose may name the flags of any of our commands ("infer.py's `--faces`")
+        candidates = [use.command] if use.command is not None else sorted(all_commands - broken, key=lambda c: c.key)
         known = set().union(*(flags_of(c) for c in candidates)) if candidates else set()
         where = f"{os.path.relpath(use.doc, ROOT)}:{use.line}"
         for flag in use.flags:
@@ -252,8 +272,7 @@ def unknown_flags(uses: list[Use], flags_of) -> list[str]:
                     problems.append(f"{where}: {flag}: no field {field!r} in {configs[0]}")
                 continue
             if flag not in known:
-                named = use.command.key if use.command else "any command of the page (" + ", ".join(
-                    c.key for c in candidates) + ")"
+                named = use.command.key if use.command else "any command the docs run"
                 problems.append(f"{where}: {flag} is not a flag of {named}")
     return problems
 
@@ -314,7 +333,8 @@ python -m lipsync_jax.convert unet --src a.pt --dst b && pip install --no-deps -
     assert ("train.py", ["--config", "--workdir", "--config.run.max_train_steps"]) in by_command
     assert ("-m lipsync_jax.convert", ["--src", "--dst"]) in by_command
     comment = [u for u in uses if u.flags == ["--sweep_index"]]
-    assert comment and comment[0].command.key == "train.py"  # a comment's flags belong to its command
+    assert comment and comment[0].command is None  # a comment is prose
+    assert all("--xla_force_host_platform_device_count" not in u.flags for u in uses)  # XLA's, in XLA_FLAGS
     continuation = [u for u in uses if u.flags == ["--steps", "--guidance"]]
     assert continuation and continuation[0].command.key == "-m lipsync_jax.convert"
     assert all("--no-deps" not in u.flags for u in uses)  # pip's line is not ours
@@ -331,7 +351,23 @@ def test_a_renamed_flag_is_reported_with_its_file_and_line():
     renamed_in_prose = good.replace("`--max_vram 8`", "`--max_vram_gb 8`")
     flags["infer.py"] = {"--video", "--steps", "--max_vram"}
     problems = unknown_flags(uses_in("doc.md", renamed_in_prose), fake)
-    assert problems == ["doc.md:4: --max_vram_gb is not a flag of any command of the page (infer.py)"]
+    assert problems == ["doc.md:4: --max_vram_gb is not a flag of any command the docs run"]
+
+
+def test_a_variable_of_the_block_carries_its_flags_to_the_command_that_uses_it():
+    text = """```bash
+CONFIG=configs/unet/tiny.py
+EVAL="--syncnet_checkpoint s.model \\
+  --audio_dir audio"
+python -m lipsync_jax.eval.report --generated out $EVAL
+python train.py --config=$CONFIG --config.run.max_train_steps=3
+```
+"""
+    uses = uses_in("doc.md", text)
+    by_command = {u.command.key: u for u in uses if u.command}
+    assert by_command["-m lipsync_jax.eval.report"].flags == ["--generated", "--syncnet_checkpoint", "--audio_dir"]
+    assert by_command["train.py"].config == "configs/unet/tiny.py"
+    assert len(uses) == 2  # the assignments are not commands, nor continuations of one
 
 
 def test_a_config_override_must_name_a_field_of_its_config():
