@@ -34,6 +34,7 @@ import dataclasses
 import math
 import os
 import shutil
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -258,6 +259,8 @@ def swap_in(staging: str, final: str) -> None:
 
 # ---- reading --------------------------------------------------------------------------------
 
+_OPEN_LOCK = threading.Lock()  # one opening of a ClipDataSource at a time in a process
+
 class ClipDataSource:
     """Random access to decoded clip records of a dataset folder (``root/name/version`` or a
     folder containing exactly one such dataset). Picklable (re-opens lazily in grain workers).
@@ -271,13 +274,16 @@ class ClipDataSource:
         self._len = None
 
     def _open(self):
-        if self._source is None:
-            import tensorflow_datasets as tfds
+        # A loader's reader threads ask for their first items at once: one of them opens the
+        # source (and imports tfds: concurrent first imports of its lazy modules deadlock).
+        with _OPEN_LOCK:
+            if self._source is None:
+                import tensorflow_datasets as tfds
 
-            try:
-                self._source = tfds.builder_from_directory(self.path).as_data_source(split=self.split)
-            except Exception as e:  # noqa: BLE001 - tfds raises many types; name the folder
-                raise DatasetFormatError(f"{self.path}: cannot open as a clip dataset: {e}") from e
+                try:
+                    self._source = tfds.builder_from_directory(self.path).as_data_source(split=self.split)
+                except Exception as e:  # noqa: BLE001 - tfds raises many types; name the folder
+                    raise DatasetFormatError(f"{self.path}: cannot open as a clip dataset: {e}") from e
         return self._source
 
     def __len__(self) -> int:
