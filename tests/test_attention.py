@@ -276,10 +276,10 @@ print("grad error:", float(jnp.max(jnp.abs(fused[1] - ref[1]))))
 def test_pallas_under_a_mesh_runs_per_device_on_the_batch_split():
     """On a (2, 2) mesh of 4 fake CPU devices, traced as the train step is: the kernel is lowered
     inside a shard_map over (data, fsdp), on 2 of the 8 examples per device (folded to 4 kernel
-    "heads" of 128 queries). Executing Pallas' TPU interpreter on several CPU devices hung in this
-    JAX (0.10.2; no CPU use for 15 min, with 2 and 4 devices), so the run that checks the numbers
-    swaps the kernel for a jnp one with its interface: the sharding, folding and scaling around
-    it against the reference; the kernel itself is checked on one device above."""
+    "heads" of 128 queries). Pallas' TPU interpreter does not finish on several CPU devices (jax
+    0.10.2, 2 or 4 devices), so the run that checks the numbers swaps the kernel for a jnp one with
+    its interface: the sharding, folding and scaling around it against the reference; the kernel
+    itself is checked on one device above."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", PYTHONPATH=PROJECT_ROOT)
     out = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], cwd=PROJECT_ROOT, env=env, capture_output=True,
                          text=True, timeout=900)

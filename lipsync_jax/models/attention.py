@@ -8,7 +8,9 @@ SyncNet always use "auto"):
             devices of the mesh the program is traced under (``jax.sharding.use_abstract_mesh``,
             as ``lipsync_jax.sharding.with_activation_sharding`` does for the train step), else
             ``jax.default_backend()``; see ``target_platform``. A program compiled ahead of time
-            for another platform without such a mesh sets the backend itself:
+            for another platform without such a mesh is traced inside
+            ``lipsync_jax.aot.compile.tracing_for(platform)`` (``jax.default_backend()`` answers
+            that platform), or sets the backend itself:
             ``module.clone(attention_backend=resolve_backend("auto", "gpu", jnp.bfloat16))``.
             On TPU "auto" takes the Pallas kernel only where it can be placed: under a mesh
             context, or in a process with one device; a multi-chip program traced without a mesh
