@@ -35,6 +35,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's lipsync_jax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from scaling_estimate import abstract_batch  # noqa: E402
 
