@@ -4,7 +4,7 @@
     python bench/bench_infer.py --config configs/unet/stage2.py --chunk_batch 2    # GPU, 256 px
     python bench/bench_infer.py --config configs/unet/stage2_512.py
     python bench/bench_infer.py --ttff --rss                      # + cold/warm start, memory vs audio length
-    python bench/bench_infer.py --attention_check                 # cuDNN vs XLA attention (GPU)
+    python bench/bench_infer.py --attention_check                 # fused vs XLA attention (GPU/TPU)
 
 Runs ``LipsyncEngine.run`` (video in, H.264 + AAC out) on the demo clip: a warm-up job (compiles),
 then ``--seconds`` of audio. Reports: end-to-end frames/s; the device program alone (the same
@@ -55,7 +55,7 @@ def parse_args(argv=None):
     parser.add_argument("--compile_cache", default=None, help="persistent cache folder (default: a temp folder)")
     parser.add_argument("--ttff", action="store_true", help="time to first frame, cold and warm compile cache")
     parser.add_argument("--rss", action="store_true", help="peak RSS for --seconds and 4x --seconds of audio")
-    parser.add_argument("--attention_check", action="store_true", help="cuDNN vs XLA attention at UNet shapes")
+    parser.add_argument("--attention_check", action="store_true", help="fused vs XLA attention at UNet shapes")
     parser.add_argument("--seams", action="store_true", help="seam metric through the engine for overlap 0, 2, 4")
     parser.add_argument("--json", default=None, help="append the results as one JSON line to this file")
     parser.add_argument("--child", default=None, choices=["ttff", "rss"], help=argparse.SUPPRESS)
@@ -114,11 +114,12 @@ def run_child(args, mode: str, cache: str, seconds: float, audio: str | None = N
 
 
 def attention_check() -> dict:
-    """cuDNN flash attention vs XLA at the UNet's attention shapes (bf16): max error and time."""
+    """The platform's fused attention ("auto": cuDNN flash attention on GPU, the Pallas splash kernel
+    on TPU) vs XLA at the UNet's attention shapes (bf16): max error and time."""
     import jax
     import jax.numpy as jnp
 
-    from lipsync_jax.models.attention import _cudnn_ok, dot_product_attention
+    from lipsync_jax.models.attention import dot_product_attention, fused_supported, resolve_backend
 
     rows = {}
     shapes = {"spatial_256_d40": (2, 1024, 8, 40), "spatial_512_d40": (2, 4096, 8, 40),
@@ -128,8 +129,9 @@ def attention_check() -> dict:
         q, k, v = (jax.random.normal(key, shape, jnp.bfloat16) for key in keys)
         ref = dot_product_attention(q, k, v, backend="naive").astype(jnp.float32)
         row = {}
-        for backend in ("xla", "cudnn"):
-            if backend == "cudnn" and not _cudnn_ok(q, k):
+        fused = resolve_backend("auto", jax.default_backend(), q.dtype)
+        for backend in ("xla", "cudnn", "pallas"):
+            if backend != "xla" and not (backend == fused and fused_supported(backend, q.shape, k.shape, q.dtype)):
                 row[backend] = "n/a on " + jax.default_backend()
                 continue
             fn = jax.jit(lambda q, k, v, b=backend: dot_product_attention(q, k, v, backend=b))

@@ -1,11 +1,16 @@
 """Compiled per-device memory of the stage-2 train step, without the accelerator: XLA's
 ``memory_analysis()`` of the step compiled ahead of time for a TPU topology (libtpu compiles for a
-described slice on a CPU-only host) or for fake CPU devices.
+described slice on a CPU-only host), for the NVIDIA GPUs of lipsync_jax/accelerators' target table
+(JAX's CUDA plugin compiles for them on a CPU-only host; lipsync_jax/aot), or for fake CPU devices.
 
     # TPU v5p, 8 chips as (data, fsdp) = (8, 1); needs libtpu (jax's "tpu" extra, libtpu 0.0.42.*)
     TPU_ACCELERATOR_TYPE=v5p-8 python bench/compiled_memory.py --target tpu:v5p:2x2x2 --mesh 8,1
     # only the UNet's forward + backward (MSE on the noise), the part that holds the activations
     TPU_ACCELERATOR_TYPE=v5p-8 python bench/compiled_memory.py --target tpu:v5p:2x2x2 --mesh 8,1 --piece unet
+    # 8 x H100 (JAX's CUDA plugin: pip install -r requirements-aot.txt); any GPU name of bench/aot.py
+    python bench/compiled_memory.py --target gpu:h100 --mesh 8,1 --piece up_block
+    # the UNet's attention on XLA instead of the default (cuDNN / Pallas flash attention)
+    ... --attention_backend xla
     # fake CPU devices (XLA's CPU pipeline drops remat: temporaries are NOT a GPU/TPU prediction)
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python bench/compiled_memory.py --target cpu --mesh 4,2
 
@@ -27,31 +32,51 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's lipsync_jax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from scaling_estimate import abstract_batch  # noqa: E402
 
-from lipsync_jax.config_utils import load_config, resolve_path  # noqa: E402
 from lipsync_jax import sharding as sharding_lib  # noqa: E402
+from lipsync_jax.aot.compile import TRITON_OFF  # noqa: E402
+from lipsync_jax.config_utils import load_config, resolve_path  # noqa: E402
 from lipsync_jax.train.state import TrainState, make_optimizer  # noqa: E402
 from lipsync_jax.train.unet_setup import build_unet_task  # noqa: E402
 
 GIB = 2 ** 30
 
 
-def target_devices(target: str) -> list:
+def target_devices(target: str, count: int = 1) -> list:
     if target == "cpu":
         return list(jax.devices())
     platform, _, topology = target.partition(":")
-    if platform != "tpu" or not topology:
-        raise SystemExit(f"--target {target!r}: expected 'cpu' or 'tpu:<topology>' (e.g. tpu:v5p:2x2x2)")
+    if platform not in ("tpu", "gpu") or not topology:
+        raise SystemExit(f"--target {target!r}: expected 'cpu', 'tpu:<topology>' (e.g. tpu:v5p:2x2x2) or "
+                         "'gpu:<name>' (e.g. gpu:h100)")
+    if platform == "gpu":
+        return _gpu_devices(topology, count)
     from jax.experimental import topologies
     try:
         return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
     except RuntimeError as error:  # no libtpu: see docs/scaling.md for the install line
         raise SystemExit(f"--target {target}: {error} (pip install 'libtpu==0.0.42.*' and set "
                          "TPU_ACCELERATOR_TYPE, see docs/scaling.md)") from None
+
+
+def _gpu_devices(name: str, count: int) -> list:
+    """``count`` compile-only GPUs of the target ``name`` of lipsync_jax/accelerators (e.g. h100)."""
+    from lipsync_jax import aot
+    from lipsync_jax.accelerators import UnknownTargetError
+
+    try:
+        target = aot.get_target(name)
+        if target.platform != "gpu":
+            raise SystemExit(f"--target gpu:{name}: {name} is not a GPU target")
+        return aot.target_devices(target, min(count, target.chips))
+    except (UnknownTargetError, aot.AOTUnavailableError) as error:
+        raise SystemExit(f"--target gpu:{name}: {error}") from None
 
 
 def _with(tree, shardings):
@@ -80,6 +105,8 @@ def compile_step(config, mesh: Mesh, per_device_batch: int, piece: str, attentio
         return _compile_unet(trainer, state, batch, mesh, rules, rep, config)
     if piece == "up_block":
         return _compile_last_up_block(trainer, batch, mesh, rules, rep)
+    if piece == "vae_decode":
+        return _compile_vae_decode(trainer, task, batch, mesh, rules, rep, config)
     frozen_abs = jax.eval_shape(task.init_frozen, jax.random.key(0))
     min_mib = float(config.mesh.get("frozen_shard_min_mib", sharding_lib.FROZEN_SHARD_MIN_MIB))
     frozen = _with(frozen_abs, sharding_lib.frozen_shardings(frozen_abs, mesh, rules, min_mib))
@@ -145,6 +172,32 @@ def _compile_last_up_block(trainer, batch, mesh, rules, rep):
     return jax.jit(fn).lower(params, inputs), b
 
 
+def _compile_vae_decode(trainer, task, batch, mesh, rules, rep, config):
+    """value_and_grad w.r.t. the latents of the step's VAE decode of the predicted clip (as the
+    step runs it: one ``jax.checkpoint`` around the whole decoder when remat is on), with the VAE's
+    weights as the step holds them: its working set while the pixel losses are differentiated."""
+    b, f, s = batch["gt_frames"].shape[:3]
+    lat = s // 8
+    sh = batch["gt_frames"].sharding
+    latents = jax.ShapeDtypeStruct((b, f, lat, lat, 4), jnp.float32, sharding=sh)
+    frozen_abs = jax.eval_shape(task.init_frozen, jax.random.key(0))
+    min_mib = float(config.mesh.get("frozen_shard_min_mib", sharding_lib.FROZEN_SHARD_MIN_MIB))
+    frozen = _with(frozen_abs, sharding_lib.frozen_shardings(frozen_abs, mesh, rules, min_mib))
+    vae_params = frozen["vae"]
+
+    def loss(z, params):
+        return jnp.mean(jnp.square(trainer.decode(params, z)))
+    fn = sharding_lib.with_activation_sharding(jax.value_and_grad(loss), mesh, rules, batch_argnum=0)
+    return jax.jit(fn, out_shardings=(rep, sh)).lower(latents, vae_params), b
+
+
+def fused_attention_calls(compiled_hlo: str) -> int:
+    """Fused-attention kernel launches in a compiled program: Pallas TPU (Mosaic) custom calls and
+    cuDNN flash-attention calls, forward and backward kernels counted separately."""
+    return (compiled_hlo.count('custom_call_target="tpu_custom_call"')
+            + compiled_hlo.count('custom_call_target="__cudnn$fmha'))
+
+
 def nn_unbox(tree):
     import flax.linen as nn
     return nn.meta.unbox(tree)
@@ -153,16 +206,17 @@ def nn_unbox(tree):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/unet/stage2_512.py")
-    parser.add_argument("--target", default="cpu", help="'cpu' (jax.devices()) or 'tpu:<topology>'")
+    parser.add_argument("--target", default="cpu",
+                        help="'cpu' (jax.devices()), 'tpu:<topology>' or 'gpu:<name>' (e.g. gpu:h100)")
     parser.add_argument("--mesh", default="8,1", help="DATA,FSDP")
     parser.add_argument("--batch", type=int, default=1, help="clips per data-parallel rank")
-    parser.add_argument("--piece", choices=("step", "unet", "up_block"), default="step")
+    parser.add_argument("--piece", choices=("step", "unet", "up_block", "vae_decode"), default="step")
     parser.add_argument("--resolution", type=int, default=0)
     parser.add_argument("--attention_backend", default="", help="the UNet's (default: the model's 'auto')")
     parser.add_argument("--set", action="append", default=[], help="extra config override KEY=VALUE")
     args = parser.parse_args()
     data, fsdp = (int(v) for v in args.mesh.split(","))
-    devices = target_devices(args.target)
+    devices = target_devices(args.target, data * fsdp)
     if len(devices) < data * fsdp:
         raise SystemExit(f"--mesh {args.mesh} needs {data * fsdp} devices; --target {args.target} has {len(devices)}")
     devices = devices[:data * fsdp]
@@ -174,9 +228,11 @@ def main():
     start = time.perf_counter()
     lowered, global_batch = compile_step(config, mesh, args.batch, args.piece, args.attention_backend or None)
     lower_s = time.perf_counter() - start
-    compiled = lowered.compile()
+    options = TRITON_OFF if devices[0].platform == "gpu" else {}  # see lipsync_jax/aot/compile.py
+    compiled = lowered.compile(compiler_options=options)
     compile_s = time.perf_counter() - start - lower_s
     m = compiled.memory_analysis()
+    fused_calls = fused_attention_calls(compiled.as_text())
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     peak = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
@@ -184,7 +240,8 @@ def main():
                mesh=dict(data=data, fsdp=fsdp), global_batch=global_batch,
                resolution=int(config.data.resolution), frames=int(config.data.num_frames),
                remat=bool(config.run.enable_gradient_checkpointing),
-               attention_backend=args.attention_backend or "auto",
+               attention_backend=args.attention_backend or "auto", fused_attention_calls=fused_calls,
+               compiler_options=options,
                per_device_gib=dict(arguments=m.argument_size_in_bytes / GIB, outputs=m.output_size_in_bytes / GIB,
                                    aliased=m.alias_size_in_bytes / GIB, temporaries=m.temp_size_in_bytes / GIB,
                                    generated_code=m.generated_code_size_in_bytes / GIB, peak=peak / GIB),

@@ -202,3 +202,32 @@ def test_plan_for_h100_is_the_xla_gpu_compile(tmp_path):
     assert plan.whisper_bytes == whisper_bytes - whisper["alias_bytes"] > whisper["argument_bytes"]
     assert plan.device_bytes == plan.footprint.total_bytes + plan.whisper_bytes + queued_bytes(models, 2, 2)
     assert len(lines) == 1 and lines[0].startswith("estimate: chunk_batch 2")
+
+
+@pytest.mark.heavy  # needs the plugin (not in CI); three small attention programs compiled for the H100
+def test_auto_attention_compiles_to_cudnn_for_h100_in_half_precision():
+    """Traced under a mesh of H100 compile-only devices (as the train step is), "auto" attention
+    and its gradients are cuDNN flash-attention kernels for heads of 40 in bf16, and XLA for heads
+    of 160 (over cuDNN's 128) and in float32."""
+    _cuda_plugin()
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from lipsync_jax.aot.compile import TRITON_OFF
+    from lipsync_jax.models.attention import dot_product_attention
+
+    mesh = aot.target_mesh("h100", (1,), ("data",))
+
+    def cudnn_calls(shape, dtype) -> int:
+        x = jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, P()))
+
+        def loss(q, k, v):
+            return jnp.sum(jnp.sin(dot_product_attention(q, k, v).astype(jnp.float32)))
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            traced = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).trace(x, x, x)
+        text = traced.lower().compile(compiler_options=TRITON_OFF).as_text()
+        return text.count('custom_call_target="__cudnn$fmha')
+
+    assert cudnn_calls((2, 256, 8, 40), jnp.bfloat16) == 2  # forward and backward kernels
+    assert cudnn_calls((2, 256, 8, 160), jnp.bfloat16) == 0
+    assert cudnn_calls((2, 256, 8, 40), jnp.float32) == 0

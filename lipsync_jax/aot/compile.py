@@ -8,8 +8,10 @@ memory traffic (aot/cost.py) and the roofline rate with the target's peaks named
 
 ``tracing_for(platform)``: while a program is traced for a target, ``jax.default_backend()``
 answers the target's platform. models/attention.py resolves its "auto" backend (cuDNN flash
-attention on GPU where the head size allows it, else XLA) by asking ``jax.default_backend()``,
-which on this host is "cpu"; the target's own choice is what should be compiled.
+attention on GPU, the Pallas splash kernel on TPU, for the calls its ``fused_supported`` admits,
+else XLA) for the platform of the mesh the program is traced under, else for
+``jax.default_backend()``, which on this host is "cpu"; the target's own choice is what should be
+compiled.
 """
 
 from __future__ import annotations
