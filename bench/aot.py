@@ -57,7 +57,7 @@ def log(message: str) -> None:
 def attention_label(target, backend: str) -> str:
     if backend != "auto":
         return backend
-    return "auto=cudnn+xla" if target.platform == "gpu" else "auto=xla"
+    return "auto=cudnn+xla" if target.platform == "gpu" else "auto=pallas+xla"
 
 
 def stage1_config(path: str) -> str | None:

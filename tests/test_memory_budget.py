@@ -253,7 +253,11 @@ def test_attention_candidates_and_logits_floor(v16_abstract):
     assert attention_logits_bytes(models, 1, "auto") == 32 * 8 * 4096 * 4096 * 4  # 16 GiB
     assert attention_logits_bytes(models, 1, "chunked:256") == 32 * 8 * 256 * 4096 * 4  # 1 GiB
     assert attention_logits_bytes(models, 2, "chunked") == 2 * 32 * 8 * 1024 * 4096 * 4
-    assert attention_logits_bytes(models, 1, "auto", platform="gpu") == 0  # cuDNN flash attention in bf16
+    # fused kernels hold no logits: cuDNN (bf16, heads of 40 and 80) and Pallas (>= 512 keys) take the
+    # 4096- and 1024-token levels; the 1280-channel level (heads of 160, 256 tokens) stays on XLA
+    unfused = 32 * 8 * 256 * 256 * 4
+    assert attention_logits_bytes(models, 1, "auto", platform="gpu") == unfused
+    assert attention_logits_bytes(models, 1, "auto", platform="tpu") == unfused
 
 
 def test_plan_skips_settings_whose_attention_logits_cannot_fit(monkeypatch, v16_abstract):

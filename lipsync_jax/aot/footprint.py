@@ -26,8 +26,11 @@ _lock = threading.Lock()
 def target_identity(target: Target) -> dict:
     """What a compile for ``target`` depends on besides the program: its description and jax."""
     described = target.spec_text() if target.spec_file else f"{target.tpu_topology}|{target.tpu_chips_per_host}"
-    return {"target": target.name, "described": hashlib.sha256(described.encode()).hexdigest()[:16],
-            "jax": jax.__version__}
+    identity = {"target": target.name, "described": hashlib.sha256(described.encode()).hexdigest()[:16],
+                "jax": jax.__version__}
+    if target.platform == "tpu":  # "auto" attention there is the Pallas kernel where it applies
+        identity["auto_attention"] = "pallas+xla"
+    return identity
 
 
 def result_key(**parts: Any) -> str:

@@ -60,7 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lipsync_jax.diffusion import ModuleApply
-from lipsync_jax.models.attention import chunked_backend, parse_backend
+from lipsync_jax.models.attention import chunked_backend, fused_supported, parse_backend, resolve_backend
 from lipsync_jax.pipeline.compile_cache import default_compile_cache_dir
 from lipsync_jax.pipeline.errors import InferenceError
 from lipsync_jax.pipeline.placement import default_chunk_batch
@@ -326,7 +326,7 @@ def attention_candidates(platform: str, dtype: Any, tokens: int | None = None) -
     ``QUERY_BLOCKS`` queries, each only when the longest attention (``tokens`` = latent positions per
     frame) splits into more than one block (else it is plain XLA): at 256 px (1024 tokens)
     "chunked:256", at 512 px (4096) "chunked" (1024) and "chunked:256"."""
-    # auto = cuDNN flash attention on GPU in half precision (memory linear in the tokens), else XLA
+    # auto = the platform's fused kernel where it applies (memory linear in the tokens), else XLA
     # whose float32 logits (b*f x heads x tokens^2) are the largest buffer; chunked:N holds those of
     # N queries at a time (models/attention.py): less memory, a bit slower
     blocks = [b for b in QUERY_BLOCKS if tokens is None or (tokens > b and tokens % b == 0)]
@@ -338,21 +338,25 @@ def attention_logits_bytes(models, chunk_batch: int, backend: str, *, guidance_s
     """A LOWER bound of the program's temporaries, computed without compiling: the float32 logits
     one XLA self-attention call holds at once in the UNet's largest attention (CFG batch x frames x
     heads x queries per block x tokens x 4 bytes; 1 GiB at 256 px, 16 GiB at 512 px for one chunk
-    with CFG). 0 when "auto" may be cuDNN flash attention (GPU, half precision: no logits buffer).
-    The planner skips compiling settings whose weights + this bound already exceed the budget."""
+    with CFG). A level whose self-attention runs in a fused kernel (cuDNN on GPU in half precision,
+    Pallas on TPU: models/attention.py's ``fused_supported``) holds no logits. The planner skips
+    compiling settings whose weights + this bound already exceed the budget."""
     name, block = parse_backend(backend)
-    if name == "cudnn" or (name == "auto" and platform == "gpu" and jnp.dtype(models.dtype).itemsize == 2):
-        return 0
     config = getattr(models.unet_apply.module, "config", None)
     if config is None:
         return 0
+    kernel = resolve_backend(name, platform, models.dtype)
+    batch = (2 if float(guidance_scale) > 1.0 else 1) * int(chunk_batch) * models.num_frames
     largest = 0
     for i, kind in enumerate(config.down_block_types):
         if "CrossAttn" in kind:
             tokens = (models.latent_size // 2 ** i) ** 2
+            heads = int(config.attention_head_dim[i])
+            shape = (batch, tokens, heads, int(config.block_out_channels[i]) // heads)
+            if fused_supported(kernel, shape, shape, models.dtype):
+                continue
             queries = min(tokens, block) if (block and tokens > block and tokens % block == 0) else tokens
-            largest = max(largest, int(config.attention_head_dim[i]) * queries * tokens)
-    batch = (2 if float(guidance_scale) > 1.0 else 1) * int(chunk_batch) * models.num_frames
+            largest = max(largest, heads * queries * tokens)
     return batch * largest * 4
 
 
