@@ -10,7 +10,6 @@ by field: ``--config.run.inference_steps=10``).
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 from absl import flags
@@ -90,15 +89,6 @@ def define_run_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                           "~/.cache/lipsync_jax/xla).")
     flags.DEFINE_bool("nocompile_cache", False, "Do not use the persistent compilation cache.", flag_values=fv)
     flags.DEFINE_bool("verbose", False, "Show the libraries' own log lines (XLA, MediaPipe, ...).", flag_values=fv)
-
-
-def show_in_help(fv: flags.FlagValues = flags.FLAGS) -> None:
-    """Make every flag of ``fv`` (but absl's own) a key flag of the running program, so ``--help`` lists
-    them (absl lists the key flags of ``sys.argv[0]``; ours are defined in this package's modules)."""
-    for name in list(fv):
-        flag, module = fv[name], fv.find_module_defining_flag(name) or ""
-        if name == flag.name and not module.startswith("absl"):
-            fv.register_key_flag_for_module(sys.argv[0], flag)
 
 
 def config_and_defaults(fv: flags.FlagValues = flags.FLAGS) -> tuple[Any, JobDefaults]:

@@ -51,6 +51,7 @@ from absl import app, flags
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect  # module level: the endpoint's annotations resolve here
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
+from lipsync_jax import cli_flags
 from lipsync_jax.device_memory import configure_gpu_memory
 from lipsync_jax.live.audio_online import look_ahead_seconds
 from lipsync_jax.live.avatar import LiveAvatar
@@ -457,7 +458,7 @@ def entry(argv: list[str] | None = None) -> None:
     ``python app.py --live``."""
     configure_gpu_memory()
     define_flags(flags.FLAGS)
-    shared.show_in_help(flags.FLAGS)
+    cli_flags.show_in_help(flags.FLAGS)
     app.run(main, argv=sys.argv if argv is None else argv)
 
 

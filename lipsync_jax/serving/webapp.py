@@ -26,7 +26,7 @@ import traceback
 import gradio as gr
 from absl import app, flags
 
-from lipsync_jax import cleanup
+from lipsync_jax import cleanup, cli_flags
 from lipsync_jax.device_memory import configure_gpu_memory
 from lipsync_jax.media.ffmpeg import run_ffmpeg
 from lipsync_jax.quiet import configure_terminal
@@ -351,5 +351,5 @@ def entry(argv: list[str] | None = None) -> None:
 
         return live_entry([a for a in argv if a != "--live"])
     define_flags(flags.FLAGS)
-    shared.show_in_help(flags.FLAGS)
+    cli_flags.show_in_help(flags.FLAGS)
     app.run(main, argv=argv)
