@@ -41,9 +41,12 @@ def define_model_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 def define_sampling_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """How to sample (defaults: the config's run section). Details: docs/inference.md."""
     text = lambda name, help_text: flags.DEFINE_string(name, None, help_text, flag_values=fv)  # noqa: E731
-    text("steps", "Denoising steps, a whole number >= 1 (default: run.inference_steps, 20).")
-    text("guidance", "Audio guidance scale, >= 0; <= 1 disables guidance (default: run.guidance_scale, 1.5).")
-    text("scheduler", "Sampler: ddim (LatentSync) or dpmsolver++ (default: run.scheduler).")
+    text("steps", "Denoising steps, a whole number >= 1 (default: run.inference_steps, 20; a student "
+                  "checkpoint's own steps).")
+    text("guidance", "Audio guidance scale, >= 0; <= 1 disables guidance (default: run.guidance_scale, 1.5; a "
+                     "student checkpoint has its scale distilled in and refuses > 1).")
+    text("scheduler", "Sampler: ddim (LatentSync), dpmsolver++ or lcm (a consistency-distilled student; "
+                      "default: run.scheduler, lcm for a student checkpoint).")
     text("deepcache_interval", "DeepCache: the full UNet every N steps, 0/1 = off (default: run.deepcache_interval).")
     text("overlap", "Frames shared by consecutive 16-frame windows, 0..15 (one face, one device; default: "
                     "run.overlap).")
@@ -92,8 +95,11 @@ def define_run_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def config_and_defaults(fv: flags.FlagValues = flags.FLAGS) -> tuple[Any, JobDefaults]:
+    """The config and the job defaults: the config's, or a student checkpoint's (--checkpoint with
+    "student" metadata: scheduler lcm at its steps, guidance distilled in; JobDefaults)."""
     config = cli_flags.resolved_config(fv)
-    return config, JobDefaults.from_config(config)
+    unet = None if fv["random_init"].value else fv["checkpoint"].value
+    return config, JobDefaults.from_config(config, unet_checkpoint=unet)
 
 
 def sampling_values(fv: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:

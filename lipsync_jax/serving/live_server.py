@@ -395,6 +395,7 @@ def prepare(fv: flags.FlagValues):
     if fv.random_init:
         print(RANDOM_WEIGHTS_WARNING, file=sys.stderr, flush=True)
     service = LipsyncService.from_config(config, **shared.model_sources(fv), run=run, log=print)
+    service.announce(sampling)
     print(service.describe(), flush=True)
     options = StreamOptions(sampling=sampling, seed=seed, stride=stride)
     print(f"preparing the avatar {fv.avatar} ...", flush=True)
