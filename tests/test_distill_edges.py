@@ -78,6 +78,16 @@ def test_every_door_takes_the_student_defaults_from_the_checkpoint(door, fake_st
     assert (random.sampling.solver, random.sampling.steps, random.student) == ("ddim", 20, None)
 
 
+def test_beam_workers_parse_rows_with_the_student_defaults(fake_student):
+    from lipsync_jax.serving.batch_beam import LipsyncWorker, ServiceSpec
+
+    sources = dict(unet_checkpoint=fake_student, vae_checkpoint="", whisper_checkpoint="", random_init=False)
+    worker = LipsyncWorker(ServiceSpec(load_config(TINY), sources, RunOptions()))
+    assert (worker.defaults.sampling.solver, worker.defaults.sampling.steps) == ("lcm", STUDENT_STEPS)
+    random = LipsyncWorker(ServiceSpec(load_config(TINY), dict(sources, random_init=True), RunOptions()))
+    assert random.defaults.student is None and random.defaults.sampling.solver == "ddim"
+
+
 def test_user_values_win_within_the_students_rules(fake_student):
     _, defaults = shared.config_and_defaults(door_flags("infer", [f"--checkpoint={fake_student}"]))
     given = shared.sampling_values(door_flags("infer", ["--steps=1", "--scheduler=lcm", "--guidance=1"]))
@@ -224,3 +234,26 @@ def test_infer_py_runs_an_exported_student_with_lcm_at_its_steps(tmp_path, tiny_
     last = refused.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {student}: guidance 2 is refused"), last
     assert not os.path.exists(tmp_path / "refused.mp4")
+
+
+@pytest.mark.slow
+def test_lcm_chunks_do_not_depend_on_the_batch(tiny_models):
+    """Each chunk draws its fresh lcm noise from its own key (its index): two chunks in one call
+    equal the same chunks one per call."""
+    from lipsync_jax.pipeline.program import ChunkProgram, data_mesh, replicate, start_noise
+
+    mesh = data_mesh(jax.local_devices()[:1])
+    params = replicate(tiny_models.unet_params, mesh), replicate(tiny_models.vae_params, mesh)
+    options = dict(num_steps=2, guidance_scale=1.0, sampler_options={"solver": "lcm"})
+    pair = ChunkProgram(tiny_models, mesh, chunks_per_device=2, **options)
+    single = ChunkProgram(tiny_models, mesh, chunks_per_device=1, **options)
+    shapes = pair.input_shapes()
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, shapes["faces"][0], dtype=np.uint8)
+    audio = rng.standard_normal(shapes["audio"][0]).astype(np.float32)
+    noise, key_data = start_noise(tiny_models, 5)
+    both = np.asarray(pair(*params, faces, audio, np.array([3, 4], np.int32), noise, key_data))
+    one_by_one = [np.asarray(single(*params, faces[i:i + 1], audio[i:i + 1], np.array([3 + i], np.int32), noise,
+                                    key_data))[0] for i in range(2)]
+    np.testing.assert_allclose(both[0], one_by_one[0], atol=2e-4)
+    np.testing.assert_allclose(both[1], one_by_one[1], atol=2e-4)

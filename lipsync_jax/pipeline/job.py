@@ -337,11 +337,14 @@ class JobDefaults:
     note: str | None = None
 
     @classmethod
-    def from_config(cls, config, unet_checkpoint: str | None = None) -> JobDefaults:
-        """The config's defaults; with ``unet_checkpoint`` (None: random weights or not known) a
-        student's metadata replaces the sampling defaults (steps, scheduler, guidance, DeepCache off)."""
+    def from_config(cls, config, unet_checkpoint: str | None = None, random_init: bool = False) -> JobDefaults:
+        """The config's defaults; a student ``unet_checkpoint``'s metadata replaces the sampling
+        defaults (steps, scheduler, guidance, DeepCache off). With ``random_init`` (random weights)
+        the checkpoint is not read."""
         from lipsync_jax.distilled import StudentOptionError, student_info, student_sampling
 
+        if random_init:
+            unet_checkpoint = None
         run = config.run
         sampling = Sampling(steps=run.inference_steps, guidance=run.guidance_scale,
                             solver=run.get("scheduler", "ddim"), deepcache_interval=run.get("deepcache_interval", 0),

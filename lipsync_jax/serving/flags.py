@@ -98,8 +98,8 @@ def config_and_defaults(fv: flags.FlagValues = flags.FLAGS) -> tuple[Any, JobDef
     """The config and the job defaults: the config's, or a student checkpoint's (--checkpoint with
     "student" metadata: scheduler lcm at its steps, guidance distilled in; JobDefaults)."""
     config = cli_flags.resolved_config(fv)
-    unet = None if fv["random_init"].value else fv["checkpoint"].value
-    return config, JobDefaults.from_config(config, unet_checkpoint=unet)
+    return config, JobDefaults.from_config(config, unet_checkpoint=fv["checkpoint"].value,
+                                           random_init=fv["random_init"].value)
 
 
 def sampling_values(fv: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:

@@ -162,7 +162,7 @@ class LipsyncService:
         check_runs_here(run)  # one line before the models are loaded
         check_devices(run)
         configure_compile_cache(run.compile_cache)
-        defaults = JobDefaults.from_config(config, unet_checkpoint=None if random_init else unet_checkpoint)
+        defaults = JobDefaults.from_config(config, unet_checkpoint=unet_checkpoint, random_init=random_init)
         models = build_models(config, unet_checkpoint=unet_checkpoint, vae_checkpoint=vae_checkpoint,
                               whisper_checkpoint=whisper_checkpoint, dtype=default_dtype(run.dtype),
                               random_init=random_init, seed=defaults.seed)
