@@ -92,7 +92,6 @@ def main(argv):
     return 0
 
 
-
 def entry() -> None:
     """The console script (``lipsync-train``) and ``python train.py``."""
     define_flags()
