@@ -6,7 +6,9 @@
 weights for smoke tests; ``LIPSYNC_MAX_VRAM`` a memory budget in GB); ``predict()`` runs one job
 through the same service as the web app and batch jobs (lipsync_jax/serving/service.py) and
 returns the mp4. Face tracks are cached per video in ``LIPSYNC_AVATAR_CACHE`` (default
-/tmp/lipsync_avatars), so repeated avatars are faster.
+/tmp/lipsync_avatars), so repeated avatars are faster. A consistency-distilled student UNet
+(docs/distillation.md) samples with its own scheduler, steps and built-in guidance unless the
+inputs set them.
 """
 
 from __future__ import annotations
@@ -47,8 +49,10 @@ class Predictor(BasePredictor):
         self,
         video: Path = Input(description="Video with a face (any common format)"),
         audio: Path = Input(description="Speech audio (wav, mp3, m4a, or a video's sound track)"),
-        guidance_scale: float = Input(description="Audio guidance scale", default=1.5, ge=1.0, le=3.0),
-        inference_steps: int = Input(description="Denoising steps", default=20, ge=1, le=50),
+        guidance_scale: float | None = Input(description="Audio guidance scale (default: the config's, 1.5; a "
+                                             "distilled student's is built in)", default=None, ge=1.0, le=3.0),
+        inference_steps: int | None = Input(description="Denoising steps (default: the config's, 20; a distilled "
+                                            "student's own)", default=None, ge=1, le=50),
         seed: int = Input(description="Random seed", default=1247, ge=0, le=2 ** 32 - 1),
         max_seconds: float = Input(description="Only the first seconds of the audio (0 = all)", default=0.0, ge=0.0),
     ) -> Path:

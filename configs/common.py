@@ -178,8 +178,9 @@ def add_components(config: ml_collections.ConfigDict, *, vae: str = "vae/sd_vae_
     return config
 
 
-# scheduler: "ddim" | "dpmsolver++"; deepcache_interval: 0/1 off (LatentSync's --enable_deepcache
-# is 3); overlap: frames shared by consecutive 16-frame windows (0 = LatentSync's disjoint chunks).
+# scheduler: "ddim" | "dpmsolver++" | "lcm" (a distilled student); deepcache_interval: 0/1 off
+# (LatentSync's --enable_deepcache is 3); overlap: frames shared by consecutive 16-frame windows
+# (0 = LatentSync's disjoint chunks).
 SAMPLER_RUN_FIELDS = dict(scheduler="ddim", deepcache_interval=0, overlap=0)
 
 

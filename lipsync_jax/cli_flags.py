@@ -19,6 +19,7 @@ Then ``python train.py --config=configs/unet/stage2.py --config.optimizer.lr=3e-
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Sequence
 
 import ml_collections
@@ -68,3 +69,12 @@ def resolved_config(flag_values: flags.FlagValues = flags.FLAGS) -> ml_collectio
     for key, value in config_flags.get_override_values(config_flag).items():
         config_utils.set_field(config, key, value)
     return config
+
+
+def show_in_help(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """Make every flag of ``fv`` (but absl's own) a key flag of the running program, so ``--help`` lists
+    them (absl lists the key flags of ``sys.argv[0]``; ours are defined in this package's modules)."""
+    for name in list(fv):
+        flag, module = fv[name], fv.find_module_defining_flag(name) or ""
+        if name == flag.name and not module.startswith("absl"):
+            fv.register_key_flag_for_module(sys.argv[0], flag)

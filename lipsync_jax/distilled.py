@@ -85,25 +85,27 @@ class SamplingChoice:
     solver: str | None          # None: the caller's default (config.run.scheduler)
     num_steps: int | None       # None: the caller's default (config.run.inference_steps)
     guidance_scale: float | None  # None: the caller's default (config.run.guidance_scale)
-    note: str | None = None     # one line to print (what was decided for a student), or None
+    note: str | None = None     # one line to print (what was decided for a student, or a warning), or None
 
 
 def student_sampling(info: Mapping[str, Any] | None, *, solver: str | None = None, num_steps: int | None = None,
-                     guidance_scale: float | None = None, allow_lcm_without_student: bool = False) -> SamplingChoice:
+                     guidance_scale: float | None = None, checkpoint: str | None = None) -> SamplingChoice:
     """The sampler settings for a checkpoint, from what the user gave (None = not given).
 
     A student (``info`` from ``student_info``) samples with "lcm" (another solver is refused),
     ``num_steps`` defaults to its ``student_steps`` (at most its origin steps), and guidance is
     off: its scale is distilled in, so an explicit ``guidance_scale`` > 1 is refused (one
     line) and a missing one becomes 1.0 (one UNet call per step). Any other checkpoint passes
-    through unchanged, but "lcm" is refused for it (it is no consistency model) unless
-    ``allow_lcm_without_student`` (random-weight smoke runs). Raises ``StudentOptionError``."""
+    through unchanged; with "lcm" (it is no consistency model) the note is a warning line naming
+    ``checkpoint`` (None: random weights). Raises ``StudentOptionError``."""
     if info is None:
-        if solver == "lcm" and not allow_lcm_without_student:
-            raise StudentOptionError("scheduler lcm needs a consistency-distilled student checkpoint (metadata.json "
-                                     "with a 'student' block, written by python -m lipsync_jax.train.export for a "
-                                     "configs/unet/distill.py run); this UNet is not one")
-        return SamplingChoice(solver, num_steps, guidance_scale)
+        warning = None
+        if solver == "lcm":
+            what = f"the UNet {checkpoint}" if checkpoint else "this UNet (random weights)"
+            warning = (f"WARNING: scheduler lcm samples a consistency-distilled student; {what} has no 'student' "
+                       "metadata (written by python -m lipsync_jax.train.export for a configs/unet/distill.py run), "
+                       "so a few lcm steps give no usable output")
+        return SamplingChoice(solver, num_steps, guidance_scale, warning)
     teacher = info.get("teacher", "?")
     if solver is not None and solver != "lcm":
         raise StudentOptionError(f"this UNet is a consistency-distilled student (of {teacher}): it samples with "

@@ -14,8 +14,13 @@ import pytest
 from lipsync_jax import checkpoints
 from lipsync_jax.config_utils import load_config, resolve_path
 from lipsync_jax.diffusion import DDIMScheduler, LCMScheduler
-from lipsync_jax.distilled import (StudentOptionError, student_info, student_metadata, student_sampling,
-                                   student_scheduler)
+from lipsync_jax.distilled import (
+    StudentOptionError,
+    student_info,
+    student_metadata,
+    student_sampling,
+    student_scheduler,
+)
 from lipsync_jax.train.checkpointing import TrainCheckpointer
 from lipsync_jax.train.export import ExportError, export
 from lipsync_jax.train.state import TrainState, make_optimizer
@@ -94,13 +99,13 @@ def test_student_metadata_info_and_sampling_choices(tmp_path):
         with pytest.raises(StudentOptionError, match=message) as error:
             student_sampling(info, **kwargs)
         assert "\n" not in str(error.value)
-    # a teacher passes through; lcm is refused for it unless it is a random-weight smoke run
-    assert student_sampling(None, solver="ddim", num_steps=20, guidance_scale=1.5) == \
-        student_sampling(None, solver="ddim", num_steps=20, guidance_scale=1.5)
-    assert student_sampling(None).solver is None
-    with pytest.raises(StudentOptionError, match="needs a consistency-distilled student"):
-        student_sampling(None, solver="lcm")
-    assert student_sampling(None, solver="lcm", allow_lcm_without_student=True).solver == "lcm"
+    # a teacher passes through; lcm with it gets one warning line naming it
+    teacher_choice = student_sampling(None, solver="ddim", num_steps=20, guidance_scale=1.5)
+    assert (teacher_choice.solver, teacher_choice.num_steps, teacher_choice.guidance_scale) == ("ddim", 20, 1.5)
+    assert teacher_choice.note is None and student_sampling(None).solver is None
+    warning = student_sampling(None, solver="lcm", checkpoint=teacher)
+    assert warning.solver == "lcm" and warning.note.startswith("WARNING") and teacher in warning.note
+    assert "\n" not in warning.note
 
     ddim = DDIMScheduler.from_config(load_config(resolve_path("configs/scheduler.py")).to_dict())
     assert student_scheduler(ddim, None) is ddim
@@ -141,5 +146,6 @@ def test_export_of_a_distill_run_says_it_is_a_student_and_exports_the_ema(tmp_pa
     ckpt.close()
     with pytest.raises(ExportError, match="no EMA of the params"):
         export(str(tmp_path / "plain"), str(tmp_path / "x"), config, ema=True)
-    teacher_like = export(str(tmp_path / "plain"), str(tmp_path / "y"), load_config(resolve_path("configs/unet/tiny.py")))
+    tiny = load_config(resolve_path("configs/unet/tiny.py"))
+    teacher_like = export(str(tmp_path / "plain"), str(tmp_path / "y"), tiny)
     assert student_info(teacher_like) is None and os.path.isdir(teacher_like)

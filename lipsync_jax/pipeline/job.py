@@ -206,7 +206,8 @@ class SyncJob:
 @dataclasses.dataclass(frozen=True)
 class Sampling:
     """How to sample: LatentSync's DDIM loop (20 steps, guidance 1.5) unless changed. ``solver``:
-    ``ddim`` | ``dpmsolver++``; ``deepcache_interval`` 0/1 = off; ``overlap`` K: consecutive
+    ``ddim`` | ``dpmsolver++`` | ``lcm`` (a consistency student, ``JobDefaults``);
+    ``deepcache_interval`` 0/1 = off (not with lcm); ``overlap`` K: consecutive
     16-frame windows share K frames (one face, one device); ``audio_windows``: Whisper's windows
     (``sliding``, the default: overlapping 30 s windows, no seam every 30 s and exactly LatentSync's
     features up to 30 s of audio; ``latentsync``: its disjoint windows, bit-parity on long audio)."""
@@ -227,6 +228,9 @@ class Sampling:
         set_("deepcache_interval", interval if interval > 1 else 0)  # 0 and 1 are the same: off
         set_("overlap", parse_int("overlap", self.overlap, low=0, high=NUM_FRAMES - 1))
         set_("audio_windows", parse_choice("audio_windows", self.audio_windows, AUDIO_WINDOWS))
+        if self.solver == "lcm" and self.deepcache_interval:
+            raise OptionError(f"deepcache_interval {self.deepcache_interval} does not combine with scheduler lcm "
+                              "(a consistency student's few steps are far apart: nothing to cache)")
 
     def sampler_options(self) -> dict[str, Any]:
         """The sample_chunk keyword arguments beyond LatentSync's loop (empty for it)."""
@@ -318,22 +322,75 @@ class Request:
 # ---------------------------------------------------------------------------- defaults and parsing
 @dataclasses.dataclass(frozen=True)
 class JobDefaults:
-    """The config's defaults, read in ONE place: seed, sampling, memory budget, fps."""
+    """The defaults, read in ONE place: seed, sampling, memory budget, fps from the config, and for
+    a consistency-distilled UNet checkpoint (``lipsync_jax.distilled``) its own sampling: scheduler
+    lcm, its ``student_steps``, guidance 1 (its scale is distilled in). ``student``: that
+    checkpoint's "student" block (None: any other UNet); ``unet_checkpoint``: its path (messages);
+    ``note``: one line saying what the checkpoint decided (None: nothing)."""
 
     seed: int = 1247
     sampling: Sampling = Sampling()
     max_vram_gb: float | None = None
     fps: float = 25.0
+    student: Mapping[str, Any] | None = None
+    unet_checkpoint: str | None = None
+    note: str | None = None
 
     @classmethod
-    def from_config(cls, config) -> JobDefaults:
+    def from_config(cls, config, unet_checkpoint: str | None = None, random_init: bool = False) -> JobDefaults:
+        """The config's defaults; a student ``unet_checkpoint``'s metadata replaces the sampling
+        defaults (steps, scheduler, guidance, DeepCache off). With ``random_init`` (random weights)
+        the checkpoint is not read."""
+        from lipsync_jax.distilled import StudentOptionError, student_info, student_sampling
+
+        if random_init:
+            unet_checkpoint = None
         run = config.run
         sampling = Sampling(steps=run.inference_steps, guidance=run.guidance_scale,
                             solver=run.get("scheduler", "ddim"), deepcache_interval=run.get("deepcache_interval", 0),
                             overlap=run.get("overlap", 0),
                             audio_windows=run.get("audio_windows", DEFAULT_INFERENCE_WINDOWS))
-        return cls(seed=parse_seed(run.seed), sampling=sampling, fps=float(config.data.video_fps),
-                   max_vram_gb=parse_float("max_vram", run.get("max_vram_gb", 0.0) or 0.0, low=0.0) or None)
+        try:
+            info = student_info(unet_checkpoint)
+        except StudentOptionError as error:
+            raise OptionError(str(error)) from None
+        note = None
+        if info is not None:
+            choice = student_sampling(info)
+            sampling = dataclasses.replace(sampling, solver=choice.solver, steps=choice.num_steps,
+                                           guidance=choice.guidance_scale, deepcache_interval=0)
+            note, info = f"{unet_checkpoint}: {choice.note}", types.MappingProxyType(dict(info))
+        defaults = cls(seed=parse_seed(run.seed), sampling=sampling, fps=float(config.data.video_fps),
+                       max_vram_gb=parse_float("max_vram", run.get("max_vram_gb", 0.0) or 0.0, low=0.0) or None,
+                       student=info, unet_checkpoint=None if unet_checkpoint is None else str(unet_checkpoint),
+                       note=note)
+        return dataclasses.replace(defaults, note=note or defaults.lcm_warning(sampling))
+
+    def check_sampling(self, sampling: Sampling, given: Mapping[str, Any] = types.MappingProxyType({})) -> Sampling:
+        """``sampling`` as this UNet runs it: for a student, the values given (``given``: the
+        Sampling fields a user set) checked against its metadata (``OptionError`` naming the
+        checkpoint: another scheduler, guidance > 1, steps beyond its origin steps) and guidance
+        set to 1; any other UNet's sampling unchanged."""
+        from lipsync_jax.distilled import StudentOptionError, student_sampling
+
+        if self.student is None:
+            return sampling
+        try:
+            choice = student_sampling(self.student, solver=sampling.solver if "solver" in given else None,
+                                      num_steps=sampling.steps if "steps" in given else None,
+                                      guidance_scale=sampling.guidance if "guidance" in given else None)
+        except StudentOptionError as error:
+            raise OptionError(f"{self.unet_checkpoint}: {error}") from None
+        return dataclasses.replace(sampling, solver=choice.solver, steps=choice.num_steps,
+                                   guidance=choice.guidance_scale)
+
+    def lcm_warning(self, sampling: Sampling) -> str | None:
+        """One warning line when ``sampling`` asks for scheduler lcm and the UNet is no student."""
+        from lipsync_jax.distilled import student_sampling
+
+        if self.student is not None:
+            return None
+        return student_sampling(None, solver=sampling.solver, checkpoint=self.unet_checkpoint).note
 
 
 SAMPLING_FIELDS = ("steps", "guidance", "solver", "deepcache_interval", "overlap", "audio_windows")
@@ -343,7 +400,7 @@ JOB_FIELDS = ("face", "face_audio", "max_seconds", "seed", "crf", "preset")
 def parse_sampling(values: Mapping[str, Any], defaults: JobDefaults) -> Sampling:
     """A ``Sampling`` from raw values (missing / None / "" -> the default)."""
     given = {name: values[name] for name in SAMPLING_FIELDS if _given(values.get(name))}
-    return dataclasses.replace(defaults.sampling, **given)
+    return defaults.check_sampling(dataclasses.replace(defaults.sampling, **given), given)
 
 
 def parse_job(video: str, audio: str, output: str, values: Mapping[str, Any], defaults: JobDefaults) -> SyncJob:

@@ -48,7 +48,7 @@ class LipsyncModels:
     vae: AutoencoderKL
     vae_params: Any
     audio: AudioFeatureExtractor
-    scheduler: DDIMScheduler
+    scheduler: Any  # DDIMScheduler (config.scheduler), or a distilled student's LCMScheduler
     resolution: int
     num_frames: int
     audio_feat_length: tuple[int, int]

@@ -15,6 +15,9 @@ axis of every UNet call), VAE decode and the paste-back of the pixels the mask k
 returns to the host in between. This is exactly ``ChunkGenerator`` (chunk.py, the
 chunk-at-a-time reference) applied to each chunk: per chunk the same start noise, VAE keys
 ``fold_in(vae_key, chunk_index)``, the same ops; the result does not depend on ``B`` (tested).
+Scheduler lcm (a consistency student) adds fresh noise between steps: chunk c's comes from
+``fold_in(fold_in(vae_key, c), FRESH_NOISE_STREAM)``, each chunk sampled on its own stream (the
+sampler vmapped over the chunks), so it does not depend on ``B`` either.
 
 Devices: the batch axis is sharded over the ``data`` axis of ``mesh`` (``data_mesh()``: all local
 devices, or the engine's ``(data, fsdp)`` mesh, pipeline/placement.py);
@@ -35,7 +38,8 @@ of one video in order (stride 16 - K, ``diffusion.window_starts``) denoised by
 ``diffusion.sample_windows``; the call takes the previous batch's tail trajectory ``prev_tail``
 (num_steps + 1, K, r, r, 4) and ``use_prev_tail`` (bool scalar) and returns ``(faces, tail)``,
 the tail staying on the device for the next call (no host sync). Windows are linked inside one
-device, so the mesh must have one device. K = 0 is the program above, unchanged.
+device, so the mesh must have one device. K = 0 is the program above, unchanged. With lcm the
+windows of one call share the fresh-noise stream of the call's first window.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from lipsync_jax.pipeline.models import LipsyncModels
 from lipsync_jax.pipeline.placement import DATA_AXIS, axis_size, shard_chunks
 
 MOMENT_CHANNELS = 16  # 4 latent channels x (masked mean, masked logvar, ref mean, ref logvar)
+FRESH_NOISE_STREAM = 1  # fold_in(chunk's VAE key, this): the key of the fresh noise of scheduler lcm
 
 
 def data_mesh(devices=None) -> Mesh:
@@ -135,9 +140,13 @@ def generate_chunks(models: LipsyncModels, unet_params: Any, vae_params: Any, fa
     pixel_values, masked, ref = jax.lax.cond(use_moments, from_moments, encode_all, None)
     init = jnp.broadcast_to(noise, (b,) + noise.shape[1:])
     mask = jnp.broadcast_to(latent_mask, (b, f) + latent_mask.shape)
+    noise_keys = None
+    if sampler_options.get("solver") == "lcm":
+        noise_keys = jax.vmap(lambda index: jax.random.fold_in(jax.random.fold_in(vae_key, index),
+                                                               FRESH_NOISE_STREAM))(chunk_indices)
     latents, tail = denoise(models, unet_params, init, mask, masked, ref, audio, num_steps=num_steps,
                             guidance_scale=guidance_scale, sampler_options=sampler_options, overlap=overlap,
-                            prev_tail=prev_tail, use_prev_tail=use_prev_tail)
+                            prev_tail=prev_tail, use_prev_tail=use_prev_tail, noise_keys=noise_keys)
     decode = lambda args: decode_and_paste(models.vae, vae_params, args[0], args[1], keep_mask,  # noqa: E731
                                            vae_frames)
     faces = jax.lax.map(decode, (latents, pixel_values))
@@ -147,25 +156,36 @@ def generate_chunks(models: LipsyncModels, unet_params: Any, vae_params: Any, fa
 def denoise(models: LipsyncModels, unet_params: Any, init: jax.Array, mask: jax.Array, masked: jax.Array,
             ref: jax.Array, audio: jax.Array, *, num_steps: int, guidance_scale: float,
             sampler_options: Mapping[str, Any], overlap: int = 0, prev_tail: jax.Array | None = None,
-            use_prev_tail: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
+            use_prev_tail: jax.Array | None = None,
+            noise_keys: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
     """(latents, tail): disjoint chunks (``sample_latents``, tail None), or with ``overlap`` K > 0
-    consecutive windows sharing K frames (``diffusion.sample_windows``, module doc)."""
+    consecutive windows sharing K frames (``diffusion.sample_windows``, module doc). ``noise_keys``
+    (b,) typed keys: each chunk's fresh noise (scheduler lcm; None otherwise)."""
     if not overlap:
         return sample_latents(models, unet_params, init, mask, masked, ref, audio, num_steps=num_steps,
-                              guidance_scale=guidance_scale, sampler_options=sampler_options), None
+                              guidance_scale=guidance_scale, sampler_options=sampler_options,
+                              noise_keys=noise_keys), None
     return sample_windows(models.unet_apply, unet_params, init, mask, masked, ref, audio.astype(jnp.float32),
                           scheduler=models.scheduler, num_steps=num_steps, guidance_scale=guidance_scale,
-                          overlap=overlap, prev_tail=prev_tail, use_prev_tail=use_prev_tail, **dict(sampler_options))
+                          overlap=overlap, prev_tail=prev_tail, use_prev_tail=use_prev_tail,
+                          noise_key=None if noise_keys is None else noise_keys[0], **dict(sampler_options))
 
 
 def sample_latents(models: LipsyncModels, unet_params: Any, init: jax.Array, mask: jax.Array, masked: jax.Array,
                    ref: jax.Array, audio: jax.Array, *, num_steps: int, guidance_scale: float,
-                   sampler_options: Mapping[str, Any]) -> jax.Array:
+                   sampler_options: Mapping[str, Any], noise_keys: jax.Array | None = None) -> jax.Array:
     """THE sampler call of inference (one place: sampler options such as DeepCache or another
-    solver are passed through ``sampler_options`` as keyword arguments of ``sample_chunk``)."""
-    return sample_chunk(models.unet_apply, unet_params, init, mask, masked, ref, audio.astype(jnp.float32),
-                        scheduler=models.scheduler, num_steps=num_steps, guidance_scale=guidance_scale,
-                        **dict(sampler_options))
+    solver are passed through ``sampler_options`` as keyword arguments of ``sample_chunk``).
+    With ``noise_keys`` (b,) (scheduler lcm) each chunk is sampled on its own fresh-noise stream."""
+    def sample(init, mask, masked, ref, audio, noise_key=None):
+        return sample_chunk(models.unet_apply, unet_params, init, mask, masked, ref, audio.astype(jnp.float32),
+                            scheduler=models.scheduler, num_steps=num_steps, guidance_scale=guidance_scale,
+                            noise_key=noise_key, **dict(sampler_options))
+
+    if noise_keys is None:
+        return sample(init, mask, masked, ref, audio)
+    one = lambda *chunk: sample(*(x[None] for x in chunk[:-1]), noise_key=chunk[-1])[0]  # noqa: E731
+    return jax.vmap(one)(init, mask, masked, ref, audio, noise_keys)
 
 
 class ChunkProgram:

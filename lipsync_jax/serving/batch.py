@@ -38,6 +38,7 @@ from typing import Any
 
 from absl import app, flags
 
+from lipsync_jax import cli_flags
 from lipsync_jax.device_memory import configure_gpu_memory
 from lipsync_jax.pipeline.job import JobDefaults, OptionError, Request, parse_request, parse_sampling
 from lipsync_jax.quiet import configure_terminal
@@ -287,5 +288,5 @@ def entry() -> None:
     """The console script (``lipsync-batch``) and ``python -m lipsync_jax.batch``."""
     configure_gpu_memory()
     define_flags(flags.FLAGS)
-    shared.show_in_help(flags.FLAGS)
+    cli_flags.show_in_help(flags.FLAGS)
     app.run(main)

@@ -101,7 +101,8 @@ class LipsyncWorker:
 
     def __init__(self, spec: ServiceSpec, *, force: bool = False, log: Callable[[str], None] = _log):
         self.spec, self.force, self.log = spec, force, log
-        self.defaults = JobDefaults.from_config(spec.config)
+        self.defaults = JobDefaults.from_config(spec.config, unet_checkpoint=spec.sources.get("unet_checkpoint"),
+                                                random_init=bool(spec.sources.get("random_init")))
         self._lock = threading.Lock()
         self._identity: dict[str, Any] | None = None
         self._service: LipsyncService | None = None

@@ -10,7 +10,6 @@ by field: ``--config.run.inference_steps=10``).
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 from absl import flags
@@ -42,9 +41,12 @@ def define_model_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 def define_sampling_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """How to sample (defaults: the config's run section). Details: docs/inference.md."""
     text = lambda name, help_text: flags.DEFINE_string(name, None, help_text, flag_values=fv)  # noqa: E731
-    text("steps", "Denoising steps, a whole number >= 1 (default: run.inference_steps, 20).")
-    text("guidance", "Audio guidance scale, >= 0; <= 1 disables guidance (default: run.guidance_scale, 1.5).")
-    text("scheduler", "Sampler: ddim (LatentSync) or dpmsolver++ (default: run.scheduler).")
+    text("steps", "Denoising steps, a whole number >= 1 (default: run.inference_steps, 20; a student "
+                  "checkpoint's own steps).")
+    text("guidance", "Audio guidance scale, >= 0; <= 1 disables guidance (default: run.guidance_scale, 1.5; a "
+                     "student checkpoint has its scale distilled in and refuses > 1).")
+    text("scheduler", "Sampler: ddim (LatentSync), dpmsolver++ or lcm (a consistency-distilled student; "
+                      "default: run.scheduler, lcm for a student checkpoint).")
     text("deepcache_interval", "DeepCache: the full UNet every N steps, 0/1 = off (default: run.deepcache_interval).")
     text("overlap", "Frames shared by consecutive 16-frame windows, 0..15 (one face, one device; default: "
                     "run.overlap).")
@@ -92,18 +94,12 @@ def define_run_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_bool("verbose", False, "Show the libraries' own log lines (XLA, MediaPipe, ...).", flag_values=fv)
 
 
-def show_in_help(fv: flags.FlagValues = flags.FLAGS) -> None:
-    """Make every flag of ``fv`` (but absl's own) a key flag of the running program, so ``--help`` lists
-    them (absl lists the key flags of ``sys.argv[0]``; ours are defined in this package's modules)."""
-    for name in list(fv):
-        flag, module = fv[name], fv.find_module_defining_flag(name) or ""
-        if name == flag.name and not module.startswith("absl"):
-            fv.register_key_flag_for_module(sys.argv[0], flag)
-
-
 def config_and_defaults(fv: flags.FlagValues = flags.FLAGS) -> tuple[Any, JobDefaults]:
+    """The config and the job defaults: the config's, or a student checkpoint's (--checkpoint with
+    "student" metadata: scheduler lcm at its steps, guidance distilled in; JobDefaults)."""
     config = cli_flags.resolved_config(fv)
-    return config, JobDefaults.from_config(config)
+    return config, JobDefaults.from_config(config, unet_checkpoint=fv["checkpoint"].value,
+                                           random_init=fv["random_init"].value)
 
 
 def sampling_values(fv: flags.FlagValues = flags.FLAGS) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import time
 
 from absl import app, flags
 
+from lipsync_jax import cli_flags
 from lipsync_jax.device_memory import configure_gpu_memory
 from lipsync_jax.face.list_faces import list_faces as find_and_list
 from lipsync_jax.face.tracks import CHOICES
@@ -136,5 +137,5 @@ def entry() -> None:
     """The console script (``lipsync-infer``) and ``python infer.py``."""
     configure_gpu_memory()  # before jax starts: grow on demand instead of preallocating 75% of the GPU
     define_flags()
-    shared.show_in_help(flags.FLAGS)
+    cli_flags.show_in_help(flags.FLAGS)
     app.run(main)

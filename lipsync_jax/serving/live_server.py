@@ -51,6 +51,7 @@ from absl import app, flags
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect  # module level: the endpoint's annotations resolve here
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
+from lipsync_jax import cli_flags
 from lipsync_jax.device_memory import configure_gpu_memory
 from lipsync_jax.live.audio_online import look_ahead_seconds
 from lipsync_jax.live.avatar import LiveAvatar
@@ -394,6 +395,7 @@ def prepare(fv: flags.FlagValues):
     if fv.random_init:
         print(RANDOM_WEIGHTS_WARNING, file=sys.stderr, flush=True)
     service = LipsyncService.from_config(config, **shared.model_sources(fv), run=run, log=print)
+    service.announce(sampling)
     print(service.describe(), flush=True)
     options = StreamOptions(sampling=sampling, seed=seed, stride=stride)
     print(f"preparing the avatar {fv.avatar} ...", flush=True)
@@ -457,7 +459,7 @@ def entry(argv: list[str] | None = None) -> None:
     ``python app.py --live``."""
     configure_gpu_memory()
     define_flags(flags.FLAGS)
-    shared.show_in_help(flags.FLAGS)
+    cli_flags.show_in_help(flags.FLAGS)
     app.run(main, argv=sys.argv if argv is None else argv)
 
 

@@ -23,6 +23,7 @@ predictor and the live server all run through ``LipsyncService``:
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -32,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from lipsync_jax import config_utils
+from lipsync_jax.distilled import student_scheduler
 from lipsync_jax.pipeline.avatar_cache import AvatarCache, AvatarCacheMiss, CachedFacePass, RecordingFacePass
 from lipsync_jax.pipeline.compile_cache import CompileMonitor, configure_compile_cache
 from lipsync_jax.pipeline.engine import LipsyncEngine, check_runs_here
@@ -134,10 +136,15 @@ class LipsyncService:
                  log: Callable[[str], None] | None = None):
         self.monitor = CompileMonitor()
         self.defaults, self.limits = defaults, limits
+        # a student UNet samples with its own LCMScheduler (its metadata's boundary condition and origin steps)
+        models = dataclasses.replace(models, scheduler=student_scheduler(models.scheduler, defaults.student))
+        self._warned: set[str] = set()
         self.run_options = run = run or RunOptions()
         if run.max_vram_gb is None and defaults.max_vram_gb is not None:
             self.run_options = run = dataclasses.replace(run, max_vram_gb=defaults.max_vram_gb)
         self.log = log
+        if defaults.note:
+            self.announce(defaults.sampling)
         self.engine = LipsyncEngine(models, run, sampling=defaults.sampling, log=log)
         self.avatar_cache = AvatarCache(avatar_cache) if avatar_cache else None
         self._vae_fingerprint: str | None = None
@@ -155,7 +162,7 @@ class LipsyncService:
         check_runs_here(run)  # one line before the models are loaded
         check_devices(run)
         configure_compile_cache(run.compile_cache)
-        defaults = JobDefaults.from_config(config)
+        defaults = JobDefaults.from_config(config, unet_checkpoint=unet_checkpoint, random_init=random_init)
         models = build_models(config, unet_checkpoint=unet_checkpoint, vae_checkpoint=vae_checkpoint,
                               whisper_checkpoint=whisper_checkpoint, dtype=default_dtype(run.dtype),
                               random_init=random_init, seed=defaults.seed)
@@ -197,6 +204,19 @@ class LipsyncService:
         """A ``Request`` from an edge's raw values (None / "" = the config's default), within limits."""
         return self.limits.check(parse_request(video, audio, output, values, self.defaults))
 
+    def announce(self, sampling: Sampling) -> None:
+        """Say once what the UNet checkpoint decided for ``sampling``: a student's settings (to
+        ``log``) or scheduler lcm without a student (a warning on stderr)."""
+        student = self.defaults.student is not None
+        line = self.defaults.note if student else self.defaults.lcm_warning(sampling)
+        if line is None or line in self._warned:
+            return
+        self._warned.add(line)
+        if line.startswith("WARNING"):
+            print(line, file=sys.stderr, flush=True)
+        elif self.log is not None:
+            self.log(line)
+
     def compile(self, sampling: Sampling | None = None) -> None:
         """Compile (or load from the persistent cache) a program now (server warm-up)."""
         self.engine.compile(sampling or self.defaults.sampling)
@@ -207,6 +227,7 @@ class LipsyncService:
         ``OptionError`` and friends, each one line naming the file or value. ``on_progress(stage, done,
         total)``: the job's progress ("finding faces", "lip sync"; from worker threads)."""
         request = self.limits.check(request)
+        self.announce(request.sampling)
         job = request.job
         checked = check_inputs(job.video, job.audio, job.output)  # outside the lock: bad files fail at once
         if self.avatar_cache is not None and job.several_faces:

@@ -26,7 +26,7 @@ import traceback
 import gradio as gr
 from absl import app, flags
 
-from lipsync_jax import cleanup
+from lipsync_jax import cleanup, cli_flags
 from lipsync_jax.device_memory import configure_gpu_memory
 from lipsync_jax.media.ffmpeg import run_ffmpeg
 from lipsync_jax.quiet import configure_terminal
@@ -40,7 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 EXAMPLES = [(os.path.join(ROOT, "tests", "data", "assets", f"demo{i}_video.mp4"),
              os.path.join(ROOT, "tests", "data", "assets", f"demo{i}_audio.wav")) for i in (1, 2)]
 TITLE = "lipsync-jax: LatentSync lip sync"
-SOLVER_CHOICES = ("ddim", "dpmsolver++")
+SOLVER_CHOICES = ("ddim", "dpmsolver++", "lcm")
 STEPS_RANGE, GUIDANCE_RANGE, GUIDANCE_STEP = (1, 50), (1.0, 3.0), 0.1  # the page's sliders: also the API's limits
 MAX_DEEPCACHE, MAX_OVERLAP = 5, 8
 VIDEO_HEIGHT = 360  # px: a portrait upload must not push the button below the window
@@ -269,7 +269,8 @@ def build_blocks(handler: LipsyncApp, *, max_queue: int = 8, examples: list[list
                 with gr.Accordion("More options", open=False):
                     face = gr.Textbox(value="", label="Face (several people: largest, left, right, a track id, or all)")
                     max_seconds = unchecked(gr.Number(value=0, label="Only the first seconds of the audio (0 = all)"))
-                    solver = gr.Dropdown(list(SOLVER_CHOICES), value=d.solver, label="Sampler")
+                    solvers = ["lcm"] if service.defaults.student is not None else list(SOLVER_CHOICES)
+                    solver = gr.Dropdown(solvers, value=d.solver, label="Sampler")
                     deepcache = unchecked(gr.Slider(0, MAX_DEEPCACHE, value=d.deepcache_interval, step=1,
                                                     label="DeepCache interval (0 = off)"))
                     overlap = unchecked(gr.Slider(0, MAX_OVERLAP, value=d.overlap, step=1,
@@ -351,5 +352,5 @@ def entry(argv: list[str] | None = None) -> None:
 
         return live_entry([a for a in argv if a != "--live"])
     define_flags(flags.FLAGS)
-    shared.show_in_help(flags.FLAGS)
+    cli_flags.show_in_help(flags.FLAGS)
     app.run(main, argv=argv)
