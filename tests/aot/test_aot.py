@@ -16,6 +16,7 @@ from lipsync_jax.aot import devices as aot_devices
 from lipsync_jax.aot.compile import CompileStats
 from lipsync_jax.aot.cost import Cost, interpolate_branches, jaxpr_cost, roofline
 from lipsync_jax.aot.footprint import ResultCache, cached_compile
+from tests.helpers.paths import ROOT
 
 GIB = 2 ** 30
 REQUIRED = ("h100", "h200", "a100-40g", "l4", "tpu:v5e-1", "tpu:v6e-1", "tpu:v5p-8")
@@ -45,7 +46,7 @@ def test_targets_table_names_every_required_target_with_its_figures():
 
 
 def test_gpu_specs_are_package_data():
-    with open(os.path.join(os.path.dirname(__file__), "..", "pyproject.toml")) as f:
+    with open(os.path.join(ROOT, "pyproject.toml")) as f:
         assert '"lipsync_jax.accelerators" = ["gpu_specs/*.txtpb"]' in f.read()
     assert sorted(os.listdir(accelerators.SPEC_DIR)) == sorted(
         t.spec_file for t in aot.TARGETS.values() if t.spec_file)

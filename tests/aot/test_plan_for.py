@@ -1,7 +1,7 @@
 """--plan_for TARGET / --plan_only: the memory plan for an accelerator that is not here, parsed like
 every run option, made from the target's footprint functions (stand-ins here: no compiler
 needed), the CPU-modelled fallback named in the plan, printed by every door without running.
-The real XLA:GPU plan is in tests/test_aot.py (heavy)."""
+The real XLA:GPU plan is in tests/aot/test_aot.py (heavy)."""
 
 import os
 import subprocess
@@ -22,15 +22,14 @@ from lipsync_jax.pipeline.memory import Footprint, plan_memory, queued_bytes
 from lipsync_jax.pipeline.models import abstract_models
 from lipsync_jax.serving import flags as shared
 from lipsync_jax.serving.plan import plan_run, print_plan
+from tests.helpers.paths import ROOT, TINY_CONFIG
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs/unet/tiny.py")
 MB = 1024 ** 2
 
 
 @pytest.fixture(scope="module")
 def config():
-    return load_config(TINY)
+    return load_config(TINY_CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +107,7 @@ def test_nothing_runs_with_options_that_only_plan(tiny):
 
 
 def test_infer_prints_a_one_line_error_for_an_unknown_target(tmp_path):
-    out = subprocess.run([sys.executable, "infer.py", "--config", TINY, "--plan_for", "rtx5090"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "infer.py", "--config", TINY_CONFIG, "--plan_for", "rtx5090"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert out.returncode == 1, out.stderr
     lines = [line for line in out.stderr.splitlines() if line.strip()]
@@ -176,7 +175,7 @@ def test_without_the_compiler_the_plan_says_it_is_the_cpu_model(config, monkeypa
 def test_infer_plan_for_prints_the_setting_and_runs_nothing(tmp_path):
     """infer.py --plan_for rtx4060-8g --max_vram 8 on this CPU: the plan, no video needed, no output."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, "infer.py", "--config", TINY, "--plan_for", "rtx4060-8g", "--max_vram", "8",
+    cmd = [sys.executable, "infer.py", "--config", TINY_CONFIG, "--plan_for", "rtx4060-8g", "--max_vram", "8",
            "--compile_cache", str(tmp_path / "cache"), "--output", str(tmp_path / "out.mp4")]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200, env=env)
     assert out.returncode == 0, out.stderr

@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from conftest import golden_path
 
 from lipsync_jax.golden import check_audio
 from lipsync_jax.golden.core import load_fixture, load_manifest
+from tests.helpers.paths import golden_path
 
 
 def _assert_all_pass(comparisons):

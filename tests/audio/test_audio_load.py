@@ -6,9 +6,9 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 import scipy.io.wavfile
-from conftest import asset_path
 
 from lipsync_jax.audio.load import AudioLoadError, load_audio
+from tests.helpers.paths import asset_path
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 

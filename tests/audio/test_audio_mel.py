@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
-from conftest import golden_path
 
 from lipsync_jax.audio.spectral import mel_filterbank, stft_magnitude
 from lipsync_jax.audio.syncnet_mel import mel_window_length, syncnet_mel, syncnet_mel_crop
 from lipsync_jax.audio.whisper_mel import log_mel_spectrogram, mel_windows
 from lipsync_jax.golden.core import load_fixture
+from tests.helpers.paths import golden_path
 
 
 def _noise(n, seed=0):

@@ -24,10 +24,10 @@ from lipsync_jax.audio.windows import (
     window_count,
     window_start_rows,
 )
+from tests.helpers.paths import ASSETS_DIR
 
 TINY = WhisperEncoderConfig(n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=2)
 SR = 16000
-ASSETS = os.path.join(os.path.dirname(__file__), "data", "assets")
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def extractor():
 @pytest.fixture(scope="module")
 def speech40():
     """40 s of speech: demo1 from 3 s, demo2, demo1, ... (no join within 0.5 s of 30 s or 24 s)."""
-    one, two = (load_audio(os.path.join(ASSETS, f"demo{k}_audio.wav")) for k in (1, 2))
+    one, two = (load_audio(os.path.join(ASSETS_DIR, f"demo{k}_audio.wav")) for k in (1, 2))
     return np.concatenate([one[3 * SR:], two, one, two])[:40 * SR]
 
 

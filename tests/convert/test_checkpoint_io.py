@@ -7,12 +7,12 @@ import os
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import DATA_DIR
-from torch_pt_writer import save_torch_checkpoint
 
 from lipsync_jax.checkpoints import CheckpointFormatError, CheckpointNotFoundError
 from lipsync_jax.convert.checkpoint_io import read_state_dict
 from lipsync_jax.convert.safetensors_io import save_safetensors
+from tests.helpers.paths import DATA_DIR
+from tests.helpers.torch_writer import save_torch_checkpoint
 
 
 def _tensors(seed=0):

@@ -16,6 +16,7 @@ from lipsync_jax.checkpoints import (
     restore_params,
     save_params,
 )
+from tests.helpers.paths import DATA_DIR
 
 
 def _params():
@@ -85,7 +86,7 @@ def test_bad_params_are_refused(tmp_path):
         save_params(tmp_path / "g", {}, None)
 
 
-LEGACY = os.path.join(os.path.dirname(__file__), "data", "legacy_converted")
+LEGACY = os.path.join(DATA_DIR, "legacy_converted")
 
 
 @pytest.mark.parametrize("kind", ["vae", "syncnet"])

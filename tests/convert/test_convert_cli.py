@@ -10,14 +10,14 @@ import zipfile
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import golden_path
-from torch_pt_writer import save_torch_checkpoint
 
 from lipsync_jax.checkpoints import read_metadata, restore_params
 from lipsync_jax.convert import __main__ as cli
 from lipsync_jax.convert.rules import ConversionError, ConversionReport
 from lipsync_jax.convert.safetensors_io import save_safetensors
 from lipsync_jax.golden.core import load_fixture
+from tests.helpers.paths import golden_path
+from tests.helpers.torch_writer import save_torch_checkpoint
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ import re
 
 import numpy as np
 import pytest
-from conftest import golden_path
-from torch_pt_writer import save_torch_checkpoint
 
 from lipsync_jax.audio.features import AudioFeatureExtractor
 from lipsync_jax.audio.whisper_encoder import WhisperEncoderConfig, sinusoids
@@ -16,6 +14,8 @@ from lipsync_jax.convert.safetensors_io import save_safetensors
 from lipsync_jax.convert.whisper import convert_file, convert_state_dict, infer_config
 from lipsync_jax.golden.core import load_fixture, rel_l2
 from lipsync_jax.tree_utils import flatten_tree
+from tests.helpers.paths import golden_path
+from tests.helpers.torch_writer import save_torch_checkpoint
 
 # OpenAI -> Hugging Face (transformers' WhisperForConditionalGeneration) key naming
 HF_RENAMES = [

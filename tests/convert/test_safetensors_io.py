@@ -7,10 +7,10 @@ import struct
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import DATA_DIR
 
 from lipsync_jax.checkpoints import CheckpointFormatError
 from lipsync_jax.convert.safetensors_io import load_safetensors, safetensors_metadata, save_safetensors
+from tests.helpers.paths import DATA_DIR
 
 OFFICIAL = os.path.join(DATA_DIR, "safetensors", "official.safetensors")
 

@@ -9,11 +9,11 @@ import zipfile
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import DATA_DIR
-from torch_pt_writer import save_torch_checkpoint
 
 from lipsync_jax.checkpoints import CheckpointNotFoundError
 from lipsync_jax.convert.torch_pickle import CheckpointFormatError, UnsafeCheckpointError, load_torch_checkpoint
+from tests.helpers.paths import DATA_DIR
+from tests.helpers.torch_writer import save_torch_checkpoint
 
 TORCH_PT = os.path.join(DATA_DIR, "torch_pt")
 

@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import asset_path
 
 from data_prep.clips import PrepOptions, source_key
 from data_prep.prepare import MARKER, WORK_DIR, prepare
@@ -17,8 +16,8 @@ from data_prep.shots import ShotDetector, segment_shot
 from data_prep.sync_filter import corrected_span
 from lipsync_jax.data import records
 from lipsync_jax.media import ffmpeg_exe
+from tests.helpers.paths import ROOT, asset_path
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RES = 64
 SECONDS = 6
 
@@ -46,7 +45,7 @@ def prepared(sources, tmp_path_factory):
     out = tmp_path_factory.mktemp("dataset")
     cmd = [sys.executable, "-m", "data_prep", "--input_dir", str(sources), "--output_dir", str(out),
            "--num_workers", "2", "--resolution", str(RES), "--max_source_seconds", str(SECONDS)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc.stderr
 
@@ -213,5 +212,5 @@ def test_sources_from_folder_and_list(tmp_path):
 
 def test_cli_bad_arguments_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "data_prep", "--input_dir", str(tmp_path / "nope"),
-                           "--output_dir", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
+                           "--output_dir", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "not a folder" in proc.stderr

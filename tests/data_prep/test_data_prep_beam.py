@@ -6,7 +6,6 @@ import os
 import subprocess
 
 import pytest
-from conftest import asset_path
 
 from data_prep.cli import main
 from data_prep.clips import PrepOptions
@@ -14,6 +13,7 @@ from data_prep.prepare import prepare
 from data_prep.stats import read_table
 from lipsync_jax.data import records
 from lipsync_jax.media import ffmpeg_exe
+from tests.helpers.paths import asset_path
 
 pytest.importorskip("apache_beam", reason="optional extra: pip install -r requirements-beam.txt")
 

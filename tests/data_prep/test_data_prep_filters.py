@@ -12,7 +12,6 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import asset_path
 
 from data_prep import filters
 from data_prep.clips import PrepOptions, Tools, process_source
@@ -22,6 +21,7 @@ from data_prep.sync_filter import SyncResult
 from lipsync_jax.audio import load_audio
 from lipsync_jax.data import records
 from lipsync_jax.media import ffmpeg_exe
+from tests.helpers.paths import asset_path
 
 RES = 64
 SECONDS = 4

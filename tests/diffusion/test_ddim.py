@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import golden_path
 
 from lipsync_jax.diffusion.ddim import DDIMScheduler, SchedulerConfigError
 from lipsync_jax.golden.core import load_fixture, rel_l2
+from tests.helpers.paths import ROOT, golden_path
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_project_scheduler_config_equals_fixture_config(fixture):
 
     from lipsync_jax.config_utils import load_config
 
-    path = os.path.join(os.path.dirname(__file__), "..", "configs", "scheduler.py")
+    path = os.path.join(ROOT, "configs", "scheduler.py")
     ours = DDIMScheduler.from_config(load_config(path))
     ref = DDIMScheduler.from_config(fixture.config)
     assert ours.config == ref.config

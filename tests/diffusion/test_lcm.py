@@ -6,12 +6,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import golden_path
 
-from lipsync_jax.diffusion import (DDIMScheduler, LCMConfig, LCMScheduler, SamplerOptionError, SchedulerConfigError,
-                                   initial_latents, sample_chunk, sample_windows, validate_sampler_options)
+from lipsync_jax.diffusion import (
+    DDIMScheduler,
+    LCMConfig,
+    LCMScheduler,
+    SamplerOptionError,
+    SchedulerConfigError,
+    initial_latents,
+    sample_chunk,
+    sample_windows,
+    validate_sampler_options,
+)
 from lipsync_jax.diffusion.lcm import boundary_scalings, lcm_timesteps, skip_step_timesteps
 from lipsync_jax.golden.core import load_fixture
+from tests.helpers.paths import golden_path
 
 
 @pytest.fixture(scope="module")

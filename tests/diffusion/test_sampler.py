@@ -7,11 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import golden_path
 
 from lipsync_jax.diffusion.ddim import DDIMScheduler
 from lipsync_jax.diffusion.sampler import guided_noise_pred, initial_latents, sample_chunk
 from lipsync_jax.golden.core import load_fixture
+from tests.helpers.paths import golden_path
 
 SHAPE = (1, 3, 4, 4, 4)  # (b, f, h, w, c)
 

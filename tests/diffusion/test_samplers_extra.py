@@ -12,17 +12,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import golden_path
 
 from lipsync_jax.config_utils import load_config
-from lipsync_jax.diffusion import (DDIMScheduler, DPMSolverConfig, DPMSolverScheduler, ModuleApply,
-                                   SamplerOptionError, SchedulerConfigError, empty_tail, initial_latents,
-                                   new_frames, sample_chunk, sample_windows, validate_sampler_options,
-                                   window_starts)
+from lipsync_jax.diffusion import (
+    DDIMScheduler,
+    DPMSolverConfig,
+    DPMSolverScheduler,
+    ModuleApply,
+    SamplerOptionError,
+    SchedulerConfigError,
+    empty_tail,
+    initial_latents,
+    new_frames,
+    sample_chunk,
+    sample_windows,
+    validate_sampler_options,
+    window_starts,
+)
 from lipsync_jax.golden.core import load_fixture
-from lipsync_jax.tree_utils import random_params
 from lipsync_jax.models.unet3d import UNet3DConditionModel, abstract_params
 from lipsync_jax.models.unet_config import UNet3DConfig
+from lipsync_jax.tree_utils import random_params
+from tests.helpers.paths import ROOT, golden_path
 
 FRAMES, LATENT = 6, 8  # tiny windows: 6 frames of 8x8 latents
 
@@ -36,7 +47,7 @@ def ddim():
 def test_dpm_config_from_our_ddim_config_matches_diffusers_from_config():
     fixture = load_fixture(golden_path("sampling_dpmsolver.npz"))
     expected = fixture.meta["dpm_scheduler_config"]
-    ours = DPMSolverConfig.from_ddim_config(load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "scheduler.py")).to_dict())
+    ours = DPMSolverConfig.from_ddim_config(load_config(os.path.join(ROOT, "configs", "scheduler.py")).to_dict())
     for field in dataclasses.fields(DPMSolverConfig):
         if field.name in expected and field.name != "trained_betas":
             assert getattr(ours, field.name) == expected[field.name], field.name

@@ -10,12 +10,10 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import asset_path
 
 from lipsync_jax.eval.frame_metrics import FrameMetricsError, gaussian_window, lower_half, psnr, ssim
 from lipsync_jax.media import ffmpeg_exe
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers.paths import ROOT, asset_path
 
 
 def _load_cli(name):

@@ -10,11 +10,11 @@ import wave
 
 import numpy as np
 import pytest
-from conftest import asset_path
 from PIL import Image
 
 from lipsync_jax.eval import report as report_mod
 from lipsync_jax.media import ffmpeg_exe
+from tests.helpers.paths import asset_path
 
 CLIP_FRAMES = 40  # FVD reads frames 20..35
 

@@ -8,16 +8,15 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import ASSETS_DIR, golden_path
 
 from lipsync_jax.eval.fvd import FVD_NUM_FRAMES, FVD_SIZE, FVDError, frechet_distance, load_i3d, read_fvd_clip
 from lipsync_jax.golden.check_eval_models import check_fixture, check_manifest
 from lipsync_jax.golden.core import load_fixture, load_manifest
+from tests.helpers.paths import ASSETS_DIR, ROOT, golden_path
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("eval_fvd_script", os.path.join(os.path.dirname(__file__),
-                                                                                  "..", "eval", "fvd.py"))
+    spec = importlib.util.spec_from_file_location("eval_fvd_script", os.path.join(ROOT, "eval", "fvd.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

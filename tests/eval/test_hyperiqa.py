@@ -5,7 +5,6 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import ASSETS_DIR, golden_path
 
 from lipsync_jax.eval.quality import (
     IMAGENET_MEAN,
@@ -21,6 +20,7 @@ from lipsync_jax.eval.quality import (
 )
 from lipsync_jax.golden.check_eval_models import check_fixture, check_manifest
 from lipsync_jax.golden.core import load_fixture, load_manifest
+from tests.helpers.paths import ASSETS_DIR, golden_path
 
 
 def test_hyperiqa_matches_golden_fixture_and_manifest():

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from lipsync_jax.golden.core import load_fixture, load_manifest
+from tests.helpers.paths import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.path.join(ROOT, "tests", "data", "golden")
 ASSETS = os.path.join(ROOT, "tests", "data", "assets")
 

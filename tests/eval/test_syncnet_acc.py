@@ -9,13 +9,12 @@ import os
 import cv2
 import numpy as np
 import pytest
-from conftest import asset_path
 
 from lipsync_jax.audio.load import load_audio
 from lipsync_jax.data import records
 from lipsync_jax.media.video import read_frames
+from tests.helpers.paths import ROOT, asset_path
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLIP_FRAMES = 34  # a 16-frame SyncNet pair needs >= 32 frames
 RES = 64
 

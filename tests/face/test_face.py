@@ -5,7 +5,6 @@ import itertools
 import cv2
 import numpy as np
 import pytest
-from conftest import asset_path, golden_path
 
 from lipsync_jax.face import (
     AlignTemplate,
@@ -25,6 +24,7 @@ from lipsync_jax.face import (
 )
 from lipsync_jax.golden import check_face
 from lipsync_jax.golden.core import load_fixture
+from tests.helpers.paths import asset_path, golden_path
 
 # Measured: 0.41, 0.52, 0.39 px on frame0 and 0.18, 0.35, 0.40 px on frame1 (full resolution).
 ANCHOR_BOUND_PX = 2.0

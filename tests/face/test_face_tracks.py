@@ -4,7 +4,6 @@ pre-pass and track choice on a two-person clip built from the demos, single-face
 import cv2
 import numpy as np
 import pytest
-from conftest import TWO_PEOPLE_HALF_WIDTH, TWO_PEOPLE_HEIGHT, TWO_PEOPLE_SECONDS, golden_path
 
 from lipsync_jax.face import (
     FaceAligner,
@@ -31,6 +30,7 @@ from lipsync_jax.face.list_faces import main as list_faces_main
 from lipsync_jax.face.tracks import TrackBuilder, iou
 from lipsync_jax.golden.core import load_fixture
 from lipsync_jax.media import read_frames
+from tests.helpers.paths import TWO_PEOPLE_HALF_WIDTH, TWO_PEOPLE_HEIGHT, TWO_PEOPLE_SECONDS, golden_path
 
 CLIP_SECONDS = TWO_PEOPLE_SECONDS  # the session fixture demo_clips (conftest.py)
 HALF_WIDTH, HEIGHT = TWO_PEOPLE_HALF_WIDTH, TWO_PEOPLE_HEIGHT

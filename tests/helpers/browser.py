@@ -1,8 +1,10 @@
-"""Headless Chromium driven through its DevTools protocol (no browser download: Debian's chromium).
+"""Headless Chromium driven through its DevTools protocol (no browser download: Debian's chromium),
+for the web app's and the live page's tests and bench/bench_stream.py --page.
 
     with Browser(url, width=1280, height=900) as page:
         page.eval("document.title")
         page.upload("#input_video input[type=file]", "/path/clip.mp4")
+        state = page.wait_for("window.liveState", 240, until=lambda s: s.get("done") or s.get("error"))
         png = page.screenshot()
 """
 
@@ -26,10 +28,25 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+def require_chromium() -> None:
+    """Skip the calling test without a chromium binary; fail under CI (.ci/run installs it)."""
+    import pytest
+
+    if chromium() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is missing under CI (.ci/run installs it)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+
+
 class Browser:
-    def __init__(self, url: str, *, width: int = 1280, height: int = 900, timeout: float = 60.0):
+    """One page of a headless Chromium with its own profile folder (``profile``, else a temporary
+    one removed on exit)."""
+
+    def __init__(self, url: str, *, width: int = 1280, height: int = 900, profile: str | None = None,
+                 timeout: float = 60.0):
         self.url, self.width, self.height, self.timeout = url, width, height, timeout
-        self.profile = tempfile.mkdtemp(prefix="chromium_profile_")
+        self.own_profile = profile is None
+        self.profile = tempfile.mkdtemp(prefix="chromium_profile_") if profile is None else profile
         self.proc = None
         self.ws = None
         self._ids = itertools.count(1)
@@ -40,23 +57,34 @@ class Browser:
         binary = chromium()
         if binary is None:
             raise RuntimeError("chromium is not installed (apt-get install chromium)")
+        os.makedirs(self.profile, exist_ok=True)
         self.proc = subprocess.Popen([binary, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
                                       f"--window-size={self.width},{self.height}", self.url],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.ws = connect(self._page_socket(), max_size=None, open_timeout=30)
-        self.call("Emulation.setDeviceMetricsOverride", width=self.width, height=self.height, deviceScaleFactor=1,
-                  mobile=False)
-        self.call("Runtime.enable")
-        self.call("DOM.enable")
+        try:
+            self.ws = connect(self._page_socket(), max_size=None, open_timeout=30)
+            self.call("Emulation.setDeviceMetricsOverride", width=self.width, height=self.height,
+                      deviceScaleFactor=1, mobile=False)
+            self.call("Runtime.enable")
+            self.call("DOM.enable")
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
         if self.ws is not None:
             self.ws.close()
+            self.ws = None
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(30)
-        shutil.rmtree(self.profile, ignore_errors=True)
+            self.proc = None
+        if self.own_profile:
+            shutil.rmtree(self.profile, ignore_errors=True)
 
     def _page_socket(self) -> str:
         import httpx
@@ -85,7 +113,7 @@ class Browser:
                 return reply.get("result", {})
 
     def eval(self, expression: str):
-        """The JSON value of a JavaScript expression (``await`` allowed)."""
+        """The JSON value of a JavaScript expression (``await`` allowed; None when undefined)."""
         result = self.call("Runtime.evaluate", expression=f"(async () => JSON.stringify(await ({expression})))()",
                            awaitPromise=True, returnByValue=True)
         if "exceptionDetails" in result:
@@ -93,15 +121,16 @@ class Browser:
         value = result["result"].get("value")
         return None if value is None else json.loads(value)
 
-    def wait_for(self, expression: str, timeout: float = 60.0, poll: float = 0.2):
-        """Poll until ``expression`` is truthy; returns its value."""
+    def wait_for(self, expression: str, timeout: float = 60.0, *, until=bool, poll: float = 0.2):
+        """Evaluate ``expression`` until ``until(value)`` holds for a value that is not None; returns it."""
         deadline = time.time() + timeout
+        value = None
         while time.time() < deadline:
             value = self.eval(expression)
-            if value:
+            if value is not None and until(value):
                 return value
             time.sleep(poll)
-        raise AssertionError(f"timed out waiting for: {expression}")
+        raise AssertionError(f"timed out after {timeout} s waiting for {expression}; last value: {value!r}")
 
     def upload(self, selector: str, path: str) -> None:
         """Set a file input's file (as a user picking it) and fire its change event."""

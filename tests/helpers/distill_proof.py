@@ -1,4 +1,4 @@
-"""The CPU proof of consistency distillation, as functions (tests/test_distill_proof.py runs them;
+"""The CPU proof of consistency distillation, as functions (tests/train/test_distill_proof.py runs them;
 each step keeps its output in a folder and is skipped when the output is there, so a session
 trains the teacher and the student once).
 
@@ -18,7 +18,8 @@ trains the teacher and the student once).
    exported (a student checkpoint).
 5. ``evaluate``: 12 consecutive 4-frame windows of the clip (frames 100-147: the masked faces,
    reference faces 100 frames later as in training, where the reference never overlaps the
-   target, and their audio windows) and held-out noise seeds; every program is ``sample_chunk`` (the one-jit scan infer.py runs):
+   target, and their audio windows) and held-out noise seeds; every program is ``sample_chunk``
+   (the one-jit scan infer.py runs):
    teacher DDIM 20 + CFG 1.5 (the reference), teacher DDIM 1/2/4/8 + CFG, student lcm 1/2/4/8.
 6. ``latent_syncnet``: a tiny latent-space StableSyncNet (configs/syncnet/tiny_latent.py's model)
    trained on the clip's own latents (in-sync vs shifted audio) and ``sync_score`` (the eval
@@ -125,7 +126,7 @@ def _train(config_path: str, overrides: list[str], workdir: str, dst: str) -> st
 
 def train_teacher(folder: str, dataset: str, frozen: dict[str, str]) -> str:
     """The teacher from random weights (numpy draws: no init to compile), every parameter trained."""
-    from train_helpers import random_teacher
+    from tests.helpers.train import random_teacher
 
     start = os.path.join(folder, "teacher_init")
     if not os.path.isdir(os.path.join(start, "teacher")):
@@ -133,7 +134,8 @@ def train_teacher(folder: str, dataset: str, frozen: dict[str, str]) -> str:
     overrides = data_overrides(folder, dataset, frozen) + [
         f"ckpt.resume_ckpt_path={start}/teacher", "optimizer.lr=1e-3", "optimizer.lr_warmup_steps=50",
         "optimizer.lr_scheduler=cosine", f"run.max_train_steps={TEACHER_STEPS}"]
-    return _train("configs/unet/tiny.py", overrides, os.path.join(folder, "teacher_run"), os.path.join(folder, "teacher"))
+    return _train("configs/unet/tiny.py", overrides, os.path.join(folder, "teacher_run"),
+                  os.path.join(folder, "teacher"))
 
 
 def train_student(folder: str, dataset: str, frozen: dict[str, str], teacher: str) -> str:

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 
 import numpy as np
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers.net import free_port
 
 
 class Server:

@@ -14,7 +14,7 @@ and replaces only the two device programs:
 - the Whisper encoder (``encoder_seconds`` per call, zeros of the right shape): on a GPU the
   online encoder call is milliseconds, on this CPU seconds.
 
-Used by tests/test_live_server.py, tests/test_live_real.py and bench/bench_stream.py ``--stand_in``
+Used by tests/serving/test_live_server.py, tests/serving/test_live_real.py and bench/bench_stream.py ``--stand_in``
 (numbers measured with it are labelled as such).
 """
 

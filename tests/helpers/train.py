@@ -1,7 +1,6 @@
 """Running train.py in subprocesses (XLA device-count flags must be set before jax starts)."""
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -15,7 +14,8 @@ TRAIN = os.path.join(PROJECT_ROOT, "train.py")
 # every gradient (LatentSync's stage 2 starts from a trained stage-1 UNet instead).
 TINY_FAST = ["--config=configs/unet/tiny.py", "--config.data.num_frames=4", "--config.data.batch_size=4",
              "--config.run.pixel_space_supervise=False", "--config.run.use_syncnet=False",
-             "--config.optimizer.lr=1e-3", "--config.run.trainable_modules=('motion_modules.', 'attentions.', 'conv_out')",
+             "--config.optimizer.lr=1e-3",
+             "--config.run.trainable_modules=('motion_modules.', 'attentions.', 'conv_out')",
              "--noprogress"]
 
 
@@ -42,12 +42,6 @@ def start_train(workdir, args, cache_dir, devices=None):
     cmd = [sys.executable, TRAIN, f"--workdir={workdir}", *args]
     return subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=train_env(cache_dir, devices), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def losses(workdir, key="loss"):

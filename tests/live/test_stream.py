@@ -6,24 +6,25 @@ the offline engine's (stride 16: the plain engine; strides 8 and 4, slow: the en
 layout); an avatar's cached VAE moments give the same faces at stride 8 (slow); pacing, a burst
 and back-pressure; a closed (disconnected) session frees its thread and pool; the WebSocket
 endpoint answers a scripted client on loopback; the page plays a file in headless Chromium (slow).
-The protocol's error handling, slots and strides with a stand-in engine: tests/test_live_server.py."""
+The protocol's error handling, slots and strides with a stand-in engine: tests/serving/test_live_server.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import threading
 import time
 
 import numpy as np
 import pytest
-from conftest import asset_path
-from engine_helpers import GUIDANCE, ROUNDOFF, SEED, STEPS, build_tiny_models, make_clip
 
 from lipsync_jax.media import ffmpeg_exe
 from lipsync_jax.pipeline import Sampling
+from tests.helpers.clips import make_clip
+from tests.helpers.engine import GUIDANCE, ROUNDOFF, SEED, STEPS
+from tests.helpers.net import free_port
+from tests.helpers.paths import asset_path
 
 SECONDS = 2.8  # 70 output frames: 5 chunks, the last one short
 # Relative error per Whisper layer of the online windows (40 ms pieces) vs the offline ones on the
@@ -31,11 +32,6 @@ SECONDS = 2.8  # 70 output frames: 5 chunks, the last one short
 REPORTED_WINDOW_ERROR = [0.0, 0.0091, 0.0107, 0.0120, 0.0123]
 
 SAMPLING = Sampling(steps=STEPS, guidance=GUIDANCE)
-
-
-@pytest.fixture(scope="module")
-def tiny_models():
-    return build_tiny_models()
 
 
 @pytest.fixture(scope="module")
@@ -269,17 +265,11 @@ def test_cached_vae_moments_give_the_same_faces_in_sliding_windows(tiny_models, 
         _, sampled, calls = live_windows(engine, cached, short_plan, 8)
     assert calls == {"moments": len(encoded), "encode": 0}  # no window ran the VAE encoder
     assert sorted(sampled) == sorted(encoded)
-    for index, (start, faces) in encoded.items():
+    for index, (_, faces) in encoded.items():
         np.testing.assert_allclose(sampled[index][1], faces, rtol=0, atol=ROUNDOFF, err_msg=f"window {index}")
 
 
 # ---------------------------------------------------------------------- server and page
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def sample_wav(tmp_path_factory):
     path = tmp_path_factory.mktemp("sample") / "sample.wav"
@@ -365,14 +355,12 @@ def test_websocket_answers_a_scripted_client_and_frees_a_disconnected_one(server
 @pytest.mark.slow
 def test_page_plays_a_file_in_headless_chromium(server, tmp_path):
     import cv2
-    from chromium_page import HeadlessPage, chromium
 
-    if chromium() is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing under CI (.ci/run installs it)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    with HeadlessPage(server["url"] + "/?autoplay=sample", str(tmp_path / "profile")) as page:
-        state = page.wait_for("window.liveState", lambda s: s.get("done") or s.get("error"), timeout=240)
+    from tests.helpers.browser import Browser, require_chromium
+
+    require_chromium()
+    with Browser(server["url"] + "/?autoplay=sample", width=900, height=760, profile=str(tmp_path / "profile")) as page:
+        state = page.wait_for("window.liveState", 240, until=lambda s: s.get("done") or s.get("error"))
         time.sleep(0.5)
         png = page.screenshot()
     assert not state.get("error"), state

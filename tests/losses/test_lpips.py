@@ -4,13 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import golden_path
 
 from lipsync_jax.convert.lpips import convert_state_dict
 from lipsync_jax.convert.rules import ConversionError
 from lipsync_jax.golden.check_losses import check_fixture, check_manifest
 from lipsync_jax.golden.core import load_fixture, load_manifest, rel_l2
 from lipsync_jax.losses.lpips import LPIPS, lpips_lower_half
+from tests.helpers.paths import golden_path
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +106,8 @@ def test_bfloat16_close_to_float32(fixture, params):
 
 
 def test_convert_files_from_torchvision_and_lin_checkpoints(fixture, params, tmp_path):
-    from torch_pt_writer import save_torch_checkpoint
-
     from lipsync_jax.convert.lpips import convert_file, convert_files
+    from tests.helpers.torch_writer import save_torch_checkpoint
 
     vgg = {f"features.{k.split('.', 2)[2]}": np.asarray(v) for k, v in fixture.weights.items()
            if k.startswith("net.slice")}
@@ -132,10 +131,9 @@ def test_convert_files_from_torchvision_and_lin_checkpoints(fixture, params, tmp
 def test_convert_cli_takes_two_comma_separated_files(fixture, params, tmp_path):
     import json
 
-    from torch_pt_writer import save_torch_checkpoint
-
     from lipsync_jax.checkpoints import restore_params
     from lipsync_jax.convert.__main__ import main
+    from tests.helpers.torch_writer import save_torch_checkpoint
 
     save_torch_checkpoint({f"features.{k.split('.', 2)[2]}": np.asarray(v) for k, v in fixture.weights.items()
                            if k.startswith("net.slice")}, tmp_path / "vgg16.pth")

@@ -4,13 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import golden_path
 
 from lipsync_jax.convert.videomae import convert_state_dict
 from lipsync_jax.golden.check_losses import check_fixture, check_manifest
 from lipsync_jax.golden.core import load_fixture, load_manifest, rel_l2
 from lipsync_jax.losses.trepa import TREPALoss, bicubic_matrix, resize_bicubic
 from lipsync_jax.models.videomae import VideoMAEConfig, VideoMAEv2
+from tests.helpers.paths import golden_path
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +120,8 @@ def test_bfloat16_close_to_float32(fixture, config, params):
 
 @pytest.mark.parametrize("wrapper", ["model", "module", None])
 def test_convert_file_unwraps_checkpoint(fixture, params, tmp_path, wrapper):
-    from torch_pt_writer import save_torch_checkpoint
-
     from lipsync_jax.convert.videomae import convert_file
+    from tests.helpers.torch_writer import save_torch_checkpoint
 
     weights = {k: np.asarray(v) for k, v in fixture.weights.items()}
     path = tmp_path / "videomae.pth"
@@ -134,10 +133,9 @@ def test_convert_file_unwraps_checkpoint(fixture, params, tmp_path, wrapper):
 
 
 def test_convert_file_names_a_config_mismatch(fixture, tmp_path):
-    from torch_pt_writer import save_torch_checkpoint
-
     from lipsync_jax.convert.rules import ConversionError
     from lipsync_jax.convert.videomae import convert_file
+    from tests.helpers.torch_writer import save_torch_checkpoint
 
     path = tmp_path / "videomae.pth"
     save_torch_checkpoint({k: np.asarray(v) for k, v in fixture.weights.items()}, path)

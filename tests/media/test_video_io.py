@@ -6,7 +6,6 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import asset_path
 
 from lipsync_jax.media import (
     MediaError,
@@ -19,6 +18,7 @@ from lipsync_jax.media import (
     read_frames,
 )
 from lipsync_jax.media.probe import parse_ffmpeg_info
+from tests.helpers.paths import asset_path
 
 DEMO = asset_path("demo1_video.mp4")
 

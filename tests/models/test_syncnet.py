@@ -4,9 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import golden_path
-from random_params_util import random_params
-from torch_pt_writer import save_torch_checkpoint
 
 from lipsync_jax.convert.rules import ConversionError
 from lipsync_jax.convert.syncnet import convert_file
@@ -24,6 +21,9 @@ from lipsync_jax.golden import check_syncnet
 from lipsync_jax.golden.core import load_fixture, load_manifest, rel_l2
 from lipsync_jax.losses.sync import sync_loss, syncnet_sync_loss
 from lipsync_jax.models.syncnet import StableSyncNet, SyncNetConfigError, abstract_params, stack_frames
+from tests.helpers.params import random_params
+from tests.helpers.paths import golden_path
+from tests.helpers.torch_writer import save_torch_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 bfloat16 compute, conversion errors, and the checkpoint CLI round trip (.pt and safetensors)."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -10,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import golden_path
 
 from lipsync_jax.convert.rules import ConversionError, manifest_state_dict
 from lipsync_jax.convert.unet import convert_state_dict, load_unet_config
@@ -21,10 +19,10 @@ from lipsync_jax.models.unet3d import UNet3DConditionModel, dummy_inputs, logica
 from lipsync_jax.models.unet3d import abstract_params as unet_abstract_params
 from lipsync_jax.models.unet_config import UNet3DConfig, UNetConfigError
 from lipsync_jax.tree_utils import count_params
+from tests.helpers.paths import ROOT, golden_path
 
 FIXTURES = ("unet_stage2_tiny.npz", "unet_stage1_tiny.npz")
 MANIFESTS = ("manifest_unet_stage2.json", "manifest_unet_stage1.json")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class _Golden:
@@ -197,7 +195,7 @@ def test_remat_gradients_match():
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lipsync_jax.convert", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "lipsync_jax.convert", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -208,7 +206,7 @@ def test_cli_convert_restore_reproduces_golden(stage2, tmp_path, fmt):
     weights = dict(stage2.fixture.weights)
     src = tmp_path / f"latentsync_unet.{fmt}"
     if fmt == "pt":
-        from torch_pt_writer import save_torch_checkpoint
+        from tests.helpers.torch_writer import save_torch_checkpoint
 
         save_torch_checkpoint({"global_step": 123, "state_dict": weights}, src)
     else:

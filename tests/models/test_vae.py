@@ -7,8 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import golden_path
-from random_params_util import random_params
 
 from lipsync_jax.checkpoints import CheckpointFormatError
 from lipsync_jax.convert.rules import ConversionError
@@ -25,6 +23,8 @@ from lipsync_jax.models.vae import (
     encode_frames,
     encode_to_latents,
 )
+from tests.helpers.params import random_params
+from tests.helpers.paths import golden_path
 
 
 @pytest.fixture(scope="module")

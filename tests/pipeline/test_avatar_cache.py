@@ -11,7 +11,6 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import asset_path
 
 from lipsync_jax.face import AlignedFace
 from lipsync_jax.media import ffmpeg_exe
@@ -23,9 +22,7 @@ from lipsync_jax.pipeline.avatar_cache import (
     CachedFacePass,
     RecordingFacePass,
 )
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "unet", "tiny.py")
+from tests.helpers.paths import TINY_CONFIG, asset_path
 
 
 def fake_aligned(n, has_face, res=8, seed=0):
@@ -162,7 +159,7 @@ def test_second_job_replays_track_and_moments_with_the_same_result(tmp_path, mon
     subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-i", asset_path("demo1_video.mp4"), "-t", "0.8",
                     "-vf", "scale=270:480", "-an", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "12", clip],
                    check=True)
-    service = LipsyncService.from_config(TINY, random_init=True, avatar_cache=str(tmp_path / "avatars"))
+    service = LipsyncService.from_config(TINY_CONFIG, random_init=True, avatar_cache=str(tmp_path / "avatars"))
     passes = []
     real = FacePlan.new_face_pass
     monkeypatch.setattr(FacePlan, "new_face_pass", lambda plan: passes.append(plan) or real(plan))

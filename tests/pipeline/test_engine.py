@@ -22,17 +22,11 @@ import time
 
 import numpy as np
 import pytest
-from conftest import asset_path
-from engine_helpers import GUIDANCE, ROUNDOFF, SEED, STEPS, TINY, build_tiny_models, make_clip
 
 from lipsync_jax.media import read_frames
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def tiny_models():
-    return build_tiny_models()
+from tests.helpers.clips import make_clip
+from tests.helpers.engine import GUIDANCE, ROUNDOFF, SEED, STEPS
+from tests.helpers.paths import ROOT, TINY_CONFIG, asset_path
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +106,7 @@ EIGHT_DEVICES = r"""
 import json, sys
 import numpy as np
 import jax
-sys.path.insert(0, {tests!r})
-from test_engine import run_engine
+from tests.pipeline.test_engine import run_engine
 from lipsync_jax.config_utils import load_config
 from lipsync_jax.pipeline import build_models
 assert jax.device_count() == 8, jax.devices()
@@ -128,7 +121,7 @@ print(json.dumps(dict(chunks=sorted(eight_chunks) == sorted(one_chunks), diff=di
 
 @pytest.mark.heavy  # ~20 min on 2 shared cores (8 fake devices in a subprocess)
 def test_eight_fake_devices_equal_one_device(looped_clip, tmp_path):
-    script = EIGHT_DEVICES.format(tests=os.path.dirname(os.path.abspath(__file__)), tiny=TINY, clip=looped_clip,
+    script = EIGHT_DEVICES.format(tiny=TINY_CONFIG, clip=looped_clip,
                                   out1=str(tmp_path / "one.mp4"), out8=str(tmp_path / "eight.mp4"))
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -151,9 +144,10 @@ def test_signal_mid_run_leaves_nothing_behind(sig, code, name, tmp_path, looped_
     # no Ctrl-C handler: exec infer.py with SIGINT back at its default, as in a terminal.
     restore_sigint = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
                       "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
-    cmd = [sys.executable, "-c", restore_sigint, os.path.join(ROOT, "infer.py"), f"--config={TINY}", "--random_init",
-           "--steps=2", "--noprogress", f"--video={looped_clip}", f"--audio={asset_path('demo2_audio.wav')}",
-           f"--output={output}", "--max_seconds=2.8", f"--compile_cache={tmp_path / 'cache'}"]
+    cmd = [sys.executable, "-c", restore_sigint, os.path.join(ROOT, "infer.py"), f"--config={TINY_CONFIG}",
+           "--random_init", "--steps=2", "--noprogress", f"--video={looped_clip}",
+           f"--audio={asset_path('demo2_audio.wav')}", f"--output={output}",
+           "--max_seconds=2.8", f"--compile_cache={tmp_path / 'cache'}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
     stored = []

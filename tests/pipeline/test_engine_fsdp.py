@@ -18,9 +18,8 @@ import os
 import subprocess
 import sys
 
-from engine_helpers import ROUNDOFF, TINY
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers.engine import ROUNDOFF
+from tests.helpers.paths import ROOT, TINY_CONFIG
 
 SCRIPT = r"""
 import json
@@ -102,8 +101,8 @@ print(json.dumps(report))
 
 def test_fsdp_sharded_weights_give_the_frames_of_one_device(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT.format(tiny=TINY)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT.format(tiny=TINY_CONFIG)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["error"] == "--fsdp 3 must divide the number of local devices (4): choose one of 1, 2, 4"
@@ -122,10 +121,10 @@ def test_fsdp_sharded_weights_give_the_frames_of_one_device(tmp_path):
 
 
 def test_infer_rejects_an_fsdp_that_does_not_divide_the_devices(tmp_path):
-    from conftest import asset_path
+    from tests.helpers.paths import asset_path
 
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, os.path.join(ROOT, "infer.py"), f"--config={TINY}", "--random_init", "--fsdp=2",
+    cmd = [sys.executable, os.path.join(ROOT, "infer.py"), f"--config={TINY_CONFIG}", "--random_init", "--fsdp=2",
            f"--video={asset_path('demo2_video.mp4')}", f"--audio={asset_path('demo2_audio.wav')}",
            f"--output={tmp_path / 'out.mp4'}", "--nocompile_cache"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -27,31 +27,18 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import asset_path
 
-from lipsync_jax.media import ffmpeg_exe, probe_audio_duration, probe_video
+from lipsync_jax.media import probe_audio_duration, probe_video
+from tests.helpers.clips import make_clip
+from tests.helpers.paths import ROOT, TINY_CONFIG, asset_path
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "unet", "tiny.py")
 STEPS, GUIDANCE, SEED, SECONDS, K = 2, 1.5, 11, 1.6, 2
-ROUNDOFF = 2e-4  # as tests/test_engine.py: UNet batch 1 vs 2, float32
-
-
-@pytest.fixture(scope="module")
-def tiny_models():
-    from lipsync_jax.config_utils import load_config
-    from lipsync_jax.pipeline import build_models
-
-    return build_models(load_config(TINY), random_init=True, seed=0)
+ROUNDOFF = 2e-4  # as tests/pipeline/test_engine.py: UNet batch 1 vs 2, float32
 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    path = tmp_path_factory.mktemp("clip") / "hidden.mp4"
-    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-i", asset_path("demo1_video.mp4"), "-t", "1.2",
-                    "-vf", "scale=540:960,drawbox=x=0:y=0:w=iw:h=ih:color=black:t=fill:enable='between(n,12,17)'",
-                    "-an", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "12", str(path)], check=True)
-    return str(path)
+    return make_clip(tmp_path_factory.mktemp("clip") / "hidden.mp4", seconds=1.2, black_frames=(12, 17))
 
 
 class RecordingEngine:
@@ -171,7 +158,8 @@ def test_deepcache_interval_1_equals_off_through_the_engine(tiny_models, clip, t
 def run_infer(args, cwd, timeout=900):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.setdefault("JAX_COMPILATION_CACHE_DIR", str(cwd / "jax_cache"))
-    cmd = [sys.executable, os.path.join(ROOT, "infer.py"), f"--config={TINY}", "--random_init", "--noprogress", *args]
+    cmd = [sys.executable, os.path.join(ROOT, "infer.py"), f"--config={TINY_CONFIG}", "--random_init", "--noprogress",
+           *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from conftest import asset_path
 
 from lipsync_jax.media import read_frames
+from tests.helpers.paths import asset_path
 
 SR = 16000
 

@@ -14,7 +14,6 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import asset_path
 
 from lipsync_jax.audio import load_audio
 from lipsync_jax.media import ffmpeg_exe, probe_video, read_frames
@@ -22,10 +21,10 @@ from lipsync_jax.pipeline import InputError, LipsyncEngine, Sampling, SyncJob, c
 from lipsync_jax.pipeline.faces import nearest_face_indices
 from lipsync_jax.pipeline.frames import FrameSpill
 from lipsync_jax.pipeline.timeline import chunk_bounds, output_frame_count, pad_to_chunk, pingpong_indices
+from tests.helpers.clips import make_clip
+from tests.helpers.paths import ROOT, TINY_CONFIG, asset_path
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INFER = os.path.join(ROOT, "infer.py")
-TINY = os.path.join(ROOT, "configs", "unet", "tiny.py")
 TOP = 0.15  # the top 15% of the frame is far from the face in the demo clips
 CODEC_TOLERANCE = 3.0  # mean absolute difference (0..255) allowed for re-encoding
 
@@ -39,19 +38,8 @@ def jax_cache(tmp_path_factory):
 
 def run_infer(args, jax_cache, cwd):
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax_cache, JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, INFER, f"--config={TINY}", "--random_init", "--steps=2", "--noprogress", *args]
+    cmd = [sys.executable, INFER, f"--config={TINY_CONFIG}", "--random_init", "--steps=2", "--noprogress", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-
-
-def make_clip(path, *, seconds, size="540:960", fps=None, black_frames=None, source="demo1_video.mp4"):
-    filters = ([f"fps={fps}"] if fps else []) + [f"scale={size}"]
-    if black_frames:
-        first, last = black_frames
-        filters.append(f"drawbox=x=0:y=0:w=iw:h=ih:color=black:t=fill:enable='between(n,{first},{last})'")
-    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-i", asset_path(source), "-t", str(seconds),
-                    "-vf", ",".join(filters), "-an", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "12",
-                    str(path)], check=True)
-    return str(path)
 
 
 def top_region(frame, step=4):
@@ -168,14 +156,6 @@ def test_video_without_any_face_fails_cleanly(tmp_path, jax_cache):
 
 
 # ---------------------------------------------------------------- the pipeline in-process
-
-@pytest.fixture(scope="module")
-def tiny_models():
-    from lipsync_jax.config_utils import load_config
-    from lipsync_jax.pipeline import build_models
-
-    return build_models(load_config(TINY), random_init=True, seed=0)
-
 
 @pytest.fixture(scope="module")
 def tiny_engine(tiny_models):
@@ -302,7 +282,7 @@ def test_models_load_from_converted_checkpoints(tmp_path, tiny_models):
     save_params(unet_dir, tiny_models.unet_params, None)
     save_params(vae_dir, tiny_models.vae_params, None)
     save_params(whisper_dir, tiny_models.audio.params, {"dims": dataclasses.asdict(tiny_models.audio.config)})
-    config = load_config(TINY)
+    config = load_config(TINY_CONFIG)
     loaded = build_models(config, unet_checkpoint=unet_dir, vae_checkpoint=vae_dir, whisper_checkpoint=whisper_dir)
     for ours, theirs in ((loaded.unet_params, tiny_models.unet_params), (loaded.vae_params, tiny_models.vae_params),
                          (loaded.audio.params, tiny_models.audio.params)):

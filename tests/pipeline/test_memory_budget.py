@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lipsync_jax.config_utils import load_config
-from lipsync_jax.pipeline import LipsyncEngine, RunOptions, build_models, decode_and_paste, encode_faces, memory
+from lipsync_jax.pipeline import LipsyncEngine, RunOptions, decode_and_paste, encode_faces, memory
 from lipsync_jax.pipeline.memory import (
     GB,
     Footprint,
@@ -25,14 +25,9 @@ from lipsync_jax.pipeline.memory import (
 )
 from lipsync_jax.pipeline.models import abstract_models
 from lipsync_jax.pipeline.program import mask_arrays
+from tests.helpers.paths import ROOT, TINY_CONFIG
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, GUIDANCE = 20, 1.5  # the engine plans with these (the memory does not depend on the step count)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return build_models(load_config(os.path.join(ROOT, "configs/unet/tiny.py")), random_init=True, seed=0)
 
 
 # ---------------------------------------------------------------- the search (fast: a stand-in footprint)
@@ -48,7 +43,7 @@ def fake_footprint(models, *, chunk_batch, vae_frames=None, attention_backend="a
 @pytest.fixture(scope="module")
 def tiny_abstract():
     """The tiny config's models with ShapeDtypeStruct weights (no init; the planner needs shapes only)."""
-    return abstract_models(load_config(os.path.join(ROOT, "configs/unet/tiny.py")), jnp.float32)
+    return abstract_models(load_config(TINY_CONFIG), jnp.float32)
 
 
 def fake_whisper(models, windows, **_):
@@ -143,33 +138,37 @@ def cache_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def footprints(tiny, cache_dir):
+def footprints(tiny_models, cache_dir):
     """(whole chunk at once, one frame at a time) VAE slices, chunk_batch 1."""
     kw = dict(chunk_batch=1, num_steps=STEPS, guidance_scale=GUIDANCE, cache_dir=cache_dir)
-    return (program_footprint(tiny, vae_frames=tiny.num_frames, **kw), program_footprint(tiny, vae_frames=1, **kw))
+    return (program_footprint(tiny_models, vae_frames=tiny_models.num_frames, **kw),
+            program_footprint(tiny_models, vae_frames=1, **kw))
 
 
 @pytest.mark.slow
-def test_compiled_footprint_parts_and_vae_slices(tiny, footprints, cache_dir):
+def test_compiled_footprint_parts_and_vae_slices(tiny_models, footprints, cache_dir):
     full, sliced = footprints
-    assert full.argument_bytes >= tree_bytes(tiny.unet_params) + tree_bytes(tiny.vae_params)
-    assert full.output_bytes == tiny.num_frames * tiny.resolution ** 2 * 3 * 4  # one chunk of float32 faces
+    assert full.argument_bytes >= tree_bytes(tiny_models.unet_params) + tree_bytes(tiny_models.vae_params)
+    # one chunk of float32 faces
+    assert full.output_bytes == tiny_models.num_frames * tiny_models.resolution ** 2 * 3 * 4
     assert sliced.temp_bytes < full.temp_bytes  # one frame per VAE step needs less
     assert os.path.exists(os.path.join(cache_dir, "memory_estimates.json"))
-    again = program_footprint(tiny, chunk_batch=1, vae_frames=1, num_steps=STEPS, guidance_scale=GUIDANCE,
+    again = program_footprint(tiny_models, chunk_batch=1, vae_frames=1, num_steps=STEPS, guidance_scale=GUIDANCE,
                               cache_dir=cache_dir)
     assert again.compile_seconds is None and again.total_bytes == sliced.total_bytes  # from the cache
 
 
 @pytest.mark.slow
-def test_compiled_budget_picks_smaller_vae_slices(tiny, footprints, cache_dir):
+def test_compiled_budget_picks_smaller_vae_slices(tiny_models, footprints, cache_dir):
     full, sliced = footprints
-    whisper = whisper_footprint(tiny, tiny.audio.max_batch, cache_dir=cache_dir).total_bytes
-    assert whisper > tree_bytes(tiny.audio.params)  # its working set is counted, not only its weights
-    budget = (whole(tiny, full, whisper) + whole(tiny, sliced, whisper)) / 2 - whisper  # on the host is not enough
-    plan = plan_memory(tiny, budget / GB, chunk_batch=1, num_steps=STEPS, guidance_scale=GUIDANCE, cache_dir=cache_dir)
-    assert plan.chunk_batch == 1 and plan.vae_frames < tiny.num_frames
-    assert plan.vae_frames in vae_slice_candidates(tiny.num_frames)
+    whisper = whisper_footprint(tiny_models, tiny_models.audio.max_batch, cache_dir=cache_dir).total_bytes
+    assert whisper > tree_bytes(tiny_models.audio.params)  # its working set is counted, not only its weights
+    # on the host is not enough
+    budget = (whole(tiny_models, full, whisper) + whole(tiny_models, sliced, whisper)) / 2 - whisper
+    plan = plan_memory(tiny_models, budget / GB, chunk_batch=1, num_steps=STEPS, guidance_scale=GUIDANCE,
+                       cache_dir=cache_dir)
+    assert plan.chunk_batch == 1 and plan.vae_frames < tiny_models.num_frames
+    assert plan.vae_frames in vae_slice_candidates(tiny_models.num_frames)
     assert plan.device_bytes <= budget
 
 
@@ -178,16 +177,17 @@ def whole(models, fp, whisper, chunk_batch=1):
 
 
 @pytest.mark.slow
-def test_vae_slices_do_not_change_the_result(tiny):
-    faces = np.random.default_rng(0).integers(0, 256, (tiny.num_frames, tiny.resolution, tiny.resolution, 3), np.uint8)
-    pixel, keep, _ = mask_arrays(tiny)
+def test_vae_slices_do_not_change_the_result(tiny_models):
+    size = tiny_models.resolution
+    faces = np.random.default_rng(0).integers(0, 256, (tiny_models.num_frames, size, size, 3), np.uint8)
+    pixel, keep, _ = mask_arrays(tiny_models)
     key = jax.random.key(3)
-    whole_chunk = encode_faces(tiny.vae, tiny.vae_params, faces, pixel, key)
-    sliced = encode_faces(tiny.vae, tiny.vae_params, faces, pixel, key, 4)
+    whole_chunk = encode_faces(tiny_models.vae, tiny_models.vae_params, faces, pixel, key)
+    sliced = encode_faces(tiny_models.vae, tiny_models.vae_params, faces, pixel, key, 4)
     for a, b in zip(whole_chunk, sliced):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
-    out_a = decode_and_paste(tiny.vae, tiny.vae_params, whole_chunk[1], whole_chunk[0], keep)
-    out_b = decode_and_paste(tiny.vae, tiny.vae_params, whole_chunk[1], whole_chunk[0], keep, 4)
+    out_a = decode_and_paste(tiny_models.vae, tiny_models.vae_params, whole_chunk[1], whole_chunk[0], keep)
+    out_b = decode_and_paste(tiny_models.vae, tiny_models.vae_params, whole_chunk[1], whole_chunk[0], keep, 4)
     np.testing.assert_allclose(np.asarray(out_a), np.asarray(out_b), rtol=1e-5, atol=1e-5)
 
 

@@ -19,12 +19,10 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import TWO_PEOPLE_HALF_WIDTH, asset_path
 
 from lipsync_jax.media import read_frames
+from tests.helpers.paths import ROOT, TINY_CONFIG, TWO_PEOPLE_HALF_WIDTH, asset_path
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "unet", "tiny.py")
 INFER = os.path.join(ROOT, "infer.py")
 STEPS, SEED = 2, 5
 SECONDS = 0.64  # 16 frames at 25 fps: one chunk per face
@@ -34,12 +32,10 @@ MODIFIED, UNTOUCHED = 200, 10  # changed pixels in a half: a lip-synced face / n
 
 
 @pytest.fixture(scope="module")
-def engine():
-    from lipsync_jax.config_utils import load_config
-    from lipsync_jax.pipeline import LipsyncEngine, RunOptions, Sampling, build_models
+def engine(tiny_models):
+    from lipsync_jax.pipeline import LipsyncEngine, RunOptions, Sampling
 
-    models = build_models(load_config(TINY), random_init=True, seed=0)
-    engine = LipsyncEngine(models, RunOptions(chunk_batch=2))
+    engine = LipsyncEngine(tiny_models, RunOptions(chunk_batch=2))
     engine.compile(Sampling(steps=STEPS))  # the one program every test's jobs share
     return engine
 
@@ -211,7 +207,7 @@ def test_frame_store_keeps_every_lane(tmp_path):
 
 def _infer(args, cwd):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, INFER, f"--config={TINY}", "--random_init", "--noprogress", *args],
+    return subprocess.run([sys.executable, INFER, f"--config={TINY_CONFIG}", "--random_init", "--noprogress", *args],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 

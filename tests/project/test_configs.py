@@ -12,7 +12,6 @@ import ml_collections
 import numpy as np
 import pytest
 from absl import flags
-from conftest import golden_path
 
 from lipsync_jax import cli_flags
 from lipsync_jax.config_utils import (
@@ -25,6 +24,7 @@ from lipsync_jax.config_utils import (
     resolve_path,
     sweep_length,
 )
+from tests.helpers.paths import golden_path
 
 UNET_CONFIGS = ["stage1", "stage1_512", "stage2", "stage2_512", "stage2_efficient", "tiny", "tiny_stage1"]
 SYNCNET_CONFIGS = ["syncnet_16_pixel_attn", "syncnet_16_pixel", "syncnet_16_latent", "tiny"]

@@ -12,11 +12,9 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import asset_path
 from packaging.requirements import Requirement
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "unet", "tiny.py")
+from tests.helpers.paths import ROOT, TINY_CONFIG, asset_path
 
 
 def read(name: str) -> str:
@@ -97,7 +95,7 @@ def test_cog_predictor_setup_and_predict_in_process(tmp_path, monkeypatch, cog_m
     subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-i", asset_path("demo1_video.mp4"), "-t", "0.8",
                     "-vf", "scale=270:480", "-an", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "12", clip],
                    check=True)
-    monkeypatch.setenv("LIPSYNC_CONFIG", TINY)
+    monkeypatch.setenv("LIPSYNC_CONFIG", TINY_CONFIG)
     monkeypatch.setenv("LIPSYNC_RANDOM_INIT", "1")
     monkeypatch.setenv("LIPSYNC_WARMUP_STEPS", "1")
     monkeypatch.setenv("LIPSYNC_AVATAR_CACHE", str(tmp_path / "avatars"))

@@ -21,7 +21,7 @@ import tomllib
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers.paths import ROOT
 
 # Flags the docs quote from other tools, with whose they are.
 FOREIGN_FLAGS = {
@@ -270,7 +270,7 @@ def missing_paths(doc: str, text: str) -> list[str]:
         for m in PATH.finditer(line):
             path = m.group(1).rstrip(".")
             if line[m.end():m.end() + 1] == "*" or re.search(r"LatentSync's `?$", line[:m.start()]):
-                continue  # a pattern (tests/test_engine*.py) or the original repository's file
+                continue  # a pattern (tests/pipeline/test_engine*.py) or the original repository's file
             if path.startswith("configs/") and path.endswith((".yaml", ".json")):
                 continue  # LatentSync's own config files, which ours mirror
             path = path.split(":")[0]  # configs/unet/tiny.py:256 (a config argument)
@@ -340,10 +340,11 @@ def test_a_config_override_must_name_a_field_of_its_config():
 def test_a_moved_path_is_reported():
     assert missing_paths("doc.md", "see `lipsync_jax/pipeline/engine.py` and bench/RESULTS.md.") == []
     assert missing_paths("doc.md", "`python -m lipsync_jax.eval.report`") == []
-    assert missing_paths("doc.md", "LatentSync's `eval/eval_fvd.py`, tests/test_engine*.py") == []
+    assert missing_paths("doc.md", "LatentSync's `eval/eval_fvd.py`, tests/pipeline/test_engine*.py") == []
     assert missing_paths("doc.md", "see lipsync_jax/pipeline/stream.py") == [
         "doc.md:1: lipsync_jax/pipeline/stream.py does not exist"]
-    assert missing_paths("doc.md", "python -m lipsync_jax.stream.serve") == ["doc.md:1: no module lipsync_jax.stream.serve"]
+    assert missing_paths("doc.md", "python -m lipsync_jax.stream.serve") == [
+        "doc.md:1: no module lipsync_jax.stream.serve"]
 
 
 # ---------------------------------------------------------------- the real docs against the real commands

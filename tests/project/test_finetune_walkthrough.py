@@ -10,11 +10,11 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import asset_path
 
 from lipsync_jax.config_utils import PROJECT_ROOT
 from lipsync_jax.media.ffmpeg import ffmpeg_exe
 from lipsync_jax.train.metrics import read_metrics
+from tests.helpers.paths import asset_path
 
 SECTION = "## Fine-tune on your own videos"
 

@@ -5,11 +5,10 @@ import os
 import subprocess
 import sys
 
-from conftest import GOLDEN_DIR
-
 from lipsync_jax.golden.__main__ import main
 from lipsync_jax.golden.core import compare_rel, rel_l2
 from lipsync_jax.golden.registry import CHECK_MODULES, manifest_kind
+from tests.helpers.paths import GOLDEN_DIR
 
 
 def test_rel_l2_and_nan():

@@ -12,7 +12,8 @@ from __future__ import annotations
 import ast
 import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers.paths import ROOT
+
 PACKAGES = ("lipsync_jax", "data_prep")
 
 

@@ -11,8 +11,8 @@ import pytest
 
 from lipsync_jax import quiet
 from lipsync_jax.serving.service import RANDOM_WEIGHTS_WARNING
+from tests.helpers.paths import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASSETS = os.path.join(ROOT, "tests", "data", "assets")
 
 # Parts of the lines a new user saw in the first README command and that must not show.

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,24 +21,17 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import asset_path
 
 from lipsync_jax.audio import load_audio
 from lipsync_jax.media import ffmpeg_exe, probe_video
+from tests.helpers.net import free_port
+from tests.helpers.paths import ROOT, TINY_CONFIG, asset_path
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "unet", "tiny.py")
 MAX_SECONDS = 0.64  # the server's per-request limit: 16 frames, one chunk
 STEPS = 1
 MAX_UPLOAD_MB = 8  # the demo media are 5-7 MB
 RESULT_TTL = 15  # seconds a request's uploads and result stay
 START_TIMEOUT = 600
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +42,7 @@ def server(tmp_path_factory):
     env = dict(os.environ, JAX_PLATFORMS="cpu", GRADIO_ANALYTICS_ENABLED="False", TMPDIR=str(work / "tmp"),
                GRADIO_TEMP_DIR=str(work / "gradio"), PYTHONUNBUFFERED="1")
     log = open(work / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "app.py"), f"--config={TINY}", "--random_init",
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "app.py"), f"--config={TINY_CONFIG}", "--random_init",
                              "--host=127.0.0.1", f"--port={port}", f"--max_seconds={MAX_SECONDS}",
                              f"--work_dir={work / 'requests'}", f"--compile_cache={work / 'xla'}",
                              f"--max_upload_mb={MAX_UPLOAD_MB}", f"--result_ttl={RESULT_TTL}",
@@ -146,12 +138,10 @@ def test_page_in_headless_chromium(server, tmp_path):
     """What a person sees (1280x900 window): the examples show their first frame, a portrait upload
     keeps the button in the window, a video is accepted as the audio, the progress bar moves."""
     import cv2
-    from browser import Browser, chromium
 
-    if chromium() is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is missing under CI (.ci/run installs it)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from tests.helpers.browser import Browser, require_chromium
+
+    require_chromium()
     with Browser(server["url"], width=1280, height=900) as page:
         page.wait_for("document.querySelector('#run_button') !== null", 120)
         for needle in ("Guidance scale", "Lip sync", "RANDOM".lower()):

@@ -2,7 +2,7 @@
 settings records that decide what a rerun skips, the command lines (``python -m lipsync_jax.batch``
 and ``infer.py --batch``) and a batch on one service: a failed row is recorded and the others go
 on, finished outputs are skipped on rerun, the models are compiled once. The Beam runner:
-tests/test_batch_beam.py."""
+tests/serving/test_batch_beam.py."""
 
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import asset_path
 
 from lipsync_jax import config_utils
-from lipsync_jax.media import ffmpeg_exe, probe_video
+from lipsync_jax.media import probe_video
 from lipsync_jax.pipeline import JobDefaults
 from lipsync_jax.pipeline.job import Request, Sampling, SyncJob
 from lipsync_jax.serving.batch import BatchFileError, parse_rows, read_jobs, run_jobs, summary_table
@@ -29,9 +28,8 @@ from lipsync_jax.serving.fingerprint import (
     remove_leftovers,
     write_record,
 )
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "unet", "tiny.py")
+from tests.helpers.clips import make_clip
+from tests.helpers.paths import ROOT, TINY_CONFIG, asset_path
 
 
 def write_csv(path, text):
@@ -118,7 +116,7 @@ def test_result_table_as_csv_and_jsonl(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    return model_identity(config_utils.load_config(TINY), random_init=True)
+    return model_identity(config_utils.load_config(TINY_CONFIG), random_init=True)
 
 
 def _request(tmp_path, **changes):
@@ -162,7 +160,7 @@ def test_settings_record_decides_skip_or_redo(tmp_path, tiny_model):
 
 
 def test_model_identity_names_weights_by_content(tmp_path):
-    config = config_utils.load_config(TINY)
+    config = config_utils.load_config(TINY_CONFIG)
     for name in ("unet", "vae", "whisper"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "metadata.json").write_text(json.dumps({"source": name}))
@@ -200,7 +198,7 @@ def test_command_line_skips_done_records_failed_and_exits_1(tmp_path, entry):
                                             f"missing.mp4,{asset_path('demo1_audio.wav')},new.mp4\n")
     command = ([sys.executable, "-m", "lipsync_jax.batch", jobs] if entry == "module"
                else [sys.executable, os.path.join(ROOT, "infer.py"), f"--batch={jobs}"])
-    proc = subprocess.run(command + [f"--config={TINY}", "--random_init", "--nocompile_cache"], cwd=ROOT,
+    proc = subprocess.run(command + [f"--config={TINY_CONFIG}", "--random_init", "--nocompile_cache"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
@@ -212,7 +210,7 @@ def test_command_line_skips_done_records_failed_and_exits_1(tmp_path, entry):
 
 def test_command_line_refuses_a_bad_jobs_file(tmp_path):
     jobs = write_csv(tmp_path / "jobs.csv", "video,output\na.mp4,b.mp4\n")
-    proc = subprocess.run([sys.executable, "-m", "lipsync_jax.batch", jobs, f"--config={TINY}"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "lipsync_jax.batch", jobs, f"--config={TINY_CONFIG}"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: jobs file") and "audio" in proc.stderr
@@ -222,18 +220,14 @@ def test_command_line_refuses_a_bad_jobs_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("clips") / "clip.mp4")
-    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-i", asset_path("demo1_video.mp4"), "-t", "0.8",
-                    "-vf", "scale=270:480", "-an", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "12", path],
-                   check=True)
-    return path
+    return make_clip(tmp_path_factory.mktemp("clips") / "clip.mp4", seconds=0.8, size="270:480")
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     from lipsync_jax.serving.service import LipsyncService
 
-    return LipsyncService.from_config(TINY, random_init=True,
+    return LipsyncService.from_config(TINY_CONFIG, random_init=True,
                                       avatar_cache=str(tmp_path_factory.mktemp("avatars")))
 
 
@@ -246,7 +240,7 @@ def test_batch_goes_on_after_a_failure_and_resumes(tmp_path, clip, service):
     rows = read_jobs(jobs)
     requests = parse_rows(jobs, rows, service.defaults, {"max_seconds": 0.6})
     lines = []
-    model = model_identity(config_utils.load_config(TINY), random_init=True)
+    model = model_identity(config_utils.load_config(TINY_CONFIG), random_init=True)
     outcomes = run_jobs(service, rows, requests, model=model, log=lines.append)
     compiles = [int(line.split("compiled ")[1].split(" ")[0]) if "compiled" in line else 0
                 for line in lines if " wrote " in line]
@@ -309,8 +303,8 @@ def test_sigterm_stops_the_batch_within_seconds_with_its_summary_and_leaves_no_p
                                             f"{clip},{asset_path('demo1_audio.wav')},out/first.mp4,0.6\n"
                                             f"{clip},{asset_path('demo2_audio.wav')},out/second.mp4,12\n")
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.Popen([sys.executable, "-m", "lipsync_jax.batch", jobs, f"--config={TINY}", "--random_init",
-                             "--steps=1", f"--compile_cache={tmp_path / 'xla'}"], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "lipsync_jax.batch", jobs, f"--config={TINY_CONFIG}",
+                             "--random_init", "--steps=1", f"--compile_cache={tmp_path / 'xla'}"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 900
     while time.time() < deadline and proc.poll() is None:  # the second job's work folder fills up

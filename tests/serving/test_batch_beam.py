@@ -22,16 +22,17 @@ import time
 
 import psutil
 import pytest
-from conftest import asset_path
 
 from lipsync_jax import config_utils
-from lipsync_jax.media import ffmpeg_exe, probe_video
+from lipsync_jax.media import probe_video
 from lipsync_jax.media.atomic import atomic_output
 from lipsync_jax.pipeline.inputs import check_inputs
 from lipsync_jax.pipeline.job import RunOptions
 from lipsync_jax.serving.batch import read_jobs
 from lipsync_jax.serving.batch_jobs import BatchFileError, read_results
 from lipsync_jax.serving.fingerprint import record_path
+from tests.helpers.clips import make_clip
+from tests.helpers.paths import ROOT, TINY_CONFIG, asset_path
 
 beam = pytest.importorskip("apache_beam", reason="optional extra: pip install -r requirements-beam.txt")
 from apache_beam.io.filesystem import FileMetadata  # noqa: E402 - needs apache_beam
@@ -39,18 +40,12 @@ from apache_beam.io.localfilesystem import LocalFileSystem  # noqa: E402
 
 from lipsync_jax.serving import batch_beam  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "unet", "tiny.py")
 BUILDS: list[int] = []  # pids of the processes that built a stand-in service (the runner runs in this one)
 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("clips") / "clip.mp4")
-    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-i", asset_path("demo1_video.mp4"), "-t", "0.8",
-                    "-vf", "scale=270:480", "-an", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "12", path],
-                   check=True)
-    return path
+    return make_clip(tmp_path_factory.mktemp("clips") / "clip.mp4", seconds=0.8, size="270:480")
 
 
 def write_table(folder, clip, *, good: int = 2, bad_line: int | None = 3):
@@ -102,7 +97,7 @@ class StandInSpec(batch_beam.ServiceSpec):
 
 
 def stand_in_spec(**kwargs):
-    return StandInSpec(config_utils.load_config(TINY), {"random_init": True}, RunOptions(), **kwargs)
+    return StandInSpec(config_utils.load_config(TINY_CONFIG), {"random_init": True}, RunOptions(), **kwargs)
 
 
 def test_pipeline_runs_skips_and_counts(tmp_path, clip, capfd):
@@ -239,7 +234,7 @@ def test_a_stopped_launcher_of_a_remote_pipeline_touches_nothing(tmp_path):
 # ---------------------------------------------------------------- the real tiny model, command line
 
 def batch_command(jobs, cache, *extra):
-    return [sys.executable, "-m", "lipsync_jax.batch", jobs, f"--config={TINY}", "--random_init", "--steps=1",
+    return [sys.executable, "-m", "lipsync_jax.batch", jobs, f"--config={TINY_CONFIG}", "--random_init", "--steps=1",
             "--max_seconds=0.64", f"--compile_cache={cache}", *extra]
 
 

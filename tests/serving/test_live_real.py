@@ -17,12 +17,11 @@ import time
 
 import numpy as np
 import pytest
-from chromium_page import HeadlessPage, chromium
-from conftest import asset_path
-from engine_helpers import make_clip
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "unet", "tiny.py")
+from tests.helpers.browser import Browser, require_chromium
+from tests.helpers.clips import make_clip
+from tests.helpers.paths import ROOT, TINY_CONFIG, asset_path
+
 pytestmark = pytest.mark.slow
 
 
@@ -42,13 +41,13 @@ class LiveProcess:
     temp folder; its output lines are collected by reader threads."""
 
     def __init__(self, clip, compile_cache, tmp, *extra):
-        from live_helpers import free_port
+        from tests.helpers.net import free_port
 
         self.port = free_port()
         self.tmpdir = str(tmp / "tmpdir")
         os.makedirs(self.tmpdir, exist_ok=True)
         env = dict(os.environ, TMPDIR=self.tmpdir, JAX_COMPILATION_CACHE_DIR=compile_cache)
-        args = [sys.executable, "-m", "lipsync_jax.serving.live_server", f"--config={TINY}", "--random_init",
+        args = [sys.executable, "-m", "lipsync_jax.serving.live_server", f"--config={TINY_CONFIG}", "--random_init",
                 "--avatar", clip, "--port", str(self.port), "--compile_cache", compile_cache, *extra]
         self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -154,9 +153,8 @@ def test_sigterm_during_the_compile_exits_at_once_without_a_frame_store(clip, co
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)],
                          ids=["SIGTERM", "Ctrl-C"])
 def test_real_server_answers_bad_messages_serves_and_stops_clean(clip, compile_cache, tmp_path, signum, status):
-    from live_helpers import exchange, pcm
-
     from lipsync_jax.serving.service import RANDOM_WEIGHTS_WARNING
+    from tests.helpers.live import exchange, pcm
 
     server = LiveProcess(clip, compile_cache, tmp_path, "--steps", "2", "--stride", "8", "--strides", "16")
     try:
@@ -195,20 +193,17 @@ def test_real_server_answers_bad_messages_serves_and_stops_clean(clip, compile_c
 
 def test_page_shows_the_warning_and_the_sessions_own_figures(tmp_path):
     import cv2
-    from engine_helpers import SEED, build_tiny_models
-    from live_helpers import Server
-    from live_stand_in import StandInEngine
 
     from lipsync_jax.live import LiveAvatar, StreamOptions, warm_up
     from lipsync_jax.media import ffmpeg_exe
     from lipsync_jax.pipeline import Sampling
     from lipsync_jax.serving.live_server import create_app
     from lipsync_jax.serving.service import RANDOM_WEIGHTS_WARNING
+    from tests.helpers.engine import SEED, build_tiny_models
+    from tests.helpers.live import Server
+    from tests.helpers.stand_in import StandInEngine
 
-    if chromium() is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing under CI (.ci/run installs it)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
+    require_chromium()
     sample = str(tmp_path / "sample.wav")
     subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-i", asset_path("demo1_audio.wav"), "-t", "3.0",
                     "-ac", "1", "-ar", "16000", sample], check=True)
@@ -222,13 +217,14 @@ def test_page_shows_the_warning_and_the_sessions_own_figures(tmp_path):
                          strides=strides, sample_audio=sample, max_side=480, random_weights=True, log=lambda _: None)
         server = Server(app)
         try:
-            with HeadlessPage(server.url + "/?autoplay=sample&stride=4", str(tmp_path / "profile")) as page:
-                state = page.wait_for("window.liveState", lambda s: s.get("done") or s.get("error"), timeout=120)
+            with Browser(server.url + "/?autoplay=sample&stride=4", width=900, height=760,
+                         profile=str(tmp_path / "profile")) as page:
+                state = page.wait_for("window.liveState", 120, until=lambda s: s.get("done") or s.get("error"))
                 time.sleep(0.3)
-                shown = page.evaluate("Object.fromEntries(['median', 'p95', 'achieved', 'first', 'stride_used', "
+                shown = page.eval("Object.fromEntries(['median', 'p95', 'achieved', 'first', 'stride_used', "
                                       "'split_audio', 'split_look_ahead', 'split_compute', 'split_pacing', 'warning']"
                                       ".map((id) => [id, document.getElementById(id).textContent]))")
-                warning_visible = page.evaluate("!document.getElementById('warning').hidden")
+                warning_visible = page.eval("!document.getElementById('warning').hidden")
                 png = page.screenshot()
         finally:
             server.stop()

@@ -2,9 +2,9 @@
 WebSocket client: every bad message gets an ``error`` naming the problem (the job parsers' own
 words), is logged, and the socket closes normally (1000, never 1006); a disconnect frees its slot
 at once while the abandoned window is still running; strides and ``max_latency`` per client; the
-random-weights warning in ``/status``. The engine is ``StandInEngine`` (tests/live_stand_in.py: the
+random-weights warning in ``/status``. The engine is ``StandInEngine`` (tests/helpers/stand_in.py: the
 device program and the Whisper encoder take a set time), so nothing compiles and these run in
-the fast tier; the real server, its signals and the page in Chromium: tests/test_live_real.py."""
+the fast tier; the real server, its signals and the page in Chromium: tests/serving/test_live_real.py."""
 
 from __future__ import annotations
 
@@ -14,19 +14,15 @@ import time
 
 import numpy as np
 import pytest
-from conftest import asset_path
-from engine_helpers import SEED, build_tiny_models, make_clip
-from live_helpers import Server, exchange, pcm
 
 from lipsync_jax.pipeline import Sampling
+from tests.helpers.clips import make_clip
+from tests.helpers.engine import SEED
+from tests.helpers.live import Server, exchange, pcm
+from tests.helpers.paths import asset_path
 
 DEVICE_SECONDS = 0.02  # the stand-in device's time per window
 STRIDES = {16: DEVICE_SECONDS, 8: DEVICE_SECONDS, 4: DEVICE_SECONDS}
-
-
-@pytest.fixture(scope="module")
-def tiny_models():
-    return build_tiny_models()
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +42,9 @@ def speech(tiny_models):
 
 
 def serve(tiny_models, avatar, log, **options):
-    from live_stand_in import StandInEngine
-
     from lipsync_jax.live import StreamOptions, warm_up
     from lipsync_jax.serving.live_server import create_app
+    from tests.helpers.stand_in import StandInEngine
 
     engine = StandInEngine(tiny_models, device_seconds=DEVICE_SECONDS, encoder_seconds=0.002)
     base = StreamOptions(sampling=Sampling(steps=2), seed=SEED, **options)

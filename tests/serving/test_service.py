@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,9 +24,9 @@ from absl import flags
 from lipsync_jax.pipeline import JobDefaults, OptionError, RunOptions, memory
 from lipsync_jax.pipeline.memory import Footprint
 from lipsync_jax.serving import flags as shared
+from tests.helpers.net import free_port
+from tests.helpers.paths import ROOT, TINY_CONFIG
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "unet", "tiny.py")
 MB = 1024 ** 2
 
 
@@ -38,7 +37,7 @@ def door_flags(door: str, argv: list[str]) -> flags.FlagValues:
     fv = flags.FlagValues()
     {"infer": infer_cli.define_flags, "batch": batch.define_flags, "app": webapp.define_flags,
      "live": live_server.define_flags}[door](fv)
-    fv([door, f"--config={TINY}", *argv])
+    fv([door, f"--config={TINY_CONFIG}", *argv])
     return fv
 
 
@@ -64,14 +63,6 @@ def stand_in_footprint(monkeypatch):
     monkeypatch.setattr(memory, "program_footprint", footprint)
     monkeypatch.setattr(memory, "whisper_footprint", lambda models, windows, **kw: Footprint(MB, MB, 8 * MB * windows))
     return calls
-
-
-@pytest.fixture(scope="module")
-def tiny_models():
-    from lipsync_jax.config_utils import load_config
-    from lipsync_jax.pipeline import build_models
-
-    return build_models(load_config(TINY), random_init=True, seed=0)
 
 
 @pytest.mark.parametrize("where", ["flag", "config"])
@@ -149,19 +140,13 @@ def test_web_limits_bound_what_a_client_can_compile():
         assert str(error.value).startswith(message), (values, str(error.value))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow  # the planner compiles the tiny program once for its estimate (1-3 min on 2 cores)
 def test_app_with_max_vram_reports_the_planned_setting(tmp_path):
     port = free_port()
     log = open(tmp_path / "app.log", "w")
     env = dict(os.environ, JAX_PLATFORMS="cpu", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1",
                GRADIO_TEMP_DIR=str(tmp_path / "gradio"))
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "app.py"), f"--config={TINY}", "--random_init",
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "app.py"), f"--config={TINY_CONFIG}", "--random_init",
                              "--max_vram=8", "--host=127.0.0.1", f"--port={port}",
                              f"--compile_cache={tmp_path / 'xla'}"], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT)

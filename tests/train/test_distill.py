@@ -14,8 +14,13 @@ import pytest
 from lipsync_jax import checkpoints
 from lipsync_jax.config_utils import load_config, resolve_path
 from lipsync_jax.diffusion import DDIMScheduler, LCMScheduler
-from lipsync_jax.distilled import (StudentOptionError, student_info, student_metadata, student_sampling,
-                                   student_scheduler)
+from lipsync_jax.distilled import (
+    StudentOptionError,
+    student_info,
+    student_metadata,
+    student_sampling,
+    student_scheduler,
+)
 from lipsync_jax.train.checkpointing import TrainCheckpointer
 from lipsync_jax.train.export import ExportError, export
 from lipsync_jax.train.state import TrainState, make_optimizer
@@ -141,5 +146,6 @@ def test_export_of_a_distill_run_says_it_is_a_student_and_exports_the_ema(tmp_pa
     ckpt.close()
     with pytest.raises(ExportError, match="no EMA of the params"):
         export(str(tmp_path / "plain"), str(tmp_path / "x"), config, ema=True)
-    teacher_like = export(str(tmp_path / "plain"), str(tmp_path / "y"), load_config(resolve_path("configs/unet/tiny.py")))
+    tiny = load_config(resolve_path("configs/unet/tiny.py"))
+    teacher_like = export(str(tmp_path / "plain"), str(tmp_path / "y"), tiny)
     assert student_info(teacher_like) is None and os.path.isdir(teacher_like)

@@ -1,4 +1,4 @@
-"""The CPU proof of consistency distillation on the tiny config (tests/distill_proof.py does the
+"""The CPU proof of consistency distillation on the tiny config (tests/helpers/distill_proof.py does the
 work, see its docstring): a tiny UNet teacher trained on the demo clip until its samples are the
 clip's faces rather than noise, a student distilled from it, and the student's few-step lcm
 output against the teacher's own few-step DDIM output, both measured against the teacher's
@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from distill_proof import STEPS, run_proof
+from tests.helpers.distill_proof import STEPS, run_proof
 
 pytestmark = pytest.mark.heavy  # trains a teacher and a student, 9 sampling programs: see bench/RESULTS.md
 

@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow  # compiles the distill step (teacher, target and student UNets) twice
-
 from lipsync_jax.train.loop import PREEMPTED_EXIT_STATUS
 from lipsync_jax.train.metrics import read_metrics
-from train_helpers import losses, random_teacher, run_train
+from tests.helpers.train import losses, random_teacher, run_train
+
+pytestmark = pytest.mark.slow  # compiles the distill step (teacher, target and student UNets) twice
 
 # 4 frames, batch 4 (divisible by the (4, 2) mesh's data axis), latent losses only (the tiny
 # SyncNet takes 16 frames); frozen networks of 1 MiB or more sharded (the tiny teacher is 21 MB);

@@ -6,11 +6,12 @@ import json
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow  # each distinct layout compiles the tiny UNet step: minutes on 2 shared cores
-
 from lipsync_jax.train.loop import PREEMPTED_EXIT_STATUS
 from lipsync_jax.train.metrics import read_metrics
-from train_helpers import TINY_FAST, free_port, losses, run_train, start_train
+from tests.helpers.net import free_port
+from tests.helpers.train import TINY_FAST, losses, run_train, start_train
+
+pytestmark = pytest.mark.slow  # each distinct layout compiles the tiny UNet step: minutes on 2 shared cores
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from lipsync_jax.config_utils import load_config, resolve_path
 from lipsync_jax.train.state import TrainState, make_optimizer
 from lipsync_jax.train.unet_setup import build_unet_task
-from train_helpers import losses, run_train
+from tests.helpers.train import losses, run_train
 
 
 @pytest.mark.slow

@@ -6,10 +6,11 @@ parameters' logical names."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AbstractMesh, PartitionSpec as P
+from jax.sharding import AbstractMesh
+from jax.sharding import PartitionSpec as P
 
-from lipsync_jax.config_utils import config_to_dict, load_config, resolve_path
 from lipsync_jax import sharding as sharding_lib
+from lipsync_jax.config_utils import config_to_dict, load_config, resolve_path
 from lipsync_jax.train.state import TrainState, make_optimizer
 
 MESH = AbstractMesh((4, 2), ("data", "fsdp"))

@@ -4,12 +4,12 @@ grain loader (lipsync_jax.data), and the synthetic-source smoke run."""
 import cv2
 import numpy as np
 import pytest
-from conftest import asset_path
-from train_helpers import losses, run_train
 
 from lipsync_jax.audio.load import load_audio
 from lipsync_jax.data import records
 from lipsync_jax.media.video import read_frames
+from tests.helpers.paths import asset_path
+from tests.helpers.train import losses, run_train
 
 CLIP_FRAMES = 34  # a SyncNet sample needs >= 2 * 16 frames
 RES = 64

@@ -6,14 +6,19 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from lipsync_jax.config_utils import load_config, config_to_dict, resolve_path
 from lipsync_jax import sharding as sharding_lib
-from lipsync_jax.train.data_sources import FieldSelect
-from lipsync_jax.train.state import (OptimizerConfigError, TrainState, learning_rate_schedule, make_optimizer,
-                                     unet_trainable)
-from lipsync_jax.train.synthetic import SyntheticSyncNetSource, SyntheticUNetSource
+from lipsync_jax.config_utils import config_to_dict, load_config, resolve_path
 from lipsync_jax.diffusion.conditioning import latent_mask, nearest_resize
 from lipsync_jax.models.syncnet import stack_frames
+from lipsync_jax.train.data_sources import FieldSelect
+from lipsync_jax.train.state import (
+    OptimizerConfigError,
+    TrainState,
+    learning_rate_schedule,
+    make_optimizer,
+    unet_trainable,
+)
+from lipsync_jax.train.synthetic import SyntheticSyncNetSource, SyntheticUNetSource
 from lipsync_jax.train.unet_step import mixed_noise
 
 
@@ -67,7 +72,8 @@ def test_nearest_resize_matches_torch_nearest_index_rule_and_frame_stacking():
 
 def test_lr_schedule_warmup_then_constant_or_cosine():
     constant = learning_rate_schedule(dict(lr=1e-4, lr_warmup_steps=10, lr_scheduler="constant"), 100)
-    assert float(constant(0)) == 0.0 and float(constant(5)) == pytest.approx(5e-5) and float(constant(50)) == pytest.approx(1e-4)
+    assert float(constant(0)) == 0.0
+    assert float(constant(5)) == pytest.approx(5e-5) and float(constant(50)) == pytest.approx(1e-4)
     cosine = learning_rate_schedule(dict(lr=1e-4, lr_warmup_steps=0, lr_scheduler="cosine"), 100)
     assert float(cosine(0)) == pytest.approx(1e-4) and float(cosine(100)) == pytest.approx(0.0, abs=1e-12)
     scaled = learning_rate_schedule(dict(lr=1e-4, scale_lr=True), 100, num_processes=4)
@@ -95,7 +101,8 @@ def test_frozen_params_get_no_update_and_no_adam_moments():
 
 
 def test_stage2_trainable_patterns_select_motion_and_attention_modules():
-    from lipsync_jax.models.unet3d import UNet3DConditionModel, abstract_params as unet_abstract_params
+    from lipsync_jax.models.unet3d import UNet3DConditionModel
+    from lipsync_jax.models.unet3d import abstract_params as unet_abstract_params
     from lipsync_jax.models.unet_config import UNet3DConfig
 
     cfg = config_to_dict(load_config(resolve_path("configs/unet/tiny.py")))
@@ -147,7 +154,7 @@ def test_task_dispatch_and_clear_config_errors(tmp_path):
     unet = build_task(load_config(resolve_path("configs/unet/tiny_stage2_losses.py")))
     assert unet.name == "unet" and unet.trainable is not None
     latent = build_task(load_config(resolve_path("configs/syncnet/syncnet_16_latent.py")))
-    assert latent.name == "syncnet"  # latent space trains now (tests/test_train_syncnet.py): a frozen VAE
+    assert latent.name == "syncnet"  # latent space trains now (tests/train/test_train_syncnet.py): a frozen VAE
     assert set(jax.eval_shape(latent.init_frozen, jax.random.key(0))) == {"vae"}
 
 
@@ -178,12 +185,11 @@ def test_auto_data_source_uses_the_dataset_when_configured():
 
 
 def test_original_checkpoints_are_converted_on_the_fly(tmp_path):
-    from conftest import golden_path
-
     from lipsync_jax.convert.syncnet import convert_file
-    from torch_pt_writer import save_torch_checkpoint
     from lipsync_jax.golden.core import load_fixture
     from lipsync_jax.train.task import load_converted
+    from tests.helpers.paths import golden_path
+    from tests.helpers.torch_writer import save_torch_checkpoint
 
     fixture = load_fixture(golden_path("syncnet_tiny.npz"))
     save_torch_checkpoint({"state_dict": fixture.weights}, tmp_path / "stable_syncnet.pt")

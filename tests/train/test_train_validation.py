@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
 
 import jax.numpy as jnp
 import pytest
-from conftest import asset_path
 
 from lipsync_jax.config_utils import load_config
 from lipsync_jax.eval.sync_eval import load_syncnet
-from lipsync_jax.media import ffmpeg_exe
 from lipsync_jax.models.unet3d import UNet3DConditionModel
 from lipsync_jax.models.unet3d import abstract_params as unet_abstract_params
 from lipsync_jax.models.unet_config import UNet3DConfig
@@ -28,23 +25,14 @@ from lipsync_jax.train.validation import (
     validation_video_path,
 )
 from lipsync_jax.tree_utils import random_params
+from tests.helpers.clips import make_clip
+from tests.helpers.paths import ROOT, TINY_CONFIG, asset_path
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "unet", "tiny.py")
 SYNC_FIELDS = ("sync_similarity_at_zero", "sync_best_offset", "sync_best_similarity", "sync_confidence")
 
 
-def make_clip(path, *, black=False):
-    """~1 s of the demo video at 270x480 (``black``: every frame filled black: no face)."""
-    filters = ["scale=270:480"] + (["drawbox=x=0:y=0:w=iw:h=ih:color=black:t=fill"] if black else [])
-    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-i", asset_path("demo1_video.mp4"), "-t", "1",
-                    "-vf", ",".join(filters), "-an", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "12",
-                    str(path)], check=True)
-    return str(path)
-
-
 def tiny_config(video):
-    config = load_config(TINY)
+    config = load_config(TINY_CONFIG)
     config.data.val_video_path = video
     config.data.val_audio_path = asset_path("demo1_audio.wav")
     config.run.val_max_seconds = 1.0
@@ -53,13 +41,13 @@ def tiny_config(video):
 
 @pytest.fixture(scope="module")
 def unet_params():
-    config = load_config(TINY)
+    config = load_config(TINY_CONFIG)
     model = UNet3DConditionModel(UNet3DConfig.from_dict(config.model.to_dict()), dtype=jnp.float32)
     return random_params(unet_abstract_params(model), seed=0)
 
 
 def test_settings_from_tiny_config():
-    settings = ValidationSettings.from_config(load_config(TINY), num_steps=2)
+    settings = ValidationSettings.from_config(load_config(TINY_CONFIG), num_steps=2)
     assert settings.enabled is False  # tiny configs keep training tests fast
     assert settings.max_seconds == 2.0 and settings.num_steps == 2
     assert settings.video_path.endswith("demo1_video.mp4") and os.path.isfile(settings.video_path)
@@ -68,7 +56,7 @@ def test_settings_from_tiny_config():
 
 
 def test_validation_writes_video_and_sync_scores(tmp_path, unet_params):
-    config = tiny_config(make_clip(tmp_path / "val.mp4"))
+    config = tiny_config(make_clip(tmp_path / "val.mp4", seconds=1, size="270:480"))
     syncnet = load_syncnet(config=os.path.join(ROOT, "configs", "syncnet", "tiny.py"), random_init=True)
     workdir = str(tmp_path / "run")
     metrics = UNetValidator(config, workdir, syncnet=syncnet, num_steps=2)(7, unet_params)
@@ -88,7 +76,7 @@ def test_validation_writes_video_and_sync_scores(tmp_path, unet_params):
 
 
 def test_faceless_video_gives_val_error(tmp_path, unet_params):
-    config = tiny_config(make_clip(tmp_path / "black.mp4", black=True))
+    config = tiny_config(make_clip(tmp_path / "black.mp4", seconds=1, size="270:480", black=True))
     workdir = str(tmp_path / "run")
     metrics = UNetValidator(config, workdir, num_steps=2)(3, unet_params)  # must not raise
     assert set(metrics) == {"error"}
@@ -106,7 +94,7 @@ def test_error_metrics_names_the_exception():
 
 
 def test_make_validator_only_for_enabled_unet_runs(tmp_path):
-    config = load_config(TINY)
+    config = load_config(TINY_CONFIG)
     assert make_validator("unet", config, str(tmp_path), {}) is None  # val_inference False
     config.run.val_inference = True
     frozen = {"vae": {"w": jnp.ones((2,))}, "lpips": {"w": jnp.ones((2,))}}
