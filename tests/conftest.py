@@ -1,4 +1,6 @@
-"""Fixtures shared across test folders, and the session's XLA compilation cache."""
+"""Fixtures shared across test folders, the session's XLA compilation cache and the tiers: a test
+without an integration, slow, heavy, gpu or tpu mark is a unit test (the default run); gpu and tpu
+tests are skipped, with the reason, where jax has no such device."""
 
 import atexit
 import os
@@ -16,6 +18,28 @@ if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_XLA_CACHE
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
     atexit.register(shutil.rmtree, _SESSION_XLA_CACHE, True)
+
+
+NOT_UNIT = ("integration", "slow", "heavy", "gpu", "tpu")
+DEVICE_MARKS = ("gpu", "tpu")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by mark
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if not any(item.get_closest_marker(name) for name in NOT_UNIT):
+            item.add_marker(pytest.mark.unit)
+    wanted = {name for name in DEVICE_MARKS if any(item.get_closest_marker(name) for item in items)}
+    if not wanted:
+        return
+    import jax
+
+    platforms = {device.platform for device in jax.devices()}
+    for item in items:
+        for name in wanted:
+            if item.get_closest_marker(name) and name not in platforms:
+                found = ", ".join(sorted(platforms))
+                item.add_marker(pytest.mark.skip(reason=f"needs a {name.upper()}; jax sees only {found}"))
 
 
 @pytest.fixture(scope="session")

@@ -138,7 +138,7 @@ def _cuda_plugin() -> None:
         pytest.skip("JAX's CUDA plugin is not installed: pip install -r requirements-aot.txt")
 
 
-@pytest.mark.heavy  # the plugin is ~5.5 GB (not in CI); the two tiny compiles take 2-4 min on 2 cores
+@pytest.mark.heavy  # the plugin is ~5.5 GB (not in CI); two tiny programs compiled for the H100
 def test_tiny_chunk_program_and_train_step_compile_for_h100_without_a_gpu():
     _cuda_plugin()
     from lipsync_jax.aot.programs import trace_chunk_program, trace_train_step
@@ -179,7 +179,7 @@ def test_footprint_for_a_target_has_the_planner_fields_and_is_cached(tmp_path):
     assert np.isfinite(first["flops"]) and first["flops"] > 0
 
 
-@pytest.mark.heavy  # one tiny chunk program and Whisper compiled for the H100 (2-4 min on 2 cores)
+@pytest.mark.heavy  # one tiny chunk program and Whisper compiled for the H100
 def test_plan_for_h100_is_the_xla_gpu_compile(tmp_path):
     _cuda_plugin()
     from lipsync_jax.config_utils import load_config, resolve_path

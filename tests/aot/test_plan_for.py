@@ -106,6 +106,7 @@ def test_nothing_runs_with_options_that_only_plan(tiny):
             LipsyncEngine(tiny, run)
 
 
+@pytest.mark.integration
 def test_infer_prints_a_one_line_error_for_an_unknown_target(tmp_path):
     out = subprocess.run([sys.executable, "infer.py", "--config", TINY_CONFIG, "--plan_for", "rtx5090"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
@@ -171,7 +172,7 @@ def test_without_the_compiler_the_plan_says_it_is_the_cpu_model(config, monkeypa
             "compile (pip install -r requirements-aot.txt))") in plan_line
 
 
-@pytest.mark.slow  # the tiny program compiled on CPU (1-3 min on 2 shared cores)
+@pytest.mark.slow  # the tiny program compiled on CPU
 def test_infer_plan_for_prints_the_setting_and_runs_nothing(tmp_path):
     """infer.py --plan_for rtx4060-8g --max_vram 8 on this CPU: the plan, no video needed, no output."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")

@@ -50,6 +50,7 @@ def prepared(sources, tmp_path_factory):
     return out, proc.stderr
 
 
+@pytest.mark.integration
 def test_real_videos_become_records_and_bad_files_are_skipped(prepared, sources):
     out, log = prepared
     summary = json.loads((out / "summary.json").read_text())
@@ -62,6 +63,7 @@ def test_real_videos_become_records_and_bad_files_are_skipped(prepared, sources)
     assert "corrupt.mp4" in (out / "data_prep.log").read_text()
 
 
+@pytest.mark.integration
 def test_dataset_opens_with_tfds_without_tensorflow(prepared, sources):
     out, _ = prepared
     code = (
@@ -77,6 +79,7 @@ def test_dataset_opens_with_tfds_without_tensorflow(prepared, sources):
         assert source_key(str(sources / f"{name}.mp4")) in ids
 
 
+@pytest.mark.integration
 def test_record_contents(prepared, sources):
     out, _ = prepared
     source = records.ClipDataSource(str(out))
@@ -95,6 +98,7 @@ def test_record_contents(prepared, sources):
         assert faces.shape == (3, RES, RES, 3) and faces.std() > 10
 
 
+@pytest.mark.integration
 def test_rerun_skips_finished_sources(prepared, sources):
     out, _ = prepared
     markers = sorted((out / WORK_DIR).glob(f"*/{MARKER}"))
@@ -169,7 +173,7 @@ def test_sync_offset_recuts_the_audio(sources):
     np.testing.assert_array_equal(clip.audio, expected)
 
 
-@pytest.mark.heavy  # StableSyncNet compile + scoring: 170-320 s on the shared 2 cores
+@pytest.mark.heavy  # StableSyncNet compile + scoring
 def test_tiny_syncnet_checkpoint_scores_clips(sources, tmp_path):
     import jax
 
@@ -210,6 +214,7 @@ def test_sources_from_folder_and_list(tmp_path):
         list_sources(None, str(empty))
 
 
+@pytest.mark.integration
 def test_cli_bad_arguments_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "data_prep", "--input_dir", str(tmp_path / "nope"),
                            "--output_dir", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True)

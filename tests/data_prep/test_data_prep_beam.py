@@ -15,6 +15,8 @@ from lipsync_jax.data import records
 from lipsync_jax.media import ffmpeg_exe
 from tests.helpers.paths import asset_path
 
+pytestmark = pytest.mark.integration
+
 pytest.importorskip("apache_beam", reason="optional extra: pip install -r requirements-beam.txt")
 
 RES = 64

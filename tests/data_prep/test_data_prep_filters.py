@@ -89,6 +89,7 @@ class _CorrelationSyncScorer:
         return SyncResult(score=0.9, confidence=8.0, offset=best)
 
 
+@pytest.mark.integration
 def test_audio_shifted_by_k_frames_is_kept_and_recut_by_k(media, landmarker, face_detector):
     reference = load_audio(str(media / "demo1.mp4"))
     shifted = load_audio(str(media / "shifted.mkv"))
@@ -129,6 +130,7 @@ class _ScriptedQuality:
         return self.scores.pop(0)
 
 
+@pytest.mark.integration
 def test_quality_filter_drops_a_clip_scored_below_threshold(media, landmarker, face_detector):
     quality = _ScriptedQuality([30.0, 55.0])  # two 2 s clips: the first one scores below 40
     options = _options(max_seconds=2.0)
@@ -159,6 +161,7 @@ def _left_right_tracks(boxes_per_frame):
     return spans
 
 
+@pytest.mark.integration
 def test_two_person_clip_is_dropped_by_default(media, landmarker, face_detector):
     result = process_source(str(media / "two_people.mp4"), _options(), tools=Tools(
         landmarker=landmarker, face_detector=face_detector))
@@ -167,6 +170,7 @@ def test_two_person_clip_is_dropped_by_default(media, landmarker, face_detector)
     assert (row.status, row.stage, row.reason, row.max_faces) == ("dropped", "single_face", "multi_face", 2)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("finder", ["double", "tracks_module"])
 def test_two_person_clip_is_split_per_face_track(media, landmarker, face_detector, finder):
     track_finder = _left_right_tracks if finder == "double" else filters.load_track_finder()
@@ -204,6 +208,7 @@ def test_single_face_verdict_rules():
     assert filters.quality_frame_indices(100) == [0, 50, 99]
 
 
+@pytest.mark.integration
 def test_statistics_table_and_plots_are_written(media, landmarker, face_detector, tmp_path):
     quality = _ScriptedQuality([30.0, 55.0, 70.0, 20.0])
     tools = Tools(landmarker=landmarker, face_detector=face_detector, quality_scorer=quality)

@@ -123,6 +123,7 @@ def test_video_metrics_frame_and_mouth(clip, tmp_path, capsys):
     assert "missing.mp4" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_sync_eval_cli_random_init_end_to_end(clip, tmp_path):
     path, _ = clip
     out = tmp_path / "sync.json"

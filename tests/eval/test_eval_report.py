@@ -65,6 +65,7 @@ def test_pair_by_name(folders, tmp_path):
         [("a", True, None), ("b", True, "b.wav"), ("broken", False, None)]
 
 
+@pytest.mark.integration
 def test_report_folder_with_table_plots_and_error_rows(folders, tmp_path, capsys):
     out = tmp_path / "report"
     code = report_mod.main(["--generated", str(folders / "generated"), "--reference", str(folders / "reference"),
@@ -107,6 +108,7 @@ def test_report_folder_with_table_plots_and_error_rows(folders, tmp_path, capsys
             assert np.asarray(image.convert("L")).std() > 5  # something was drawn
 
 
+@pytest.mark.integration
 def test_video_without_face_is_an_error_row(folders):
     from lipsync_jax.eval.lse import load_lse_syncnet, load_s3fd
     from lipsync_jax.eval.lse_tracks import DetectSettings

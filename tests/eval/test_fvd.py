@@ -86,6 +86,7 @@ def test_i3d_features_batched_with_static_shapes():
     assert i3d._forward._cache_size() == 1  # one compilation for full and padded batches
 
 
+@pytest.mark.integration
 def test_fvd_script_end_to_end(demo_clip_dirs, tmp_path, capsys):
     script = _load_script()
     out = tmp_path / "fvd.json"

@@ -295,6 +295,7 @@ def _write_wav(path, seconds):
         w.writeframes(samples.tobytes())
 
 
+@pytest.mark.integration
 def test_eval_lse_cli_folder_with_bad_inputs(tmp_path):
     videos = tmp_path / "videos"
     videos.mkdir()

@@ -84,6 +84,7 @@ def test_accuracy_from_similarities():
     assert result.mean_similarity_off_sync == pytest.approx(0.5)
 
 
+@pytest.mark.integration
 def test_syncnet_acc_script(clip_dataset, tmp_path, capsys):
     script = _load_script()
     out = tmp_path / "acc.json"

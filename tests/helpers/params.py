@@ -1,7 +1,7 @@
 """Cheap random parameters for tests: numpy draws on a ``jax.eval_shape`` template.
 
-``model.init`` compiles every initializer (threefry) with XLA, which takes tens of seconds on
-a shared 2-core CPU even for tiny models; this takes milliseconds.
+``model.init`` compiles every initializer (threefry) with XLA, even for tiny models; this
+compiles nothing.
 """
 
 import jax

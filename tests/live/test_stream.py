@@ -26,6 +26,8 @@ from tests.helpers.engine import GUIDANCE, ROUNDOFF, SEED, STEPS
 from tests.helpers.net import free_port
 from tests.helpers.paths import asset_path
 
+pytestmark = pytest.mark.integration
+
 SECONDS = 2.8  # 70 output frames: 5 chunks, the last one short
 # Relative error per Whisper layer of the online windows (40 ms pieces) vs the offline ones on the
 # first 2.8 s of demo1_audio.wav, tiny config random_init seed 0 (bench/bench_stream.py, bench/RESULTS.md)
@@ -226,7 +228,7 @@ def live_windows(engine, avatar, plan, stride, lead_in=True):
     return frames, chunks, calls
 
 
-@pytest.mark.slow  # one overlap program per stride (~2-4 min to compile on the loaded 2-core CPU)
+@pytest.mark.slow  # one overlap program per stride
 @pytest.mark.parametrize("stride", [8, 4])
 def test_sliding_windows_equal_the_offline_overlap_engine(engine, avatar, clip, short_plan, stride, tmp_path):
     from lipsync_jax.pipeline.timeline import window_bounds
@@ -252,7 +254,7 @@ def test_sliding_windows_equal_the_offline_overlap_engine(engine, avatar, clip, 
             np.testing.assert_allclose(chunks[index][1], faces, rtol=0, atol=ROUNDOFF, err_msg=f"window {index}")
 
 
-@pytest.mark.slow  # the cached-moments twin of the stride-8 program compiles (~2-4 min)
+@pytest.mark.slow  # the cached-moments twin of the stride-8 program compiles
 def test_cached_vae_moments_give_the_same_faces_in_sliding_windows(tiny_models, engine, avatar, clip, short_plan,
                                                                     tmp_path):
     from lipsync_jax.live import LiveAvatar

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from jax.sharding import AbstractMesh
 
 from lipsync_jax import sharding as sharding_lib
@@ -63,6 +64,7 @@ def test_activation_rules_cut_the_batch_axes_to_what_divides_the_batch():
         "activation_batch": ("data", "fsdp")}
 
 
+@pytest.mark.integration
 def test_unet_activation_constraints_in_lowered_program_only_under_mesh_rules():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", LOWER_SCRIPT], cwd=PROJECT_ROOT, env=env, capture_output=True,

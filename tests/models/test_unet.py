@@ -199,6 +199,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("fmt", ["pt", "safetensors"])
 def test_cli_convert_restore_reproduces_golden(stage2, tmp_path, fmt):
     from lipsync_jax.checkpoints import restore_params
@@ -223,6 +224,7 @@ def test_cli_convert_restore_reproduces_golden(stage2, tmp_path, fmt):
     assert rel_l2(stage2.run(params), stage2.fixture.outputs["sample"]) <= 1e-4
 
 
+@pytest.mark.integration
 def test_cli_wrong_config_is_one_clear_error(tmp_path, stage2):
     from lipsync_jax.convert.safetensors_io import save_safetensors
 

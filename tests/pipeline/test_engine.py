@@ -54,6 +54,7 @@ def batch1_run(tiny_models, looped_clip, tmp_path_factory):
     return result, chunks, output
 
 
+@pytest.mark.integration
 def test_engine_equals_chunk_at_a_time_reference(tiny_models, looped_clip, batch1_run):
     """Loop + frames without a face + stand-ins + per-chunk keys, against the old pipeline's pieces."""
     from lipsync_jax.audio import load_audio  # noqa: F401 - the plan below uses the pipeline's own audio code
@@ -91,6 +92,7 @@ def test_engine_equals_chunk_at_a_time_reference(tiny_models, looped_clip, batch
     assert diffs[hidden].max() < 1.0 and diffs[~hidden].min() > diffs[hidden].max()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("chunk_batch", [2, pytest.param(4, marks=pytest.mark.heavy)])
 def test_chunk_batch_does_not_change_the_frames(chunk_batch, tiny_models, looped_clip, batch1_run, tmp_path):
     _, reference, _ = batch1_run
@@ -119,7 +121,7 @@ print(json.dumps(dict(chunks=sorted(eight_chunks) == sorted(one_chunks), diff=di
 """
 
 
-@pytest.mark.heavy  # ~20 min on 2 shared cores (8 fake devices in a subprocess)
+@pytest.mark.heavy  # the engine compiled for 8 fake devices in a subprocess
 def test_eight_fake_devices_equal_one_device(looped_clip, tmp_path):
     script = EIGHT_DEVICES.format(tiny=TINY_CONFIG, clip=looped_clip,
                                   out1=str(tmp_path / "one.mp4"), out8=str(tmp_path / "eight.mp4"))
@@ -133,6 +135,7 @@ def test_eight_fake_devices_equal_one_device(looped_clip, tmp_path):
     assert report["kept"] == [12, 12]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("sig, code, name", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")])
 def test_signal_mid_run_leaves_nothing_behind(sig, code, name, tmp_path, looped_clip):
     """Stop infer.py while its frame store is filling (looped clip) or while it compiles."""
@@ -204,7 +207,7 @@ def test_compile_cache_location(monkeypatch, tmp_path):
     assert default_compile_cache_dir() == str(tmp_path / "env")
 
 
-@pytest.mark.heavy  # every bench of the GPU suite on the tiny config: ~20 min on 2 shared cores
+@pytest.mark.heavy  # every bench of the GPU suite on the tiny config
 def test_gpu_suite_dry_run(tmp_path):
     """bench/gpu_suite.sh --dry_run: the GPU suite's code path with the tiny config on CPU."""
     out = tmp_path / "suite"

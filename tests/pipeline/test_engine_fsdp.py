@@ -18,8 +18,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers.engine import ROUNDOFF
 from tests.helpers.paths import ROOT, TINY_CONFIG
+
+pytestmark = pytest.mark.integration
 
 SCRIPT = r"""
 import json

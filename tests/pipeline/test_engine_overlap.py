@@ -12,9 +12,9 @@
 
 Tiny config, random weights, 2 steps with CFG, a 540x960 cut of the demo video (faces hidden in
 frames 12..17, looped ping-pong under 1.6 s of audio: 40 output frames, 3 windows at K = 2).
-Each engine compiles its chunk program once (2-4 minutes per test on the loaded 2-core CPU), so
-the engine runs are marked slow (``-m slow``); the fast suite keeps the option checks (infer.py
-one-line errors, batch CSV columns, overlap 0 = the plain program). Overlap 0 was also checked bit
+Each engine compiles its chunk program once, so the engine runs are marked slow (``-m slow``);
+the option checks stay in the unit and integration tiers (infer.py one-line errors, batch CSV
+columns, overlap 0 = the plain program). Overlap 0 was also checked bit
 for bit against the engine before this change (the same job's generated faces and output file:
 identical; bench/RESULTS.md).
 """
@@ -106,7 +106,7 @@ def overlap_runs(tiny_models, clip, tmp_path_factory):
     return OverlapRuns(tiny_models, clip, tmp_path_factory.mktemp("overlap"))
 
 
-@pytest.mark.slow  # one chunk-program compilation per chunk_batch (~2.5 min each on the loaded 2-core CPU)
+@pytest.mark.slow  # one chunk-program compilation per chunk_batch
 @pytest.mark.parametrize("chunk_batch", [1, 2])
 def test_shared_frames_are_identical_whichever_window_wrote_them(overlap_runs, chunk_batch):
     result, chunks, windows, _ = overlap_runs[chunk_batch]
@@ -169,6 +169,7 @@ def run_infer(args, cwd, timeout=900):
     (["--deepcache_interval=-1"], "deepcache_interval -1: must be a whole number >= 0"),
     (["--overlap=2", "--faces=all"], "overlap 2 lip-syncs one face"),
 ])
+@pytest.mark.integration
 def test_bad_sampler_flags_fail_with_one_line(args, needle, tmp_path):
     proc = run_infer(["--video", asset_path("demo1_video.mp4"), "--audio", asset_path("demo1_audio.wav"),
                       "--output", str(tmp_path / "out.mp4"), *args], tmp_path, timeout=300)

@@ -75,6 +75,7 @@ def assert_clean_error(proc, *needles):
 
 # ---------------------------------------------------------------- infer.py on the demo media
 
+@pytest.mark.integration
 def test_demo_video_with_equal_length_audio(tmp_path, jax_cache):
     video, audio = asset_path("demo1_video.mp4"), asset_path("demo1_audio.wav")
     output = str(tmp_path / "synced.mp4")
@@ -97,6 +98,7 @@ def test_demo_video_with_longer_audio_loops(tmp_path, jax_cache):
     check_output(output, video, audio_seconds, pingpong_indices(250, round(audio_seconds * 25)))
 
 
+@pytest.mark.integration
 def test_avatar_cache_path_says_random_weights_and_reports_like_the_plain_path(tmp_path, jax_cache):
     video = make_clip(tmp_path / "clip.mp4", seconds=0.8, size="270:480")
     args = [f"--video={video}", f"--audio={asset_path('demo1_audio.wav')}", "--max_seconds=0.6",
@@ -109,6 +111,7 @@ def test_avatar_cache_path_says_random_weights_and_reports_like_the_plain_path(t
         assert f"avatar cache {avatar}" in proc.stdout and "time to first frame" in proc.stdout, proc.stdout
 
 
+@pytest.mark.integration
 def test_short_clip_with_longer_audio_loops_pingpong(tmp_path, jax_cache):
     """The fast variant of the loop test: a 1.2 s downscaled demo clip with 2.8 s of audio."""
     video = make_clip(tmp_path / "clip.mp4", seconds=1.2)
@@ -127,6 +130,7 @@ def video_without_audio(tmp_path_factory):
     return make_clip(tmp_path_factory.mktemp("clips") / "silent.mp4", seconds=0.5, size="270:480")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("case", ["audio_as_video", "silent_video_as_audio", "missing_video", "corrupt_audio"])
 def test_bad_inputs_fail_with_one_line(case, tmp_path, jax_cache, video_without_audio):
     audio, video = asset_path("demo1_audio.wav"), video_without_audio
@@ -144,6 +148,7 @@ def test_bad_inputs_fail_with_one_line(case, tmp_path, jax_cache, video_without_
     assert not output.exists()
 
 
+@pytest.mark.integration
 def test_video_without_any_face_fails_cleanly(tmp_path, jax_cache):
     video = str(tmp_path / "testsrc.mp4")
     subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25",
@@ -162,6 +167,7 @@ def tiny_engine(tiny_models):
     return LipsyncEngine(tiny_models)
 
 
+@pytest.mark.integration
 def test_frames_with_hidden_face_are_kept(tmp_path, tiny_engine):
     video = make_clip(tmp_path / "hidden.mp4", seconds=1.6, black_frames=(12, 17))
     output = str(tmp_path / "out.mp4")
@@ -178,6 +184,7 @@ def test_frames_with_hidden_face_are_kept(tmp_path, tiny_engine):
     assert max(np.abs(top_region(o) - top_region(i)).mean() for o, i in zip(outputs, inputs)) < CODEC_TOLERANCE
 
 
+@pytest.mark.integration
 def test_30_fps_input_gives_25_fps_output(tmp_path, tiny_engine):
     video = make_clip(tmp_path / "clip30.mp4", seconds=1.2, fps=30)
     assert probe_video(video).fps == 30.0

@@ -1,4 +1,4 @@
-"""Issue 18: the chunk program's compiled memory footprint, fitting a --max_vram budget, and the GPU
+"""The chunk program's compiled memory footprint, fitting a --max_vram budget, and the GPU
 allocator settings of infer.py (all on CPU with the tiny config; full-size numbers: bench/bench_memory.py)."""
 
 import os
@@ -115,7 +115,7 @@ def test_impossible_budget_fails_in_the_engine_before_any_work(tiny_abstract, st
     assert "chunk_batch 1, VAE slices of 1 frames" in message
 
 
-@pytest.mark.slow  # compiles the tiny program twice (1-3 min on 2 shared cores)
+@pytest.mark.slow  # compiles the tiny program twice
 def test_infer_fails_on_an_impossible_budget_before_reading_the_video(tmp_path):
     video = os.path.join(ROOT, "tests/data/assets/demo1_video.mp4")
     audio = os.path.join(ROOT, "tests/data/assets/demo1_audio.wav")
@@ -131,7 +131,7 @@ def test_infer_fails_on_an_impossible_budget_before_reading_the_video(tmp_path):
     assert not (tmp_path / "out.mp4").exists()
 
 
-# ---------------------------------------------------------------- real compiled estimates (slow on 2 cores)
+# ---------------------------------------------------------------- real compiled estimates
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("estimates"))
@@ -199,6 +199,7 @@ def test_abstract_models_need_no_weights():
     assert 2.0 * GB < tree_bytes(models.unet_params) < 3.0 * GB
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("module", ["infer", "app"])
 def test_startup_turns_preallocation_off(module):
     # XLA reads the allocator variables when its GPU backend starts (the first device use), not when
@@ -305,7 +306,7 @@ def test_native_bf16_estimate_keeps_weight_upcasts_out_of_the_loop():
 
 
 # ---------------------------------------------------------------- the issue's targets at full size
-@pytest.mark.slow  # one compile of the full-size chunk program from abstract shapes: 1.5-3 min each on 2 cores
+@pytest.mark.slow  # one compile of the full-size chunk program from abstract shapes per case
 @pytest.mark.parametrize("config, budget_gb, picked", [("stage2", 8.0, (1, 16, "auto")),  # v1.5, 256 px
                                                        ("stage2_512", 12.0, (1, 16, "chunked"))])  # v1.6, 512 px
 def test_full_size_config_fits_its_budget(config, budget_gb, picked, tmp_path):

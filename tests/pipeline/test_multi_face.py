@@ -23,6 +23,8 @@ import pytest
 from lipsync_jax.media import read_frames
 from tests.helpers.paths import ROOT, TINY_CONFIG, TWO_PEOPLE_HALF_WIDTH, asset_path
 
+pytestmark = pytest.mark.integration
+
 INFER = os.path.join(ROOT, "infer.py")
 STEPS, SEED = 2, 5
 SECONDS = 0.64  # 16 frames at 25 fps: one chunk per face

@@ -9,8 +9,12 @@ import subprocess
 import sys
 import tempfile
 
+import pytest
+
 from lipsync_jax import cleanup
 from lipsync_jax.pipeline.work_dirs import HOST, PREFIX, make_work_dir, remove_work_dir, stale_folders
+
+pytestmark = pytest.mark.integration
 
 
 def dead_pid() -> int:

@@ -373,6 +373,7 @@ def run_cli(tmp_path, *args):
                           cwd=PROJECT_ROOT, timeout=120)
 
 
+@pytest.mark.integration
 def test_cli_overrides_and_sweep_through_absl(tmp_path):
     result = run_cli(tmp_path, "--config=configs/unet/tiny.py", "--sweep_index=1",
                      "--config.data.batch_size=4", "--config.run.trainable_modules=('attn2.',)")
@@ -387,6 +388,7 @@ def test_cli_overrides_and_sweep_through_absl(tmp_path):
     assert json.loads(result.stdout)["optimizer"]["lr"] == 5e-5  # the command line wins over the sweep
 
 
+@pytest.mark.integration
 def test_cli_sweep_errors_through_absl(tmp_path):
     result = run_cli(tmp_path, "--config=configs/unet/stage2.py", "--sweep_index=0")
     assert result.returncode != 0 and "defines no get_sweep" in result.stderr

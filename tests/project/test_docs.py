@@ -290,6 +290,7 @@ def read(path: str) -> str:
 # ---------------------------------------------------------------- the parser and the checker, in-process
 
 
+@pytest.mark.integration
 def test_command_lines_and_their_flags_are_found():
     text = """
 Run `python infer.py --video a.mp4 --steps 4` or see `--max_vram`.
@@ -315,6 +316,7 @@ python -m lipsync_jax.convert unet --src a.pt --dst b && pip install --no-deps -
     assert {u.config for u in uses if u.command and u.command.key == "train.py"} == {"configs/unet/tiny.py"}
 
 
+@pytest.mark.integration
 def test_a_renamed_flag_is_reported_with_its_file_and_line():
     flags = {"infer.py": {"--video", "--steps", "--max_vram"}}
     fake = lambda command: flags[command.key]
@@ -328,6 +330,7 @@ def test_a_renamed_flag_is_reported_with_its_file_and_line():
     assert problems == ["doc.md:4: --max_vram_gb is not a flag of any command of the page (infer.py)"]
 
 
+@pytest.mark.integration
 def test_a_config_override_must_name_a_field_of_its_config():
     fake = lambda command: {"--config"}
     ok = "```bash\npython train.py --config=configs/unet/tiny.py --config.run.max_train_steps=3\n```\n"
@@ -355,6 +358,7 @@ def test_every_path_in_the_docs_exists():
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.integration
 def test_every_flag_in_the_docs_exists_on_its_command():
     uses = [u for path in doc_files() for u in uses_in(path, read(path))]
     commands = sorted({u.command for u in uses if u.command is not None}, key=lambda c: c.key)
@@ -365,6 +369,7 @@ def test_every_flag_in_the_docs_exists_on_its_command():
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("flag", ["--max_vram", "--avatar_cache"])
 def test_renaming_a_real_flag_in_a_real_doc_fails(flag):
     text = read(os.path.join(ROOT, "docs", "inference.md"))

@@ -34,8 +34,7 @@ def _ffmpeg(*args):
     subprocess.run([ffmpeg_exe(), "-v", "error", "-y", *args], check=True)
 
 
-# data_prep on one video, the tiny UNet step compiled, export, inference: 200 s of CPU time (user +
-# sys, all subprocesses), 9.6 min wall on 2 cores under a load of 11
+# data_prep on one video, the tiny UNet step compiled, export, inference (all subprocesses)
 @pytest.mark.slow
 def test_readme_finetune_block_runs_on_the_demo_videos(tmp_path):
     import dataclasses

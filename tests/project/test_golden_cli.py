@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from lipsync_jax.golden.__main__ import main
 from lipsync_jax.golden.core import compare_rel, rel_l2
 from lipsync_jax.golden.registry import CHECK_MODULES, manifest_kind
@@ -28,6 +30,7 @@ def test_unknown_file_is_an_error(tmp_path):
     assert main([str(tmp_path / "nope.npz")]) == 1
 
 
+@pytest.mark.integration
 def test_cli_reports_each_file_and_exit_code(tmp_path):
     # A cheap real fixture, a manifest and a non-fixture file (README is ignored).
     files = [os.path.join(GOLDEN_DIR, n) for n in ("ddim.npz", "manifest_whisper_tiny.json", "README.md")]

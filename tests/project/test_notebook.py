@@ -9,6 +9,8 @@ import pytest
 
 from tests.helpers.paths import ROOT
 
+pytestmark = pytest.mark.integration
+
 NOTEBOOK = os.path.join(ROOT, "notebooks", "evaluate.ipynb")
 KERNEL_NAME = "lipsync-jax-test"
 

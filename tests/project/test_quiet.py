@@ -74,6 +74,7 @@ def test_verbose_changes_nothing_and_turns_the_native_filter_off(restore_logging
     assert quiet._state["native_filter"] is False
 
 
+@pytest.mark.integration
 def test_native_filter_drops_exactly_the_library_lines():
     code = f"""
 import os, sys, threading
@@ -96,6 +97,7 @@ os.write(2, b"after\\n")
                              b"E0000 00:00:1.0   7 real_error.cc:1] disk full\nafter\n")
 
 
+@pytest.mark.integration
 def test_native_filter_is_off_when_verbose():
     code = f"""
 import os
@@ -122,6 +124,7 @@ print("error: ours too", file=sys.stderr)
 """
 
 
+@pytest.mark.integration
 def test_mediapipe_start_up_is_quiet_and_verbose_brings_it_back():
     quiet_run = _run(MEDIAPIPE_RUN.format(verbose=False))
     assert quiet_run.returncode == 0, quiet_run.stderr.decode()

@@ -4,8 +4,8 @@ in headless Chromium.
 
 One server per module (its first request compiles the device program; the second must compile
 nothing, checked with the server's XLA compile counter, not with wall-clock time). The server
-tests are marked slow (start + first compile take minutes on 2 shared cores; CI runs them); the
-queue test needs no model and runs by default.
+tests are marked slow (the server's start and first compile; CI runs them); the queue test needs
+no model and runs in the integration tier.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from lipsync_jax.audio import load_audio
 from lipsync_jax.media import ffmpeg_exe, probe_video
 from tests.helpers.net import free_port
 from tests.helpers.paths import ROOT, TINY_CONFIG, asset_path
+
+pytestmark = pytest.mark.integration
 
 MAX_SECONDS = 0.64  # the server's per-request limit: 16 frames, one chunk
 STEPS = 1
@@ -89,7 +91,7 @@ def stats(client) -> dict:
     return answer if isinstance(answer, dict) else json.loads(answer)
 
 
-@pytest.mark.slow  # the server's start and first compile: 1-4 min on 2 shared cores
+@pytest.mark.slow  # the server's start and first compile
 def test_api_lipsyncs_the_demo_and_second_request_compiles_nothing(client, server):
     from gradio_client import handle_file
 
@@ -117,7 +119,7 @@ def test_api_lipsyncs_the_demo_and_second_request_compiles_nothing(client, serve
     assert os.listdir(server["work"] / "requests") == []  # per-request temp folders are gone
 
 
-@pytest.mark.slow  # the server's start and first compile: 1-4 min on 2 shared cores
+@pytest.mark.slow  # the server's start and first compile
 def test_bad_file_gets_a_message_not_a_traceback(client, server, tmp_path):
     from gradio_client import handle_file
 

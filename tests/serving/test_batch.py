@@ -189,6 +189,7 @@ def test_leftovers_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
 
 # ---------------------------------------------------------------- the command lines (no model needed)
 
+@pytest.mark.integration
 @pytest.mark.parametrize("entry", ["module", "infer"])
 def test_command_line_skips_done_records_failed_and_exits_1(tmp_path, entry):
     done = tmp_path / "done.mp4"
@@ -208,6 +209,7 @@ def test_command_line_skips_done_records_failed_and_exits_1(tmp_path, entry):
     assert done.read_bytes() == b"finished earlier" and not (tmp_path / "new.mp4").exists()
 
 
+@pytest.mark.integration
 def test_command_line_refuses_a_bad_jobs_file(tmp_path):
     jobs = write_csv(tmp_path / "jobs.csv", "video,output\na.mp4,b.mp4\n")
     proc = subprocess.run([sys.executable, "-m", "lipsync_jax.batch", jobs, f"--config={TINY_CONFIG}"], cwd=ROOT,

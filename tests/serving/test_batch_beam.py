@@ -34,6 +34,8 @@ from lipsync_jax.serving.fingerprint import record_path
 from tests.helpers.clips import make_clip
 from tests.helpers.paths import ROOT, TINY_CONFIG, asset_path
 
+pytestmark = pytest.mark.integration
+
 beam = pytest.importorskip("apache_beam", reason="optional extra: pip install -r requirements-beam.txt")
 from apache_beam.io.filesystem import FileMetadata  # noqa: E402 - needs apache_beam
 from apache_beam.io.localfilesystem import LocalFileSystem  # noqa: E402

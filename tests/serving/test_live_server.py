@@ -4,7 +4,7 @@ words), is logged, and the socket closes normally (1000, never 1006); a disconne
 at once while the abandoned window is still running; strides and ``max_latency`` per client; the
 random-weights warning in ``/status``. The engine is ``StandInEngine`` (tests/helpers/stand_in.py: the
 device program and the Whisper encoder take a set time), so nothing compiles and these run in
-the fast tier; the real server, its signals and the page in Chromium: tests/serving/test_live_real.py."""
+the integration tier; the real server, its signals and the page in Chromium: tests/serving/test_live_real.py."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from tests.helpers.clips import make_clip
 from tests.helpers.engine import SEED
 from tests.helpers.live import Server, exchange, pcm
 from tests.helpers.paths import asset_path
+
+pytestmark = pytest.mark.integration
 
 DEVICE_SECONDS = 0.02  # the stand-in device's time per window
 STRIDES = {16: DEVICE_SECONDS, 8: DEVICE_SECONDS, 4: DEVICE_SECONDS}

@@ -65,6 +65,7 @@ def stand_in_footprint(monkeypatch):
     return calls
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("where", ["flag", "config"])
 def test_the_service_passes_the_budget_to_the_planner(where, tiny_models, stand_in_footprint):
     from lipsync_jax.serving.service import LipsyncService
@@ -83,6 +84,7 @@ def test_the_service_passes_the_budget_to_the_planner(where, tiny_models, stand_
     service.close()
 
 
+@pytest.mark.integration
 def test_without_a_budget_there_is_no_plan(tiny_models, stand_in_footprint):
     from lipsync_jax.serving.service import LipsyncService
 
@@ -140,7 +142,7 @@ def test_web_limits_bound_what_a_client_can_compile():
         assert str(error.value).startswith(message), (values, str(error.value))
 
 
-@pytest.mark.slow  # the planner compiles the tiny program once for its estimate (1-3 min on 2 cores)
+@pytest.mark.slow  # the planner compiles the tiny program once for its estimate
 def test_app_with_max_vram_reports_the_planned_setting(tmp_path):
     port = free_port()
     log = open(tmp_path / "app.log", "w")

@@ -11,7 +11,7 @@ from lipsync_jax.train.metrics import read_metrics
 from tests.helpers.net import free_port
 from tests.helpers.train import TINY_FAST, losses, run_train, start_train
 
-pytestmark = pytest.mark.slow  # each distinct layout compiles the tiny UNet step: minutes on 2 shared cores
+pytestmark = pytest.mark.slow  # each distinct layout compiles the tiny UNet step
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +91,7 @@ def run_pair(workdir, args, cache, extra_for_first=(), timeout=1800, expect_stat
     return outs
 
 
-# 686 s on 2 cores under a load of ~7 (920 s CPU time with the reference run); covers what the
-# former two-process test checked (losses of 2 processes == 1 device)
+# also checks that the losses of 2 processes equal those of 1 device
 def test_sigterm_to_one_of_two_processes_saves_both_then_resume_matches(reference_run, tmp_path, cache):
     """Two processes (batch 2 each = the reference's 4) follow the single-device run. A SIGTERM to
     process 0 only (after step 1) makes both agree at the next log step (2) through a collective;

@@ -19,6 +19,8 @@ from lipsync_jax.train.metrics import PendingMetrics, read_metrics
 from lipsync_jax.train.state import masked_global_norm
 from lipsync_jax.train.task import TrainTask
 
+pytestmark = pytest.mark.integration
+
 IN, OUT, BATCH = 4, 8, 2
 
 

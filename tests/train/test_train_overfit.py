@@ -37,7 +37,7 @@ def test_overfitting_one_batch_reduces_diffusion_loss_10x():
     assert min(history[-5:]) * 10 <= history[0], (history[0], history[-5:])
 
 
-@pytest.mark.heavy  # 313 s of CI's slow tier (measured 2026-11-28); the stage-1 (4, 2) mesh test stays in CI
+@pytest.mark.heavy  # stage 2 with every loss term on a (4, 2) mesh; the stage-1 (4, 2) mesh test stays in CI
 def test_stage2_tiny_with_all_losses_on_4x2_mesh_logs_each_term(tmp_path, tmp_path_factory):
     run_train(tmp_path, ["--config=configs/unet/tiny_stage2_losses.py", "--config.data.batch_size=4",
                          "--config.run.max_train_steps=2", "--config.mesh.shape=(4, 2)", "--noprogress",

@@ -53,7 +53,7 @@ def test_syncnet_learns_demo_pairs_above_chance(tmp_path, tmp_path_factory):
     assert 0.0 <= losses(tmp_path, "val/accuracy")[steps] <= 1.0  # other windows of the same clips
 
 
-@pytest.mark.slow  # compiles the SyncNet step: over a minute on 2 shared cores
+@pytest.mark.slow  # compiles the SyncNet step
 def test_syncnet_config_trains_on_synthetic_batches(tmp_path, tmp_path_factory):
     run_train(tmp_path, ["--config=configs/syncnet/tiny.py", "--config.data.batch_size=2",
                          "--config.run.max_train_steps=2", "--noprogress"], tmp_path_factory.mktemp("cache"))
@@ -63,7 +63,7 @@ def test_syncnet_config_trains_on_synthetic_batches(tmp_path, tmp_path_factory):
     assert (tmp_path / "checkpoints" / "2").is_dir()
 
 
-@pytest.mark.heavy  # compiles the SyncNet step with the VAE encoder in it: 13 min measured on 2 loaded cores
+@pytest.mark.heavy  # compiles the SyncNet step with the VAE encoder in it
 def test_latent_syncnet_learns_synthetic_pairs_above_chance(tmp_path):
     """configs/syncnet/tiny_latent.py (faces encoded by the frozen tiny VAE, 16 frames x 4 latent
     channels): the fixed synthetic batch of 16 pairs (half in sync) is learnt, as the pixel
@@ -72,7 +72,7 @@ def test_latent_syncnet_learns_synthetic_pairs_above_chance(tmp_path):
     from lipsync_jax.train.loop import run_training
     from lipsync_jax.train.tasks import build_task
 
-    steps = 10  # a loaded 2-core run: 100% pair accuracy from step 4 on
+    steps = 10  # 100% pair accuracy from step 4 on in a CPU run
     config = load_config(resolve_path("configs/syncnet/tiny_latent.py"),
                          ["data.batch_size=16", "optimizer.lr=1e-3", f"run.max_train_steps={steps}",
                           f"run.validation_steps={steps}"])
@@ -87,7 +87,7 @@ def test_latent_syncnet_learns_synthetic_pairs_above_chance(tmp_path):
     assert "vae" in shardings  # the frozen VAE is part of the step
 
 
-@pytest.mark.heavy  # compiles the tiny UNet forward at 16 frames: 29 min measured on 2 loaded cores
+@pytest.mark.heavy  # compiles the tiny UNet forward at 16 frames
 def test_unet_sync_loss_in_latent_space_without_pixel_supervision():
     """run.pixel_space_supervise false + use_syncnet: the sync term comes from the latent SyncNet on
     the x0 latents (nothing decoded: lpips/trepa stay 0), and it depends on the audio."""

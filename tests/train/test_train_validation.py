@@ -55,6 +55,7 @@ def test_settings_from_tiny_config():
     assert full.enabled is True and full.max_seconds == 10.0
 
 
+@pytest.mark.integration
 def test_validation_writes_video_and_sync_scores(tmp_path, unet_params):
     config = tiny_config(make_clip(tmp_path / "val.mp4", seconds=1, size="270:480"))
     syncnet = load_syncnet(config=os.path.join(ROOT, "configs", "syncnet", "tiny.py"), random_init=True)
@@ -75,6 +76,7 @@ def test_validation_writes_video_and_sync_scores(tmp_path, unet_params):
     assert record["step"] == 7 and all(math.isfinite(record["val/" + name]) for name in SYNC_FIELDS)
 
 
+@pytest.mark.integration
 def test_faceless_video_gives_val_error(tmp_path, unet_params):
     config = tiny_config(make_clip(tmp_path / "black.mp4", seconds=1, size="270:480", black=True))
     workdir = str(tmp_path / "run")
