@@ -3,7 +3,7 @@
 #   docker build -t lipsync-jax .
 #   docker run --gpus all -p 7860:7860 -v $PWD/checkpoints:/checkpoints -v lipsync-cache:/cache lipsync-jax
 # Mount the converted weights at /checkpoints/jax/{unet,vae,whisper} (python -m lipsync_jax.convert ...).
-# tests/test_deploy.py keeps this file in step with requirements.txt and app.py.
+# tests/project/test_deploy.py keeps this file in step with requirements.txt and app.py.
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONUNBUFFERED=1 \

@@ -16,10 +16,10 @@
    window measured after warm-up, the host work per window (the window's compute minus that) and
    the device time per window real time allows at that stride (stride / fps - host work).
    ``--stand_in SECONDS``: the device program and Whisper encoder are ``StandInEngine``'s timed
-   stand-ins (tests/live_stand_in.py; the encoder ``--stand_in_encoder`` seconds per call): everything
+   stand-ins (tests/helpers/stand_in.py; the encoder ``--stand_in_encoder`` seconds per call): everything
    else is real. Without it, the real program (``--steps``) runs on this machine.
 3. ``--page``: the same sessions through the live server and its page in headless Chromium
-   (tests/chromium_page.py; the page plays a ``--seconds`` cut of demo1_audio.wav at real time):
+   (tests/helpers/browser.py; the page plays a ``--seconds`` cut of demo1_audio.wav at real time):
    the figures the page shows (they are the session's own, sent in its status / done messages).
 Prints a JSON summary and Markdown rows for bench/RESULTS.md.
 """
@@ -108,9 +108,8 @@ def session_run(engine, avatar, options, pcm, piece):
 
 
 def make_engine(models, args):
-    from live_stand_in import StandInEngine
-
     from lipsync_jax.pipeline import LipsyncEngine, RunOptions
+    from tests.helpers.stand_in import StandInEngine
 
     if args.stand_in is not None:
         return StandInEngine(models, device_seconds=args.stand_in, encoder_seconds=args.stand_in_encoder)
@@ -141,12 +140,11 @@ def latency_rows(models, args, clip, strides):
 
 
 def page_rows(models, args, clip, strides, folder):
-    from chromium_page import HeadlessPage
-    from live_helpers import Server
-
     from lipsync_jax.live import LiveAvatar, StreamOptions, warm_up
     from lipsync_jax.media import ffmpeg_exe
     from lipsync_jax.serving.live_server import create_app
+    from tests.helpers.browser import Browser
+    from tests.helpers.live import Server
 
     sample = os.path.join(folder, "sample.wav")
     subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-i", os.path.join(ASSETS, "demo1_audio.wav"), "-t",
@@ -162,12 +160,13 @@ def page_rows(models, args, clip, strides, folder):
         try:
             for stride in strides:
                 profile = tempfile.mkdtemp(prefix="profile_", dir=folder)
-                with HeadlessPage(f"{server.url}/?autoplay=sample&stride={stride}", profile) as page:
-                    state = page.wait_for("window.liveState", lambda s: s.get("done") or s.get("error"),
-                                          timeout=60 + 20 * args.seconds)
+                with Browser(f"{server.url}/?autoplay=sample&stride={stride}", width=900, height=760,
+                             profile=profile) as page:
+                    state = page.wait_for("window.liveState", 60 + 20 * args.seconds,
+                                          until=lambda s: s.get("done") or s.get("error"))
                     time.sleep(0.3)
-                    shown = page.evaluate("Object.fromEntries(['first', 'median', 'p95', 'achieved', 'jitter']"
-                                          ".map((id) => [id, document.getElementById(id).textContent]))")
+                    shown = page.eval("Object.fromEntries(['first', 'median', 'p95', 'achieved', 'jitter']"
+                                      ".map((id) => [id, document.getElementById(id).textContent]))")
                 if state.get("error") or not state.get("done"):
                     raise RuntimeError(f"stride {stride}: the page did not finish: {state}")
                 last = app.state.live["last"]
@@ -221,7 +220,6 @@ def main() -> None:
     p.add_argument("--skip_windows", action="store_true")
     p.add_argument("--json", default="")
     args = p.parse_args()
-    sys.path.insert(0, os.path.join(ROOT, "tests"))  # chromium_page, live_helpers
 
     import jax
     import jax.numpy as jnp

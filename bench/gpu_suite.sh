@@ -12,7 +12,7 @@
 #   bash bench/gpu_suite.sh [--out bench/gpu_suite_results] [--dry_run]
 #
 # --dry_run: the same code path with the tiny config on CPU (64 px, 2 steps, chunk_batch 1 and 2,
-# 0.64 s of audio): a smoke test of this script (tests/test_engine.py runs it).
+# 0.64 s of audio): a smoke test of this script (tests/pipeline/test_engine.py runs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,5 +1,6 @@
-"""Shared test fixtures: paths to the bundled golden fixtures and media (copied from
-../shared so a plain clone can run the tests)."""
+"""Fixtures shared across test folders, the session's XLA compilation cache and the tiers: a test
+without an integration, slow, heavy, gpu or tpu mark is a unit test (the default run); gpu and tpu
+tests are skipped, with the reason, where jax has no such device."""
 
 import atexit
 import os
@@ -18,52 +19,40 @@ if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
     atexit.register(shutil.rmtree, _SESSION_XLA_CACHE, True)
 
-DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
-GOLDEN_DIR = os.path.join(DATA_DIR, "golden")
-ASSETS_DIR = os.path.join(DATA_DIR, "assets")
+
+NOT_UNIT = ("integration", "slow", "heavy", "gpu", "tpu")
+DEVICE_MARKS = ("gpu", "tpu")
 
 
-def golden_path(name: str) -> str:
-    return os.path.join(GOLDEN_DIR, name)
+@pytest.hookimpl(tryfirst=True)  # before -m selects by mark
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if not any(item.get_closest_marker(name) for name in NOT_UNIT):
+            item.add_marker(pytest.mark.unit)
+    wanted = {name for name in DEVICE_MARKS if any(item.get_closest_marker(name) for item in items)}
+    if not wanted:
+        return
+    import jax
 
-
-def asset_path(name: str) -> str:
-    return os.path.join(ASSETS_DIR, name)
-
-
-@pytest.fixture
-def golden():
-    return golden_path
-
-
-@pytest.fixture
-def asset():
-    return asset_path
-
-
-# ---------------------------------------------------------------- multi-person clips (face tracks)
-TWO_PEOPLE_SECONDS = 2
-TWO_PEOPLE_HALF_WIDTH, TWO_PEOPLE_HEIGHT = 240, 426  # each demo scaled from 1080x1920
-
-
-def _encode_clip(args, path):
-    import subprocess
-
-    from lipsync_jax.media import ffmpeg_exe
-
-    subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", *args, "-an", "-c:v", "libx264", "-preset",
-                    "ultrafast", "-crf", "18", "-pix_fmt", "yuv420p", str(path)], check=True)
+    platforms = {device.platform for device in jax.devices()}
+    for item in items:
+        for name in wanted:
+            if item.get_closest_marker(name) and name not in platforms:
+                found = ", ".join(sorted(platforms))
+                item.add_marker(pytest.mark.skip(reason=f"needs a {name.upper()}; jax sees only {found}"))
 
 
 @pytest.fixture(scope="session")
 def demo_clips(tmp_path_factory):
     """Two 2 s clips: demo1 alone (240x426) and demo1 | demo2 side by side (480x426)."""
-    folder = tmp_path_factory.mktemp("face_tracks")
-    one, two = folder / "one_person.mp4", folder / "two_people.mp4"
-    demo1, demo2 = asset_path("demo1_video.mp4"), asset_path("demo2_video.mp4")
-    scale = f"scale={TWO_PEOPLE_HALF_WIDTH}:{TWO_PEOPLE_HEIGHT}"
-    seconds = str(TWO_PEOPLE_SECONDS)
-    _encode_clip(["-t", seconds, "-i", demo1, "-vf", scale], one)
-    _encode_clip(["-t", seconds, "-i", demo1, "-t", seconds, "-i", demo2, "-filter_complex",
-                  f"[0:v]{scale}[l];[1:v]{scale}[r];[l][r]hstack=inputs=2[v]", "-map", "[v]"], two)
-    return {"one": str(one), "two": str(two), "folder": folder}
+    from tests.helpers.clips import two_people_clips
+
+    return two_people_clips(tmp_path_factory.mktemp("face_tracks"))
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    """configs/unet/tiny.py's models with random weights (seed 0), built once per test module."""
+    from tests.helpers.engine import build_tiny_models
+
+    return build_tiny_models()

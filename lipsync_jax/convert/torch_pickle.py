@@ -1,5 +1,5 @@
 """Read PyTorch checkpoints (the ``torch.save`` zip format) without torch (the writer the tests
-use to make such files is ``tests/torch_pt_writer.py``).
+use to make such files is ``tests/helpers/torch_writer.py``).
 
 Layout of a ``torch.save`` file (default since torch 1.6): a zip archive, entries stored
 uncompressed and 64-byte aligned, all under one top-level folder ``<prefix>/``:

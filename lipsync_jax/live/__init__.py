@@ -12,7 +12,7 @@
 sessions; ``latency.py``: the latency figures and their split; ``programs.py``: warm-up, device
 time per window and the stride a latency budget allows. The WebSocket server and its page:
 ``lipsync_jax/serving/live_server.py``. An engine whose device takes a set time per window (the
-latency machinery measured without a fast device): tests/live_stand_in.py.
+latency machinery measured without a fast device): tests/helpers/stand_in.py.
 """
 
 from lipsync_jax.live.audio_online import (

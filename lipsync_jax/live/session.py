@@ -22,7 +22,7 @@ offline engine does (ping-pong source frames, the nearest face as a stand-in, wi
 keys, the last window padded), submits it (the avatar's cached VAE moments replace the encoder
 when it has them) and, while the device computes, pastes the previous window's faces back into
 its frames and queues them. So the output equals the offline engine's wherever the audio windows
-are equal (tests/test_stream.py forces them equal: stride 16 vs the plain engine, strides 8 and 4
+are equal (tests/live/test_stream.py forces them equal: stride 16 vs the plain engine, strides 8 and 4
 vs ``--overlap`` 8 and 12 with ``JobHooks(lead_in=True)``).
 
 Pacing and back-pressure: ``next_frame`` hands frames out at the video rate (frame i is due

@@ -14,7 +14,7 @@ device, as before. With ``fsdp > 1`` they are split over the fsdp axis by the TR
 parameter too small to be worth a collective stay replicated (``fit_spec``). Inside the chunk
 program the ``data`` axis is manual (``shard_map``) and the ``fsdp`` axis is left to the compiler,
 which gathers or splits the work around the sharded weights; the frames equal one device's
-within float32 roundoff (tests/test_engine_fsdp.py).
+within float32 roundoff (tests/pipeline/test_engine_fsdp.py).
 
 ``choose_fsdp`` picks the smallest fsdp (a divisor of the local device count) for which the
 weights' share fits a device-memory budget (``--max_vram``, else the device's own limit when the
