@@ -150,7 +150,8 @@ def uses_in(doc: str, text: str) -> list[Use]:
                 i += 1
                 line = line.rstrip()[:-1] + " " + lines[i]
             code, _, comment = line.partition(" #") if not line.lstrip().startswith("#") else ("", "", line)
-            code = re.sub(r"\$\{?([A-Z_][A-Z0-9_]*)\}?", lambda m: variables.get(m.group(1), m.group(0)), code)
+            code = re.sub(r"\$\{?([A-Z_][A-Z0-9_]*)\}?", lambda m, known=variables: known.get(m.group(1), m.group(0)),
+                          code)
             for segment in split_shell(code):
                 assignment = re.fullmatch(r"([A-Z_][A-Z0-9_]*)=(.*)", segment[0], re.S)
                 if assignment and len(segment) == 1:  # NAME=value: used as $NAME further down the block
