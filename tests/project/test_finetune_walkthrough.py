@@ -1,4 +1,4 @@
-"""The README's "Fine-tune on your own videos" block, run as written (bash), on two demo videos
+"""The docs' "Fine-tune on your own videos" block (docs/training.md), run as written (bash), on two demo videos
 with the tiny random model: split -> data_prep -> train.py (2 steps from a 'pretrained' tiny UNet)
 -> export -> infer.py with the fine-tuned UNet."""
 
@@ -16,13 +16,13 @@ from lipsync_jax.media.ffmpeg import ffmpeg_exe
 from lipsync_jax.train.metrics import read_metrics
 from tests.helpers.paths import asset_path
 
-SECTION = "## Fine-tune on your own videos"
+SECTION = "## Fine-tune on your own videos"  # in docs/training.md
 
 
-def readme_block() -> str:
-    """The first ```bash block of the README section (lines that set the variables removed: the
-    test sets them)."""
-    with open(os.path.join(PROJECT_ROOT, "README.md"), encoding="utf-8") as f:
+def docs_block() -> str:
+    """The first ```bash block of that section (lines that set the variables removed: the test sets
+    them)."""
+    with open(os.path.join(PROJECT_ROOT, "docs", "training.md"), encoding="utf-8") as f:
         text = f.read()
     section = text[text.index(SECTION):]
     block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
@@ -36,7 +36,7 @@ def _ffmpeg(*args):
 
 # data_prep on one video, the tiny UNet step compiled, export, inference (all subprocesses)
 @pytest.mark.slow
-def test_readme_finetune_block_runs_on_the_demo_videos(tmp_path):
+def test_docs_finetune_block_runs_on_the_demo_videos(tmp_path):
     import dataclasses
 
     from lipsync_jax.checkpoints import read_metadata, restore_params, save_params
@@ -63,7 +63,7 @@ def test_readme_finetune_block_runs_on_the_demo_videos(tmp_path):
                WHISPER=str(tmp_path / "whisper"), SPEECH=str(speech), JAX_PLATFORMS="cpu",
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     env.pop("XLA_FLAGS", None)
-    proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", readme_block()], cwd=PROJECT_ROOT, env=env,
+    proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", docs_block()], cwd=PROJECT_ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         stdout, stderr = proc.communicate(timeout=2400)
