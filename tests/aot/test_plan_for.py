@@ -83,6 +83,7 @@ def test_plan_for_is_parsed_like_every_run_option():
         RunOptions(plan_only="yes")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("door", ["infer_cli", "batch", "webapp", "live_server"])
 def test_every_door_has_the_flags_and_the_same_one_line_error(door):
     import importlib
@@ -100,6 +101,7 @@ def test_every_door_has_the_flags_and_the_same_one_line_error(door):
         shared.run_options(fv, JobDefaults())
 
 
+@pytest.mark.integration
 def test_nothing_runs_with_options_that_only_plan(tiny):
     for run in (RunOptions(plan_only=True), RunOptions(plan_for="h100")):
         with pytest.raises(OptionError, match="nothing runs with it"):
@@ -133,6 +135,7 @@ def test_the_planner_for_a_target_uses_its_footprint_functions(tiny, target_comp
     assert plan.describe().endswith("(XLA:GPU compile for rtx4060-8g, NVIDIA GeForce RTX 4060 8 GB)")
 
 
+@pytest.mark.integration
 def test_plan_run_takes_the_targets_platform_memory_and_bfloat16(config, target_compiler):
     calls = target_compiler
     plan, fsdp = plan_run(config, RunOptions(plan_for="l4"), Sampling())
@@ -148,6 +151,7 @@ def test_plan_run_takes_the_targets_platform_memory_and_bfloat16(config, target_
         plan_run(config, RunOptions(plan_for="h100", devices=9), Sampling())
 
 
+@pytest.mark.integration
 def test_without_the_compiler_the_plan_says_it_is_the_cpu_model(config, monkeypatch):
     monkeypatch.setattr(aot_devices, "_gpu_plugin_installed", lambda: False)
     aot_devices._devices.cache_clear()

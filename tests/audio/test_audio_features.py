@@ -39,6 +39,7 @@ def _encode_one(params, mel_window):  # (3000, 80) -> (1500, layers, d), one win
     return np.asarray(out[0])
 
 
+@pytest.mark.integration
 def test_long_audio_stitches_independent_30s_windows(extractor, tiny_params):
     audio = _speechlike(65.3)
     embeddings = extractor.clip_embeddings(audio)

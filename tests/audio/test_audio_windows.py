@@ -140,6 +140,7 @@ def test_sliding_removes_the_30s_seam(extractor, speech40):
     assert row_s <= 0.5 * row_l
 
 
+@pytest.mark.integration
 def test_live_sliding_equals_live_latentsync_below_30_seconds_and_is_the_default(extractor, speech40):
     from lipsync_jax.live.audio_online import OnlineAudioFeatures, stream_windows
 

@@ -89,6 +89,7 @@ def test_bad_params_are_refused(tmp_path):
 LEGACY = os.path.join(DATA_DIR, "legacy_converted")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["vae", "syncnet"])
 def test_folders_converted_before_the_bare_tree_convention_still_load(kind):
     """tests/data/legacy_converted holds VAE/SyncNet folders written by the old converters

@@ -158,6 +158,7 @@ def test_two_way_sharding_gives_disjoint_samples(dataset):
     assert seen[0] | seen[1] == set(range(len(CLIP_FRAMES)))
 
 
+@pytest.mark.integration
 def test_restored_iterator_state_continues_with_the_same_batches(dataset):
     it = iter(_unet_loader(dataset, worker_count=2))  # worker processes
     _take(it, 2)
@@ -227,6 +228,7 @@ def test_unet_loader_from_tiny_config(dataset, tmp_path):
         np.testing.assert_array_equal(_frame_index(batch["gt_frames"][i]), np.arange(start, start + f))
 
 
+@pytest.mark.integration
 def test_precompute_fills_the_caches_the_loader_reads(dataset, tmp_path):
     from lipsync_jax.data.precompute import main
 

@@ -158,6 +158,7 @@ class _FixedOffsetScorer:
         return SyncResult(score=0.5, confidence=0.2, offset=self.OFFSET)
 
 
+@pytest.mark.integration
 def test_sync_offset_recuts_the_audio(sources):
     from data_prep.clips import process_source
     from lipsync_jax.audio import load_audio

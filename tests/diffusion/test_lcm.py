@@ -84,6 +84,7 @@ def _lcm_reference(params, latents, mask, masked, ref, audio, ddim, num_steps, n
     return x
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("num_steps", [1, 4])
 def test_lcm_scan_equals_float64_reference(ddim, num_steps):
     params, init, mask, masked, ref, audio = _toy_inputs()
@@ -120,6 +121,7 @@ def test_lcm_options_refused_with_one_line(ddim):
                      guidance_scale=1.0, solver="lcm")
 
 
+@pytest.mark.integration
 def test_lcm_overlapping_windows_share_their_frames(ddim):
     """Three consecutive 3-frame windows sharing 1 frame: after 4 lcm steps (fresh noise in
     between) each window's first frame is its predecessor's last, and overlap 0 is sample_chunk."""
@@ -138,6 +140,7 @@ def test_lcm_overlapping_windows_share_their_frames(ddim):
                                                       noise_key=key))
 
 
+@pytest.mark.integration
 def test_ddim_step_to_per_sample_equals_scalar_steps(ddim):
     keys = jax.random.split(jax.random.key(5), 2)
     sample, eps = jax.random.normal(keys[0], (3, 2, 4, 4, 4)), jax.random.normal(keys[1], (3, 2, 4, 4, 4))

@@ -113,6 +113,7 @@ def test_unconditional_branch_is_zero_audio_first():
     np.testing.assert_allclose(noise, 1.0 + 1.5 * (3.0 - 1.0))
 
 
+@pytest.mark.integration
 def test_initial_latents_repeat_one_frame():
     latents = initial_latents(jax.random.key(3), (2, 5, 3, 3, 4))
     assert latents.shape == (2, 5, 3, 3, 4)
@@ -121,6 +122,7 @@ def test_initial_latents_repeat_one_frame():
     assert 0.5 < float(latents.std()) < 1.5
 
 
+@pytest.mark.integration
 def test_golden_ddim_and_sampling_loop():
     """The real stage2 tiny UNet through the jitted loop vs LatentSync's 20-step loop."""
     from lipsync_jax.golden.check_sampling import check_fixture

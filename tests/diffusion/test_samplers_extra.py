@@ -187,6 +187,7 @@ def tiny():
     return TinyUNet()
 
 
+@pytest.mark.integration
 def test_unet_deepcache_modes(tiny):
     """full == plain call; shallow with the cache of a full call at the same input == the full
     output (the shallow path recomputes exactly the last layer and the output head)."""
@@ -205,6 +206,7 @@ def test_unet_deepcache_modes(tiny):
         tiny.module.apply({"params": tiny.params}, sample, t, tiny.audio, deepcache="half")
 
 
+@pytest.mark.integration
 def test_deepcache_interval_0_and_1_are_off_and_scan_follows_the_schedule(tiny, ddim):
     """Intervals 0 and 1 give the plain loop; interval 2 in the scan == a Python loop calling the
     full UNet at steps 0, 2 and the shallow branch at steps 1, 3."""
@@ -229,6 +231,7 @@ def test_deepcache_interval_0_and_1_are_off_and_scan_follows_the_schedule(tiny, 
 
 
 # ------------------------------------------------------------------ overlapping windows
+@pytest.mark.integration
 def test_overlap_zero_is_sample_chunk_exactly(tiny, ddim):
     kw = dict(scheduler=ddim, num_steps=3, guidance_scale=1.5)
     chunk = sample_chunk(tiny.apply, tiny.params, *tiny.inputs(), **kw)
@@ -239,6 +242,7 @@ def test_overlap_zero_is_sample_chunk_exactly(tiny, ddim):
 
 @pytest.mark.parametrize("solver,interval", [
     ("ddim", 0), pytest.param("dpmsolver++", 2, marks=pytest.mark.heavy)])
+@pytest.mark.integration
 def test_overlap_shared_frames_identical_and_streaming(tiny, ddim, solver, interval):
     k, steps = 2, 3
     kw = dict(scheduler=ddim, num_steps=steps, guidance_scale=1.5, solver=solver, deepcache_interval=interval)

@@ -103,6 +103,7 @@ def clip(tmp_path_factory):
     return path, brighter
 
 
+@pytest.mark.integration
 def test_video_metrics_frame_and_mouth(clip, tmp_path, capsys):
     path, brighter = clip
     cli = _load_cli("frame_metrics")
@@ -144,6 +145,7 @@ def test_sync_eval_cli_random_init_end_to_end(clip, tmp_path):
     assert all(v is None or -1.0 <= v <= 1.0 for v in result["window_similarity_at_best"])
 
 
+@pytest.mark.integration
 def test_sync_eval_cli_missing_inputs_exit_1(clip, tmp_path, capsys):
     cli = _load_cli("sync_eval")
     tiny = os.path.join(ROOT, "configs", "syncnet", "tiny.py")
@@ -170,6 +172,7 @@ def test_sync_score_window_similarity_lines_up_with_offsets():
     np.testing.assert_allclose(np.nanmean(score.window_similarity, axis=0), score.mean_similarity)
 
 
+@pytest.mark.integration
 def test_sync_eval_cli_folder_mode_table(clip, tmp_path, capsys):
     videos, audio = tmp_path / "videos", tmp_path / "audio"
     videos.mkdir()
@@ -192,6 +195,7 @@ def test_sync_eval_cli_folder_mode_table(clip, tmp_path, capsys):
     assert lines[0].startswith("video,audio,similarity_at_zero") and len(lines) == 3
 
 
+@pytest.mark.integration
 def test_load_syncnet_from_converted_folder_and_mismatches(tmp_path):
     from lipsync_jax.checkpoints import save_params
     from lipsync_jax.config_utils import config_to_dict, load_config

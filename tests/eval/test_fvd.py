@@ -22,6 +22,7 @@ def _load_script():
     return module
 
 
+@pytest.mark.integration
 def test_i3d_matches_golden_fixture_and_manifest():
     results = check_fixture(load_fixture(golden_path("i3d_tiny.npz")))
     results += check_manifest(load_manifest(golden_path("manifest_i3d_kinetics400.json")))
@@ -67,6 +68,7 @@ def demo_clip_dirs(tmp_path_factory):
     return root
 
 
+@pytest.mark.integration
 def test_read_fvd_clip_shape_and_errors(demo_clip_dirs):
     clip = read_fvd_clip(str(demo_clip_dirs / "gen" / "a.mp4"))
     assert clip.shape == (FVD_NUM_FRAMES, FVD_SIZE, FVD_SIZE, 3) and clip.dtype == np.uint8
@@ -75,6 +77,7 @@ def test_read_fvd_clip_shape_and_errors(demo_clip_dirs):
         read_fvd_clip(str(demo_clip_dirs / "gen" / "short.mp4"))
 
 
+@pytest.mark.integration
 def test_i3d_features_batched_with_static_shapes():
     i3d = load_i3d(random_init=True, config={"narrow_by": 8}, batch_size=2)
     clips = np.random.default_rng(1).integers(0, 256, (3, 16, 224, 224, 3), dtype=np.uint8)
@@ -111,6 +114,7 @@ def test_fvd_script_bad_input_is_one_line(tmp_path, capsys):
     assert code == 1 and err[-1].startswith("error: ") and "missing" in err[-1]
 
 
+@pytest.mark.integration
 def test_convert_cli_then_load_i3d_matches_fixture(tmp_path):
     """weights file -> `python -m lipsync_jax.convert i3d` -> load_i3d(folder) -> the fixture's logits."""
     from lipsync_jax.convert.__main__ import main as convert_main

@@ -23,6 +23,7 @@ from lipsync_jax.golden.core import load_fixture, load_manifest
 from tests.helpers.paths import ASSETS_DIR, golden_path
 
 
+@pytest.mark.integration
 def test_hyperiqa_matches_golden_fixture_and_manifest():
     results = check_fixture(load_fixture(golden_path("hyperiqa_tiny.npz")))
     results += check_manifest(load_manifest(golden_path("manifest_hyperiqa_koniq.json")))
@@ -60,6 +61,7 @@ def scorer():
     return load_hyperiqa(random_init=True, config={"narrow_by": 4}, batch_size=3)
 
 
+@pytest.mark.integration
 def test_scores_shape_finite_deterministic_and_batch_independent(scorer):
     frames = np.random.default_rng(0).integers(0, 256, (4, 256, 256, 3), dtype=np.uint8)
     scores = scorer.frame_scores(frames)  # a full batch of 3 and a padded one

@@ -29,6 +29,7 @@ def _assert_all_pass(comparisons):
     assert not failed, failed
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["lse_syncnet_tiny.npz", "s3fd_tiny.npz"])
 def test_golden_fixture(name):
     from lipsync_jax.golden.check_eval_nets import check_fixture

@@ -54,6 +54,7 @@ def tiny_syncnet():
     return load_syncnet(config=os.path.join(ROOT, "configs", "syncnet", "tiny.py"), random_init=True, seed=3)
 
 
+@pytest.mark.integration
 def test_accuracy_counts_pairs_per_label(clip_dataset, tiny_syncnet):
     from lipsync_jax.eval.syncnet_acc import syncnet_accuracy
 

@@ -275,6 +275,7 @@ def two_people(demo_clips, multi_landmarker):
     return listing, [multi_landmarker.detect(f) for f in frames], frames
 
 
+@pytest.mark.integration
 def test_two_people_give_two_stable_tracks(two_people, multi_landmarker):
     listing, detections, frames = two_people
     faces = listing.faces
@@ -410,6 +411,7 @@ def test_downscaled_pre_pass_reports_source_pixels(two_people, demo_clips, multi
         assert iou(right_small.box_at(frame), right_full.box_at(frame)) > 0.8
 
 
+@pytest.mark.integration
 def test_single_face_clip_keeps_todays_anchors(demo_clips, multi_landmarker):
     faces = find_face_tracks(demo_clips["one"], landmarker=multi_landmarker, progress=False)
     assert len(faces.tracks) == 1

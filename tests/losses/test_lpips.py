@@ -29,6 +29,7 @@ def _frames(u8):
     return jnp.asarray(np.moveaxis(u8, 1, -1).astype(np.float32) / 127.5 - 1.0)
 
 
+@pytest.mark.integration
 def test_golden_fixture_and_manifest():
     results = check_fixture(load_fixture(golden_path("lpips_tiny.npz")))
     results += check_manifest(load_manifest(golden_path("manifest_lpips_vgg.json")))
@@ -36,6 +37,7 @@ def test_golden_fixture_and_manifest():
     assert all(r.passed for r in results), "\n".join(r.line() for r in results)
 
 
+@pytest.mark.integration
 def test_lower_half_helper_matches_fixture_with_video_dims(fixture, params):
     pred, target = _frames(fixture.inputs["pred_uint8"]), _frames(fixture.inputs["gt_uint8"])
     # (n, h, w, 3) and (b, f, h, w, 3) layouts give the same mean over all frames
@@ -45,6 +47,7 @@ def test_lower_half_helper_matches_fixture_with_video_dims(fixture, params):
     assert rel_l2(video, flat) <= 1e-6
 
 
+@pytest.mark.integration
 def test_identical_images_have_zero_distance(fixture, params):
     pred = _frames(fixture.inputs["pred_uint8"])[:, :64, :64]
     assert float(jnp.abs(lpips_lower_half(params, pred, pred))) < 1e-7
@@ -77,6 +80,7 @@ def test_torchvision_names_and_default_scaling(fixture, params):
         np.testing.assert_allclose(leaf, leaves_b[path], rtol=1e-6, err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.integration
 def test_gradient_matches_finite_difference(fixture, params):
     rng = np.random.default_rng(0)
     pred = np.asarray(_frames(fixture.inputs["pred_uint8"])[:, :64, :64], np.float64)
@@ -96,6 +100,7 @@ def test_gradient_matches_finite_difference(fixture, params):
     assert abs(analytic - fd) <= 1e-5 * abs(fd) + 1e-12, (analytic, fd)
 
 
+@pytest.mark.integration
 def test_bfloat16_close_to_float32(fixture, params):
     pred, target = _frames(fixture.inputs["pred_uint8"]), _frames(fixture.inputs["gt_uint8"])
     f32 = lpips_lower_half(params, pred, target)

@@ -35,6 +35,7 @@ def _videos(u8):  # (b, c, f, h, w) uint8 -> (b, f, h, w, c) in [-1, 1]
     return np.moveaxis(u8, 1, -1).astype(np.float32) / 127.5 - 1.0
 
 
+@pytest.mark.integration
 def test_golden_fixture_and_manifest():
     results = check_fixture(load_fixture(golden_path("trepa_tiny.npz")))
     results += check_manifest(load_manifest(golden_path("manifest_videomaev2_giant.json")))
@@ -74,6 +75,7 @@ def test_wrong_clip_size_is_a_clear_error(config, params):
         VideoMAEv2(config).apply({"params": params}, jnp.zeros((1, 8, 224, 224, 3)))
 
 
+@pytest.mark.integration
 def test_remat_gives_same_loss_and_gradient(fixture, config, params):
     fake = jnp.asarray(_videos(fixture.inputs["fake_uint8"]))
     real = jnp.asarray(_videos(fixture.inputs["real_uint8"]))
@@ -84,6 +86,7 @@ def test_remat_gives_same_loss_and_gradient(fixture, config, params):
     assert rel_l2(grad_b, grad_a) <= 1e-5
 
 
+@pytest.mark.integration
 def test_gradient_matches_finite_difference(fixture, config, params):
     """float32 central differences (float64 is far too slow for this model on CPU). Along the
     gradient direction the slope is well conditioned; along a random direction it is ~1e-3
@@ -106,6 +109,7 @@ def test_gradient_matches_finite_difference(fixture, config, params):
         assert abs(analytic - fd) <= rtol * abs(analytic), (analytic, fd)
 
 
+@pytest.mark.integration
 def test_bfloat16_close_to_float32(fixture, config, params):
     fake = jnp.asarray(_videos(fixture.inputs["fake_uint8"]))
     real = jnp.asarray(_videos(fixture.inputs["real_uint8"]))

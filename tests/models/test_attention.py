@@ -56,6 +56,7 @@ def tpu_mesh(shape=(1,), names=("data",)):
     return AbstractMesh(shape, names, abstract_device=AbstractDevice("TPU v5p", 1, "tpu"))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("backend", ["auto", "xla"])
 def test_backends_match_naive(backend):
     q, k, v = qkv(0, (2, 7, 3, 16), (2, 5, 3, 16))
@@ -164,6 +165,7 @@ def test_fused_predicate_edges():
     ((2, 512, 2, 40), (2, 512, 2, 40)),   # self-attention, heads of 40 (LatentSync's 320 channels)
     ((1, 256, 2, 160), (1, 512, 2, 160)),  # queries != keys, heads of 160
 ])
+@pytest.mark.integration
 def test_pallas_float32_matches_reference_forward_and_gradients(q_shape, k_shape):
     q, k, v = qkv(4, q_shape, k_shape)
     assert fused_supported("pallas", q.shape, k.shape, q.dtype)
@@ -178,6 +180,7 @@ def test_pallas_float32_matches_reference_forward_and_gradients(q_shape, k_shape
         np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.integration
 def test_pallas_bfloat16_within_bf16_error_of_float32():
     q, k, v = qkv(5, (2, 512, 2, 80), (2, 512, 2, 80))
     ref = dot_product_attention(q, k, v, backend="naive")
@@ -197,6 +200,7 @@ def test_pallas_bfloat16_within_bf16_error_of_float32():
     ((64, 16, 2, 16), (64, 16, 2, 16)),  # temporal attention over 16 frames
     ((2, 256, 2, 16), (2, 256, 2, 16)),  # a 16x16 level: fewer keys than PALLAS_MIN_KEYS
 ])
+@pytest.mark.integration
 def test_pallas_backend_runs_other_calls_on_xla(q_shape, k_shape):
     q, k, v = qkv(6, q_shape, k_shape)
     assert pallas_calls(lambda *a: dot_product_attention(*a, backend="pallas"), q, k, v) == 0
@@ -273,6 +277,7 @@ print("grad error:", float(jnp.max(jnp.abs(fused[1] - ref[1]))))
 '''
 
 
+@pytest.mark.integration
 def test_pallas_under_a_mesh_runs_per_device_on_the_batch_split():
     """On a (2, 2) mesh of 4 fake CPU devices, traced as the train step is: the kernel is lowered
     inside a shard_map over (data, fsdp), on 2 of the 8 examples per device (folded to 4 kernel

@@ -31,6 +31,7 @@ def fixture():
     return load_fixture(golden_path("syncnet_tiny.npz"))
 
 
+@pytest.mark.integration
 def test_golden_fixture_and_manifests(fixture):
     results = check_syncnet.check_fixture(fixture)
     assert {r.name for r in results} >= {"vision_embeds", "audio_embeds", "cosine_loss"}
@@ -51,6 +52,7 @@ def test_sync_loss_matches_bce_and_stays_finite():
     assert float(jnp.abs(grads[0]).sum()) > 0  # in-range samples get a gradient
 
 
+@pytest.mark.integration
 def test_convert_pt_reproduces_golden(tmp_path, fixture):
     path = str(tmp_path / "stable_syncnet.pt")
     save_torch_checkpoint({"state_dict": dict(fixture.weights), "global_step": 7}, path)
@@ -152,6 +154,7 @@ def small_syncnet():
     return model, random_params(abstract_params(model), seed=3)
 
 
+@pytest.mark.integration
 def test_sync_score_with_syncnet_windows_match_direct_embedding(small_syncnet):
     model, params = small_syncnet
     rng = np.random.default_rng(5)

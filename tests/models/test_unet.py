@@ -64,6 +64,7 @@ def teardown_module():
     _LOADED.clear()
 
 
+@pytest.mark.integration
 def test_fixture_parity(tiny_unet):
     out = tiny_unet.run(tiny_unet.params)
     ref = tiny_unet.fixture.outputs["sample"]
@@ -87,12 +88,14 @@ def test_position_table_matches_checkpoint_buffers(stage2):
         np.testing.assert_allclose(ours, buffer, atol=1e-5, rtol=0)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", MANIFESTS)
 def test_manifest_conversion_and_count(name):
     results = check_unet.check_manifest(load_manifest(golden_path(name)))
     assert len(results) == 2 and all(r.passed for r in results), [r.line() for r in results]
 
 
+@pytest.mark.integration
 def test_eval_shape_full_stage2_matches_manifest_count():
     manifest = load_manifest(golden_path("manifest_unet_stage2.json"))
     shapes = unet_abstract_params(UNet3DConditionModel(UNet3DConfig.from_dict(manifest["config"])))
@@ -101,6 +104,7 @@ def test_eval_shape_full_stage2_matches_manifest_count():
     assert count_params(shapes) == manifest["total_params"] == 1_267_099_844
 
 
+@pytest.mark.integration
 def test_bfloat16_compute_close_to_float32():
     g = _golden("unet_stage1_tiny.npz")
     ref = g.run(g.params)
@@ -132,6 +136,7 @@ def test_stage1_checkpoint_with_stage2_config_lists_unfilled_motion_modules(stag
         convert_state_dict(stage1.weights_f32(), stage2.config)
 
 
+@pytest.mark.integration
 def test_resolution_does_not_matter_for_conversion():
     manifest = load_manifest(golden_path("manifest_unet_stage2.json"))
     config_512 = dict(manifest["config"], sample_size=32 if manifest["config"]["sample_size"] == 64 else 64)
@@ -146,6 +151,7 @@ def test_config_errors_are_clear():
         UNet3DConfig.from_dict({"dual_cross_attention": True})
 
 
+@pytest.mark.integration
 def test_shapes_frames_and_odd_sizes():
     config = UNet3DConfig.from_dict(load_fixture(golden_path("unet_stage2_tiny.npz")).config)
     model = UNet3DConditionModel(config)
@@ -159,6 +165,7 @@ def test_shapes_frames_and_odd_sizes():
         jax.eval_shape(lambda p: apply(p, (1, too_many, 8, 8, 13)), params)
 
 
+@pytest.mark.integration
 def test_logical_axes_and_trainable_mask():
     model = UNet3DConditionModel(load_unet_config(load_fixture(golden_path("unet_stage2_tiny.npz")).config))
     axes = logical_axes(model)
@@ -171,6 +178,7 @@ def test_logical_axes_and_trainable_mask():
     assert not mask["down_blocks_0"]["resnets_0"]["conv1"]["kernel"] and not mask["conv_in"]["kernel"]
 
 
+@pytest.mark.integration
 def test_remat_gives_same_output():
     g = _golden("unet_stage1_tiny.npz")
     model = UNet3DConditionModel(g.config, remat=True)

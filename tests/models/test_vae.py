@@ -39,6 +39,7 @@ def params(fixture):
     return params
 
 
+@pytest.mark.integration
 def test_golden_fixture_and_manifest(fixture):
     results = check_vae.check_fixture(fixture)
     results += check_vae.check_manifest(load_manifest(golden_path("manifest_sd_vae_ft_mse.json")))
@@ -46,6 +47,7 @@ def test_golden_fixture_and_manifest(fixture):
     assert all(r.passed for r in results), [r.line() for r in results]
 
 
+@pytest.mark.integration
 def test_bf16_round_trip_within_bf16_representation_error(fixture, params):
     """bf16 compute vs float32 on a 64x64 crop of the fixture face.
 
@@ -83,6 +85,7 @@ def small_model(fixture):
     return model, random_params(abstract_params(model), seed=1)
 
 
+@pytest.mark.integration
 def test_encode_frames_chunked_equals_unchunked(small_model):
     model, params = small_model
     frames = jax.random.uniform(jax.random.key(2), (5, 16, 16, 3), minval=-1, maxval=1)
@@ -97,6 +100,7 @@ def test_encode_frames_chunked_equals_unchunked(small_model):
         np.testing.assert_allclose(np.asarray(chunked), np.asarray(full), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.integration
 def test_decode_frames_chunked_equals_unchunked(small_model):
     model, params = small_model
     latents = jax.random.normal(jax.random.key(4), (7, 8, 8, 4))
@@ -116,6 +120,7 @@ def _write_folder(folder, state_dict, config):
     save_safetensors(state_dict, os.path.join(folder, "diffusion_pytorch_model.safetensors"))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("legacy_names", [False, True])
 def test_safetensors_folder_reproduces_golden(tmp_path, fixture, params, legacy_names):
     state_dict = dict(fixture.weights)  # float16, as shipped
@@ -164,6 +169,7 @@ def test_unsupported_config_is_refused(fixture):
         AutoencoderKL.from_config(bad)
 
 
+@pytest.mark.integration
 def test_decode_frames_memory_does_not_grow_with_video_length(small_model):
     """XLA's own buffer plan: scratch memory for 64 frames equals that for 4 (plus the
     larger input/output copies), while one 64-frame chunk would need many times more."""

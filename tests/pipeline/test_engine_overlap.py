@@ -133,6 +133,7 @@ def test_overlap_chunk_batch_1_equals_2(overlap_runs):
     assert frames == [40, 40]
 
 
+@pytest.mark.integration
 def test_overlap_zero_is_the_plain_program(tiny_models):
     from lipsync_jax.pipeline import LipsyncEngine, RunOptions, Sampling
 

@@ -1,3 +1,4 @@
+
 """The start of an engine job (pipeline/audio_plan.py, pipeline/face_choice.py), without a device program:
 
 - the output frame count predicted from the audio's length alone (so Whisper runs in a thread
@@ -13,6 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from lipsync_jax.media import read_frames
 from tests.helpers.paths import asset_path
@@ -20,6 +22,7 @@ from tests.helpers.paths import asset_path
 SR = 16000
 
 
+@pytest.mark.integration
 def test_predicted_frame_count_equals_whispers():
     from types import SimpleNamespace
 

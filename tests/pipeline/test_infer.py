@@ -198,6 +198,7 @@ def test_30_fps_input_gives_25_fps_output(tmp_path, tiny_engine):
     assert max(errors) < CODEC_TOLERANCE
 
 
+@pytest.mark.integration
 def test_chunk_generator_pastes_kept_pixels_and_repeats_noise(tiny_models):
     import jax.numpy as jnp
 
@@ -276,6 +277,7 @@ def test_check_inputs_names_the_file(tmp_path, video_without_audio):
     assert checked.video.num_frames == 13 and abs(checked.audio_duration - 9.6) < 0.05
 
 
+@pytest.mark.integration
 def test_models_load_from_converted_checkpoints(tmp_path, tiny_models):
     import dataclasses
 

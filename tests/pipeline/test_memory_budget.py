@@ -71,6 +71,7 @@ def whisper_total(models) -> int:
     return fake_whisper(models, models.audio.max_batch).total_bytes
 
 
+@pytest.mark.integration
 def test_plan_prefers_the_fastest_setting_that_fits(tiny_abstract, stand_in):
     tiny = tiny_abstract
     calls, extra = stand_in
@@ -191,6 +192,7 @@ def test_vae_slices_do_not_change_the_result(tiny_models):
     np.testing.assert_allclose(np.asarray(out_a), np.asarray(out_b), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.integration
 def test_abstract_models_need_no_weights():
     models = abstract_models(load_config(os.path.join(ROOT, "configs/unet/stage2.py")), jnp.bfloat16)
     leaves = jax.tree.leaves(models.unet_params)
@@ -217,6 +219,7 @@ def test_startup_turns_preallocation_off(module):
     assert user.stdout.split()[-2] == "None"  # the user's own allocator setting is left alone
 
 
+@pytest.mark.integration
 def test_chunked_attention_equals_xla():
     from lipsync_jax.models.attention import _chunked, dot_product_attention
 
@@ -243,6 +246,7 @@ def v16_abstract():
     return abstract_models(load_config(os.path.join(ROOT, "configs/unet/stage2_512.py")), jnp.bfloat16)
 
 
+@pytest.mark.integration
 def test_attention_candidates_and_logits_floor(v16_abstract):
     """The planner's query blocks per resolution, and the logits lower bound it uses to skip compiles."""
     from lipsync_jax.pipeline.memory import attention_candidates, attention_logits_bytes

@@ -31,6 +31,7 @@ from lipsync_jax.tree_utils import count_params
 TINY = ["data.num_frames=4", "data.batch_size=2", "run.use_syncnet=False"]
 
 
+@pytest.mark.integration
 def test_distill_configs_and_task_train_every_unet_parameter_against_a_frozen_teacher():
     for variant, resolution in (("", 256), ("512", 512)):
         config = load_config(resolve_path(f"configs/unet/distill.py{':' + variant if variant else ''}"))
@@ -64,6 +65,7 @@ def test_distill_configs_and_task_train_every_unet_parameter_against_a_frozen_te
     ("distill.origin_steps=30", "origin_steps must divide"),
     ("run.trepa_loss_weight=1.0", "no LPIPS/TREPA"),
 ])
+@pytest.mark.integration
 def test_distill_config_errors_are_one_line(override, message):
     config = load_config(resolve_path("configs/unet/distill.py:tiny"), TINY + [override])
     with pytest.raises(TrainConfigError, match=message) as info:
@@ -119,6 +121,7 @@ def test_student_metadata_info_and_sampling_choices(tmp_path):
         student_info(student)
 
 
+@pytest.mark.integration
 def test_export_of_a_distill_run_says_it_is_a_student_and_exports_the_ema(tmp_path):
     params = {"w": jnp.arange(6, dtype=jnp.float32).reshape(2, 3)}
     tx, _ = make_optimizer(dict(lr=0.1), 10)

@@ -137,6 +137,7 @@ def test_lcm_with_a_non_student_is_one_warning(fake_teacher):
     assert JobDefaults.from_config(config, unet_checkpoint=fake_teacher).note.startswith("WARNING")
 
 
+@pytest.mark.integration
 def test_the_service_samples_a_student_with_its_scheduler_and_says_so_once(fake_student, tiny_models, capsys,
                                                                            tmp_path):
     from lipsync_jax.serving.service import LipsyncService

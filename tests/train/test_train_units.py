@@ -48,6 +48,7 @@ def test_logical_rules_shard_large_kernels_over_fsdp_only_when_divisible():
     assert sharding_lib.batch_axes(mesh, 3) == ()
 
 
+@pytest.mark.integration
 def test_mixed_noise_has_the_shared_and_independent_variances():
     noise = mixed_noise(jax.random.key(0), (64, 8, 8, 8, 4), True, 1.0)
     assert abs(float(jnp.var(noise)) - 1.0) < 0.03
@@ -100,6 +101,7 @@ def test_frozen_params_get_no_update_and_no_adam_moments():
     assert unet_trainable(params, {"use_motion_module": False}, {}) is None  # stage 1: everything
 
 
+@pytest.mark.integration
 def test_stage2_trainable_patterns_select_motion_and_attention_modules():
     from lipsync_jax.models.unet3d import UNet3DConditionModel
     from lipsync_jax.models.unet3d import abstract_params as unet_abstract_params
@@ -141,6 +143,7 @@ def test_field_select_names_missing_fields():
         next(FieldSelect(It(), ("frames", "mel")))
 
 
+@pytest.mark.integration
 def test_task_dispatch_and_clear_config_errors(tmp_path):
     from lipsync_jax.train.task import TrainConfigError, load_converted
     from lipsync_jax.train.tasks import build_task
