@@ -208,6 +208,7 @@ def test_pallas_backend_runs_other_calls_on_xla(q_shape, k_shape):
                                   np.asarray(dot_product_attention(q, k, v, backend="xla")))
 
 
+@pytest.mark.heavy  # over CI's time budget
 @pytest.mark.slow
 def test_unet_with_pallas_attention_equals_xla():
     """The tiny UNet on one frame of 16x32 latents (512 tokens at its first level, where the kernel

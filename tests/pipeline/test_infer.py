@@ -87,6 +87,7 @@ def test_demo_video_with_equal_length_audio(tmp_path, jax_cache):
     assert sorted(os.listdir(tmp_path)) == ["synced.mp4"]  # no temp files left
 
 
+@pytest.mark.heavy  # over CI's time budget
 @pytest.mark.slow
 def test_demo_video_with_longer_audio_loops(tmp_path, jax_cache):
     video, audio = asset_path("demo1_video.mp4"), asset_path("demo2_audio.wav")

@@ -229,6 +229,7 @@ def test_infer_py_runs_an_exported_student_with_lcm_at_its_steps(tmp_path, tiny_
     assert not os.path.exists(tmp_path / "refused.mp4")
 
 
+@pytest.mark.heavy  # over CI's time budget
 @pytest.mark.slow
 def test_lcm_chunks_do_not_depend_on_the_batch(tiny_models):
     """Each chunk draws its fresh lcm noise from its own key (its index): two chunks in one call

@@ -42,6 +42,7 @@ def reference_run(tmp_path_factory, cache, args):
     return workdir
 
 
+@pytest.mark.heavy  # over CI's time budget
 def test_distill_on_mesh_4x2_matches_single_device(reference_run, tmp_path, cache, args):
     run_train(tmp_path, args + ["--config.run.max_train_steps=3", "--config.mesh.shape=(4, 2)"], cache, devices=8)
     ref, mesh = losses(reference_run), losses(tmp_path)

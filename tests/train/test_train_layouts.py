@@ -92,6 +92,7 @@ def run_pair(workdir, args, cache, extra_for_first=(), timeout=1800, expect_stat
 
 
 # also checks that the losses of 2 processes equal those of 1 device
+@pytest.mark.heavy  # over CI's time budget
 def test_sigterm_to_one_of_two_processes_saves_both_then_resume_matches(reference_run, tmp_path, cache):
     """Two processes (batch 2 each = the reference's 4) follow the single-device run. A SIGTERM to
     process 0 only (after step 1) makes both agree at the next log step (2) through a collective;

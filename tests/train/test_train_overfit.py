@@ -12,6 +12,7 @@ from lipsync_jax.train.unet_setup import build_unet_task
 from tests.helpers.train import losses, run_train
 
 
+@pytest.mark.heavy  # over CI's time budget
 @pytest.mark.slow
 def test_overfitting_one_batch_reduces_diffusion_loss_10x():
     config = load_config(resolve_path("configs/unet/tiny_stage1.py"),

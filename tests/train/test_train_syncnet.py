@@ -37,6 +37,7 @@ def _demo_dataset(root):
     return root
 
 
+@pytest.mark.heavy  # over CI's time budget
 @pytest.mark.slow
 def test_syncnet_learns_demo_pairs_above_chance(tmp_path, tmp_path_factory):
     data_dir = _demo_dataset(tmp_path_factory.mktemp("demo_clips"))
