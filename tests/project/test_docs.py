@@ -30,6 +30,7 @@ FOREIGN_FLAGS = {
     "--upgrade": "pip",
     "--gpus": "docker run",
     "--durations": "pytest",
+    "--dist": "pytest-xdist",
     "--strict": "mkdocs build",
 }
 # Our commands that run a Beam pipeline: Beam's own options pass through them.
