@@ -32,6 +32,13 @@ class Terminated(BaseException):
     """SIGTERM, raised in the main thread so every clean-up (temp files, ffmpeg) runs."""
 
 
+def refuse_extra_arguments(argv: list[str]) -> None:
+    """An absl ``main``'s leftover arguments (a typo'd flag value, a stray path): one line, exit 2."""
+    if len(argv) > 1:
+        print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
+        sys.exit(2)
+
+
 def _on_stop_signal(signum, frame):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

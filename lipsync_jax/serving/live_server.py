@@ -68,7 +68,7 @@ from lipsync_jax.pipeline.job import (
 )
 from lipsync_jax.quiet import configure_terminal
 from lipsync_jax.serving import flags as shared
-from lipsync_jax.serving.cli import run_command
+from lipsync_jax.serving.cli import refuse_extra_arguments, run_command
 from lipsync_jax.serving.live_protocol import ProtocolError, Start, audio_samples, parse_start, parse_text
 from lipsync_jax.serving.plan import LIVE_WHISPER_WINDOWS, print_plan
 from lipsync_jax.serving.service import RANDOM_WEIGHTS_WARNING, LipsyncService
@@ -428,9 +428,7 @@ def prepare(fv: flags.FlagValues):
 def main(argv) -> None:
     configure_terminal(verbose=flags.FLAGS.verbose)  # before JAX starts: only our own warnings and errors
     fv = flags.FLAGS
-    if len(argv) > 1:
-        print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
-        sys.exit(2)
+    refuse_extra_arguments(argv)
 
     def serve() -> int:
         config, defaults = shared.config_and_defaults(fv)

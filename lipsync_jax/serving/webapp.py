@@ -31,7 +31,7 @@ from lipsync_jax.device_memory import configure_gpu_memory
 from lipsync_jax.media.ffmpeg import run_ffmpeg
 from lipsync_jax.quiet import configure_terminal
 from lipsync_jax.serving import flags as shared
-from lipsync_jax.serving.cli import error_line, is_known, run_command
+from lipsync_jax.serving.cli import error_line, is_known, refuse_extra_arguments, run_command
 from lipsync_jax.serving.live_server import entry as live_entry
 from lipsync_jax.serving.plan import print_plan
 from lipsync_jax.serving.service import RANDOM_WEIGHTS_WARNING, LipsyncService, ServiceLimits
@@ -332,9 +332,7 @@ def serve(fv: flags.FlagValues) -> int:
 def main(argv) -> None:
     configure_terminal(verbose=flags.FLAGS.verbose)  # before JAX starts: only our own warnings and errors
     fv = flags.FLAGS
-    if len(argv) > 1:
-        print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
-        sys.exit(2)
+    refuse_extra_arguments(argv)
     # uploads and results of this server in a folder of its own, removed when it stops
     parent = os.environ.get("GRADIO_TEMP_DIR") or None
     if parent:

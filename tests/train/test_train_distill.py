@@ -49,10 +49,10 @@ def test_distill_on_mesh_4x2_matches_single_device(reference_run, tmp_path, cach
     assert sorted(mesh) == [1, 2, 3]
     assert all(np.isfinite(v) and v > 0 for v in ref.values())
     np.testing.assert_allclose(mesh[1], ref[1], rtol=2e-5)
-    # the split is proven by step 1 (loss above, gradient norm below, both to 2e-5). After Adam steps
-    # the reduction order of the sharded gradients shows: near-zero gradients get sign-of-roundoff
-    # steps of size lr, which moved step 3 by up to 0.5 % between runs at lr 1e-5 (2 % at 1e-3)
-    np.testing.assert_allclose([mesh[2], mesh[3]], [ref[2], ref[3]], rtol=2e-2)
+    # after Adam steps the reduction order of the sharded gradients shows: near-zero gradients get
+    # sign-of-roundoff steps of size lr (hence lr 1e-5 here; at 1e-3 the random teacher's large
+    # first gradients made that 2 % by step 3); a wrong split moves the loss by percents at once
+    np.testing.assert_allclose([mesh[2], mesh[3]], [ref[2], ref[3]], rtol=1e-4)
     np.testing.assert_allclose(losses(tmp_path, "grad_norm")[1], losses(reference_run, "grad_norm")[1], rtol=2e-5)
     frozen = json.loads((tmp_path / "frozen_shardings.json").read_text())
     kernel = ".['teacher']['up_blocks_1']['attentions_0']['transformer_blocks_0']['attn1']['to_q']['kernel']"
