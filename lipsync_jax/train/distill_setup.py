@@ -22,7 +22,7 @@ from lipsync_jax.models.unet3d import logical_axes
 from lipsync_jax.train.data_sources import unet_data_source
 from lipsync_jax.train.distill_step import DistillSettings, DistillTrainer
 from lipsync_jax.train.task import TrainConfigError, TrainTask, load_converted
-from lipsync_jax.train.unet_setup import unet_parts
+from lipsync_jax.train.unet_setup import UNetParts, unet_parts
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +35,24 @@ def distill_settings(config: Any) -> DistillSettings:
         raise TrainConfigError(str(error)) from None
 
 
-def build_distill_task(config: Any, data_source: str = "synthetic") -> TrainTask:
+def distill_trainer(config: Any, parts: UNetParts | None = None) -> DistillTrainer:
+    """The distillation step's pieces for ``config`` (stage 2's ``unet_parts`` + its ``distill``
+    section), checked (one-line ``TrainConfigError``)."""
     settings = distill_settings(config_utils.config_to_dict(config))
-    parts = unet_parts(config)
-    cfg, unet, init_shape = parts.cfg, parts.unet, parts.init_shape
+    parts = parts or unet_parts(config)
     try:
-        trainer = DistillTrainer(base=parts.trainer, settings=settings,
-                                 lcm=LCMScheduler.from_ddim_config(cfg["scheduler"], settings.lcm_config),
-                                 trainable=parts.trainable)
+        return DistillTrainer(base=parts.trainer, settings=settings,
+                              lcm=LCMScheduler.from_ddim_config(parts.cfg["scheduler"], settings.lcm_config),
+                              trainable=parts.trainable)
     except ValueError as error:
         raise TrainConfigError(str(error)) from None
+
+
+def build_distill_task(config: Any, data_source: str = "synthetic") -> TrainTask:
+    parts = unet_parts(config)
+    trainer = distill_trainer(config, parts)
+    settings = trainer.settings
+    cfg, unet, init_shape = parts.cfg, parts.unet, parts.init_shape
 
     @functools.lru_cache(maxsize=1)
     def teacher_weights():

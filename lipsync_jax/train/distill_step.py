@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from lipsync_jax.diffusion.lcm import LCMScheduler, skip_step_timesteps
 from lipsync_jax.diffusion.sampler import ModuleApply, guided_noise_pred
 from lipsync_jax.train.state import TrainState, masked_global_norm
-from lipsync_jax.train.unet_step import UNetTrainer
+from lipsync_jax.train.unet_step import EncodedBatch, UNetTrainer
 
 DISTILL_TERMS = ("consistency", "sync")
 LOSSES = ("l2", "huber")
@@ -119,11 +119,19 @@ class DistillTrainer:
 
     def loss(self, params: Any, target_params: Any, frozen: Mapping[str, Any], batch: Mapping[str, jax.Array],
              rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        base, s = self.base, self.settings
         k_gt, k_masked, k_ref, k_noise, k_t = jax.random.split(rng, 5)
         vae_params = jax.lax.stop_gradient(frozen["vae"])
-        encoded = base.encode_batch(vae_params, batch, (k_gt, k_masked, k_ref))
-        latents, audio = encoded.gt_latents, batch["audio_embeds"]
+        encoded = self.base.encode_batch(vae_params, batch, (k_gt, k_masked, k_ref))
+        return self.latent_loss(params, target_params, frozen, encoded, batch["audio_embeds"], batch.get("mel"),
+                                k_noise, k_t)
+
+    def latent_loss(self, params: Any, target_params: Any, frozen: Mapping[str, Any], encoded: EncodedBatch,
+                    audio: jax.Array, mel: jax.Array | None, k_noise: jax.Array,
+                    k_t: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Steps 1-4 of the module docstring on an encoded batch (``frozen["vae"]`` is used only by
+        a pixel-space SyncNet loss; ``mel`` only by the SyncNet loss)."""
+        base, s = self.base, self.settings
+        latents = encoded.gt_latents
         t, prev_t = self.skip_steps(k_t, latents.shape[0])
         noisy = base.scheduler.add_noise(latents, base.noise_like(k_noise, latents), t)
 
@@ -144,7 +152,7 @@ class DistillTrainer:
         terms = {name: jnp.zeros((), jnp.float32) for name in DISTILL_TERMS}
         terms["consistency"] = jnp.mean(jnp.square(diff) if s.loss == "l2" else pseudo_huber(diff, s.huber_c))
         if base.settings.uses_sync:
-            terms["sync"] = base.sync_of_latents(frozen, prediction, batch["mel"])
+            terms["sync"] = base.sync_of_latents(frozen, prediction, mel)
         loss = terms["consistency"] + base.settings.sync_weight * terms["sync"]
         return loss, terms
 

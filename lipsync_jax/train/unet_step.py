@@ -187,6 +187,17 @@ class UNetTrainer:
         return self.sync_term(frozen["syncnet"], frames, mel)
 
     # ---------------------------------------------------------------- loss
+    def denoise(self, params: Any, encoded: EncodedBatch, audio_embeds: jax.Array, k_noise: jax.Array,
+                k_t: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        """Steps 2-4 of the module docstring on encoded latents: (noise, timesteps (b,), noisy
+        latents, predicted noise), the latents (b, f, h, w, 4); keys for the noise and timesteps."""
+        gt_latents = encoded.gt_latents
+        noise = self.noise_like(k_noise, gt_latents)
+        timesteps = jax.random.randint(k_t, (gt_latents.shape[0],), 0, self.scheduler.num_train_timesteps)
+        noisy = self.scheduler.add_noise(gt_latents, noise, timesteps)
+        pred_noise = self.unet.apply({"params": params}, encoded.unet_input(noisy), timesteps, audio_embeds)
+        return noise, timesteps, noisy, pred_noise
+
     def loss(self, params: Any, frozen: Mapping[str, Any], batch: Mapping[str, jax.Array],
              rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         s = self.settings
@@ -194,13 +205,7 @@ class UNetTrainer:
         vae_params = jax.lax.stop_gradient(frozen["vae"])
         gt_frames = batch["gt_frames"].astype(jnp.float32)
         encoded = self.encode_batch(vae_params, batch, (k_gt, k_masked, k_ref))
-        gt_latents = encoded.gt_latents
-
-        b = gt_latents.shape[0]
-        noise = self.noise_like(k_noise, gt_latents)
-        timesteps = jax.random.randint(k_t, (b,), 0, self.scheduler.num_train_timesteps)
-        noisy = self.scheduler.add_noise(gt_latents, noise, timesteps)
-        pred_noise = self.unet.apply({"params": params}, encoded.unet_input(noisy), timesteps, batch["audio_embeds"])
+        noise, timesteps, noisy, pred_noise = self.denoise(params, encoded, batch["audio_embeds"], k_noise, k_t)
 
         terms = {name: jnp.zeros((), jnp.float32) for name in LOSS_TERMS}
         terms["recon"] = jnp.mean(jnp.square(pred_noise.astype(jnp.float32) - noise))
