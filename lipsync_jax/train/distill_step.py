@@ -122,8 +122,8 @@ class DistillTrainer:
         k_gt, k_masked, k_ref, k_noise, k_t = jax.random.split(rng, 5)
         vae_params = jax.lax.stop_gradient(frozen["vae"])
         encoded = self.base.encode_batch(vae_params, batch, (k_gt, k_masked, k_ref))
-        return self.latent_loss(params, target_params, frozen, encoded, batch["audio_embeds"], batch.get("mel"),
-                                k_noise, k_t)
+        mel = batch["mel"] if self.base.settings.uses_sync else None
+        return self.latent_loss(params, target_params, frozen, encoded, batch["audio_embeds"], mel, k_noise, k_t)
 
     def latent_loss(self, params: Any, target_params: Any, frozen: Mapping[str, Any], encoded: EncodedBatch,
                     audio: jax.Array, mel: jax.Array | None, k_noise: jax.Array,

@@ -80,7 +80,6 @@ def demo_dataset(folder: str) -> str:
 
 def frozen_networks(folder: str, dataset: str) -> dict[str, str]:
     """The random tiny VAE's folder, calibrated on the clip (see the module docstring)."""
-    from lipsync_jax.checkpoints import save_params
     from lipsync_jax.data.windows import to_pixels
     from lipsync_jax.models.vae import AutoencoderKL, abstract_params
     from lipsync_jax.train.unet_setup import _vae_config
@@ -103,7 +102,7 @@ def frozen_networks(folder: str, dataset: str) -> dict[str, str]:
     bias[:latent] = (bias[:latent] - mu) / sd
     kernel[..., latent:], bias[latent:] = 0.0, -20.0
     params["quant_conv"] = {"kernel": kernel.astype(np.float32), "bias": bias.astype(np.float32)}
-    save_params(paths["vae"], params, None)
+    _save(paths["vae"], params)
     return paths
 
 
@@ -179,6 +178,19 @@ def encode_clip(models: Models, dataset: str) -> ClipLatents:
     return ClipLatents(latents, masked, masks, jnp.asarray(audio))
 
 
+def _save(dst: str, params: Any) -> None:
+    """``save_params`` to a sibling folder, renamed into place when complete: an interrupted step
+    leaves no folder that a rerun would take for its finished output."""
+    import shutil
+
+    from lipsync_jax.checkpoints import save_params
+
+    partial = dst + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    save_params(partial, params, None)
+    os.replace(partial, dst)
+
+
 # ---------------------------------------------------------------- training
 def _restore(path: str) -> Any:
     from lipsync_jax.checkpoints import restore_params
@@ -208,7 +220,6 @@ def _train(state: Any, loss_fn: Any, steps: int, label: str) -> tuple[Any, list[
 def train_teacher(folder: str, models: Models, clip: ClipLatents) -> Any:
     """The teacher from random weights (numpy draws: no init to compile), every parameter trained
     (module docstring, step 4). Returns its params (kept in ``folder/teacher``)."""
-    from lipsync_jax.checkpoints import save_params
     from lipsync_jax.train.state import TrainState, make_optimizer
     from tests.helpers.train import random_teacher
 
@@ -228,7 +239,7 @@ def train_teacher(folder: str, models: Models, clip: ClipLatents) -> Any:
         return loss, {}
 
     state, _ = _train(TrainState.create(params, tx, jax.random.key(0)), loss_fn, TEACHER_STEPS, "teacher")
-    save_params(dst, state.params, None)
+    _save(dst, state.params)
     return state.params
 
 
@@ -241,7 +252,6 @@ def distill_config() -> Any:
 def train_student(folder: str, models: Models, clip: ClipLatents, teacher: Any) -> Any:
     """The student from the teacher's weights (module docstring, step 5). Returns its params
     (kept in ``folder/student``)."""
-    from lipsync_jax.checkpoints import save_params
     from lipsync_jax.train.distill_setup import distill_trainer
     from lipsync_jax.train.state import TrainState, make_optimizer
 
@@ -261,7 +271,7 @@ def train_student(folder: str, models: Models, clip: ClipLatents, teacher: Any) 
     state = TrainState.create(jax.tree.map(jnp.copy, teacher), tx, jax.random.key(1),
                               ema_decay=trainer.settings.ema_decay)
     state, _ = _train(state, loss_fn, STUDENT_STEPS, "student")
-    save_params(dst, state.params, None)
+    _save(dst, state.params)
     return state.params
 
 
