@@ -9,13 +9,18 @@ described slice on a CPU-only host), for the NVIDIA GPUs of lipsync_jax/accelera
     TPU_ACCELERATOR_TYPE=v5p-8 python bench/compiled_memory.py --target tpu:v5p:2x2x2 --mesh 8,1 --piece unet
     # 8 x H100 (JAX's CUDA plugin: pip install -r requirements-aot.txt); any GPU name of bench/aot.py
     python bench/compiled_memory.py --target gpu:h100 --mesh 8,1 --piece up_block
-    # the UNet's attention on XLA instead of the default (cuDNN / Pallas flash attention)
+    # the whole step on one H100 (= per GPU under data parallelism), 3 clips, fused attention
+    python bench/compiled_memory.py --target gpu:h100 --mesh 1,1 --batch 3
+    # the UNet's and VideoMAE's attention on XLA instead of the default (cuDNN / Pallas flash attention)
     ... --attention_backend xla
+    # the distillation step (a config with a ``distill`` section), 8 x H100 as FSDP pairs
+    python bench/compiled_memory.py --target gpu:h100 --mesh 4,2 --config configs/unet/distill.py:512
     # fake CPU devices (XLA's CPU pipeline drops remat: temporaries are NOT a GPU/TPU prediction)
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python bench/compiled_memory.py --target cpu --mesh 4,2
 
-The step is the one ``train.py`` jits (``UNetTrainer.train_step`` traced under the mesh and the
-logical rules, ``mesh.with_activation_sharding``), with the state, frozen networks and batch
+The step is the one ``train.py`` jits (the task's ``train_step``: stage 1/2's ``UNetTrainer``, or the
+distill task's for a config with a ``distill`` section, e.g. configs/unet/distill.py:512; traced
+under the mesh and the logical rules, ``mesh.with_activation_sharding``), with the state, frozen networks and batch
 sharded as the training loop shards them; one clip per data-parallel rank unless ``--batch``.
 Nothing is allocated: arguments are ``jax.ShapeDtypeStruct`` s. Prints one JSON object.
 """
@@ -23,6 +28,7 @@ Nothing is allocated: arguments are ``jax.ShapeDtypeStruct`` s. Prints one JSON 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -43,7 +49,7 @@ from lipsync_jax import sharding as sharding_lib  # noqa: E402
 from lipsync_jax.aot.compile import TRITON_OFF  # noqa: E402
 from lipsync_jax.config_utils import load_config, resolve_path  # noqa: E402
 from lipsync_jax.train.state import TrainState, make_optimizer  # noqa: E402
-from lipsync_jax.train.unet_setup import build_unet_task  # noqa: E402
+from lipsync_jax.train.tasks import build_task  # noqa: E402
 
 GIB = 2 ** 30
 
@@ -84,17 +90,20 @@ def _with(tree, shardings):
 
 
 def compile_step(config, mesh: Mesh, per_device_batch: int, piece: str, attention_backend: str | None = None):
-    task = build_unet_task(config)
-    trainer = task.train_step.__self__
-    if attention_backend:  # the UNet's (the trainer is a frozen dataclass: swap its model)
+    task = build_task(config)  # stage 1/2, or the distill task (a config with a ``distill`` section)
+    step_trainer = task.train_step.__self__
+    trainer = getattr(step_trainer, "base", step_trainer)  # the distill trainer keeps stage 2's as ``base``
+    if attention_backend:  # the UNet's and TREPA's VideoMAE's (frozen dataclasses: swap their models)
         object.__setattr__(trainer, "unet", trainer.unet.clone(attention_backend=attention_backend))
+        if trainer.trepa is not None:
+            videomae = trainer.trepa.model.clone(attention_backend=attention_backend)
+            object.__setattr__(trainer, "trepa", dataclasses.replace(trainer.trepa, model=videomae))
     rules = sharding_lib.rules_from_config(config.mesh)
     tx, _ = make_optimizer(config.optimizer, 1000, 1, task.trainable)
     boxed = sharding_lib.box_params(task.param_shapes, task.logical_specs)
-    abstract_state = jax.eval_shape(lambda p: TrainState.create(p, tx, jax.random.key(0)), boxed)
-    state_sh = sharding_lib.state_shardings(abstract_state, mesh, rules)
-    state = _with(jax.eval_shape(lambda p: TrainState.create(p, tx, jax.random.key(0)), task.param_shapes),
-                  state_sh)
+    create = lambda p: TrainState.create(p, tx, jax.random.key(0), ema_decay=task.ema_decay)  # noqa: E731
+    state_sh = sharding_lib.state_shardings(jax.eval_shape(create, boxed), mesh, rules)
+    state = _with(jax.eval_shape(create, task.param_shapes), state_sh)
     global_batch = per_device_batch * math.prod(mesh.shape[a] for a in sharding_lib.batch_axes(
         mesh, per_device_batch * mesh.devices.size))
     batch_sh = sharding_lib.batch_sharding(mesh, global_batch)
@@ -102,20 +111,22 @@ def compile_step(config, mesh: Mesh, per_device_batch: int, piece: str, attentio
              for k, v in abstract_batch(config).items()}
     rep = NamedSharding(mesh, P())
     if piece == "unet":
-        return _compile_unet(trainer, state, batch, mesh, rules, rep, config)
+        return _compile_unet(trainer, task.trainable, state, batch, mesh, rules, rep)
     if piece == "up_block":
         return _compile_last_up_block(trainer, batch, mesh, rules, rep)
     if piece == "vae_decode":
         return _compile_vae_decode(trainer, task, batch, mesh, rules, rep, config)
     frozen_abs = jax.eval_shape(task.init_frozen, jax.random.key(0))
+    if "distill" in config and "teacher" not in frozen_abs:  # a configured teacher is loaded, not initialised
+        frozen_abs = dict(frozen_abs, teacher=task.param_shapes)  # the student's tree
     min_mib = float(config.mesh.get("frozen_shard_min_mib", sharding_lib.FROZEN_SHARD_MIN_MIB))
     frozen = _with(frozen_abs, sharding_lib.frozen_shardings(frozen_abs, mesh, rules, min_mib))
-    step = jax.jit(sharding_lib.with_activation_sharding(trainer.train_step, mesh, rules, batch_argnum=2),
+    step = jax.jit(sharding_lib.with_activation_sharding(task.train_step, mesh, rules, batch_argnum=2),
                    out_shardings=(state_sh, rep), donate_argnums=(0,))
     return step.lower(state, frozen, batch), global_batch
 
 
-def _compile_unet(trainer, state, batch, mesh, rules, rep, config):
+def _compile_unet(trainer, trainable, state, batch, mesh, rules, rep):
     """value_and_grad of MSE(UNet(13-channel latents), noise) w.r.t. the trainable parameters."""
     b, f, s = batch["gt_frames"].shape[:3]
     lat = s // 8
@@ -124,7 +135,7 @@ def _compile_unet(trainer, state, batch, mesh, rules, rep, config):
     noise = jax.ShapeDtypeStruct((b, f, lat, lat, 4), jnp.float32, sharding=sh)
     timesteps = jax.ShapeDtypeStruct((b,), jnp.int32, sharding=NamedSharding(mesh, P(sh.spec[0])))
     leaves, treedef = jax.tree.flatten(state.params)
-    mask = jax.tree.leaves(trainer.trainable) if trainer.trainable is not None else [True] * len(leaves)
+    mask = jax.tree.leaves(trainable) if trainable is not None else [True] * len(leaves)
     train = [x_ for x_, m in zip(leaves, mask) if m]
     fixed = [x_ for x_, m in zip(leaves, mask) if not m]
 
@@ -212,7 +223,9 @@ def main():
     parser.add_argument("--batch", type=int, default=1, help="clips per data-parallel rank")
     parser.add_argument("--piece", choices=("step", "unet", "up_block", "vae_decode"), default="step")
     parser.add_argument("--resolution", type=int, default=0)
-    parser.add_argument("--attention_backend", default="", help="the UNet's (default: the model's 'auto')")
+    parser.add_argument("--attention_backend", default="",
+                        help="the UNet's and TREPA's VideoMAE's (default: 'auto'; the VAE's 512-channel head "
+                             "and the SyncNet's attention keep 'auto')")
     parser.add_argument("--set", action="append", default=[], help="extra config override KEY=VALUE")
     args = parser.parse_args()
     data, fsdp = (int(v) for v in args.mesh.split(","))
