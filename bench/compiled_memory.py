@@ -117,7 +117,7 @@ def compile_step(config, mesh: Mesh, per_device_batch: int, piece: str, attentio
     if piece == "vae_decode":
         return _compile_vae_decode(trainer, task, batch, mesh, rules, rep, config)
     frozen_abs = jax.eval_shape(task.init_frozen, jax.random.key(0))
-    if "distill" in config and "teacher" not in frozen_abs:  # a configured teacher is loaded, not initialised
+    if task.name == "distill" and "teacher" not in frozen_abs:  # a configured teacher is loaded, not initialised
         frozen_abs = dict(frozen_abs, teacher=task.param_shapes)  # the student's tree
     min_mib = float(config.mesh.get("frozen_shard_min_mib", sharding_lib.FROZEN_SHARD_MIN_MIB))
     frozen = _with(frozen_abs, sharding_lib.frozen_shardings(frozen_abs, mesh, rules, min_mib))
